@@ -1,0 +1,5 @@
+//! The `sd` command-line interface.
+
+fn main() {
+    println!("sd");
+}

@@ -1,0 +1,1 @@
+//! Tensor <-> image conversion and PNG files with AUTOMATIC1111 infotext.

@@ -1,0 +1,1 @@
+//! Weight and config loading: safetensors (mmap), diffusers folders, dtype conversion.

@@ -1,0 +1,90 @@
+use std::str::FromStr;
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::Linear;
+use crate::{Error, Result};
+
+/// The activation functions that Stable Diffusion's models use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU, `x Φ(x)` with the error function (torch's default).
+    Gelu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`, `gelu_new`).
+    GeluTanh,
+    /// `x σ(1.702 x)`, OpenAI CLIP's activation.
+    QuickGelu,
+    /// `x σ(x)`, also called swish.
+    Silu,
+}
+
+impl Activation {
+    /// Every name [`Activation::from_str`] accepts.
+    pub const NAMES: &'static [&'static str] = &[
+        "gelu",
+        "gelu_pytorch_tanh",
+        "gelu_new",
+        "quick_gelu",
+        "silu",
+        "swish",
+    ];
+
+    /// Applies the activation elementwise.
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+            Activation::Silu => candle_nn::ops::silu(x)?,
+        })
+    }
+}
+
+impl FromStr for Activation {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_pytorch_tanh" | "gelu_new" => Ok(Activation::GeluTanh),
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => Err(Error::Unsupported {
+                what: "activation function",
+                value: other.to_string(),
+                valid: Activation::NAMES.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Activation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The gated GELU feed-forward input projection: `a · gelu(b)` where `[a, b] = proj(x)`.
+#[derive(Debug, Clone)]
+pub struct GeGlu {
+    proj: Linear,
+}
+
+impl GeGlu {
+    /// Loads `proj` (`dim` → `2 · inner_dim`) under `vb`.
+    pub fn new(vb: VarBuilder, dim: usize, inner_dim: usize) -> Result<Self> {
+        Ok(Self {
+            proj: Linear::new(vb.pp("proj"), dim, inner_dim * 2, true)?,
+        })
+    }
+
+    /// `(..., dim)` → `(..., inner_dim)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let projected = self.proj.forward(x)?;
+        let last = projected.rank() - 1;
+        let chunks = projected.chunk(2, last)?;
+        Ok((&chunks[0] * chunks[1].gelu_erf()?)?)
+    }
+}

@@ -1,0 +1,35 @@
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::Result;
+
+/// A dense layer `y = x Wᵀ + b` with weight `(out, in)`; works on inputs of any rank.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Loads `weight` (and `bias` when `bias` is true) under `vb`.
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: candle_nn::Linear::new(weight, bias),
+        })
+    }
+
+    /// The weight matrix, `(out, in)`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    /// Applies the layer to `x` of shape `(..., in)`, giving `(..., out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x)?)
+    }
+}

@@ -1,0 +1,16 @@
+//! Shared building blocks. Model code calls these, never candle's raw ops for the heavy work,
+//! so faster kernels can replace the first versions without touching the models.
+
+mod activation;
+mod attention;
+mod conv;
+mod linear;
+mod norm;
+
+pub use activation::{Activation, GeGlu};
+pub use attention::{attention, causal_mask};
+pub use conv::{Conv2d, Conv2dOptions};
+pub use linear::Linear;
+pub use norm::{GroupNorm, LayerNorm};
+
+pub use candle_nn::VarBuilder;

@@ -1,0 +1,1 @@
+//! Noise schedules, timestep spacing, sigma schedules and the samplers.

@@ -1,0 +1,1 @@
+//! CLIP and OpenCLIP text transformers: hidden-state selection, clip skip, pooled output.

@@ -1,0 +1,1 @@
+//! UNet2DConditionModel: resnets, cross-attention transformers, down/mid/up blocks.

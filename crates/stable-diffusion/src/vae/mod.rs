@@ -1,0 +1,1 @@
+//! AutoencoderKL: the VAE encoder (image → latents) and decoder (latents → image).

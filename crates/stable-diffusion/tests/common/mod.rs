@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests: fixture paths, tensor loading, comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+/// The repository's `fixtures/` folder (written by tools/reference/make_fixtures.py).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// A path under `fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    fixtures().join(rel)
+}
+
+/// Loads every tensor of a fixture safetensors file onto the CPU.
+pub fn load_tensors(rel: &str) -> HashMap<String, Tensor> {
+    let path = fixture(rel);
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot load fixture {}: {e}", path.display()))
+}
+
+/// Reads a JSON fixture.
+pub fn load_json(rel: &str) -> serde_json::Value {
+    let path = fixture(rel);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
+}
+
+/// The largest absolute difference between two tensors of the same shape (compared whole).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let a = a.to_vec1::<f32>().unwrap();
+    let b = b.to_vec1::<f32>().unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Asserts that `actual` equals `expected` (whole tensors, same shape) within `tol` max abs diff.
+#[track_caller]
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) {
+    assert_eq!(
+        actual.dims(),
+        expected.dims(),
+        "{what}: shape {:?}, reference {:?}",
+        actual.dims(),
+        expected.dims()
+    );
+    let diff = max_abs_diff(actual, expected);
+    assert!(
+        diff <= tol,
+        "{what}: max abs diff {diff:e} > tolerance {tol:e}"
+    );
+}
