@@ -122,15 +122,15 @@ impl From<candle_core::Error> for Error {
                 name: path,
                 location: "the model weights".to_string(),
             },
-            candle_core::Error::UnexpectedShape {
-                msg,
-                expected,
-                got,
-            } if msg.starts_with("shape mismatch for ") => Error::ShapeMismatch {
-                name: msg["shape mismatch for ".len()..].to_string(),
-                expected: expected.dims().to_vec(),
-                found: got.dims().to_vec(),
-            },
+            candle_core::Error::UnexpectedShape { msg, expected, got }
+                if msg.starts_with("shape mismatch for ") =>
+            {
+                Error::ShapeMismatch {
+                    name: msg["shape mismatch for ".len()..].to_string(),
+                    expected: expected.dims().to_vec(),
+                    found: got.dims().to_vec(),
+                }
+            }
             other => Error::Candle(other),
         }
     }

@@ -66,3 +66,36 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) {
         "{what}: max abs diff {diff:e} > tolerance {tol:e}"
     );
 }
+
+/// Asserts that the names and shapes a model asked for equal a manifest written by the
+/// reference script (`fixtures/manifests/<name>.json`), listing every difference.
+#[track_caller]
+pub fn assert_matches_manifest(
+    manifest: &str,
+    recorded: &std::collections::BTreeMap<String, Vec<usize>>,
+) {
+    let expected = load_json(&format!("manifests/{manifest}.json"));
+    let expected = expected.as_object().expect("manifest is a JSON object");
+    let mut problems = Vec::new();
+    for (name, shape) in expected {
+        let shape: Vec<usize> = serde_json::from_value(shape.clone()).unwrap();
+        match recorded.get(name) {
+            None => problems.push(format!("missing: {name} {shape:?}")),
+            Some(found) if *found != shape => {
+                problems.push(format!("shape of {name}: built {found:?}, file {shape:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, shape) in recorded {
+        if !expected.contains_key(name) {
+            problems.push(format!("extra: {name} {shape:?}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{manifest}: {} differences:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
