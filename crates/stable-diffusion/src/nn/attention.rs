@@ -13,6 +13,10 @@ pub fn attention(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let (seq_q, head_dim) = (q.dim(D::Minus2)?, q.dim(D::Minus1)?);
+    let seq_kv = k.dim(D::Minus2)?;
+    let batch_heads = q.elem_count() / (seq_q * head_dim).max(1);
+    super::flops::add(4 * (batch_heads * seq_q * seq_kv * head_dim) as u64);
     let q = q.contiguous()?;
     let k_t = k.transpose(D::Minus2, D::Minus1)?.contiguous()?;
     let mut scores = (q.matmul(&k_t)? * scale)?;

@@ -50,6 +50,9 @@ impl Conv2d {
 
     /// Applies the convolution to `x` of shape `(batch, in, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(x)?)
+        let output = self.inner.forward(x)?;
+        let (_, in_channels, kh, kw) = self.inner.weight().dims4()?;
+        super::flops::add(2 * (output.elem_count() * in_channels * kh * kw) as u64);
+        Ok(output)
     }
 }

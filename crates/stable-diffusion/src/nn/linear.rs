@@ -30,6 +30,8 @@ impl Linear {
 
     /// Applies the layer to `x` of shape `(..., in)`, giving `(..., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out_dim, _) = self.inner.weight().dims2()?;
+        super::flops::add(2 * (x.elem_count() * out_dim) as u64);
         Ok(self.inner.forward(x)?)
     }
 }

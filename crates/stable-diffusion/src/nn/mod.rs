@@ -4,6 +4,7 @@
 mod activation;
 mod attention;
 mod conv;
+pub mod flops;
 mod linear;
 mod norm;
 
