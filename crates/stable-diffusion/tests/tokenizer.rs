@@ -399,7 +399,17 @@ fn vocabulary_without_special_tokens_is_an_error() {
     std::fs::write(dir.join("vocab.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}").unwrap();
     std::fs::write(dir.join("merges.txt"), "#version: 0.2\na b\n").unwrap();
     let err = error_of(&dir);
-    assert!(err.contains("<|startoftext|>"), "{err}");
+    assert!(
+        err.contains("<|startoftext|>") && err.contains("no-specials"),
+        "{err}"
+    );
+    let err = ClipTokenizer::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("<|startoftext|>") && err.contains("vocab.json"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -88,27 +88,38 @@ impl ClipTokenizer {
     /// The tokenizer with CLIP's vocabulary embedded in the binary (built on the first call,
     /// then shared: later calls are cheap).
     pub fn embedded() -> Result<Self> {
-        Self::from_model(vocab::embedded_model()?, PadStyle::EndOfText, MAX_LEN)
+        let model = vocab::embedded_model()?;
+        Self::from_model(model, PadStyle::EndOfText, MAX_LEN, "embedded BPE file")
     }
 
     /// Loads a diffusers / transformers `tokenizer/` folder: `vocab.json` + `merges.txt` (or a
     /// `tokenizer.json`), with the padding token and window length of `tokenizer_config.json`.
     pub fn from_folder(dir: &Path) -> Result<Self> {
         let folder = vocab::load_folder(dir)?;
-        Self::from_model(Arc::new(folder.model), folder.pad, folder.max_len)
+        let source = dir.display().to_string();
+        Self::from_model(Arc::new(folder.model), folder.pad, folder.max_len, &source)
     }
 
     /// Loads a `vocab.json` and a `merges.txt` (padding with `<|endoftext|>`, window 77).
     pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Self> {
         let model = vocab::load_files(vocab_json, merges_txt)?;
-        Self::from_model(Arc::new(model), PadStyle::EndOfText, MAX_LEN)
+        let source = vocab_json.display().to_string();
+        Self::from_model(Arc::new(model), PadStyle::EndOfText, MAX_LEN, &source)
     }
 
-    /// Wraps a BPE model whose vocabulary holds the two special tokens.
-    fn from_model(model: Arc<BpeModel>, default_pad: PadStyle, max_len: usize) -> Result<Self> {
+    /// Wraps a BPE model whose vocabulary holds the two special tokens (`source` names where
+    /// it came from, for errors).
+    fn from_model(
+        model: Arc<BpeModel>,
+        default_pad: PadStyle,
+        max_len: usize,
+        source: &str,
+    ) -> Result<Self> {
         let special = |token: &str| {
             model.token_id(token).ok_or_else(|| {
-                Error::Tokenizer(format!("the vocabulary lacks the special token {token}"))
+                Error::Tokenizer(format!(
+                    "{source}: the vocabulary lacks the special token {token}"
+                ))
             })
         };
         let bos_id = special(BOS_TOKEN)?;

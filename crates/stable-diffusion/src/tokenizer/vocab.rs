@@ -116,14 +116,6 @@ pub fn load_folder(dir: &Path) -> Result<FolderVocab> {
             path: dir.to_path_buf(),
         });
     };
-    for special in [BOS_TOKEN, EOS_TOKEN] {
-        if model.token_id(special).is_none() {
-            return Err(Error::Tokenizer(format!(
-                "{}: the vocabulary lacks the special token {special}",
-                dir.display()
-            )));
-        }
-    }
     let settings = read_settings(dir)?;
     let pad = match settings.pad_token.as_deref() {
         None | Some(EOS_TOKEN) => PadStyle::EndOfText,
