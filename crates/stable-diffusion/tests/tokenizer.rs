@@ -302,12 +302,27 @@ fn a_300_word_prompt_tokenizes_in_well_under_a_millisecond() {
     assert!(per_call.as_micros() < 1000, "took {per_call:?}");
 }
 
-/// A scratch folder under the target dir, removed and recreated.
-fn scratch(name: &str) -> PathBuf {
+/// A scratch folder in the temp dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("sd-tokenizer-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn copy_vocab(to: &Path) {
@@ -323,7 +338,8 @@ fn error_of(dir: &Path) -> String {
 
 #[test]
 fn missing_folder_is_a_not_found_error() {
-    let dir = scratch("missing").join("nope");
+    let parent = scratch("missing");
+    let dir = parent.join("nope");
     let err = ClipTokenizer::from_folder(&dir).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
