@@ -8,6 +8,9 @@ Writes:
   fixtures/manifests/vae_sd15.json, vae_sdxl.json   full-size name -> shape manifests
 """
 
+import json
+import re
+
 import numpy as np
 import PIL.Image
 import PIL.PngImagePlugin
@@ -146,7 +149,120 @@ def make_image(root):
     )
 
 
+
+
+# --- AUTOMATIC1111 infotext, restated from A1111's modules/infotext_utils.py and
+# processing.create_infotext (A1111 itself is not a dependency). Python's re and json give the
+# exact semantics (regex classes, JSON escaping) that the Rust port must reproduce.
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def a1111_quote(value):
+    text = str(value)
+    if "," in text or "\n" in text or ":" in text:
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def a1111_unquote(text):
+    if not text or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def a1111_create(prompt, negative_prompt, params):
+    line = ", ".join(k if k == v else f"{k}: {a1111_quote(v)}" for k, v in params)
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{line}".strip()
+
+
+def a1111_parse(text):
+    *lines, last = text.strip().split("\n")
+    if len(A1111_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = "", "", False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[16:].strip()
+        if in_negative:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    params = []
+    for k, v in A1111_PARAM.findall(last):
+        try:
+            if v[0] == '"' and v[-1] == '"':
+                v = a1111_unquote(v)
+            params.append([k, v])
+        except IndexError:  # an empty value: A1111 reports it and skips the pair
+            pass
+    return {"prompt": prompt, "negative_prompt": negative, "params": params}
+
+
+INFOTEXT_CASES = [
+    ("a cat", "", [("Steps", "20"), ("Sampler", "Euler a"), ("CFG scale", "7"), ("Seed", "1234")]),
+    (
+        "a red fox, autumn forest\n(detailed fur:1.2), [blurry]",
+        "ugly, lowres\nbad hands",
+        [
+            ("Steps", "30"),
+            ("Sampler", "DPM++ 2M"),
+            ("Schedule type", "Karras"),
+            ("CFG scale", "7.5"),
+            ("Seed", "965400086"),
+            ("Size", "512x768"),
+            ("Model hash", "6ce0161689"),
+            ("Model", "v1-5-pruned-emaonly"),
+            ("Lora hashes", "detail: 1a2b3c4d5e6f, style: 0f9e8d7c6b5a"),
+            ("Note", 'say "hi"\tthen\\leave\nnext line, \x01 and é 猫'),
+            ("Denoising strength", "0.75"),
+            ("Version", "v1.10.1"),
+        ],
+    ),
+    ("  spaced prompt  ", "", [("Steps", "5"), ("Hires upscale", "2"), ("RNG", "CPU"), ("NGMS", "NGMS")]),
+    ("only a prompt, no: parameters", "", []),
+    ("", "neg only", [("Steps", "1"), ("Seed", "2"), ("Size", "64x64")]),
+    ("emoji ✨ prompt", "", [("Steps", "20"), ("Empty", ""), ("Sampler", "Euler"), ("Seed", "3")]),
+]
+
+INFOTEXT_PARSE_ONLY = [
+    "a prompt\nSteps: 20, Sampler: Euler a",
+    "line one\n\nline three\nNegative prompt: n1\nn2\nSteps: 1, Seed: 2, Size: 8x8",
+    'p\nSteps: 20, Lora hashes: "a: 1, b: 2", Broken: "unterminated, Seed: 4, Size: 8x8',
+    "p\r\nNegative prompt:   spaced neg  \r\nSteps: 2,  CFG scale:7, Seed : 9, x-y/z key: v",
+    'p\nSteps: 20, Bad: "not \\q json", Seed: 5, Size: 16x16',
+]
+
+
+def make_infotext(root):
+    cases = []
+    for prompt, negative, params in INFOTEXT_CASES:
+        text = a1111_create(prompt, negative, params)
+        cases.append(
+            {
+                "prompt": prompt,
+                "negative_prompt": negative,
+                "params": [list(p) for p in params],
+                "text": text,
+                "parsed": a1111_parse(text),
+            }
+        )
+    parse_only = [{"text": t, "parsed": a1111_parse(t)} for t in INFOTEXT_PARSE_ONLY]
+    quotes = {v: a1111_quote(v) for v in ["plain", "a, b", "k: v", "x\ny", 'say "hi"', "tab\there", "\x1f:"]}
+    common.save_json(
+        root / "image" / "infotext.json",
+        {"create": cases, "parse": parse_only, "quote": quotes},
+    )
+
+
 def make(root):
     make_vae(root)
     make_manifests()
     make_image(root)
+    make_infotext(root)
