@@ -32,6 +32,8 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (out_dim, _) = self.inner.weight().dims2()?;
         super::flops::add(2 * (x.elem_count() * out_dim) as u64);
-        Ok(self.inner.forward(x)?)
+        // candle 0.11.1's batched matmul gives wrong results for some strided (transposed)
+        // 3-D inputs with batch > 1; a contiguous input is free when it already is one.
+        Ok(self.inner.forward(&x.contiguous()?)?)
     }
 }
