@@ -7,8 +7,9 @@ Writes:
 - fixtures/models/tiny-sd15/model_index.json: the pipeline's component list.
 - fixtures/text_encoder/tiny-openclip-proj/: OpenCLIP flavour (gelu) `CLIPTextModelWithProjection`,
   whose keys carry the `text_model.` prefix; f16 storage.
-- fixtures/text_encoder/<flavour>_io.safetensors: input ids (int64), every hidden state,
-  last_hidden_state, pooler_output (and text_embeds) for each tiny model.
+- fixtures/text_encoder/<model>_io.safetensors: input ids (int64), every hidden state,
+  last_hidden_state, clip-skip outputs, pooler_output (and text_embeds) for each tiny model,
+  and the pooled output for a crafted row without an end-of-text token.
 - fixtures/manifests/text_encoder_{sd15,sd21,sdxl_1,sdxl_2}.json.
 """
 
@@ -118,6 +119,9 @@ def _record(model, ids: torch.Tensor, projected: bool) -> dict:
         for i, h in enumerate(out.hidden_states):
             record[f"hidden_states.{i}"] = h
         record["last_hidden_state"] = out.last_hidden_state
+        # diffusers' clip_skip for SD 1.x/2.x: hidden_states[-(k + 1)] through final_layer_norm.
+        for k in (1, 2):
+            record[f"clip_skip.{k}"] = text_model.final_layer_norm(out.hidden_states[-(k + 1)])
         record["pooler_output"] = out.pooler_output
         if projected:
             full = model(input_ids=ids)
