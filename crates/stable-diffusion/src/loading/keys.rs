@@ -4,13 +4,16 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The candidate function inside a [`KeyMap`].
+type CandidatesFn = dyn Fn(&str) -> Vec<String> + Send + Sync;
+
 /// Maps a tensor name the model asks for to the names to try in the files, in order.
 ///
 /// The requested name itself is always tried first; the map adds further candidates (the same
 /// tensor with or without a prefix, or its name in a foreign layout such as an LDM checkpoint).
 #[derive(Clone)]
 pub struct KeyMap {
-    candidates: Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>,
+    candidates: Arc<CandidatesFn>,
 }
 
 impl KeyMap {

@@ -122,7 +122,9 @@ impl ClipTextConfig {
     /// Checks that the numbers make a buildable model.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::config("", format!("CLIP text config: {msg}")));
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
