@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use stable_diffusion::loading::{DiffusersFolder, KeyMap, SafetensorsFile, Weights};
+use stable_diffusion::loading::{DiffusersFolder, KeyMap, SafetensorsFile, Source, Weights};
 use stable_diffusion::Error;
 
 /// A scratch folder that is removed when dropped.
@@ -578,4 +578,50 @@ fn folder_problems_are_clear_errors() {
         }
         other => panic!("expected Safetensors, got {other}"),
     }
+}
+
+#[test]
+fn key_map_sources_split_fused_tensors_and_reshape_conv_weights() {
+    let scratch = Scratch::new("sources");
+    let path = scratch.path("ldm.safetensors");
+    // A fused (3 * 2, 2) qkv weight, and a 1x1 conv weight (2, 2, 1, 1) for a linear layer.
+    save(
+        &path,
+        &[
+            ("attn.in_proj_weight", ramp(6, 2, 0.0)),
+            (
+                "attn.proj_out.weight",
+                ramp(2, 2, 100.0).reshape((2, 2, 1, 1)).unwrap(),
+            ),
+        ],
+    );
+    let map = KeyMap::from_sources_fn(|name| match name {
+        "q.weight" => vec![Source::new("attn.in_proj_weight").rows(0..2)],
+        "k.weight" => vec![Source::new("attn.in_proj_weight").rows(2..4)],
+        "v.weight" => vec![Source::new("attn.in_proj_weight").rows(4..6)],
+        "bad.weight" => vec![Source::new("attn.in_proj_weight").rows(4..8)],
+        "out.weight" => vec![Source::new("attn.proj_out.weight").reshaped()],
+        "out_strict.weight" => vec![Source::new("attn.proj_out.weight")],
+        _ => Vec::new(),
+    });
+    let weights = Weights::open(&path).unwrap().with_key_map(map);
+    assert_eq!(weights.shape("k.weight"), Some(vec![2, 2]));
+    assert!(
+        !weights.contains("bad.weight"),
+        "rows past the end do not resolve"
+    );
+    let vb = weights.into_var_builder(DType::F32, &cpu());
+    assert_eq!(
+        values(&vb.get((2, 2), "q.weight").unwrap()),
+        vec![0.0, 0.5, 1.0, 1.5]
+    );
+    assert_eq!(
+        values(&vb.get((2, 2), "v.weight").unwrap()),
+        vec![4.0, 4.5, 5.0, 5.5]
+    );
+    let out = vb.get((2, 2), "out.weight").unwrap();
+    assert_eq!(out.dims(), &[2, 2]);
+    assert_eq!(values(&out)[0], 100.0);
+    let err = Error::from(vb.get((2, 2), "out_strict.weight").unwrap_err());
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }

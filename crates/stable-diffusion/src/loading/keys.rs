@@ -2,30 +2,73 @@
 //! key layouts on disk.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
-/// The candidate function inside a [`KeyMap`].
-type CandidatesFn = dyn Fn(&str) -> Vec<String> + Send + Sync;
+/// One place a requested tensor may be read from: a stored tensor, or part of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The stored tensor's name.
+    pub name: String,
+    /// Take only these rows (first dimension) of the stored tensor: one part of a fused
+    /// weight, such as q, k or v out of OpenCLIP's `in_proj_weight`.
+    pub rows: Option<Range<usize>>,
+    /// Reshape the stored tensor to the requested shape when the element counts agree (1x1
+    /// convolution weights stored for linear layers, or the reverse).
+    pub reshape: bool,
+}
 
-/// Maps a tensor name the model asks for to the names to try in the files, in order.
+impl Source {
+    /// The whole stored tensor `name`, as is.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            rows: None,
+            reshape: false,
+        }
+    }
+
+    /// Only `rows` of the first dimension.
+    pub fn rows(mut self, rows: Range<usize>) -> Self {
+        self.rows = Some(rows);
+        self
+    }
+
+    /// Reshaped to the requested shape (same number of elements).
+    pub fn reshaped(mut self) -> Self {
+        self.reshape = true;
+        self
+    }
+}
+
+/// The candidate function inside a [`KeyMap`].
+type SourcesFn = dyn Fn(&str) -> Vec<Source> + Send + Sync;
+
+/// Maps a tensor name the model asks for to the stored tensors to try, in order.
 ///
 /// The requested name itself is always tried first; the map adds further candidates (the same
-/// tensor with or without a prefix, or its name in a foreign layout such as an LDM checkpoint).
+/// tensor with or without a prefix, or its name in a foreign layout such as an LDM checkpoint,
+/// possibly a slice of a fused tensor).
 #[derive(Clone)]
 pub struct KeyMap {
-    candidates: Arc<CandidatesFn>,
+    sources: Arc<SourcesFn>,
 }
 
 impl KeyMap {
     /// Tries only the requested name.
     pub fn identity() -> Self {
-        Self::from_fn(|_| Vec::new())
+        Self::from_sources_fn(|_| Vec::new())
     }
 
-    /// Tries the requested name, then whatever `candidates` returns for it.
+    /// Tries the requested name, then the stored names `candidates` returns for it.
     pub fn from_fn(candidates: impl Fn(&str) -> Vec<String> + Send + Sync + 'static) -> Self {
+        Self::from_sources_fn(move |name| candidates(name).into_iter().map(Source::new).collect())
+    }
+
+    /// Tries the requested name, then the [`Source`]s `sources` returns for it.
+    pub fn from_sources_fn(sources: impl Fn(&str) -> Vec<Source> + Send + Sync + 'static) -> Self {
         Self {
-            candidates: Arc::new(candidates),
+            sources: Arc::new(sources),
         }
     }
 
@@ -42,22 +85,27 @@ impl KeyMap {
 
     /// Tries this map's candidates, then `other`'s (each given the requested name).
     pub fn then(self, other: KeyMap) -> Self {
-        Self::from_fn(move |name| {
-            let mut names = (self.candidates)(name);
-            names.extend((other.candidates)(name));
-            names
+        Self::from_sources_fn(move |name| {
+            let mut sources = (self.sources)(name);
+            sources.extend((other.sources)(name));
+            sources
         })
     }
 
-    /// Every name to try for `name`, in order, starting with `name` itself, without repeats.
-    pub fn candidates(&self, name: &str) -> Vec<String> {
-        let mut names = vec![name.to_string()];
-        for candidate in (self.candidates)(name) {
-            if !names.contains(&candidate) {
-                names.push(candidate);
+    /// Every source to try for `name`, in order, starting with `name` itself, without repeats.
+    pub fn sources(&self, name: &str) -> Vec<Source> {
+        let mut sources = vec![Source::new(name)];
+        for source in (self.sources)(name) {
+            if !sources.contains(&source) {
+                sources.push(source);
             }
         }
-        names
+        sources
+    }
+
+    /// The stored names [`KeyMap::sources`] tries for `name`, in order.
+    pub fn candidates(&self, name: &str) -> Vec<String> {
+        self.sources(name).into_iter().map(|s| s.name).collect()
     }
 }
 

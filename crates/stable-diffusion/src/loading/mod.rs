@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 pub use diffusers::{ComponentClass, DiffusersFolder};
-pub use keys::{key_map_for_class, KeyMap};
+pub use keys::{key_map_for_class, KeyMap, Source};
 pub use recorder::record_shapes;
 pub use weights::{SafetensorsFile, Weights};
 

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensorError, TensorInfo, TensorView};
 
-use super::keys::KeyMap;
+use super::keys::{KeyMap, Source};
 use crate::{Error, Result};
 
 /// One safetensors file, memory-mapped, with its header parsed and validated.
@@ -232,18 +232,35 @@ impl Weights {
         names
     }
 
-    /// The stored name and file index that `name` resolves to through the key map.
-    fn resolve(&self, name: &str) -> Option<(String, usize)> {
-        self.key_map
-            .candidates(name)
-            .into_iter()
-            .find_map(|candidate| self.index.get(&candidate).map(|&i| (candidate, i)))
+    /// The source and file index that `name` resolves to through the key map.
+    fn resolve(&self, name: &str) -> Option<(Source, usize)> {
+        self.key_map.sources(name).into_iter().find_map(|source| {
+            let i = *self.index.get(&source.name)?;
+            let stored = self.files[i].shape(&source.name)?;
+            // A row range must lie inside the stored tensor.
+            match &source.rows {
+                Some(rows) if stored.is_empty() || rows.end > stored[0] || rows.is_empty() => None,
+                _ => Some((source, i)),
+            }
+        })
     }
 
-    /// The stored shape of the tensor `name` resolves to, if any.
+    /// The shape `source` yields (before any reshape).
+    fn source_shape(&self, source: &Source, file: usize) -> Vec<usize> {
+        let mut shape = self.files[file]
+            .shape(&source.name)
+            .expect("resolved sources exist")
+            .to_vec();
+        if let Some(rows) = &source.rows {
+            shape[0] = rows.len();
+        }
+        shape
+    }
+
+    /// The shape of the tensor `name` resolves to, if any (a row slice counts only its rows).
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let (stored, i) = self.resolve(name)?;
-        self.files[i].shape(&stored).map(<[usize]>::to_vec)
+        let (source, i) = self.resolve(name)?;
+        Some(self.source_shape(&source, i))
     }
 
     /// Whether `name` resolves to a stored tensor.
@@ -253,17 +270,12 @@ impl Weights {
 
     /// Loads tensor `name` (resolved through the key map), converted to `dtype`.
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        let Some((stored, i)) = self.resolve(name) else {
-            return Err(Error::MissingTensor {
-                name: name.to_string(),
-                location: self.location(),
-            });
-        };
-        let tensor = self.files[i].load(&stored, dtype, device)?;
-        Ok(tensor.expect("indexed tensors exist in their file"))
+        let (source, i) = self.resolve_or_missing(name)?;
+        self.read(&source, i, dtype, device)
     }
 
-    /// Loads tensor `name` and checks that its shape is `expected`.
+    /// Loads tensor `name` and checks that its shape is `expected` (reshaping it when its
+    /// source allows).
     pub fn load_shaped(
         &self,
         name: &str,
@@ -271,14 +283,37 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        match self.shape(name) {
-            Some(found) if found != expected => Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                expected: expected.to_vec(),
-                found,
-            }),
-            _ => self.load(name, dtype, device),
+        let (source, i) = self.resolve_or_missing(name)?;
+        let found = self.source_shape(&source, i);
+        if found == expected {
+            return self.read(&source, i, dtype, device);
         }
+        let same_count = found.iter().product::<usize>() == expected.iter().product::<usize>();
+        if source.reshape && same_count {
+            return Ok(self.read(&source, i, dtype, device)?.reshape(expected)?);
+        }
+        Err(Error::ShapeMismatch {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found,
+        })
+    }
+
+    fn resolve_or_missing(&self, name: &str) -> Result<(Source, usize)> {
+        self.resolve(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            location: self.location(),
+        })
+    }
+
+    fn read(&self, source: &Source, file: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let tensor = self.files[file]
+            .load(&source.name, dtype, device)?
+            .expect("resolved sources exist");
+        Ok(match &source.rows {
+            Some(rows) => tensor.narrow(0, rows.start, rows.len())?.contiguous()?,
+            None => tensor,
+        })
     }
 
     /// A [`VarBuilder`] over these weights: models get their tensors converted to `dtype` on
