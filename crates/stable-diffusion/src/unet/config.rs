@@ -161,12 +161,7 @@ impl Default for UNetConfig {
             center_input_sample: false,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: strings(&[
-                CROSS_ATTN_DOWN,
-                CROSS_ATTN_DOWN,
-                CROSS_ATTN_DOWN,
-                DOWN,
-            ]),
+            down_block_types: strings(&[CROSS_ATTN_DOWN, CROSS_ATTN_DOWN, CROSS_ATTN_DOWN, DOWN]),
             mid_block_type: Some(MID_CROSS_ATTN.to_string()),
             up_block_types: strings(&[UP, CROSS_ATTN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP]),
             only_cross_attention: PerBlock::Uniform(false),
@@ -350,7 +345,9 @@ impl UNetConfig {
         }
         let heads = match &self.num_attention_heads {
             Some(heads) => heads.expand(blocks, "num_attention_heads")?,
-            None => self.attention_head_dim.expand(blocks, "attention_head_dim")?,
+            None => self
+                .attention_head_dim
+                .expand(blocks, "attention_head_dim")?,
         };
         if heads.contains(&0) {
             return Err(Error::config("", "an attention head count is 0"));
@@ -410,7 +407,13 @@ impl UNetConfig {
             let has_attention = match kind.as_str() {
                 DOWN => false,
                 CROSS_ATTN_DOWN => true,
-                other => return Err(unsupported_block("down block type", other, DOWN_BLOCK_TYPES)),
+                other => {
+                    return Err(unsupported_block(
+                        "down block type",
+                        other,
+                        DOWN_BLOCK_TYPES,
+                    ))
+                }
             };
             down.push(BlockLayout {
                 in_channels: input_channels,

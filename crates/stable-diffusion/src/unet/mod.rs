@@ -55,13 +55,7 @@ impl AddedEmbedding {
             .time_proj
             .forward(&ids, added.time_ids.device())?
             .reshape((batch, ()))?;
-        let input = Tensor::cat(
-            &[
-                &added.text_embeds.to_dtype(DType::F32)?,
-                &time_embeds,
-            ],
-            1,
-        )?;
+        let input = Tensor::cat(&[&added.text_embeds.to_dtype(DType::F32)?, &time_embeds], 1)?;
         self.embedding.forward(&input)
     }
 }
@@ -268,9 +262,7 @@ impl UNet2DConditionModel {
         if context_batch != batch {
             return Err(Error::invalid(
                 "UNet input",
-                format!(
-                    "encoder_hidden_states has batch {context_batch}, the sample has {batch}"
-                ),
+                format!("encoder_hidden_states has batch {context_batch}, the sample has {batch}"),
             ));
         }
         let up_factor = 1usize << self.up_blocks.iter().filter(|b| b.has_upsampler()).count();
@@ -305,13 +297,7 @@ impl UNet2DConditionModel {
             } else {
                 None
             };
-            x = block.forward(
-                &x,
-                &block_skips,
-                &emb,
-                encoder_hidden_states,
-                upsample_size,
-            )?;
+            x = block.forward(&x, &block_skips, &emb, encoder_hidden_states, upsample_size)?;
         }
         let x = norm_act(&self.conv_norm_out, self.config.act_fn, &x)?;
         self.conv_out.forward(&x)
