@@ -265,3 +265,22 @@ fn sample_with_wrong_channel_count_is_an_error() {
         .to_string();
     assert!(message.contains("9 channels"), "{message}");
 }
+
+#[test]
+fn unet_runs_in_f16_close_to_reference() {
+    let config =
+        UNetConfig::from_file(common::fixture("models/tiny-sd15/unet/config.json")).unwrap();
+    let weights = common::load_tensors("models/tiny-sd15/unet/diffusion_pytorch_model.safetensors");
+    let vb = VarBuilder::from_tensors(weights, DType::F16, &Device::Cpu);
+    let model = UNet2DConditionModel::new(vb, &config).unwrap();
+    let io = common::load_tensors("unet/tiny_sd15_io.safetensors");
+    let sample = io["case0_sample"].to_dtype(DType::F16).unwrap();
+    let context = io["case0_encoder_hidden_states"]
+        .to_dtype(DType::F16)
+        .unwrap();
+    let out = model.forward(&sample, 999.0, &context, None).unwrap();
+    assert_eq!(out.dtype(), DType::F16);
+    let diff = common::max_abs_diff(&out, &io["case0_out"]);
+    eprintln!("tiny_sd15 in f16: output max diff {diff:e}");
+    assert!(diff < 0.1, "f16 output max diff {diff}");
+}

@@ -42,7 +42,7 @@ fn attention_in_chunks(
         return attention_rows(&q, &k_t, &v, scale, mask);
     }
     let mask_rows = match mask {
-        Some(mask) if mask.rank() >= 2 && mask.dim(D::Minus2)? == seq_q && seq_q > 1 => true,
+        Some(mask) if mask.rank() >= 2 && seq_q > 1 => mask.dim(D::Minus2)? == seq_q,
         _ => false,
     };
     let mut outputs = Vec::with_capacity(seq_q.div_ceil(rows_per_chunk));

@@ -101,7 +101,8 @@ pub struct UNetConfig {
     /// Despite its name, the NUMBER of attention heads per block when `num_attention_heads` is
     /// unset (diffusers' historical naming, kept by every SD config).
     pub attention_head_dim: PerBlock<usize>,
-    /// The number of attention heads per block (overrides `attention_head_dim`).
+    /// The number of attention heads per block. diffusers 0.42.1 refuses configs that set it;
+    /// here it overrides `attention_head_dim`.
     pub num_attention_heads: Option<PerBlock<usize>>,
     /// Two cross-attention transformers per attention (unsupported).
     pub dual_cross_attention: bool,
@@ -115,7 +116,8 @@ pub struct UNetConfig {
     pub addition_time_embed_dim: Option<usize>,
     /// Number of class embeddings (unsupported unless `None`).
     pub num_class_embeds: Option<usize>,
-    /// Compute attention scores in f32 (a no-op when computing in f32).
+    /// Compute attention scores in f32. Accepted and ignored: diffusers' default attention
+    /// processor ignores it too, and this library computes in f32.
     pub upcast_attention: bool,
     /// How resnets add the time embedding; only `"default"` is supported.
     pub resnet_time_scale_shift: String,

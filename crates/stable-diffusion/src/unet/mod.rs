@@ -11,7 +11,7 @@ pub mod config;
 mod embeddings;
 mod resnet;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 pub use attention::{Attention, BasicTransformerBlock, FeedForward, Transformer2DModel};
@@ -40,12 +40,23 @@ pub struct AddedConditions {
 struct AddedEmbedding {
     time_proj: Timesteps,
     embedding: TimestepEmbedding,
+    input_dim: usize,
 }
 
 impl AddedEmbedding {
     /// `(batch, time_embed_dim)` to add to the timestep embedding.
-    fn forward(&self, added: &AddedConditions) -> Result<Tensor> {
+    fn forward(&self, added: &AddedConditions, dtype: DType) -> Result<Tensor> {
         let batch = added.text_embeds.dim(0)?;
+        if added.text_embeds.rank() != 2 || added.time_ids.rank() != 2 {
+            return Err(Error::invalid(
+                "UNet added conditions",
+                format!(
+                    "text_embeds {:?} and time_ids {:?} must both be (batch, n)",
+                    added.text_embeds.dims(),
+                    added.time_ids.dims()
+                ),
+            ));
+        }
         let ids = added
             .time_ids
             .to_dtype(DType::F64)?
@@ -55,7 +66,19 @@ impl AddedEmbedding {
             .time_proj
             .forward(&ids, added.time_ids.device())?
             .reshape((batch, ()))?;
-        let input = Tensor::cat(&[&added.text_embeds.to_dtype(DType::F32)?, &time_embeds], 1)?;
+        let input = Tensor::cat(&[&added.text_embeds.to_dtype(DType::F32)?, &time_embeds], 1)?
+            .to_dtype(dtype)?;
+        let (found, expected) = (input.dim(1)?, self.input_dim);
+        if found != expected {
+            return Err(Error::invalid(
+                "UNet added conditions",
+                format!(
+                    "text_embeds {:?} and time_ids {:?} give {found} features, the UNet's projection_class_embeddings_input_dim is {expected}",
+                    added.text_embeds.dims(),
+                    added.time_ids.dims()
+                ),
+            ));
+        }
         self.embedding.forward(&input)
     }
 }
@@ -74,6 +97,8 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// The dtype the weights were loaded in (the time embeddings are cast to it).
+    dtype: DType,
 }
 
 impl UNet2DConditionModel {
@@ -117,6 +142,7 @@ impl UNet2DConditionModel {
                         Activation::Silu,
                         None,
                     )?,
+                    input_dim,
                 })
             }
             None => None,
@@ -194,6 +220,7 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out,
             conv_out,
+            dtype: vb.dtype(),
         })
     }
 
@@ -210,7 +237,11 @@ impl UNet2DConditionModel {
         added: Option<&AddedConditions>,
         device: &Device,
     ) -> Result<Tensor> {
-        let t_emb = self.time_proj.forward(&vec![timestep; batch], device)?;
+        // The sinusoids are computed in f32, then cast to the weights' dtype, as diffusers does.
+        let t_emb = self
+            .time_proj
+            .forward(&vec![timestep; batch], device)?
+            .to_dtype(self.dtype)?;
         let mut emb = self.time_embedding.forward(&t_emb)?;
         if let Some(add_embedding) = &self.add_embedding {
             let added = added.ok_or_else(|| {
@@ -229,7 +260,7 @@ impl UNet2DConditionModel {
                     ),
                 ));
             }
-            emb = (emb + add_embedding.forward(added)?)?;
+            emb = (emb + add_embedding.forward(added, self.dtype)?)?;
         }
         match self.time_embed_act {
             Some(act) => act.forward(&emb),
@@ -264,6 +295,15 @@ impl UNet2DConditionModel {
                 "UNet input",
                 format!("encoder_hidden_states has batch {context_batch}, the sample has {batch}"),
             ));
+        }
+        if let PerBlock::Uniform(width) = self.config.cross_attention_dim {
+            let found = encoder_hidden_states.dim(D::Minus1)?;
+            if found != width {
+                return Err(Error::invalid(
+                    "UNet input",
+                    format!("encoder_hidden_states has width {found}, the UNet's cross_attention_dim is {width}"),
+                ));
+            }
         }
         let up_factor = 1usize << self.up_blocks.iter().filter(|b| b.has_upsampler()).count();
         let forward_upsample_size = height % up_factor != 0 || width % up_factor != 0;
