@@ -284,3 +284,21 @@ fn unet_runs_in_f16_close_to_reference() {
     eprintln!("tiny_sd15 in f16: output max diff {diff:e}");
     assert!(diff < 0.1, "f16 output max diff {diff}");
 }
+
+#[test]
+fn per_layer_transformer_depths_match_diffusers_names() {
+    // tools/reference/parts/unet.py: TINY_ASYMMETRIC.
+    let config = UNetConfig::from_json(
+        r#"{"sample_size": 8, "in_channels": 4, "out_channels": 4,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "block_out_channels": [8, 16, 16], "layers_per_block": 2,
+            "transformer_layers_per_block": [[1, 1], [1, 2], [3, 1]],
+            "reverse_transformer_layers_per_block": [[2, 1, 3], [1, 2, 1], [1, 1, 1]],
+            "norm_num_groups": 4, "cross_attention_dim": 64, "attention_head_dim": [2, 2, 4],
+            "use_linear_projection": true, "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 80}"#,
+    )
+    .unwrap();
+    common::assert_matches_manifest("unet_tiny_asymmetric", &recorded(&config));
+}

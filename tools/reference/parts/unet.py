@@ -62,6 +62,14 @@ TINY_SDXL = dict(
     projection_class_embeddings_input_dim=TEXT + 6 * 8,
 )
 
+# Asymmetric transformer depths (per attention layer, SSD-1B style): only a manifest is kept.
+TINY_ASYMMETRIC = dict(
+    TINY_SDXL,
+    layers_per_block=2,
+    transformer_layers_per_block=[[1, 1], [1, 2], [3, 1]],
+    reverse_transformer_layers_per_block=[[2, 1, 3], [1, 2, 1], [1, 1, 1]],
+)
+
 # The full-size configs (diffusers' published config.json values).
 FULL_SD15 = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
 FULL_SD21_V = dict(
@@ -173,6 +181,7 @@ def make(root) -> None:
         print(f"  {name}: {sum(p.numel() for p in model.parameters())} parameters -> {folder}")
 
     for name, config in [
+        ("unet_tiny_asymmetric", TINY_ASYMMETRIC),
         ("unet_sd15", FULL_SD15),
         ("unet_sd21_v", FULL_SD21_V),
         ("unet_sdxl_base", FULL_SDXL_BASE),
