@@ -1,0 +1,228 @@
+//! The UNet's spatial transformer: self- and cross-attention over the pixels of a feature map.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::nn::{attention, Conv2d, Conv2dOptions, GeGlu, GroupNorm, LayerNorm, Linear};
+use crate::Result;
+
+/// diffusers' `Attention` as the UNet uses it: bias-free q/k/v projections, `to_out.0` with bias.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Loads an attention over `query_dim` features whose keys and values come from
+    /// `context_dim` features (`None`: self-attention).
+    pub(crate) fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        let context_dim = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: Linear::new(vb.pp("to_q"), query_dim, inner, false)?,
+            to_k: Linear::new(vb.pp("to_k"), context_dim, inner, false)?,
+            to_v: Linear::new(vb.pp("to_v"), context_dim, inner, false)?,
+            to_out: Linear::new(vb.pp("to_out").pp("0"), inner, query_dim, true)?,
+            heads,
+            head_dim,
+        })
+    }
+
+    /// `(batch, seq, dim)` → `(batch, heads, seq, head_dim)`.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        Ok(x.reshape((batch, seq, self.heads, self.head_dim))?
+            .transpose(1, 2)?)
+    }
+
+    /// `x` `(batch, seq, query_dim)` attends to `context` `(batch, seq_kv, context_dim)`, or to
+    /// itself when `context` is `None`.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let context = context.unwrap_or(x);
+        let q = self.split_heads(&self.to_q.forward(x)?)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let out = attention(&q, &k, &v, scale, None)?; // (batch, heads, seq, head_dim)
+        let (batch, _, seq, _) = out.dims4()?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((batch, seq, self.heads * self.head_dim))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// diffusers' `FeedForward` with GEGLU: `net.2(net.0(x))`, inner width 4 × dim.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    geglu: GeGlu,
+    out: Linear,
+}
+
+impl FeedForward {
+    /// Loads `net.0.proj` and `net.2` under `vb`.
+    pub(crate) fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            geglu: GeGlu::new(vb.pp("net").pp("0"), dim, inner)?,
+            out: Linear::new(vb.pp("net").pp("2"), inner, dim, true)?,
+        })
+    }
+
+    /// `(..., dim)` → `(..., dim)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.out.forward(&self.geglu.forward(x)?)
+    }
+}
+
+/// diffusers' `BasicTransformerBlock` (layer norms): self-attention, cross-attention to the
+/// text, feed-forward, each with a residual.
+#[derive(Debug, Clone)]
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    /// Loads a block of width `dim` attending to a `context_dim`-wide text under `vb`.
+    pub(crate) fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        context_dim: usize,
+    ) -> Result<Self> {
+        let eps = 1e-5;
+        Ok(Self {
+            norm1: LayerNorm::new(vb.pp("norm1"), dim, eps)?,
+            attn1: Attention::new(vb.pp("attn1"), dim, None, heads, head_dim)?,
+            norm2: LayerNorm::new(vb.pp("norm2"), dim, eps)?,
+            attn2: Attention::new(vb.pp("attn2"), dim, Some(context_dim), heads, head_dim)?,
+            norm3: LayerNorm::new(vb.pp("norm3"), dim, eps)?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+        })
+    }
+
+    /// `x` `(batch, seq, dim)`, `context` `(batch, seq_text, context_dim)` → `(batch, seq, dim)`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, Some(context))?
+            + x)?;
+        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + x)?)
+    }
+}
+
+/// `proj_in` / `proj_out`: a linear layer on `(batch, seq, c)` or a 1x1 convolution on the map.
+#[derive(Debug, Clone)]
+enum Projection {
+    Linear(Linear),
+    Conv(Conv2d),
+}
+
+impl Projection {
+    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, linear: bool) -> Result<Self> {
+        Ok(if linear {
+            Projection::Linear(Linear::new(vb, in_dim, out_dim, true)?)
+        } else {
+            Projection::Conv(Conv2d::new(
+                vb,
+                in_dim,
+                out_dim,
+                1,
+                Conv2dOptions::default(),
+            )?)
+        })
+    }
+}
+
+/// diffusers' `Transformer2DModel` on continuous input: group norm, `proj_in`, transformer
+/// blocks over the `h·w` pixels, `proj_out`, plus the input.
+#[derive(Debug, Clone)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2DModel {
+    /// Loads a transformer over `channels` features with `heads` heads of `channels / heads`
+    /// dimensions and `depth` blocks under `vb`.
+    pub(crate) fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        context_dim: usize,
+        groups: usize,
+        linear_projection: bool,
+    ) -> Result<Self> {
+        let head_dim = channels / heads;
+        let inner = heads * head_dim;
+        let blocks = (0..depth)
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp("transformer_blocks").pp(i),
+                    inner,
+                    heads,
+                    head_dim,
+                    context_dim,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: GroupNorm::new(vb.pp("norm"), groups, channels, 1e-6)?,
+            proj_in: Projection::new(vb.pp("proj_in"), channels, inner, linear_projection)?,
+            blocks,
+            proj_out: Projection::new(vb.pp("proj_out"), inner, channels, linear_projection)?,
+        })
+    }
+
+    /// `x` `(batch, c, h, w)`, `context` `(batch, seq_text, context_dim)` → `(batch, c, h, w)`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (batch, _, height, width) = x.dims4()?;
+        let normed = self.norm.forward(x)?;
+        // (batch, c, h, w) -> (batch, h·w, c)
+        let to_sequence = |t: &Tensor| -> Result<Tensor> {
+            let c = t.dim(1)?;
+            Ok(t.permute((0, 2, 3, 1))?
+                .reshape((batch, height * width, c))?)
+        };
+        let mut hidden = match &self.proj_in {
+            Projection::Conv(conv) => to_sequence(&conv.forward(&normed)?)?,
+            Projection::Linear(linear) => linear.forward(&to_sequence(&normed)?)?,
+        };
+        for block in &self.blocks {
+            hidden = block.forward(&hidden, context)?;
+        }
+        // (batch, h·w, c) -> (batch, c, h, w)
+        let to_map = |t: &Tensor| -> Result<Tensor> {
+            let c = t.dim(2)?;
+            Ok(t.reshape((batch, height, width, c))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?)
+        };
+        let out = match &self.proj_out {
+            Projection::Linear(linear) => to_map(&linear.forward(&hidden)?)?,
+            Projection::Conv(conv) => conv.forward(&to_map(&hidden)?)?,
+        };
+        Ok((out + x)?)
+    }
+}
