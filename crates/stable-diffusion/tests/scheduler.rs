@@ -300,3 +300,35 @@ fn bad_requests_are_errors_not_panics() {
     assert_eq!(img2img_start_step(10, 0.55).unwrap(), 5);
     assert_eq!(img2img_start_step(10, 1.0).unwrap(), 0);
 }
+
+#[test]
+fn config_karras_key_applies_where_diffusers_reads_it() {
+    let plain = SchedulerConfig::sd15();
+    let karras_key = SchedulerConfig {
+        use_karras_sigmas: Some(true),
+        ..SchedulerConfig::sd15()
+    };
+    let timesteps = |kind, config: &SchedulerConfig, schedule| {
+        build_sampler(kind, schedule, config, 10, 0.0)
+            .unwrap()
+            .timesteps()
+            .to_vec()
+    };
+    // Euler reads the key; Euler a (no such key in diffusers) and DDIM ignore it.
+    let euler_karras = timesteps(SamplerKind::Euler, &plain, SigmaSchedule::Karras);
+    assert_eq!(
+        timesteps(SamplerKind::Euler, &karras_key, SigmaSchedule::Default),
+        euler_karras
+    );
+    assert_ne!(
+        timesteps(SamplerKind::Euler, &plain, SigmaSchedule::Default),
+        euler_karras
+    );
+    for kind in [SamplerKind::EulerA, SamplerKind::Ddim] {
+        assert_eq!(
+            timesteps(kind, &karras_key, SigmaSchedule::Default),
+            timesteps(kind, &plain, SigmaSchedule::Default),
+            "{kind}"
+        );
+    }
+}

@@ -532,6 +532,9 @@ pub fn build_sampler(
             });
         }
         cfg.use_karras_sigmas = true;
+    } else if kind == SamplerKind::EulerA {
+        // diffusers' EulerAncestral has no `use_karras_sigmas` and ignores the key in a config.
+        cfg.use_karras_sigmas = false;
     }
     Ok(match kind {
         SamplerKind::Ddim => Box::new(ddim::Ddim::new(&cfg, steps, eta)?),
