@@ -1,0 +1,334 @@
+//! Parity of the samplers with diffusers' schedulers (fixtures/scheduler/, made by
+//! tools/reference/parts/scheduler.py): timesteps, sigmas, init_noise_sigma and every step of
+//! full denoising loops driven by a deterministic stand-in model, with the noise drawn from
+//! the torch-compatible generator in the pipelines' order.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
+use stable_diffusion::scheduler::{
+    build_sampler, img2img_start_step, BetaSchedule, NoiseSchedule, SamplerKind, SchedulerConfig,
+    SigmaSchedule, TimestepSpacing,
+};
+use stable_diffusion::Error;
+
+/// The reference's stand-in for the UNet: `0.9 * tanh(x) + 0.05 * t / 1000`.
+fn fake_model(x: &Tensor, t: f64) -> Tensor {
+    x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
+}
+
+fn relative_diff(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+/// The largest step-to-step error over all loops must stay below this (times the reference's
+/// magnitude where that exceeds 1: the cosine schedule's σ_max ≈ 2·10⁴ blows latents up to
+/// ~10⁴, where one f32 ulp is already ~10⁻³).
+const STEP_TOLERANCE: f32 = 1e-5;
+
+/// The largest absolute value of a tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn samplers_match_diffusers_step_by_step() {
+    let fixture = common::load_json("scheduler/cases.json");
+    let tensors = common::load_tensors("scheduler/loops.safetensors");
+    let shape: Vec<usize> = serde_json::from_value(fixture["shape"].clone()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 60, "only {} cases", cases.len());
+    let mut worst_step = (0f32, String::new());
+    let mut worst_sigma = 0f64;
+    let mut loops_checked = 0;
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let kind: SamplerKind = case["sampler"].as_str().unwrap().parse().unwrap();
+        let schedule: SigmaSchedule = case["schedule"].as_str().unwrap().parse().unwrap();
+        let config_text = serde_json::to_string(&case["config"]).unwrap();
+        let config = SchedulerConfig::from_json(&config_text, "case config".as_ref()).unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let eta = case["eta"].as_f64().unwrap();
+        let mut sampler = build_sampler(kind, schedule, &config, steps, eta)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        let timesteps: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+        assert_eq!(
+            sampler.timesteps().len(),
+            timesteps.len(),
+            "{name}: timestep count"
+        );
+        for (i, (a, e)) in sampler.timesteps().iter().zip(&timesteps).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-3,
+                "{name}: timestep {i} is {a}, reference {e}\nours: {:?}\nreference: {timesteps:?}",
+                sampler.timesteps()
+            );
+        }
+        if let Some(expected) = case.get("sigmas") {
+            let expected: Vec<f64> = serde_json::from_value(expected.clone()).unwrap();
+            let ours = sampler.sigmas().expect("a sigma-based sampler");
+            assert_eq!(ours.len(), expected.len(), "{name}: sigma count");
+            for (i, (a, e)) in ours.iter().zip(&expected).enumerate() {
+                let rel = if *e == 0.0 {
+                    a.abs()
+                } else {
+                    relative_diff(*a, *e)
+                };
+                worst_sigma = worst_sigma.max(rel);
+                assert!(rel <= 1e-6, "{name}: sigma {i} is {a}, reference {e}");
+            }
+        }
+        let init_sigma = case["init_noise_sigma"].as_f64().unwrap();
+        assert!(
+            relative_diff(sampler.init_noise_sigma(), init_sigma) <= 1e-6,
+            "{name}: init_noise_sigma {} vs {init_sigma}",
+            sampler.init_noise_sigma()
+        );
+
+        // The loop, with one generator for every draw.
+        let mut rng = TorchCpuRng::new(case["seed"].as_u64().unwrap());
+        let start = case["start_step"].as_u64().unwrap() as usize;
+        let mut latents = if let Some(strength) = case.get("strength") {
+            let first = img2img_start_step(steps, strength.as_f64().unwrap()).unwrap();
+            assert_eq!(first, start, "{name}: img2img start step");
+            sampler.start_at(start).unwrap();
+            let original = rng.randn(&shape, &Device::Cpu).unwrap();
+            common::assert_close(
+                &format!("{name} clean latents"),
+                &original,
+                &tensors[&format!("{name}.original")],
+                0.0,
+            );
+            let noise = rng.randn(&shape, &Device::Cpu).unwrap();
+            let noisy = sampler.add_noise(&original, &noise, start).unwrap();
+            common::assert_close(
+                &format!("{name} noised latents"),
+                &noisy,
+                &tensors[&format!("{name}.noisy")],
+                1e-5,
+            );
+            noisy
+        } else {
+            let initial = rng.randn(&shape, &Device::Cpu).unwrap();
+            common::assert_close(
+                &format!("{name} initial latents"),
+                &initial,
+                &tensors[&format!("{name}.initial")],
+                0.0,
+            );
+            (initial * sampler.init_noise_sigma()).unwrap()
+        };
+        let loop_steps = case["num_loop_steps"].as_u64().unwrap() as usize;
+        assert_eq!(
+            sampler.timesteps().len() - start,
+            loop_steps,
+            "{name}: loop length"
+        );
+        for i in start..sampler.timesteps().len() {
+            let t = sampler.timesteps()[i];
+            let input = sampler.scale_model_input(&latents, i).unwrap();
+            let output = fake_model(&input, t);
+            latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
+            let expected = &tensors[&format!("{name}.step{}", i - start)];
+            let scale = max_abs(expected).max(1.0);
+            let diff = common::max_abs_diff(&latents, expected) / scale;
+            if diff > worst_step.0 {
+                worst_step = (diff, format!("{name} step {}", i - start));
+            }
+            common::assert_close(
+                &format!("{name} step {}", i - start),
+                &latents,
+                expected,
+                STEP_TOLERANCE * scale,
+            );
+        }
+        loops_checked += 1;
+    }
+    println!(
+        "{loops_checked} loops; worst step diff (relative to max(1, |reference|)) {:e} ({}); worst sigma rel diff {worst_sigma:e}",
+        worst_step.0, worst_step.1
+    );
+}
+
+#[test]
+fn training_schedules_match_diffusers_alphas_cumprod() {
+    let expected = common::load_tensors("scheduler/schedules.safetensors");
+    let cases = [
+        ("scaled_linear", BetaSchedule::ScaledLinear, 0.00085, 0.012),
+        ("linear", BetaSchedule::Linear, 0.0001, 0.02),
+        (
+            "squaredcos_cap_v2",
+            BetaSchedule::SquaredCosCapV2,
+            0.0001,
+            0.02,
+        ),
+    ];
+    for (key, kind, start, end) in cases {
+        let ours = NoiseSchedule::new(kind, start, end, 1000, None).unwrap();
+        let reference = expected[&format!("alphas_cumprod.{key}")]
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(ours.alphas_cumprod.len(), reference.len());
+        let worst = ours
+            .alphas_cumprod
+            .iter()
+            .zip(&reference)
+            .map(|(a, e)| relative_diff(f64::from(*a), f64::from(*e)))
+            .fold(0.0, f64::max);
+        println!("{key}: worst relative diff {worst:e}");
+        assert!(
+            worst <= 1e-6,
+            "{key}: alphas_cumprod relative diff {worst:e}"
+        );
+    }
+}
+
+#[test]
+fn missing_config_keys_take_the_target_samplers_defaults() {
+    // SD 1.5's file has no timestep_spacing: DDIM/PNDM default to "leading", the others to
+    // "linspace"; the file's steps_offset is kept either way.
+    let config = SchedulerConfig::sd15();
+    let ddim = config.resolve(SamplerKind::Ddim).unwrap();
+    assert_eq!(ddim.timestep_spacing, TimestepSpacing::Leading);
+    assert_eq!(ddim.steps_offset, 1);
+    assert!(!ddim.clip_sample && !ddim.set_alpha_to_one);
+    let euler = config.resolve(SamplerKind::Euler).unwrap();
+    assert_eq!(euler.timestep_spacing, TimestepSpacing::Linspace);
+    assert_eq!(euler.steps_offset, 1);
+    // An empty config: DDIM's own defaults clip and set alpha to one.
+    let empty = SchedulerConfig::default()
+        .resolve(SamplerKind::Ddim)
+        .unwrap();
+    assert!(empty.clip_sample && empty.set_alpha_to_one);
+    assert_eq!(empty.beta_schedule, BetaSchedule::Linear);
+}
+
+#[test]
+fn tiny_pipeline_scheduler_config_is_sd15s() {
+    let path = common::fixture("models/tiny-sd15/scheduler/scheduler_config.json");
+    let config = SchedulerConfig::from_file(&path).unwrap();
+    let resolved = config.resolve(SamplerKind::Pndm).unwrap();
+    assert_eq!(resolved.beta_schedule, BetaSchedule::ScaledLinear);
+    assert_eq!(resolved.steps_offset, 1);
+    assert_eq!(config.class_name.as_deref(), Some("PNDMScheduler"));
+    let sampler = build_sampler(SamplerKind::Pndm, SigmaSchedule::Default, &config, 4, 0.0);
+    assert_eq!(
+        sampler.unwrap().timesteps(),
+        &[751.0, 501.0, 501.0, 251.0, 1.0]
+    );
+}
+
+#[test]
+fn karras_with_ddim_or_pndm_is_a_clear_error() {
+    for kind in [SamplerKind::Ddim, SamplerKind::Pndm] {
+        let err = build_sampler(
+            kind,
+            SigmaSchedule::Karras,
+            &SchedulerConfig::sd15(),
+            10,
+            0.0,
+        )
+        .err()
+        .expect("karras must be refused");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Unsupported { .. }), "{msg}");
+        assert!(msg.contains("karras") && msg.contains("euler"), "{msg}");
+    }
+}
+
+#[test]
+fn sampler_names_parse_and_unknown_names_list_the_valid_ones() {
+    for kind in SamplerKind::ALL {
+        assert_eq!(kind.name().parse::<SamplerKind>().unwrap(), kind);
+        assert_eq!(kind.a1111_name().parse::<SamplerKind>().unwrap(), kind);
+    }
+    assert_eq!("plms".parse::<SamplerKind>().unwrap(), SamplerKind::Pndm);
+    let err = "heun".parse::<SamplerKind>().unwrap_err().to_string();
+    assert!(
+        err.contains("heun") && err.contains("dpmpp_2m") && err.contains("plms"),
+        "{err}"
+    );
+    assert_eq!(
+        "Karras".parse::<SigmaSchedule>().unwrap(),
+        SigmaSchedule::Karras
+    );
+    assert_eq!(
+        "Automatic".parse::<SigmaSchedule>().unwrap(),
+        SigmaSchedule::Default
+    );
+    assert!("exponential".parse::<SigmaSchedule>().is_err());
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let config = SchedulerConfig::sd15();
+    assert!(build_sampler(SamplerKind::Euler, SigmaSchedule::Default, &config, 0, 0.0).is_err());
+    assert!(build_sampler(
+        SamplerKind::Euler,
+        SigmaSchedule::Default,
+        &config,
+        5000,
+        0.0
+    )
+    .is_err());
+    assert!(build_sampler(SamplerKind::Ddim, SigmaSchedule::Default, &config, 10, -1.0).is_err());
+    let bad = SchedulerConfig {
+        beta_schedule: Some("quadratic".into()),
+        ..SchedulerConfig::sd15()
+    };
+    let err = build_sampler(SamplerKind::Euler, SigmaSchedule::Default, &bad, 10, 0.0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("quadratic"), "{err}");
+    let mut sampler =
+        build_sampler(SamplerKind::Euler, SigmaSchedule::Default, &config, 4, 0.0).unwrap();
+    let x = Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mut rng = TorchCpuRng::new(0);
+    assert!(sampler.step(&x, 4, &x, &mut rng).is_err());
+    assert!(sampler.start_at(9).is_err());
+    assert!(img2img_start_step(10, 1.5).is_err());
+    assert_eq!(img2img_start_step(10, 0.55).unwrap(), 5);
+    assert_eq!(img2img_start_step(10, 1.0).unwrap(), 0);
+}
+
+#[test]
+fn config_karras_key_applies_where_diffusers_reads_it() {
+    let plain = SchedulerConfig::sd15();
+    let karras_key = SchedulerConfig {
+        use_karras_sigmas: Some(true),
+        ..SchedulerConfig::sd15()
+    };
+    let timesteps = |kind, config: &SchedulerConfig, schedule| {
+        build_sampler(kind, schedule, config, 10, 0.0)
+            .unwrap()
+            .timesteps()
+            .to_vec()
+    };
+    // Euler reads the key; Euler a (no such key in diffusers) and DDIM ignore it.
+    let euler_karras = timesteps(SamplerKind::Euler, &plain, SigmaSchedule::Karras);
+    assert_eq!(
+        timesteps(SamplerKind::Euler, &karras_key, SigmaSchedule::Default),
+        euler_karras
+    );
+    assert_ne!(
+        timesteps(SamplerKind::Euler, &plain, SigmaSchedule::Default),
+        euler_karras
+    );
+    for kind in [SamplerKind::EulerA, SamplerKind::Ddim] {
+        assert_eq!(
+            timesteps(kind, &karras_key, SigmaSchedule::Default),
+            timesteps(kind, &plain, SigmaSchedule::Default),
+            "{kind}"
+        );
+    }
+}

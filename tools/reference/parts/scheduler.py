@@ -1,0 +1,182 @@
+"""Fixtures for the samplers (src/scheduler/).
+
+Each case builds a diffusers scheduler the way a pipeline switches schedulers
+(`Cls.from_config(config, **overrides)`), records its timesteps, sigmas and init_noise_sigma,
+and runs a full denoising loop with a deterministic stand-in for the UNet on a (1, 4, 8, 8)
+sample. The initial latents and every step's noise come from ONE seeded torch CPU generator in
+the order the SD pipelines draw them, so the Rust side replays the same stream.
+
+The stand-in model (computed identically by the Rust test):
+    model_output = 0.9 * tanh(x) + 0.05 * (t / 1000)
+where x is the scaled model input and t the model timestep.
+"""
+
+import copy
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+
+from common import MODELS, save_json, save_tensors
+
+# Stable Diffusion 1.5's scheduler/scheduler_config.json.
+SD15 = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+# Stable Diffusion 2.1 (768-v)'s scheduler config.
+SD21_V = {**SD15, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}
+
+CLASSES = {
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+}
+
+SHAPE = (1, 4, 8, 8)
+
+
+def fake_model(x, t):
+    return 0.9 * torch.tanh(x) + 0.05 * (float(t) / 1000.0)
+
+
+def build(sampler, schedule, config, steps):
+    cls = CLASSES[sampler]
+    if sampler == "dpmpp_2m":
+        sched = cls.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                use_karras_sigmas=schedule == "karras")
+    elif sampler == "euler":
+        sched = cls.from_config(config, use_karras_sigmas=schedule == "karras")
+    else:
+        sched = cls.from_config(config)
+    sched.set_timesteps(steps)
+    if sampler == "euler_a" and schedule == "karras":
+        # diffusers' EulerAncestral has no Karras option: walk EulerDiscrete's Karras sigmas.
+        karras = EulerDiscreteScheduler.from_config(config, use_karras_sigmas=True)
+        karras.set_timesteps(steps)
+        sched.sigmas = karras.sigmas.clone()
+        sched.timesteps = karras.timesteps.clone()
+    return sched
+
+
+def run_case(name, sampler, schedule, config, steps, seed, eta=0.0, strength=None):
+    sched = build(sampler, schedule, config, steps)
+    gen = torch.Generator("cpu").manual_seed(seed)
+    case = {
+        "name": name,
+        "sampler": sampler,
+        "schedule": schedule,
+        "config": config,
+        "steps": steps,
+        "seed": seed,
+        "eta": eta,
+        "timesteps": [float(t) for t in sched.timesteps],
+        "init_noise_sigma": float(sched.init_noise_sigma),
+    }
+    if hasattr(sched, "sigmas") and sampler in ("euler", "euler_a", "dpmpp_2m"):
+        case["sigmas"] = [float(s) for s in sched.sigmas]
+    tensors = {}
+    timesteps = sched.timesteps
+    if strength is None:
+        latents = torch.randn(SHAPE, generator=gen, dtype=torch.float32)
+        tensors[f"{name}.initial"] = latents
+        latents = latents * sched.init_noise_sigma
+        start = 0
+    else:
+        # img2img as StableDiffusionImg2ImgPipeline: get_timesteps, then the clean latents (a
+        # stand-in for the VAE posterior draw), then the noise, then add_noise at the first
+        # remaining timestep.
+        init_timestep = min(int(steps * strength), steps)
+        start = max(steps - init_timestep, 0) * sched.order
+        timesteps = sched.timesteps[start:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        original = torch.randn(SHAPE, generator=gen, dtype=torch.float32)
+        noise = torch.randn(SHAPE, generator=gen, dtype=torch.float32)
+        latents = sched.add_noise(original, noise, timesteps[:1])
+        tensors[f"{name}.original"] = original
+        tensors[f"{name}.noisy"] = latents
+        case["strength"] = strength
+    case["start_step"] = start
+    extra = {}
+    if sampler == "ddim":
+        extra = {"eta": eta, "generator": gen}
+    elif sampler in ("euler", "euler_a", "dpmpp_2m"):
+        extra = {"generator": gen}
+    for i, t in enumerate(timesteps):
+        x_in = sched.scale_model_input(latents, t)
+        eps = fake_model(x_in, t)
+        latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
+        tensors[f"{name}.step{i}"] = latents
+    case["num_loop_steps"] = len(timesteps)
+    return case, tensors
+
+
+def make(root):
+    out = root / "scheduler"
+    cases = []
+    tensors = {}
+    seed = 100
+
+    def add(name, *args, **kwargs):
+        nonlocal seed
+        seed += 1
+        case, t = run_case(name, *args, seed=seed, **kwargs)
+        cases.append(case)
+        tensors.update(t)
+
+    for sampler in ["ddim", "pndm", "euler", "euler_a", "dpmpp_2m"]:
+        schedules = ["default", "karras"] if sampler in ("euler", "euler_a", "dpmpp_2m") else ["default"]
+        for schedule in schedules:
+            for pred, config in [("eps", SD15), ("v", SD21_V)]:
+                for steps in [4, 10]:
+                    add(f"{sampler}_{schedule}_{pred}_{steps}", sampler, schedule, config, steps)
+            add(f"{sampler}_{schedule}_eps_25", sampler, schedule, SD15, 25)
+        for spacing in ["leading", "trailing", "linspace"]:
+            cfg = {**SD15, "timestep_spacing": spacing}
+            add(f"{sampler}_default_eps_10_{spacing}", sampler, "default", cfg, 10)
+        if sampler not in ("pndm", "euler_a"):  # diffusers rejects "sample" for these
+            cfg = {**SD15, "prediction_type": "sample"}
+            add(f"{sampler}_default_sample_10", sampler, "default", cfg, 10)
+        add(f"{sampler}_img2img_10", sampler, "default", SD15, 10, strength=0.55)
+    add("euler_karras_img2img_10", "euler", "karras", SD15, 10, strength=0.7)
+    add("dpmpp_2m_karras_img2img_10", "dpmpp_2m", "karras", SD15, 10, strength=0.7)
+    add("ddim_eta_0.5_10", "ddim", "default", SD15, 10, eta=0.5)
+    add("ddim_eta_1_img2img_10", "ddim", "default", SD15, 10, eta=1.0, strength=0.6)
+    # Other beta schedules and the "sigma_min" final sigma.
+    lin = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}
+    cos = {"beta_schedule": "squaredcos_cap_v2"}
+    add("euler_linear_betas_10", "euler", "default", lin, 10)
+    add("ddim_cosine_betas_10", "ddim", "default", cos, 10)
+    add("dpmpp_2m_cosine_betas_10", "dpmpp_2m", "default", cos, 10)
+    add("dpmpp_2m_sigma_min_final_10", "dpmpp_2m", "default",
+        {**SD15, "final_sigmas_type": "sigma_min"}, 10)
+    add("dpmpp_2m_default_eps_20", "dpmpp_2m", "default", SD15, 20)
+
+    # The training schedules themselves.
+    schedules = {}
+    for key, cfg in [("scaled_linear", SD15), ("linear", lin), ("squaredcos_cap_v2", cos)]:
+        schedules[f"alphas_cumprod.{key}"] = EulerDiscreteScheduler.from_config(cfg).alphas_cumprod
+
+    save_tensors(out / "loops.safetensors", tensors)
+    save_tensors(out / "schedules.safetensors", schedules)
+    save_json(out / "cases.json", {"shape": list(SHAPE), "cases": cases})
+    cfg = copy.deepcopy(SD15)
+    save_json(MODELS / "tiny-sd15" / "scheduler" / "scheduler_config.json", cfg)
