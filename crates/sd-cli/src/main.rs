@@ -1,5 +1,109 @@
-//! The `sd` command-line interface.
+//! The `sd` command-line interface: a thin layer over the `stable-diffusion` library.
 
-fn main() {
-    println!("sd");
+mod generate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use stable_diffusion::tokenizer::ClipTokenizer;
+
+/// Stable Diffusion in Rust: the same images as diffusers, from your own checkpoints.
+#[derive(Parser, Debug)]
+#[command(name = "sd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate images from a prompt (txt2img) or from a prompt and a start image (img2img).
+    Generate(Box<generate::GenerateArgs>),
+    /// Print a prompt's CLIP token ids (start and end tokens included, no padding) as JSON.
+    Tokenize(TokenizeArgs),
+    /// Print the generation parameters stored in a PNG file (AUTOMATIC1111 infotext).
+    Info(InfoArgs),
+}
+
+/// Arguments of `sd tokenize`.
+#[derive(clap::Args, Debug)]
+struct TokenizeArgs {
+    /// The text to tokenize.
+    #[arg(long, short)]
+    prompt: String,
+    /// A diffusers model folder whose `tokenizer/` to use (default: the built-in CLIP vocabulary).
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+}
+
+/// Arguments of `sd info`.
+#[derive(clap::Args, Debug)]
+struct InfoArgs {
+    /// The PNG file to read.
+    file: PathBuf,
+}
+
+/// Failures of the user's input: exit code 2, before any work starts.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(*args),
+        Command::Tokenize(args) => tokenize(args),
+        Command::Info(args) => info(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else if matches!(
+                err.downcast_ref::<stable_diffusion::Error>(),
+                Some(stable_diffusion::Error::Cancelled)
+            ) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let tokenizer = match &args.model {
+        Some(model) => {
+            let folder = model.join("tokenizer");
+            if folder.join("vocab.json").is_file() {
+                ClipTokenizer::from_folder(&folder)?
+            } else if model.exists() {
+                ClipTokenizer::embedded()?
+            } else {
+                return Err(UsageError(format!("model not found: {}", model.display())).into());
+            }
+        }
+        None => ClipTokenizer::embedded()?,
+    };
+    let ids = tokenizer.encode(&args.prompt)?;
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    match stable_diffusion::image::read_parameters(&args.file)? {
+        Some(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        None => Err(UsageError(format!(
+            "{}: no generation parameters found (no `parameters` text chunk)",
+            args.file.display()
+        ))
+        .into()),
+    }
 }

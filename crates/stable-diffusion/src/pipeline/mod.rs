@@ -1,1 +1,81 @@
 //! The generation pipeline: txt2img and img2img as one loop with classifier-free guidance.
+//!
+//! ```text
+//! prompt ─► tokenizer ─► text encoder ─► (uncond, cond) embeddings ─┐
+//! seed ─► noise ─► latents (txt2img) / VAE-encoded init image + noise (img2img)
+//!         └─► for each timestep: UNet(x, t, embeddings) ─► CFG ─► sampler.step ─► ...
+//!                                                              └─► VAE decode ─► images
+//! ```
+
+mod infotext;
+mod model;
+mod request;
+
+pub use model::{LoadOptions, ModelFamily, StableDiffusion};
+pub use request::{GenerationRequest, RngKind, MAX_BATCH, MAX_SIDE, MAX_STEPS};
+
+use std::time::Duration;
+
+/// Where a generation is, reported to the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The prompts are being encoded.
+    EncodingText,
+    /// The init image is being encoded (img2img).
+    EncodingImage,
+    /// Sampling step `step` (1-based) of `total` has finished.
+    Step {
+        /// Steps done.
+        step: usize,
+        /// Steps in this run.
+        total: usize,
+    },
+    /// The latents are being decoded to images.
+    Decoding,
+}
+
+/// What the progress callback tells the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop as soon as possible; the run ends with [`crate::Error::Cancelled`].
+    Cancel,
+}
+
+/// Time spent in each stage of a generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Tokenizing and encoding the prompts.
+    pub text_encoding: Duration,
+    /// Encoding the init image (img2img).
+    pub image_encoding: Duration,
+    /// The whole denoising loop.
+    pub sampling: Duration,
+    /// Steps in the denoising loop.
+    pub steps: usize,
+    /// Decoding the latents to images.
+    pub decoding: Duration,
+}
+
+impl Timings {
+    /// Seconds per sampling step (0 when no step ran).
+    pub fn seconds_per_step(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.sampling.as_secs_f64() / self.steps as f64
+        }
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The images, `batch_size` of them.
+    pub images: Vec<::image::RgbImage>,
+    /// The final latents before VAE decoding, `(batch, channels, h, w)`, unscaled.
+    pub latents: candle_core::Tensor,
+    /// Where the time went.
+    pub timings: Timings,
+}

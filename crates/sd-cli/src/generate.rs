@@ -1,0 +1,339 @@
+//! `sd generate`: arguments, their validation, the progress display and the PNG files.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stable_diffusion::candle_core::Device;
+use stable_diffusion::image::{
+    fit_image, image_to_tensor, load_image, read_parameters, save_png_with_infotext, InfoText,
+    Resize,
+};
+use stable_diffusion::pipeline::{
+    Control, GenerationRequest, LoadOptions, Progress, RngKind, StableDiffusion,
+};
+use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
+
+use crate::UsageError;
+
+/// Arguments of `sd generate`. Options left out take the values of `--from-png`, then the
+/// defaults shown.
+#[derive(clap::Args, Debug, Default)]
+pub struct GenerateArgs {
+    /// The prompt (the same as --prompt).
+    #[arg(value_name = "PROMPT", conflicts_with = "prompt")]
+    positional_prompt: Option<String>,
+    /// The model: a diffusers pipeline folder (with model_index.json).
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// What the image should show.
+    #[arg(long, short)]
+    prompt: Option<String>,
+    /// What the image should not show.
+    #[arg(long, short = 'n')]
+    negative_prompt: Option<String>,
+    /// Image width in pixels, a multiple of 8 [default: the model's native size, or the init image's].
+    #[arg(long, short = 'W')]
+    width: Option<usize>,
+    /// Image height in pixels, a multiple of 8 [default: the model's native size, or the init image's].
+    #[arg(long, short = 'H')]
+    height: Option<usize>,
+    /// Sampling steps [default: 20].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 turns guidance off [default: 7.5].
+    #[arg(long)]
+    cfg_scale: Option<f64>,
+    /// Sampler: ddim, pndm (alias plms), euler, euler_a, dpmpp_2m [default: euler_a].
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Sigma schedule: default or karras [default: default].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Seed of the noise [default: random, printed].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Random number stream: cpu (torch.Generator("cpu"), the same images as diffusers on CPU) [default: cpu].
+    #[arg(long)]
+    rng: Option<String>,
+    /// Images to make from the prompt in one run [default: 1].
+    #[arg(long, short = 'b')]
+    batch_size: Option<usize>,
+    /// DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like [default: 0].
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Start image for img2img (PNG, JPEG or WebP).
+    #[arg(long, short = 'i')]
+    init_image: Option<PathBuf>,
+    /// How much img2img changes the start image, in (0, 1] [default: 0.75].
+    #[arg(long)]
+    strength: Option<f64>,
+    /// Output PNG file; with N > 1 images, STEM-0.png ... STEM-(N-1).png beside it.
+    #[arg(long, short, default_value = "output.png")]
+    output: PathBuf,
+    /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
+    #[arg(long, value_name = "FILE.png")]
+    from_png: Option<PathBuf>,
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Any library error caused by the input becomes a usage error (exit code 2).
+fn as_usage(err: stable_diffusion::Error) -> anyhow::Error {
+    use stable_diffusion::Error as E;
+    match err {
+        E::InvalidArgument { .. }
+        | E::Unsupported { .. }
+        | E::Image { .. }
+        | E::NotFound { .. } => usage(err.to_string()),
+        other => other.into(),
+    }
+}
+
+/// The output paths: exactly `output` for one image, `STEM-i.EXT` beside it for several.
+pub fn output_paths(output: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![output.to_path_buf()];
+    }
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_string());
+    let ext = output
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".to_string());
+    (0..count)
+        .map(|i| output.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
+}
+
+/// Builds the request: defaults, then the PNG's parameters, then the options given.
+fn build_request(
+    args: &GenerateArgs,
+    base: Option<GenerationRequest>,
+) -> Result<GenerationRequest> {
+    let mut request = base.unwrap_or_default();
+    if let Some(prompt) = args.prompt.as_ref().or(args.positional_prompt.as_ref()) {
+        request.prompt = prompt.clone();
+    }
+    if let Some(v) = &args.negative_prompt {
+        request.negative_prompt = v.clone();
+    }
+    if let Some(v) = args.width {
+        request.width = v;
+    }
+    if let Some(v) = args.height {
+        request.height = v;
+    }
+    if let Some(v) = args.steps {
+        request.steps = v;
+    }
+    if let Some(v) = args.cfg_scale {
+        request.cfg_scale = v;
+    }
+    if let Some(v) = &args.sampler {
+        request.sampler = v.parse::<SamplerKind>().map_err(as_usage)?;
+    }
+    if let Some(v) = &args.schedule {
+        request.schedule = v.parse::<SigmaSchedule>().map_err(as_usage)?;
+    }
+    if let Some(v) = args.seed {
+        request.seed = v;
+    }
+    if let Some(v) = &args.rng {
+        request.rng = v.parse::<RngKind>().map_err(as_usage)?;
+    }
+    if let Some(v) = args.batch_size {
+        request.batch_size = v;
+    }
+    if let Some(v) = args.eta {
+        request.eta = v;
+    }
+    if let Some(v) = &args.init_image {
+        request.init_image = Some(v.clone());
+    }
+    if let Some(v) = args.strength {
+        request.strength = v;
+    }
+    Ok(request)
+}
+
+/// A seed for runs that name none: below 2^32, as AUTOMATIC1111 shows them.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish() & 0xffff_ffff
+}
+
+/// Runs `sd generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    // 1. Everything the user gave is checked before the model is loaded.
+    let base = match &args.from_png {
+        Some(png) => {
+            let text = read_parameters(png).map_err(as_usage)?.ok_or_else(|| {
+                usage(format!("{}: no generation parameters found", png.display()))
+            })?;
+            let info = InfoText::parse(&text);
+            Some(GenerationRequest::from_infotext(&info).map_err(as_usage)?)
+        }
+        None => None,
+    };
+    let mut request = build_request(&args, base)?;
+    let seed_given = args.seed.is_some() || args.from_png.is_some();
+    if !seed_given {
+        request.seed = random_seed();
+    }
+    if request.prompt.is_empty()
+        && args.from_png.is_none()
+        && args.prompt.is_none()
+        && args.positional_prompt.is_none()
+    {
+        return Err(usage("no prompt given: pass --prompt TEXT"));
+    }
+    let model_path = args
+        .model
+        .clone()
+        .ok_or_else(|| usage("no model given: pass --model PATH (a diffusers folder)"))?;
+    if !model_path.exists() {
+        return Err(usage(format!("model not found: {}", model_path.display())));
+    }
+    let init_image = match &request.init_image {
+        Some(path) => Some(load_image(path).map_err(as_usage)?),
+        None => None,
+    };
+    if let Some(image) = &init_image {
+        // As diffusers: img2img defaults to the image's size, rounded down to a multiple of 8.
+        if args.width.is_none() && args.from_png.is_none() {
+            request.width = image.width() as usize / 8 * 8;
+        }
+        if args.height.is_none() && args.from_png.is_none() {
+            request.height = image.height() as usize / 8 * 8;
+        }
+    }
+    let outputs = output_paths(&args.output, request.batch_size.max(1));
+    let folder = args
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(usage(format!(
+            "output folder does not exist: {}",
+            folder.display()
+        )));
+    }
+    if init_image.is_none()
+        && args.width.is_none()
+        && args.height.is_none()
+        && args.from_png.is_none()
+    {
+        // Sizes default to the model's native size, known once its config is read; validate
+        // the rest now with a size that is surely valid.
+        let mut probe = request.clone();
+        probe.width = 8;
+        probe.height = 8;
+        probe.validate(8).map_err(as_usage)?;
+    } else {
+        request.validate(8).map_err(as_usage)?;
+    }
+
+    // 2. Load the model.
+    let model = StableDiffusion::load(&model_path, &LoadOptions::default())
+        .with_context(|| format!("loading model {}", model_path.display()))?;
+    if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
+        request.width = model.native_size();
+    }
+    if init_image.is_none() && args.height.is_none() && args.from_png.is_none() {
+        request.height = model.native_size();
+    }
+    request.validate(model.spatial_factor()).map_err(as_usage)?;
+    if !seed_given {
+        eprintln!("seed: {}", request.seed);
+    }
+    let init_tensor = match init_image {
+        Some(image) => {
+            // Same size: exact. Another size: Lanczos, as diffusers resizes (close, not equal).
+            let image = fit_image(
+                image,
+                request.width as u32,
+                request.height as u32,
+                Resize::Lanczos3,
+            )?;
+            Some(image_to_tensor(&image, &Device::Cpu)?)
+        }
+        None => None,
+    };
+
+    // 3. Generate, with a progress bar on a terminal and Ctrl-C as a clean cancel.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    {
+        let cancelled = cancelled.clone();
+        let _ = ctrlc::set_handler(move || {
+            if cancelled.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let bar = ProgressBar::new(request.effective_steps() as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let mut on_progress = |event: Progress| {
+        match event {
+            Progress::EncodingText => bar.set_message("text"),
+            Progress::EncodingImage => bar.set_message("image"),
+            Progress::Step { step, .. } => {
+                bar.set_message("sampling");
+                bar.set_position(step as u64);
+            }
+            Progress::Decoding => bar.set_message("decoding"),
+        }
+        if cancelled.load(Ordering::SeqCst) {
+            Control::Cancel
+        } else {
+            Control::Continue
+        }
+    };
+    let generation = model.generate(&request, init_tensor.as_ref(), &mut on_progress);
+    bar.finish_and_clear();
+    let generation = generation?;
+
+    // 4. Write the PNGs, each atomically, with the parameters that re-create it.
+    for (index, (image, path)) in generation.images.iter().zip(&outputs).enumerate() {
+        let info = request.to_infotext(&model.name(), None, index);
+        save_png_with_infotext(path, image, &info)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    let t = generation.timings;
+    eprintln!(
+        "text encoding {:.2} s, sampling {} steps in {:.2} s ({:.3} s/step), VAE decoding {:.2} s",
+        t.text_encoding.as_secs_f64() + t.image_encoding.as_secs_f64(),
+        t.steps,
+        t.sampling.as_secs_f64(),
+        t.seconds_per_step(),
+        t.decoding.as_secs_f64()
+    );
+    Ok(())
+}

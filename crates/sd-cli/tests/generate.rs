@@ -1,0 +1,369 @@
+//! End-to-end: `sd generate` on the tiny SD 1.5-shaped model must give diffusers' images.
+//! The cases and the reference PNGs come from tools/reference/parts/pipeline.py.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn tiny_model() -> PathBuf {
+    fixtures().join("models/tiny-sd15")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sd-cli-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sd(args: &[&str], threads: Option<usize>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+    command.args(args).current_dir(fixtures().join("pipeline"));
+    if let Some(threads) = threads {
+        command.env("RAYON_NUM_THREADS", threads.to_string());
+    }
+    command.output().expect("sd runs")
+}
+
+fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// Per channel: max |diff| <= 2 of 255 and mean |diff| <= 0.02.
+fn assert_images_match(case: &str, actual: &Path, expected: &Path) {
+    let (a, b) = (rgb(actual), rgb(expected));
+    assert_eq!(a.dimensions(), b.dimensions(), "{case}: image size");
+    for channel in 0..3 {
+        let diffs: Vec<f64> = a
+            .pixels()
+            .zip(b.pixels())
+            .map(|(p, q)| (p.0[channel] as f64 - q.0[channel] as f64).abs())
+            .collect();
+        let max = diffs.iter().cloned().fold(0.0, f64::max);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        assert!(
+            max <= 2.0 && mean <= 0.02,
+            "{case}: channel {channel} max |diff| {max}, mean {mean:.4}"
+        );
+    }
+}
+
+#[test]
+fn generate_matches_diffusers_for_every_reference_case() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("pipeline/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = scratch("parity");
+    let model = tiny_model();
+    for case in cases.as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let output = dir.join(format!("{name}.png"));
+        let mut args: Vec<String> = vec![
+            "generate".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+        ];
+        args.extend(
+            case["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string()),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = sd(&args, None);
+        assert!(
+            run.status.success(),
+            "{name}: sd failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        for image in case["images"].as_array().unwrap() {
+            let image = image.as_str().unwrap();
+            assert_images_match(
+                &format!("{name}/{image}"),
+                &dir.join(image),
+                &fixtures().join("pipeline").join(image),
+            );
+        }
+    }
+}
+
+#[test]
+fn same_command_gives_byte_identical_pngs_with_any_thread_count() {
+    let dir = scratch("determinism");
+    let model = tiny_model();
+    let mut outputs = Vec::new();
+    for (run, threads) in [1, 1, 2].into_iter().enumerate() {
+        let output = dir.join(format!("run{run}.png"));
+        let result = sd(
+            &[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "a red circle on a blue background",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--steps",
+                "4",
+                "--sampler",
+                "euler_a",
+                "--seed",
+                "99",
+                "--output",
+                output.to_str().unwrap(),
+            ],
+            Some(threads),
+        );
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        outputs.push(std::fs::read(&output).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1], "two runs with 1 thread differ");
+    assert_eq!(outputs[0], outputs[2], "1 thread and 2 threads differ");
+}
+
+#[test]
+fn png_carries_a1111_parameters_and_from_png_reruns_them() {
+    let dir = scratch("infotext");
+    let model = tiny_model();
+    let first = dir.join("first.png");
+    let run = sd(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red circle, on a blue background",
+            "--negative-prompt",
+            "blurry",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "3",
+            "--cfg-scale",
+            "7",
+            "--sampler",
+            "dpmpp_2m",
+            "--schedule",
+            "karras",
+            "--seed",
+            "1234",
+            "--output",
+            first.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let info = sd(&["info", first.to_str().unwrap()], None);
+    assert!(info.status.success());
+    let text = String::from_utf8(info.stdout).unwrap();
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    assert_eq!(lines[0], "a red circle, on a blue background");
+    assert_eq!(lines[1], "Negative prompt: blurry");
+    assert!(
+        lines[2].starts_with(
+            "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 64x64, "
+        ),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].contains("Model: tiny-sd15"), "{}", lines[2]);
+
+    let second = dir.join("second.png");
+    let rerun = sd(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--from-png",
+            first.to_str().unwrap(),
+            "--output",
+            second.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
+}
+
+#[test]
+fn batch_writes_numbered_files_beside_the_output() {
+    let dir = scratch("batch");
+    let output = dir.join("cat.png");
+    let run = sd(
+        &[
+            "generate",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "2",
+            "--batch-size",
+            "3",
+            "--seed",
+            "5",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        !output.exists(),
+        "a batch must not write the plain output path"
+    );
+    for i in 0..3 {
+        assert!(
+            dir.join(format!("cat-{i}.png")).is_file(),
+            "cat-{i}.png missing"
+        );
+    }
+}
+
+/// Runs `sd generate` with `extra` arguments and expects exit code 2 with `needle` in stderr,
+/// and no output file.
+fn assert_usage_error(extra: &[&str], needle: &str) {
+    let dir = scratch("usage");
+    let output = dir.join("never.png");
+    let model = tiny_model();
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ];
+    if !extra.contains(&"--output") {
+        args.extend_from_slice(&["--output", output.to_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    let run = sd(&args, None);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{extra:?}: stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{extra:?}: stderr {stderr:?} lacks {needle:?}"
+    );
+    assert!(!output.exists());
+}
+
+#[test]
+fn bad_input_exits_2_with_a_clear_message() {
+    assert_usage_error(&["--width", "65", "--height", "64"], "width");
+    assert_usage_error(&["--width", "64", "--height", "100"], "height");
+    assert_usage_error(&["--width", "8192", "--height", "64"], "limit");
+    assert_usage_error(&["--steps", "0"], "steps");
+    assert_usage_error(&["--strength", "0"], "strength");
+    assert_usage_error(&["--strength", "1.5"], "strength");
+    assert_usage_error(&["--sampler", "nope"], "euler_a");
+    assert_usage_error(&["--schedule", "nope"], "karras");
+    assert_usage_error(
+        &["--init-image", "does-not-exist.png"],
+        "does-not-exist.png",
+    );
+    assert_usage_error(&["--output", "/nonexistent-folder/x.png"], "output folder");
+    let corrupt = scratch("corrupt").join("corrupt.png");
+    std::fs::write(&corrupt, b"not a png at all").unwrap();
+    assert_usage_error(&["--init-image", corrupt.to_str().unwrap()], "corrupt.png");
+}
+
+#[test]
+fn tokenize_prints_untruncated_ids_as_json() {
+    let run = sd(&["tokenize", "--prompt", "a photo of a cat"], None);
+    assert!(run.status.success());
+    let ids: Vec<u32> = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(ids.first(), Some(&49406));
+    assert_eq!(ids.last(), Some(&49407));
+    assert_eq!(ids.len(), 7);
+    let long = "cat ".repeat(100);
+    let run = sd(&["tokenize", "--prompt", &long], None);
+    let ids: Vec<u32> = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(ids.len(), 102, "tokenize must not truncate");
+    let with_model = sd(
+        &[
+            "tokenize",
+            "--prompt",
+            "a photo of a cat",
+            "--model",
+            tiny_model().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        with_model.stdout,
+        sd(&["tokenize", "--prompt", "a photo of a cat"], None).stdout
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_leaves_no_png() {
+    let dir = scratch("interrupt");
+    let output = dir.join("interrupted.png");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args([
+            "generate",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--prompt",
+            "a long run",
+            "--width",
+            "256",
+            "--height",
+            "256",
+            "--steps",
+            "1000",
+            "--seed",
+            "1",
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sd starts");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+}

@@ -1,0 +1,98 @@
+//! Speed of the two heavy models on full-size SD 1.5 configs with random weights: one UNet
+//! forward (batch 2, as classifier-free guidance runs it) and one VAE decode, at 256x256 and
+//! 512x512. Prints seconds and GFLOP/s, and the ratio to a plain f32 GEMM measured in the same
+//! run (the practical peak of this machine), so numbers from different machines compare.
+//!
+//! Run: `cargo bench -p stable-diffusion --bench models [-- 256|512]`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use stable_diffusion::nn::flops;
+use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
+use stable_diffusion::vae::{AutoencoderKL, VaeConfig};
+
+/// Median wall time of `runs` calls of `f`, after one warm-up call.
+fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> f64 {
+    f();
+    let mut samples: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+/// GFLOP/s of a square f32 matmul through candle: the baseline.
+fn gemm_gflops(device: &Device) -> f64 {
+    let n = 2048;
+    let a = Tensor::randn(0f32, 1.0, (n, n), device).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (n, n), device).unwrap();
+    let seconds = time(5, || a.matmul(&b).unwrap());
+    2.0 * (n * n * n) as f64 / seconds / 1e9
+}
+
+fn random_vb(device: &Device) -> (VarMap, VarBuilder<'static>) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    (varmap, vb)
+}
+
+fn main() {
+    let device = Device::Cpu;
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![256, 512]
+    } else {
+        sizes
+    };
+    let threads = candle_core::utils::get_num_threads();
+    println!("threads: {threads}");
+    let peak = gemm_gflops(&device);
+    println!("baseline: f32 GEMM 2048^3: {peak:.1} GFLOP/s");
+
+    let unet_config = UNetConfig::sd15();
+    let (_unet_vars, vb) = random_vb(&device);
+    let unet = UNet2DConditionModel::new(vb, &unet_config).expect("build SD 1.5 UNet");
+    let vae_config = VaeConfig::sd15();
+    let (_vae_vars, vb) = random_vb(&device);
+    let vae = AutoencoderKL::new(vb, &vae_config).expect("build SD 1.5 VAE");
+
+    for size in sizes {
+        let latent = size / 8;
+        let sample = Tensor::randn(0f32, 1.0, (2, 4, latent, latent), &device).unwrap();
+        let context = Tensor::randn(0f32, 1.0, (2, 77, 768), &device).unwrap();
+        flops::reset();
+        unet.forward(&sample, 500.0, &context, None).unwrap();
+        let unet_flops = flops::total() as f64;
+        let runs = if size <= 256 { 3 } else { 1 };
+        let seconds = time(runs, || {
+            unet.forward(&sample, 500.0, &context, None).unwrap()
+        });
+        let gflops = unet_flops / seconds / 1e9;
+        println!(
+            "unet  sd15 {size}x{size} batch 2: {seconds:.3} s, {:.1} GFLOP, {gflops:.1} GFLOP/s ({:.0}% of GEMM)",
+            unet_flops / 1e9,
+            100.0 * gflops / peak
+        );
+
+        let latents = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device).unwrap();
+        flops::reset();
+        vae.decode(&latents).unwrap();
+        let vae_flops = flops::total() as f64;
+        let seconds = time(runs, || vae.decode(&latents).unwrap());
+        let gflops = vae_flops / seconds / 1e9;
+        println!(
+            "vae   sd15 {size}x{size} decode:  {seconds:.3} s, {:.1} GFLOP, {gflops:.1} GFLOP/s ({:.0}% of GEMM)",
+            vae_flops / 1e9,
+            100.0 * gflops / peak
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The request as AUTOMATIC1111 infotext, and back: what a PNG carries so that it can be re-made.
+
+use super::{GenerationRequest, RngKind};
+use crate::image::{format_float, InfoText};
+use crate::scheduler::{SamplerKind, SigmaSchedule};
+use crate::{Error, Result};
+
+impl GenerationRequest {
+    /// The infotext of image `batch_pos` of this request, with A1111's keys in A1111's order.
+    /// `model_hash` is A1111's short hash when known.
+    pub fn to_infotext(
+        &self,
+        model_name: &str,
+        model_hash: Option<&str>,
+        batch_pos: usize,
+    ) -> InfoText {
+        let mut info = InfoText::new(self.prompt.clone(), self.negative_prompt.clone())
+            .with("Steps", self.steps)
+            .with("Sampler", self.sampler.a1111_name())
+            .with("Schedule type", self.schedule.a1111_name())
+            .with("CFG scale", format_float(self.cfg_scale))
+            .with("Seed", self.seed)
+            .with("Size", format!("{}x{}", self.width, self.height));
+        if let Some(hash) = model_hash {
+            info.push("Model hash", hash);
+        }
+        if !model_name.is_empty() {
+            info.push("Model", model_name);
+        }
+        if self.init_image.is_some() {
+            info.push("Denoising strength", format_float(self.strength));
+        }
+        info.push("RNG", self.rng.a1111_name());
+        if self.sampler == SamplerKind::Ddim && self.eta != 0.0 {
+            info.push("Eta DDIM", format_float(self.eta));
+        }
+        if self.batch_size > 1 {
+            info.push("Batch size", self.batch_size);
+            info.push("Batch pos", batch_pos);
+        }
+        info
+    }
+
+    /// A request from infotext written by `sd` or AUTOMATIC1111. Keys it does not know are
+    /// ignored; known keys with values it cannot use are errors naming the key.
+    pub fn from_infotext(info: &InfoText) -> Result<Self> {
+        let mut request = GenerationRequest {
+            prompt: info.prompt.clone(),
+            negative_prompt: info.negative_prompt.clone(),
+            ..Default::default()
+        };
+        if let Some(v) = info.get("Steps") {
+            request.steps = number("Steps", v)?;
+        }
+        if let Some(v) = info.get("Sampler") {
+            let (sampler, schedule) = parse_sampler(v)?;
+            request.sampler = sampler;
+            if let Some(schedule) = schedule {
+                request.schedule = schedule;
+            }
+        }
+        if let Some(v) = info.get("Schedule type") {
+            request.schedule = v.parse()?;
+        }
+        if let Some(v) = info.get("CFG scale") {
+            request.cfg_scale = number("CFG scale", v)?;
+        }
+        if let Some(v) = info.get("Seed") {
+            request.seed = number("Seed", v)?;
+        }
+        if let Some(v) = info.get("Size") {
+            let (w, h) = v.split_once('x').ok_or_else(|| {
+                Error::invalid("infotext", format!("Size `{v}` is not WIDTHxHEIGHT"))
+            })?;
+            request.width = number("Size", w)?;
+            request.height = number("Size", h)?;
+        }
+        if let Some(v) = info.get("Denoising strength") {
+            request.strength = number("Denoising strength", v)?;
+        }
+        if let Some(v) = info.get("RNG") {
+            request.rng = v.parse::<RngKind>()?;
+        }
+        if let Some(v) = info.get("Eta DDIM") {
+            request.eta = number("Eta DDIM", v)?;
+        }
+        if let Some(v) = info.get("Batch size") {
+            request.batch_size = number("Batch size", v)?;
+        }
+        Ok(request)
+    }
+}
+
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| {
+        Error::invalid(
+            "infotext",
+            format!("{key}: `{value}` is not a valid number"),
+        )
+    })
+}
+
+/// A1111's sampler names, also the older forms with the schedule in the name ("DPM++ 2M Karras").
+fn parse_sampler(name: &str) -> Result<(SamplerKind, Option<SigmaSchedule>)> {
+    let find = |name: &str| {
+        SamplerKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.a1111_name().eq_ignore_ascii_case(name) || kind.name() == name)
+    };
+    if let Some(kind) = find(name) {
+        return Ok((kind, None));
+    }
+    if let Some(base) = name.strip_suffix(" Karras") {
+        if let Some(kind) = find(base) {
+            return Ok((kind, Some(SigmaSchedule::Karras)));
+        }
+    }
+    Err(Error::Unsupported {
+        what: "sampler",
+        value: name.to_string(),
+        valid: SamplerKind::ALL
+            .iter()
+            .map(|k| k.a1111_name().to_string())
+            .collect(),
+    })
+}

@@ -1,0 +1,189 @@
+//! The one request type that the CLI, the server and the library all build, validated in one
+//! place and written back out as the PNG infotext.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::scheduler::{SamplerKind, SigmaSchedule};
+use crate::{Error, Result};
+
+/// The largest width or height accepted, in pixels (SDXL's native size is 1024; 4096 leaves
+/// room for upscaled work while refusing sizes that would exhaust memory at once).
+pub const MAX_SIDE: usize = 4096;
+
+/// The largest batch accepted in one request.
+pub const MAX_BATCH: usize = 64;
+
+/// The largest number of sampling steps accepted.
+pub const MAX_STEPS: usize = 1000;
+
+/// Which random stream the noise comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RngKind {
+    /// `torch.Generator("cpu")`: the same seed gives diffusers' CPU-generator images.
+    #[default]
+    Cpu,
+}
+
+impl RngKind {
+    /// Every name [`RngKind::from_str`] accepts.
+    pub const NAMES: &'static [&'static str] = &["cpu"];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            RngKind::Cpu => "cpu",
+        }
+    }
+
+    /// The value AUTOMATIC1111 writes in its `RNG` infotext field.
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            RngKind::Cpu => "CPU",
+        }
+    }
+}
+
+impl FromStr for RngKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(RngKind::Cpu),
+            _ => Err(Error::Unsupported {
+                what: "rng",
+                value: s.to_string(),
+                valid: RngKind::NAMES.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+}
+
+/// Everything that defines one generation: the same value gives the same images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// What the image should show.
+    pub prompt: String,
+    /// What it should not show (empty: the unconditional embedding of "").
+    pub negative_prompt: String,
+    /// Image width in pixels (a multiple of the model's spatial factor, 8).
+    pub width: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Number of sampling steps (for img2img, before the strength truncation).
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 or below skips the unconditional pass.
+    pub cfg_scale: f64,
+    /// The sampler.
+    pub sampler: SamplerKind,
+    /// The sigma schedule.
+    pub schedule: SigmaSchedule,
+    /// The seed of the noise stream.
+    pub seed: u64,
+    /// Which noise stream.
+    pub rng: RngKind,
+    /// Images made from the prompt in one run.
+    pub batch_size: usize,
+    /// DDIM's eta (0 = deterministic DDIM).
+    pub eta: f64,
+    /// The starting image for img2img.
+    pub init_image: Option<PathBuf>,
+    /// How much of the schedule img2img runs, in (0, 1].
+    pub strength: f64,
+}
+
+impl Default for GenerationRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 20,
+            cfg_scale: 7.5,
+            sampler: SamplerKind::EulerA,
+            schedule: SigmaSchedule::Default,
+            seed: 0,
+            rng: RngKind::Cpu,
+            batch_size: 1,
+            eta: 0.0,
+            init_image: None,
+            strength: 0.75,
+        }
+    }
+}
+
+impl GenerationRequest {
+    /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one).
+    pub fn uses_cfg(&self) -> bool {
+        self.cfg_scale > 1.0
+    }
+
+    /// The number of steps img2img actually runs (all of them for txt2img), as diffusers counts.
+    pub fn effective_steps(&self) -> usize {
+        if self.init_image.is_some() {
+            ((self.steps as f64 * self.strength) as usize).min(self.steps)
+        } else {
+            self.steps
+        }
+    }
+
+    /// Checks every parameter against the model's spatial factor (8 for SD's VAE), before any
+    /// work starts. The error names the parameter and says what is allowed.
+    pub fn validate(&self, spatial_factor: usize) -> Result<()> {
+        for (what, value) in [("width", self.width), ("height", self.height)] {
+            if value == 0 || value % spatial_factor != 0 {
+                return Err(Error::invalid(
+                    what,
+                    format!("{value} is not a positive multiple of {spatial_factor}"),
+                ));
+            }
+            if value > MAX_SIDE {
+                return Err(Error::invalid(
+                    what,
+                    format!("{value} is above the limit of {MAX_SIDE} pixels"),
+                ));
+            }
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(Error::invalid(
+                "steps",
+                format!("{} is not in 1..={MAX_STEPS}", self.steps),
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH {
+            return Err(Error::invalid(
+                "batch size",
+                format!("{} is not in 1..={MAX_BATCH}", self.batch_size),
+            ));
+        }
+        if !self.cfg_scale.is_finite() || self.cfg_scale < 0.0 {
+            return Err(Error::invalid(
+                "cfg scale",
+                format!("{} is not a finite number >= 0", self.cfg_scale),
+            ));
+        }
+        if !self.eta.is_finite() || self.eta < 0.0 {
+            return Err(Error::invalid(
+                "eta",
+                format!("{} is not a finite number >= 0", self.eta),
+            ));
+        }
+        if !(self.strength > 0.0 && self.strength <= 1.0) {
+            return Err(Error::invalid(
+                "strength",
+                format!("{} is outside (0, 1]", self.strength),
+            ));
+        }
+        if self.init_image.is_some() && self.effective_steps() == 0 {
+            return Err(Error::invalid(
+                "strength",
+                format!(
+                    "{} of {} steps runs no step at all; raise --strength or --steps",
+                    self.strength, self.steps
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
