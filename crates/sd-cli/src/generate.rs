@@ -324,9 +324,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     if let Some(path) = &args.vae {
         // The external VAE decodes whichever model finishes the run.
-        let load = || {
-            load_vae(path, &options).with_context(|| format!("loading VAE {}", path.display()))
-        };
+        let load =
+            || load_vae(path, &options).with_context(|| format!("loading VAE {}", path.display()));
         let (vae, dtype) = load()?;
         model = model.with_vae(vae, dtype).map_err(as_usage)?;
         if let Some(r) = refiner.take() {

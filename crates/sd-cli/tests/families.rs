@@ -41,7 +41,12 @@ fn rgb(path: &Path) -> image::RgbImage {
 /// Per channel max and mean |diff| in 0..=255 units.
 fn image_diffs(actual: &Path, expected: &Path) -> Vec<(f64, f64)> {
     let (a, b) = (rgb(actual), rgb(expected));
-    assert_eq!(a.dimensions(), b.dimensions(), "{}: image size", actual.display());
+    assert_eq!(
+        a.dimensions(),
+        b.dimensions(),
+        "{}: image size",
+        actual.display()
+    );
     (0..3)
         .map(|channel| {
             let diffs: Vec<f64> = a
@@ -179,8 +184,16 @@ fn bf16_weights_run_and_stay_close() {
         "--output".into(),
         output.display().to_string(),
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert_eq!(rgb(&output).dimensions(), (64, 64), "the native size of the tiny SDXL");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        rgb(&output).dimensions(),
+        (64, 64),
+        "the native size of the tiny SDXL"
+    );
 }
 
 /// Runs `sd generate` on `model` with `extra` arguments and expects exit code 2 with
@@ -261,7 +274,11 @@ fn refiner_handoff_is_written_to_the_infotext() {
         "--output".into(),
         output.display().to_string(),
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let info = sd(&["info".into(), output.display().to_string()]);
     let text = String::from_utf8(info.stdout).unwrap();
     assert!(

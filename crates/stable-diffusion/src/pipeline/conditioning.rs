@@ -121,8 +121,8 @@ impl StableDiffusion {
         let batch = request.batch_size;
         let cond = self.encode_prompt(&request.prompt)?;
         let uncond = if request.uses_cfg() {
-            let zeros = request.negative_prompt.is_empty()
-                && self.description.force_zeros_for_empty_prompt;
+            let zeros =
+                request.negative_prompt.is_empty() && self.description.force_zeros_for_empty_prompt;
             Some(if zeros {
                 cond.zeros_like()?
             } else {
@@ -143,8 +143,8 @@ impl StableDiffusion {
                 None => repeat(cond)?,
             })
         };
-        let context = stack(&cond.context, uncond.as_ref().map(|u| &u.context))?
-            .to_dtype(self.dtype)?;
+        let context =
+            stack(&cond.context, uncond.as_ref().map(|u| &u.context))?.to_dtype(self.dtype)?;
         let added = match &cond.pooled {
             Some(pooled) => {
                 let (ids, negative_ids) = self.time_ids(request, request.height, request.width)?;

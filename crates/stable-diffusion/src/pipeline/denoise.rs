@@ -102,7 +102,14 @@ impl StableDiffusion {
             }
             (Some(image), Some(mask)) => {
                 check(Progress::EncodingImage)?;
-                self.prepare_inpaint(request, image, mask, &latent_shape, sampler.as_mut(), rng.as_mut())?
+                self.prepare_inpaint(
+                    request,
+                    image,
+                    mask,
+                    &latent_shape,
+                    sampler.as_mut(),
+                    rng.as_mut(),
+                )?
             }
         };
         if inputs.init_image.is_some() {
@@ -175,9 +182,17 @@ impl StableDiffusion {
                 Ok(())
             }
         };
-        agree("init image", request.init_image.is_some(), inputs.init_image.is_some())?;
+        agree(
+            "init image",
+            request.init_image.is_some(),
+            inputs.init_image.is_some(),
+        )?;
         agree("mask", request.mask.is_some(), inputs.mask.is_some())?;
-        agree("refiner", request.refiner.is_some(), inputs.refiner.is_some())?;
+        agree(
+            "refiner",
+            request.refiner.is_some(),
+            inputs.refiner.is_some(),
+        )?;
         if let Some(image) = inputs.init_image {
             let (_, channels, h, w) = image.dims4()?;
             if channels != 3 || (h, w) != (request.height, request.width) {
@@ -249,7 +264,9 @@ impl StableDiffusion {
     fn encode_image(&self, image: &Tensor, rng: &mut dyn NoiseSource) -> Result<Tensor> {
         let posterior = self.vae.encode(&image.to_dtype(self.vae_dtype)?)?;
         let latents = posterior.sample(rng)?;
-        self.scale_latents(&latents)?.to_dtype(self.dtype).map_err(Into::into)
+        self.scale_latents(&latents)?
+            .to_dtype(self.dtype)
+            .map_err(Into::into)
     }
 
     /// VAE latents → the UNet's scale: `scaling · z`, or `(z − mean) · scaling / std` when the

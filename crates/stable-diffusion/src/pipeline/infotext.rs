@@ -39,7 +39,10 @@ impl GenerationRequest {
             info.push("Aesthetic score", format_float(self.aesthetic_score));
         }
         if self.negative_aesthetic_score != 2.5 {
-            info.push("Negative aesthetic score", format_float(self.negative_aesthetic_score));
+            info.push(
+                "Negative aesthetic score",
+                format_float(self.negative_aesthetic_score),
+            );
         }
         if self.sampler == SamplerKind::Ddim && self.eta != 0.0 {
             info.push("Eta DDIM", format_float(self.eta));

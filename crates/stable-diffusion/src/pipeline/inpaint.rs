@@ -78,7 +78,10 @@ pub(super) enum InpaintMode {
     None,
     /// A 9-channel UNet: `[latents, mask, masked-image latents]` on the channel axis; both
     /// extra inputs already batched like the UNet input (doubled with guidance).
-    Concat { mask: Tensor, masked_latents: Tensor },
+    Concat {
+        mask: Tensor,
+        masked_latents: Tensor,
+    },
     /// A 4-channel UNet: after each step the kept part is replaced by the init image's latents
     /// noised to the next timestep (`mask` and the latents batched like the latents).
     Blend {
@@ -115,7 +118,10 @@ impl InpaintMode {
 pub(super) fn blend(mask: &Tensor, kept: &Tensor, latents: &Tensor) -> Result<Tensor> {
     let mask = mask.to_dtype(latents.dtype())?;
     let inverse = mask.affine(-1.0, 1.0)?;
-    Ok((inverse.broadcast_mul(&kept.to_dtype(latents.dtype())?)? + mask.broadcast_mul(latents)?)?)
+    Ok(
+        (inverse.broadcast_mul(&kept.to_dtype(latents.dtype())?)?
+            + mask.broadcast_mul(latents)?)?,
+    )
 }
 
 #[cfg(test)]

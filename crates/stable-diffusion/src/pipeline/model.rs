@@ -120,14 +120,22 @@ impl StableDiffusion {
             return wrong(format!(
                 "{} {} a first text encoder",
                 family.name(),
-                if family.has_first_text_encoder() { "needs" } else { "has no" }
+                if family.has_first_text_encoder() {
+                    "needs"
+                } else {
+                    "has no"
+                }
             ));
         }
         if family.has_second_text_encoder() != parts.text_encoder_2.is_some() {
             return wrong(format!(
                 "{} {} a second text encoder",
                 family.name(),
-                if family.has_second_text_encoder() { "needs" } else { "has no" }
+                if family.has_second_text_encoder() {
+                    "needs"
+                } else {
+                    "has no"
+                }
             ));
         }
         if let Some(second) = &parts.text_encoder_2 {
@@ -231,7 +239,10 @@ impl StableDiffusion {
 
     /// Replaces the VAE (e.g. with one from [`load_vae`]); its latent channels must match.
     pub fn with_vae(mut self, vae: AutoencoderKL, vae_dtype: DType) -> Result<Self> {
-        let (found, expected) = (vae.config().latent_channels, self.vae.config().latent_channels);
+        let (found, expected) = (
+            vae.config().latent_channels,
+            self.vae.config().latent_channels,
+        );
         if found != expected {
             return Err(Error::invalid(
                 "vae",

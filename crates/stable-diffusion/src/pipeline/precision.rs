@@ -131,11 +131,20 @@ mod tests {
 
     #[test]
     fn matrices_stay_in_storage_and_vectors_and_embeddings_do_not() {
-        assert!(kept_in_storage("down_blocks.0.resnets.0.conv1.weight", &[8, 4, 3, 3]));
+        assert!(kept_in_storage(
+            "down_blocks.0.resnets.0.conv1.weight",
+            &[8, 4, 3, 3]
+        ));
         assert!(kept_in_storage("time_embedding.linear_1.weight", &[32, 8]));
         assert!(!kept_in_storage("down_blocks.0.resnets.0.conv1.bias", &[8]));
-        assert!(!kept_in_storage("text_model.embeddings.token_embedding.weight", &[49408, 32]));
-        assert!(!kept_in_storage("embeddings.position_embedding.weight", &[77, 32]));
+        assert!(!kept_in_storage(
+            "text_model.embeddings.token_embedding.weight",
+            &[49408, 32]
+        ));
+        assert!(!kept_in_storage(
+            "embeddings.position_embedding.weight",
+            &[77, 32]
+        ));
     }
 
     #[test]

@@ -217,7 +217,10 @@ impl GenerationRequest {
             ("negative aesthetic score", self.negative_aesthetic_score),
         ] {
             if !value.is_finite() {
-                return Err(Error::invalid(what, format!("{value} is not a finite number")));
+                return Err(Error::invalid(
+                    what,
+                    format!("{value} is not a finite number"),
+                ));
             }
         }
         if self.init_image.is_some() && self.effective_steps() == 0 {
