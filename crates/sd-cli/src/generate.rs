@@ -13,7 +13,8 @@ use stable_diffusion::image::{
     Resize,
 };
 use stable_diffusion::pipeline::{
-    Control, GenerationRequest, LoadOptions, Progress, RngKind, StableDiffusion,
+    load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, Inputs, LoadOptions,
+    Progress, RngKind, StableDiffusion,
 };
 use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
 
@@ -71,6 +72,24 @@ pub struct GenerateArgs {
     /// How much img2img changes the start image, in (0, 1] [default: 0.75].
     #[arg(long)]
     strength: Option<f64>,
+    /// Inpainting mask (PNG, the init image's size): white repaints, black keeps. Needs --init-image.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// An SDXL refiner (a diffusers folder) that takes over the last part of the schedule.
+    #[arg(long)]
+    refiner: Option<PathBuf>,
+    /// Where the refiner takes over, a fraction of the schedule in (0, 1) [default: 0.8].
+    #[arg(long)]
+    refiner_switch: Option<f64>,
+    /// A VAE to use instead of the model's (a diffusers AutoencoderKL folder).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// The dtype weights are kept in: f32, f16 or bf16 (half weights stay half in memory) [default: f32].
+    #[arg(long)]
+    weight_dtype: Option<String>,
+    /// The dtype layers compute in: f32, f16 or bf16 (half is slow on most CPUs) [default: f32].
+    #[arg(long)]
+    compute_dtype: Option<String>,
     /// Output PNG file; with N > 1 images, STEM-0.png ... STEM-(N-1).png beside it.
     #[arg(long, short, default_value = "output.png")]
     output: PathBuf,
@@ -161,6 +180,15 @@ fn build_request(
     if let Some(v) = args.strength {
         request.strength = v;
     }
+    if let Some(v) = &args.mask {
+        request.mask = Some(v.clone());
+    }
+    if let Some(v) = &args.refiner {
+        request.refiner = Some(v.clone());
+    }
+    if let Some(v) = args.refiner_switch {
+        request.refiner_switch = v;
+    }
     Ok(request)
 }
 
@@ -209,10 +237,45 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if !model_path.exists() {
         return Err(usage(format!("model not found: {}", model_path.display())));
     }
+    let mut options = LoadOptions::default();
+    if let Some(v) = &args.weight_dtype {
+        options.weight_dtype = parse_dtype("weight dtype", v).map_err(as_usage)?;
+    }
+    if let Some(v) = &args.compute_dtype {
+        options.compute_dtype = parse_dtype("compute dtype", v).map_err(as_usage)?;
+    }
+    if let Some(vae) = &args.vae {
+        if !vae.exists() {
+            return Err(usage(format!("VAE not found: {}", vae.display())));
+        }
+    }
+    if let Some(refiner) = &request.refiner {
+        if !refiner.exists() {
+            return Err(usage(format!(
+                "refiner not found: {} (pass --refiner PATH, a diffusers folder)",
+                refiner.display()
+            )));
+        }
+    }
     let init_image = match &request.init_image {
         Some(path) => Some(load_image(path).map_err(as_usage)?),
         None => None,
     };
+    let mask_image = match &request.mask {
+        Some(path) => Some(load_image(path).map_err(as_usage)?),
+        None => None,
+    };
+    if let (Some(image), Some(mask)) = (&init_image, &mask_image) {
+        if image.dimensions() != mask.dimensions() {
+            return Err(usage(format!(
+                "mask: the mask is {}x{}, the init image is {}x{}; they must be the same size",
+                mask.width(),
+                mask.height(),
+                image.width(),
+                image.height()
+            )));
+        }
+    }
     if let Some(image) = &init_image {
         // As diffusers: img2img defaults to the image's size, rounded down to a multiple of 8.
         if args.width.is_none() && args.from_png.is_none() {
@@ -250,8 +313,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
 
     // 2. Load the model.
-    let model = StableDiffusion::load(&model_path, &LoadOptions::default())
+    let mut model = StableDiffusion::load(&model_path, &options)
         .with_context(|| format!("loading model {}", model_path.display()))?;
+    let mut refiner = match &request.refiner {
+        Some(path) => Some(
+            StableDiffusion::load(path, &options)
+                .with_context(|| format!("loading refiner {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(path) = &args.vae {
+        // The external VAE decodes whichever model finishes the run.
+        let load =
+            || load_vae(path, &options).with_context(|| format!("loading VAE {}", path.display()));
+        let (vae, dtype) = load()?;
+        model = model.with_vae(vae, dtype).map_err(as_usage)?;
+        if let Some(r) = refiner.take() {
+            let (vae, dtype) = load()?;
+            refiner = Some(r.with_vae(vae, dtype).map_err(as_usage)?);
+        }
+    }
     if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
         request.width = model.native_size();
     }
@@ -272,6 +353,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 Resize::Lanczos3,
             )?;
             Some(image_to_tensor(&image, &Device::Cpu)?)
+        }
+        None => None,
+    };
+    let mask_tensor = match mask_image {
+        Some(mask) => {
+            let mask = fit_image(
+                mask,
+                request.width as u32,
+                request.height as u32,
+                Resize::Lanczos3,
+            )?;
+            Some(mask_to_tensor(&mask, &Device::Cpu)?)
         }
         None => None,
     };
@@ -303,7 +396,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         match event {
             Progress::EncodingText => bar.set_message("text"),
             Progress::EncodingImage => bar.set_message("image"),
-            Progress::Step { step, .. } => {
+            Progress::Step { step, total } => {
+                bar.set_length(total as u64);
                 bar.set_message("sampling");
                 bar.set_position(step as u64);
             }
@@ -315,9 +409,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Control::Continue
         }
     };
-    let generation = model.generate(&request, init_tensor.as_ref(), &mut on_progress);
+    let inputs = Inputs {
+        init_image: init_tensor.as_ref(),
+        mask: mask_tensor.as_ref(),
+        refiner: refiner.as_ref(),
+    };
+    let generation = model.generate(&request, &inputs, &mut on_progress);
     bar.finish_and_clear();
-    let generation = generation?;
+    // Inputs the model cannot take (a mask for a model that needs none, ...) are usage errors.
+    let generation = generation.map_err(as_usage)?;
 
     // 4. Write the PNGs, each atomically, with the parameters that re-create it.
     for (index, (image, path)) in generation.images.iter().zip(&outputs).enumerate() {

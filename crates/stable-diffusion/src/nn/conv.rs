@@ -50,7 +50,15 @@ impl Conv2d {
 
     /// Applies the convolution to `x` of shape `(batch, in, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let output = self.inner.forward(x)?;
+        let output = if self.inner.weight().dtype() != x.dtype() {
+            // Weights stored in half precision are converted for this call only.
+            let cast = |t: &Tensor| t.to_dtype(x.dtype());
+            let bias = self.inner.bias().map(cast).transpose()?;
+            candle_nn::Conv2d::new(cast(self.inner.weight())?, bias, *self.inner.config())
+                .forward(x)?
+        } else {
+            self.inner.forward(x)?
+        };
         let (_, in_channels, kh, kw) = self.inner.weight().dims4()?;
         super::flops::add(2 * (output.elem_count() * in_channels * kh * kw) as u64);
         Ok(output)

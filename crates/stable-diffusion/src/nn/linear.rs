@@ -34,6 +34,14 @@ impl Linear {
         super::flops::add(2 * (x.elem_count() * out_dim) as u64);
         // candle 0.11.1's batched matmul gives wrong results for some strided (transposed)
         // 3-D inputs with batch > 1; a contiguous input is free when it already is one.
-        Ok(self.inner.forward(&x.contiguous()?)?)
+        let x = x.contiguous()?;
+        if self.inner.weight().dtype() != x.dtype() {
+            // Weights stored in half precision are converted for this call only.
+            let cast = |t: &Tensor| t.to_dtype(x.dtype());
+            let bias = self.inner.bias().map(cast).transpose()?;
+            let layer = candle_nn::Linear::new(cast(self.inner.weight())?, bias);
+            return Ok(layer.forward(&x)?);
+        }
+        Ok(self.inner.forward(&x)?)
     }
 }

@@ -31,6 +31,19 @@ impl GenerationRequest {
             info.push("Denoising strength", format_float(self.strength));
         }
         info.push("RNG", self.rng.a1111_name());
+        if let Some(refiner) = &self.refiner {
+            info.push("Refiner", super::model::model_name(refiner));
+            info.push("Refiner switch at", format_float(self.refiner_switch));
+        }
+        if self.aesthetic_score != 6.0 {
+            info.push("Aesthetic score", format_float(self.aesthetic_score));
+        }
+        if self.negative_aesthetic_score != 2.5 {
+            info.push(
+                "Negative aesthetic score",
+                format_float(self.negative_aesthetic_score),
+            );
+        }
         if self.sampler == SamplerKind::Ddim && self.eta != 0.0 {
             info.push("Eta DDIM", format_float(self.eta));
         }
@@ -83,6 +96,20 @@ impl GenerationRequest {
         }
         if let Some(v) = info.get("Eta DDIM") {
             request.eta = number("Eta DDIM", v)?;
+        }
+        if let Some(v) = info.get("Refiner") {
+            // A1111 writes "name [hash]"; the name is looked up as a path by the caller.
+            let name = v.split(" [").next().unwrap_or(v).trim();
+            request.refiner = Some(name.into());
+        }
+        if let Some(v) = info.get("Refiner switch at") {
+            request.refiner_switch = number("Refiner switch at", v)?;
+        }
+        if let Some(v) = info.get("Aesthetic score") {
+            request.aesthetic_score = number("Aesthetic score", v)?;
+        }
+        if let Some(v) = info.get("Negative aesthetic score") {
+            request.negative_aesthetic_score = number("Negative aesthetic score", v)?;
         }
         if let Some(v) = info.get("Batch size") {
             request.batch_size = number("Batch size", v)?;

@@ -1,4 +1,5 @@
-//! The generation pipeline: txt2img and img2img as one loop with classifier-free guidance.
+//! The generation pipeline: txt2img, img2img and inpainting as one loop with classifier-free
+//! guidance, for every model family (SD 1.x, SD 2.x, SDXL base and refiner, inpainting models).
 //!
 //! ```text
 //! prompt ─► tokenizer ─► text encoder ─► (uncond, cond) embeddings ─┐
@@ -6,13 +7,31 @@
 //!         └─► for each timestep: UNet(x, t, embeddings) ─► CFG ─► sampler.step ─► ...
 //!                                                              └─► VAE decode ─► images
 //! ```
+//!
+//! Files: `family` (what was loaded), `model` (assembling and loading a model), `precision`
+//! (half-precision storage), `conditioning` (text → embeddings per family), `inpaint` (mask
+//! inputs), `refiner` (the SDXL handoff split), `denoise` (the generation itself), `request`
+//! and `infotext` (the request and its PNG text).
 
+mod conditioning;
+mod denoise;
+mod family;
 mod infotext;
+mod inpaint;
 mod model;
+mod precision;
+pub mod refiner;
 mod request;
 
-pub use model::{LoadOptions, ModelFamily, StableDiffusion};
-pub use request::{GenerationRequest, RngKind, MAX_BATCH, MAX_SIDE, MAX_STEPS};
+pub use conditioning::{Conditioning, PromptEmbedding};
+pub use denoise::Inputs;
+pub use family::{ModelDescription, ModelFamily};
+pub use inpaint::mask_to_tensor;
+pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
+pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
+pub use request::{
+    GenerationRequest, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
+};
 
 use std::time::Duration;
 
@@ -21,7 +40,7 @@ use std::time::Duration;
 pub enum Progress {
     /// The prompts are being encoded.
     EncodingText,
-    /// The init image is being encoded (img2img).
+    /// The init image is being encoded (img2img, inpainting).
     EncodingImage,
     /// Sampling step `step` (1-based) of `total` has finished.
     Step {

@@ -1,57 +1,29 @@
-//! A loaded model (tokenizer, text encoder, UNet, VAE, noise schedule) and the denoising loop.
+//! A loaded model: its description, text encoder(s), UNet, VAE and noise schedule, assembled
+//! from parts so that any source (a diffusers folder, a single-file checkpoint) can build one.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
-use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
-use crate::loading::DiffusersFolder;
-use crate::rng::{NoiseSource, TorchCpuRng};
-use crate::scheduler::{build_sampler, SchedulerConfig};
-use crate::text_encoder::{ClipTextConfig, ClipTextModel, HiddenLayer};
+use super::family::{ModelDescription, ModelFamily};
+use super::precision::Precision;
+use crate::loading::{DiffusersFolder, Weights};
+use crate::scheduler::SchedulerConfig;
+use crate::text_encoder::{ClipTextConfig, ClipTextModel};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
 use crate::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::{Error, Result};
-
-/// The tokens a CLIP text encoder sees at once: start + 75 + end.
-const CONTEXT_TOKENS: usize = 77;
-
-/// The model families, decided once at load time; everything else asks this value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelFamily {
-    /// Stable Diffusion 1.x: OpenAI CLIP ViT-L text encoder.
-    Sd1,
-    /// Stable Diffusion 2.x: OpenCLIP ViT-H text encoder, often v-prediction.
-    Sd2,
-}
-
-impl ModelFamily {
-    /// A short human name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelFamily::Sd1 => "SD 1.x",
-            ModelFamily::Sd2 => "SD 2.x",
-        }
-    }
-
-    /// How the family's (first) tokenizer pads: `<|endoftext|>` for SD 1.x, `!` for SD 2.x.
-    pub fn pad_style(self) -> PadStyle {
-        match self {
-            ModelFamily::Sd1 => PadStyle::EndOfText,
-            ModelFamily::Sd2 => PadStyle::Exclamation,
-        }
-    }
-}
 
 /// Where and how to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// The device the model runs on.
     pub device: Device,
-    /// The compute dtype (weights stored in other dtypes are converted).
-    pub dtype: DType,
+    /// The dtype weight matrices are kept in (f16/bf16 stay half in memory).
+    pub weight_dtype: DType,
+    /// The dtype the layers compute in (f32 on the CPU unless asked otherwise).
+    pub compute_dtype: DType,
     /// The weights variant to prefer in a diffusers folder (`fp16`), if any.
     pub variant: Option<String>,
 }
@@ -60,79 +32,236 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             device: Device::Cpu,
-            dtype: DType::F32,
+            weight_dtype: DType::F32,
+            compute_dtype: DType::F32,
             variant: None,
         }
     }
 }
 
+impl LoadOptions {
+    /// The precision of the UNet and the text encoders.
+    pub fn precision(&self) -> Precision {
+        Precision {
+            storage: self.weight_dtype,
+            compute: self.compute_dtype,
+        }
+    }
+
+    /// The precision of a VAE: computed in f32 when its config says it overflows in f16
+    /// (`force_upcast`, SDXL's VAE), whatever the compute dtype.
+    pub fn vae_precision(&self, config: &VaeConfig) -> Precision {
+        let mut precision = self.precision();
+        if config.force_upcast {
+            precision.compute = DType::F32;
+        }
+        precision
+    }
+}
+
+/// A text encoder with its tokenizer and padding.
+#[derive(Debug, Clone)]
+pub struct TextEncoderPart {
+    /// The tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// How prompts are padded to 77 tokens.
+    pub pad_style: PadStyle,
+    /// The encoder.
+    pub model: ClipTextModel,
+}
+
+/// Everything a [`StableDiffusion`] is made of; any loader can fill one.
+pub struct ModelParts {
+    /// What the model is.
+    pub description: ModelDescription,
+    /// The file or folder it came from (its stem is the model's name in the infotext).
+    pub path: PathBuf,
+    /// `text_encoder`: CLIP ViT-L (SD 1.x, SDXL) or OpenCLIP ViT-H (SD 2.x); absent for the
+    /// SDXL refiner.
+    pub text_encoder: Option<TextEncoderPart>,
+    /// `text_encoder_2`: SDXL's OpenCLIP bigG with projection.
+    pub text_encoder_2: Option<TextEncoderPart>,
+    /// The UNet.
+    pub unet: UNet2DConditionModel,
+    /// The VAE.
+    pub vae: AutoencoderKL,
+    /// The VAE's compute dtype (f32 when it must be upcast).
+    pub vae_dtype: DType,
+    /// The noise schedule (and prediction type) the model was trained with.
+    pub scheduler_config: SchedulerConfig,
+    /// The device everything lives on.
+    pub device: Device,
+    /// The compute dtype of the UNet and text encoders.
+    pub compute_dtype: DType,
+}
+
 /// A loaded Stable Diffusion model, ready to generate.
 pub struct StableDiffusion {
-    family: ModelFamily,
-    path: PathBuf,
-    tokenizer: ClipTokenizer,
-    pad_style: PadStyle,
-    text_encoder: ClipTextModel,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    scheduler_config: SchedulerConfig,
-    device: Device,
-    dtype: DType,
+    pub(super) description: ModelDescription,
+    pub(super) path: PathBuf,
+    pub(super) text_encoder: Option<TextEncoderPart>,
+    pub(super) text_encoder_2: Option<TextEncoderPart>,
+    pub(super) unet: UNet2DConditionModel,
+    pub(super) vae: AutoencoderKL,
+    pub(super) vae_dtype: DType,
+    pub(super) scheduler_config: SchedulerConfig,
+    pub(super) device: Device,
+    pub(super) dtype: DType,
 }
 
 impl StableDiffusion {
-    /// Loads a diffusers pipeline folder (`model_index.json` and one folder per component).
+    /// Assembles a model from its parts, checking that they fit the description: the text
+    /// encoders the family needs (the second one with a projection), the UNet's input
+    /// channels (9 for inpainting, 4 otherwise), the UNet's added conditions (SDXL only).
+    pub fn from_parts(parts: ModelParts) -> Result<Self> {
+        let family = parts.description.family;
+        let wrong = |msg: String| Err(Error::invalid("model parts", msg));
+        if family.has_first_text_encoder() != parts.text_encoder.is_some() {
+            return wrong(format!(
+                "{} {} a first text encoder",
+                family.name(),
+                if family.has_first_text_encoder() {
+                    "needs"
+                } else {
+                    "has no"
+                }
+            ));
+        }
+        if family.has_second_text_encoder() != parts.text_encoder_2.is_some() {
+            return wrong(format!(
+                "{} {} a second text encoder",
+                family.name(),
+                if family.has_second_text_encoder() {
+                    "needs"
+                } else {
+                    "has no"
+                }
+            ));
+        }
+        if let Some(second) = &parts.text_encoder_2 {
+            if !second.model.has_projection() {
+                return wrong("SDXL's second text encoder needs text_projection (CLIPTextModelWithProjection)".into());
+            }
+        }
+        let unet = parts.unet.config();
+        let channels = if parts.description.inpainting { 9 } else { 4 };
+        if unet.in_channels != channels {
+            return wrong(format!(
+                "the UNet takes {} input channels, a {} model {channels}",
+                unet.in_channels,
+                parts.description.name()
+            ));
+        }
+        if unet.needs_added_conditions() != family.is_sdxl() {
+            return wrong(format!(
+                "the UNet {} added conditions (addition_embed_type \"text_time\"), the family is {}",
+                if unet.needs_added_conditions() { "takes" } else { "takes no" },
+                family.name()
+            ));
+        }
+        if parts.vae.config().latent_channels != unet.out_channels {
+            return wrong(format!(
+                "the VAE has {} latent channels, the UNet predicts {}",
+                parts.vae.config().latent_channels,
+                unet.out_channels
+            ));
+        }
+        Ok(Self {
+            description: parts.description,
+            path: parts.path,
+            text_encoder: parts.text_encoder,
+            text_encoder_2: parts.text_encoder_2,
+            unet: parts.unet,
+            vae: parts.vae,
+            vae_dtype: parts.vae_dtype,
+            scheduler_config: parts.scheduler_config,
+            device: parts.device,
+            dtype: parts.compute_dtype,
+        })
+    }
+
+    /// Loads a diffusers pipeline folder (`model_index.json` and one folder per component);
+    /// the family is detected from it (see [`ModelDescription::detect`]).
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
         let folder = DiffusersFolder::open(path)?;
+        let description = ModelDescription::detect(&folder)?;
+        let family = description.family;
         let variant = options.variant.as_deref();
-        let text_config: ClipTextConfig = folder.config("text_encoder")?;
-        let family = match text_config.hidden_act {
-            crate::nn::Activation::QuickGelu => ModelFamily::Sd1,
-            _ => ModelFamily::Sd2,
-        };
-        let tokenizer_dir = folder.root().join("tokenizer");
-        let (tokenizer, pad_style) = if tokenizer_dir.is_dir() {
-            let tokenizer = ClipTokenizer::from_folder(&tokenizer_dir)?;
-            let pad = tokenizer.default_pad_style();
-            (tokenizer, pad)
+        let precision = options.precision();
+        let device = &options.device;
+        let text_encoder = if family.has_first_text_encoder() {
+            Some(load_text_encoder(
+                &folder,
+                "text_encoder",
+                "tokenizer",
+                family.pad_style(),
+                options,
+            )?)
         } else {
-            (ClipTokenizer::embedded()?, family.pad_style())
+            None
         };
-        let text_encoder = ClipTextModel::load(
-            &folder,
-            "text_encoder",
-            variant,
-            options.dtype,
-            &options.device,
-        )?;
+        let text_encoder_2 = if family.has_second_text_encoder() {
+            Some(load_text_encoder(
+                &folder,
+                "text_encoder_2",
+                "tokenizer_2",
+                PadStyle::Exclamation,
+                options,
+            )?)
+        } else {
+            None
+        };
         let unet_config: UNetConfig = folder.config("unet")?;
         let unet = UNet2DConditionModel::new(
-            folder.weights("unet", variant, options.dtype, &options.device)?,
+            precision.var_builder(folder.open_weights("unet", variant)?, device),
             &unet_config,
         )?;
         let vae_config: VaeConfig = folder.config("vae")?;
+        let vae_precision = options.vae_precision(&vae_config);
         let vae = AutoencoderKL::new(
-            folder.weights("vae", variant, options.dtype, &options.device)?,
+            vae_precision.var_builder(folder.open_weights("vae", variant)?, device),
             &vae_config,
         )?;
         let scheduler_config: SchedulerConfig = folder.config("scheduler")?;
-        Ok(Self {
-            family,
+        Self::from_parts(ModelParts {
+            description,
             path: path.to_path_buf(),
-            tokenizer,
-            pad_style,
             text_encoder,
+            text_encoder_2,
             unet,
             vae,
+            vae_dtype: vae_precision.compute,
             scheduler_config,
-            device: options.device.clone(),
-            dtype: options.dtype,
+            device: device.clone(),
+            compute_dtype: options.compute_dtype,
         })
+    }
+
+    /// Replaces the VAE (e.g. with one from [`load_vae`]); its latent channels must match.
+    pub fn with_vae(mut self, vae: AutoencoderKL, vae_dtype: DType) -> Result<Self> {
+        let (found, expected) = (
+            vae.config().latent_channels,
+            self.vae.config().latent_channels,
+        );
+        if found != expected {
+            return Err(Error::invalid(
+                "vae",
+                format!("the VAE has {found} latent channels, the model's UNet uses {expected}"),
+            ));
+        }
+        self.vae = vae;
+        self.vae_dtype = vae_dtype;
+        Ok(self)
+    }
+
+    /// The model description decided at load time.
+    pub fn description(&self) -> &ModelDescription {
+        &self.description
     }
 
     /// The model family decided at load time.
     pub fn family(&self) -> ModelFamily {
-        self.family
+        self.description.family
     }
 
     /// Where the model was loaded from.
@@ -142,15 +271,30 @@ impl StableDiffusion {
 
     /// The model's name as AUTOMATIC1111 writes it: the file or folder name without extension.
     pub fn name(&self) -> String {
-        self.path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        model_name(&self.path)
     }
 
-    /// The tokenizer the model uses.
+    /// The tokenizer of the first text encoder (the second's for the SDXL refiner).
     pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+        match (&self.text_encoder, &self.text_encoder_2) {
+            (Some(part), _) | (None, Some(part)) => &part.tokenizer,
+            (None, None) => unreachable!("from_parts guarantees a text encoder"),
+        }
+    }
+
+    /// The VAE.
+    pub fn vae(&self) -> &AutoencoderKL {
+        &self.vae
+    }
+
+    /// The UNet.
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+
+    /// The scheduler config the samplers are built from.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
     }
 
     /// The factor between image and latent sizes (8 for every SD VAE).
@@ -158,7 +302,8 @@ impl StableDiffusion {
         self.vae.config().downsample_factor()
     }
 
-    /// The image size the model was trained at (diffusers' default width and height).
+    /// The image size the model was trained at (diffusers' default width and height: the
+    /// UNet's `sample_size` times the VAE's factor; 512, 768, 1024).
     pub fn native_size(&self) -> usize {
         let latent_size = match &self.unet.config().sample_size {
             Some(PerBlock::Uniform(size)) => *size,
@@ -167,133 +312,85 @@ impl StableDiffusion {
         };
         latent_size * self.spatial_factor()
     }
+}
 
-    /// Encodes one prompt to `(1, 77, hidden)` embeddings, truncated like diffusers.
-    fn encode_prompt(&self, prompt: &str) -> Result<Tensor> {
-        let ids = self
-            .tokenizer
-            .encode_padded(prompt, CONTEXT_TOKENS, self.pad_style)?;
-        let ids = Tensor::from_vec(ids, (1, CONTEXT_TOKENS), &self.device)?;
-        let output = self.text_encoder.forward(&ids, HiddenLayer::LAST)?;
-        Ok(output.hidden)
+/// A1111's model name: the file or folder name without extension.
+pub(super) fn model_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Loads `component` with its tokenizer folder (`tokenizer_component`); without a tokenizer
+/// folder the embedded CLIP vocabulary with `default_pad` is used.
+fn load_text_encoder(
+    folder: &DiffusersFolder,
+    component: &str,
+    tokenizer_component: &str,
+    default_pad: PadStyle,
+    options: &LoadOptions,
+) -> Result<TextEncoderPart> {
+    let tokenizer_dir = folder.root().join(tokenizer_component);
+    let (tokenizer, pad_style) = if tokenizer_dir.is_dir() {
+        let tokenizer = ClipTokenizer::from_folder(&tokenizer_dir)?;
+        let pad = tokenizer.default_pad_style();
+        (tokenizer, pad)
+    } else {
+        (ClipTokenizer::embedded()?, default_pad)
+    };
+    let config: ClipTextConfig = folder.config(component)?;
+    let class = folder
+        .component_class(component)
+        .map_or("CLIPTextModel", |c| c.class.as_str());
+    let weights = folder.open_weights(component, options.variant.as_deref())?;
+    let vb = options.precision().var_builder(weights, &options.device);
+    let model = ClipTextModel::from_class(vb, &config, class)?;
+    Ok(TextEncoderPart {
+        tokenizer,
+        pad_style,
+        model,
+    })
+}
+
+/// Loads a VAE on its own: a diffusers `AutoencoderKL` folder (`config.json` and
+/// `diffusion_pytorch_model[.fp16].safetensors`), or a pipeline folder's `vae/`. Returns the
+/// VAE and its compute dtype.
+pub fn load_vae(path: &Path, options: &LoadOptions) -> Result<(AutoencoderKL, DType)> {
+    let dir = if path.join("vae").join("config.json").is_file() {
+        path.join("vae")
+    } else {
+        path.to_path_buf()
+    };
+    if path.is_file() {
+        return Err(Error::Unsupported {
+            what: "VAE source",
+            value: path.display().to_string(),
+            valid: vec!["a diffusers AutoencoderKL folder (config.json + safetensors)".into()],
+        });
     }
-
-    /// Runs one generation. `init_image` is the img2img start, `(1, 3, height, width)` in
-    /// [-1, 1], and must be given exactly when the request names one. `progress` is called
-    /// after each stage and step; returning [`Control::Cancel`] ends the run with
-    /// [`Error::Cancelled`].
-    pub fn generate(
-        &self,
-        request: &GenerationRequest,
-        init_image: Option<&Tensor>,
-        progress: &mut dyn FnMut(Progress) -> Control,
-    ) -> Result<Generation> {
-        request.validate(self.spatial_factor())?;
-        if request.init_image.is_some() != init_image.is_some() {
-            return Err(Error::invalid(
-                "init image",
-                "the request and the call disagree on whether there is an init image",
-            ));
-        }
-        let mut check = |event: Progress| match progress(event) {
-            Control::Continue => Ok(()),
-            Control::Cancel => Err(Error::Cancelled),
-        };
-        let mut timings = Timings::default();
-        let batch = request.batch_size;
-
-        // Text: (2·batch, 77, hidden) with CFG (unconditional half first), else (batch, 77, hidden).
-        check(Progress::EncodingText)?;
-        let start = Instant::now();
-        let cond = self.encode_prompt(&request.prompt)?.repeat((batch, 1, 1))?;
-        let context = if request.uses_cfg() {
-            let uncond = self
-                .encode_prompt(&request.negative_prompt)?
-                .repeat((batch, 1, 1))?;
-            Tensor::cat(&[uncond, cond], 0)?
-        } else {
-            cond
-        };
-        let context = context.to_dtype(self.dtype)?;
-        timings.text_encoding = start.elapsed();
-
-        let mut rng: Box<dyn NoiseSource> = match request.rng {
-            RngKind::Cpu => Box::new(TorchCpuRng::new(request.seed)),
-        };
-        let mut sampler = build_sampler(
-            request.sampler,
-            request.schedule,
-            &self.scheduler_config,
-            request.steps,
-            request.eta,
-        )?;
-        let factor = self.spatial_factor();
-        let latent_shape = [
-            batch,
-            self.unet.config().out_channels,
-            request.height / factor,
-            request.width / factor,
-        ];
-        let scaling = self.vae.config().scaling_factor;
-
-        // Initial latents: pure noise, or the encoded init image noised to the first timestep.
-        let (mut latents, first_step) = match init_image {
-            None => {
-                let noise = rng.randn(&latent_shape, &self.device)?;
-                ((noise * sampler.init_noise_sigma())?, 0)
-            }
-            Some(image) => {
-                check(Progress::EncodingImage)?;
-                let start = Instant::now();
-                let posterior = self.vae.encode(&image.to_dtype(self.dtype)?)?;
-                let init = (posterior.sample(rng.as_mut())? * scaling)?;
-                let init = init.repeat((batch, 1, 1, 1))?;
-                timings.image_encoding = start.elapsed();
-                let first_step = request.steps - request.effective_steps();
-                sampler.start_at(first_step)?;
-                let noise = rng.randn(&latent_shape, &self.device)?;
-                (sampler.add_noise(&init, &noise, first_step)?, first_step)
-            }
-        };
-        latents = latents.to_dtype(self.dtype)?;
-
-        let start = Instant::now();
-        let timesteps = sampler.timesteps().to_vec();
-        let total = timesteps.len() - first_step;
-        for (done, (index, &timestep)) in timesteps.iter().enumerate().skip(first_step).enumerate()
-        {
-            let model_input = if request.uses_cfg() {
-                Tensor::cat(&[&latents, &latents], 0)?
-            } else {
-                latents.clone()
-            };
-            let model_input = sampler.scale_model_input(&model_input, index)?;
-            let prediction = self.unet.forward(&model_input, timestep, &context, None)?;
-            let guided = if request.uses_cfg() {
-                let halves = prediction.chunk(2, 0)?;
-                let (uncond, cond) = (&halves[0], &halves[1]);
-                (uncond + ((cond - uncond)? * request.cfg_scale)?)?
-            } else {
-                prediction
-            };
-            latents = sampler.step(&guided, index, &latents, rng.as_mut())?;
-            check(Progress::Step {
-                step: done + 1,
-                total,
-            })?;
-        }
-        timings.sampling = start.elapsed();
-        timings.steps = total;
-
-        check(Progress::Decoding)?;
-        let start = Instant::now();
-        let decoded = self.vae.decode(&(&latents / scaling)?)?;
-        let images = crate::image::tensor_to_images(&decoded)?;
-        timings.decoding = start.elapsed();
-        Ok(Generation {
-            images,
-            latents,
-            timings,
-        })
+    if !dir.join("config.json").is_file() {
+        return Err(Error::NotFound {
+            what: "VAE config (a diffusers AutoencoderKL folder)",
+            path: dir.join("config.json"),
+        });
     }
+    let config = VaeConfig::from_file(dir.join("config.json"))?;
+    let names = [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+    ];
+    let weights_path = names
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::NotFound {
+            what: "VAE weights (diffusion_pytorch_model[.fp16].safetensors)",
+            path: dir.join(names[0]),
+        })?;
+    let precision = options.vae_precision(&config);
+    let vae = AutoencoderKL::new(
+        precision.var_builder(Weights::open(weights_path)?, &options.device),
+        &config,
+    )?;
+    Ok((vae, precision.compute))
 }

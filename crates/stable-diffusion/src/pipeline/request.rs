@@ -90,7 +90,21 @@ pub struct GenerationRequest {
     pub init_image: Option<PathBuf>,
     /// How much of the schedule img2img runs, in (0, 1].
     pub strength: f64,
+    /// The inpainting mask (white repaints, black keeps); needs `init_image`.
+    pub mask: Option<PathBuf>,
+    /// The SDXL refiner that takes over the last part of the schedule (txt2img only).
+    pub refiner: Option<PathBuf>,
+    /// Where the refiner takes over, as a fraction of the schedule in (0, 1) (diffusers'
+    /// `denoising_end` for the base, `denoising_start` for the refiner).
+    pub refiner_switch: f64,
+    /// The refiner's aesthetic-score conditioning (models with `requires_aesthetics_score`).
+    pub aesthetic_score: f64,
+    /// The aesthetic score of the unconditional pass.
+    pub negative_aesthetic_score: f64,
 }
+
+/// The refiner switch point when none is given (AUTOMATIC1111's and diffusers' examples).
+pub const DEFAULT_REFINER_SWITCH: f64 = 0.8;
 
 impl Default for GenerationRequest {
     fn default() -> Self {
@@ -109,6 +123,11 @@ impl Default for GenerationRequest {
             eta: 0.0,
             init_image: None,
             strength: 0.75,
+            mask: None,
+            refiner: None,
+            refiner_switch: DEFAULT_REFINER_SWITCH,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
         }
     }
 }
@@ -174,6 +193,35 @@ impl GenerationRequest {
                 "strength",
                 format!("{} is outside (0, 1]", self.strength),
             ));
+        }
+        if self.mask.is_some() && self.init_image.is_none() {
+            return Err(Error::invalid(
+                "mask",
+                "a mask needs an init image to inpaint (--init-image)",
+            ));
+        }
+        if !(self.refiner_switch > 0.0 && self.refiner_switch < 1.0) {
+            return Err(Error::invalid(
+                "refiner switch",
+                format!("{} is outside (0, 1)", self.refiner_switch),
+            ));
+        }
+        if self.refiner.is_some() && self.init_image.is_some() {
+            return Err(Error::invalid(
+                "refiner",
+                "the refiner handoff follows a txt2img run; for img2img, run the refiner model itself with --init-image",
+            ));
+        }
+        for (what, value) in [
+            ("aesthetic score", self.aesthetic_score),
+            ("negative aesthetic score", self.negative_aesthetic_score),
+        ] {
+            if !value.is_finite() {
+                return Err(Error::invalid(
+                    what,
+                    format!("{value} is not a finite number"),
+                ));
+            }
         }
         if self.init_image.is_some() && self.effective_steps() == 0 {
             return Err(Error::invalid(

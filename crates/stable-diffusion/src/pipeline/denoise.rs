@@ -1,0 +1,421 @@
+//! One generation: initial latents (noise, an encoded init image, inpainting inputs), the
+//! denoising loop with classifier-free guidance, the optional refiner handoff, VAE decoding.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use super::conditioning::Conditioning;
+use super::inpaint::{self, InpaintMode};
+use super::model::StableDiffusion;
+use super::refiner;
+use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
+use crate::rng::{NoiseSource, TorchCpuRng};
+use crate::scheduler::{build_sampler, Sampler};
+use crate::{Error, Result};
+
+/// The inputs of a generation besides the request: tensors and models the caller loaded.
+#[derive(Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// The img2img / inpainting start image, `(1, 3, height, width)` in [-1, 1].
+    pub init_image: Option<&'a Tensor>,
+    /// The inpainting mask, `(1, 1, height, width)` (see [`super::mask_to_tensor`]).
+    pub mask: Option<&'a Tensor>,
+    /// The refiner that takes over at `request.refiner_switch`.
+    pub refiner: Option<&'a StableDiffusion>,
+}
+
+/// The default number of training timesteps when a scheduler config does not say.
+const DEFAULT_TRAIN_TIMESTEPS: usize = 1000;
+
+impl StableDiffusion {
+    /// Runs one generation. `inputs` must hold exactly what the request names (init image,
+    /// mask, refiner). `progress` is called after each stage and step; returning
+    /// [`Control::Cancel`] ends the run with [`Error::Cancelled`].
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        inputs: &Inputs,
+        progress: &mut dyn FnMut(Progress) -> Control,
+    ) -> Result<Generation> {
+        self.check_inputs(request, inputs)?;
+        let mut check = |event: Progress| match progress(event) {
+            Control::Continue => Ok(()),
+            Control::Cancel => Err(Error::Cancelled),
+        };
+        let mut timings = Timings::default();
+        let batch = request.batch_size;
+
+        check(Progress::EncodingText)?;
+        let start = Instant::now();
+        let conditioning = self.conditioning(request)?;
+        timings.text_encoding = start.elapsed();
+
+        let mut rng: Box<dyn NoiseSource> = match request.rng {
+            RngKind::Cpu => Box::new(TorchCpuRng::new(request.seed)),
+        };
+        let mut sampler = self.sampler(request)?;
+        let total_steps = sampler.timesteps().len();
+        // The refiner takes the last steps: the base stops where it starts.
+        let (end, refiner_run) = match inputs.refiner {
+            Some(refiner) => {
+                let switch = request.refiner_switch;
+                let end = refiner::base_steps(sampler.timesteps(), switch, self.train_timesteps());
+                let mut refiner_sampler = refiner.sampler(request)?;
+                let first = refiner::refiner_start(
+                    refiner_sampler.timesteps(),
+                    switch,
+                    refiner.train_timesteps(),
+                );
+                refiner_sampler.start_at(first)?;
+                (end, Some((refiner, refiner_sampler, first)))
+            }
+            None => (total_steps, None),
+        };
+
+        let factor = self.spatial_factor();
+        let latent_shape = [
+            batch,
+            self.unet.config().out_channels,
+            request.height / factor,
+            request.width / factor,
+        ];
+        let image_start = Instant::now();
+        let (latents, first, inpaint) = match (inputs.init_image, inputs.mask) {
+            (None, _) => {
+                let noise = rng.randn(&latent_shape, &self.device)?;
+                ((noise * sampler.init_noise_sigma())?, 0, InpaintMode::None)
+            }
+            (Some(image), None) => {
+                check(Progress::EncodingImage)?;
+                let init = self.encode_image(image, rng.as_mut())?;
+                let init = init.repeat((batch, 1, 1, 1))?;
+                let first = request.steps - request.effective_steps();
+                sampler.start_at(first)?;
+                let noise = rng.randn(&latent_shape, &self.device)?;
+                (
+                    sampler.add_noise(&init, &noise, first)?,
+                    first,
+                    InpaintMode::None,
+                )
+            }
+            (Some(image), Some(mask)) => {
+                check(Progress::EncodingImage)?;
+                self.prepare_inpaint(
+                    request,
+                    image,
+                    mask,
+                    &latent_shape,
+                    sampler.as_mut(),
+                    rng.as_mut(),
+                )?
+            }
+        };
+        if inputs.init_image.is_some() {
+            timings.image_encoding = image_start.elapsed();
+        }
+        let mut latents = latents.to_dtype(self.dtype)?;
+
+        let refiner_steps = refiner_run
+            .as_ref()
+            .map_or(0, |(_, s, first)| s.timesteps().len() - first);
+        let total = end - first + refiner_steps;
+        let mut done = 0;
+        let mut step_done = || {
+            done += 1;
+            check(Progress::Step { step: done, total })
+        };
+        let start = Instant::now();
+        latents = self.denoise(
+            sampler.as_mut(),
+            latents,
+            first..end,
+            &conditioning,
+            request,
+            &inpaint,
+            rng.as_mut(),
+            &mut step_done,
+        )?;
+        let decoder = match refiner_run {
+            Some((refiner, mut refiner_sampler, refiner_first)) => {
+                let conditioning = refiner.conditioning(request)?;
+                let len = refiner_sampler.timesteps().len();
+                latents = refiner.denoise(
+                    refiner_sampler.as_mut(),
+                    latents.to_dtype(refiner.dtype)?,
+                    refiner_first..len,
+                    &conditioning,
+                    request,
+                    &InpaintMode::None,
+                    rng.as_mut(),
+                    &mut step_done,
+                )?;
+                refiner
+            }
+            None => self,
+        };
+        timings.sampling = start.elapsed();
+        timings.steps = total;
+
+        check(Progress::Decoding)?;
+        let start = Instant::now();
+        let images = decoder.decode_latents(&latents)?;
+        timings.decoding = start.elapsed();
+        Ok(Generation {
+            images,
+            latents,
+            timings,
+        })
+    }
+
+    /// Checks the inputs against the request and the model before any work.
+    fn check_inputs(&self, request: &GenerationRequest, inputs: &Inputs) -> Result<()> {
+        request.validate(self.spatial_factor())?;
+        let agree = |what: &'static str, in_request: bool, given: bool| {
+            if in_request != given {
+                Err(Error::invalid(
+                    what,
+                    "the request and the call disagree on whether there is one",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        agree(
+            "init image",
+            request.init_image.is_some(),
+            inputs.init_image.is_some(),
+        )?;
+        agree("mask", request.mask.is_some(), inputs.mask.is_some())?;
+        agree(
+            "refiner",
+            request.refiner.is_some(),
+            inputs.refiner.is_some(),
+        )?;
+        if let Some(image) = inputs.init_image {
+            let (_, channels, h, w) = image.dims4()?;
+            if channels != 3 || (h, w) != (request.height, request.width) {
+                return Err(Error::invalid(
+                    "init image",
+                    format!(
+                        "expected (1, 3, {}, {}), found {:?}; resize it to the request's size first",
+                        request.height,
+                        request.width,
+                        image.dims()
+                    ),
+                ));
+            }
+            if let Some(mask) = inputs.mask {
+                inpaint::check_mask(mask, image)?;
+            }
+        }
+        if self.description.inpainting && inputs.mask.is_none() {
+            return Err(Error::invalid(
+                "mask",
+                format!(
+                    "{} is an inpainting model: give an init image and a mask",
+                    self.name()
+                ),
+            ));
+        }
+        if let Some(refiner) = inputs.refiner {
+            if refiner.description.inpainting {
+                return Err(Error::invalid(
+                    "refiner",
+                    "an inpainting model cannot be a refiner",
+                ));
+            }
+            let ours = (self.unet.config().out_channels, self.spatial_factor());
+            let theirs = (refiner.unet.config().out_channels, refiner.spatial_factor());
+            if ours != theirs {
+                return Err(Error::invalid(
+                    "refiner",
+                    format!(
+                        "the refiner's latents ({} channels, factor {}) differ from the model's ({} channels, factor {})",
+                        theirs.0, theirs.1, ours.0, ours.1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The training timesteps of the model's schedule.
+    fn train_timesteps(&self) -> usize {
+        self.scheduler_config
+            .num_train_timesteps
+            .unwrap_or(DEFAULT_TRAIN_TIMESTEPS)
+    }
+
+    /// A sampler for the request on this model's schedule.
+    fn sampler(&self, request: &GenerationRequest) -> Result<Box<dyn Sampler>> {
+        build_sampler(
+            request.sampler,
+            request.schedule,
+            &self.scheduler_config,
+            request.steps,
+            request.eta,
+        )
+    }
+
+    /// VAE-encodes an image `(1, 3, h, w)` to scaled latents in the compute dtype, sampling
+    /// the posterior from `rng` as diffusers' `retrieve_latents(..., generator)` does.
+    fn encode_image(&self, image: &Tensor, rng: &mut dyn NoiseSource) -> Result<Tensor> {
+        let posterior = self.vae.encode(&image.to_dtype(self.vae_dtype)?)?;
+        let latents = posterior.sample(rng)?;
+        self.scale_latents(&latents)?
+            .to_dtype(self.dtype)
+            .map_err(Into::into)
+    }
+
+    /// VAE latents → the UNet's scale: `scaling · z`, or `(z − mean) · scaling / std` when the
+    /// VAE config has latent statistics.
+    fn scale_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        let config = self.vae.config();
+        match self.latent_stats(latents)? {
+            Some((mean, std)) => Ok(latents
+                .broadcast_sub(&mean)?
+                .affine(config.scaling_factor, 0.0)?
+                .broadcast_div(&std)?),
+            None => Ok(latents.affine(config.scaling_factor, 0.0)?),
+        }
+    }
+
+    /// The VAE's per-channel latent mean and std as `(1, c, 1, 1)`, when its config has them.
+    fn latent_stats(&self, like: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let config = self.vae.config();
+        match (&config.latents_mean, &config.latents_std) {
+            (Some(mean), Some(std)) => {
+                let as_tensor = |v: &Vec<f64>| -> Result<Tensor> {
+                    Ok(Tensor::new(v.as_slice(), like.device())?
+                        .to_dtype(like.dtype())?
+                        .reshape((1, v.len(), 1, 1))?)
+                };
+                Ok(Some((as_tensor(mean)?, as_tensor(std)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Decodes final latents to images, in the VAE's dtype (f32 when it must be upcast).
+    fn decode_latents(&self, latents: &Tensor) -> Result<Vec<image::RgbImage>> {
+        let latents = latents.to_dtype(self.vae_dtype)?;
+        let scaling = self.vae.config().scaling_factor;
+        let unscaled = match self.latent_stats(&latents)? {
+            Some((mean, std)) => latents
+                .broadcast_mul(&std)?
+                .affine(1.0 / scaling, 0.0)?
+                .broadcast_add(&mean)?,
+            None => (&latents / scaling)?,
+        };
+        let decoded = self.vae.decode(&unscaled)?;
+        crate::image::tensor_to_images(&decoded.to_dtype(DType::F32)?)
+    }
+
+    /// Prepares inpainting as diffusers does, in its order of random draws: the init image's
+    /// latents (when the UNet has 4 channels or the strength is below 1), the noise, then the
+    /// masked image's latents. Returns the start latents, the first step and the loop's mode.
+    fn prepare_inpaint(
+        &self,
+        request: &GenerationRequest,
+        image: &Tensor,
+        mask: &Tensor,
+        latent_shape: &[usize],
+        sampler: &mut dyn Sampler,
+        rng: &mut dyn NoiseSource,
+    ) -> Result<(Tensor, usize, InpaintMode)> {
+        let batch = request.batch_size;
+        let full_strength = request.strength >= 1.0;
+        let first = request.steps - request.effective_steps();
+        sampler.start_at(first)?;
+        let nine_channels = self.description.inpainting;
+        let image_latents = if !nine_channels || !full_strength {
+            Some(self.encode_image(image, rng)?.repeat((batch, 1, 1, 1))?)
+        } else {
+            None
+        };
+        let noise = rng.randn(latent_shape, &self.device)?;
+        let latents = match &image_latents {
+            Some(init) if !full_strength => sampler.add_noise(init, &noise, first)?,
+            _ => (&noise * sampler.init_noise_sigma())?,
+        };
+        let small_mask = inpaint::latent_mask(mask, self.spatial_factor())?.to_dtype(self.dtype)?;
+        let masked = inpaint::masked_image(image, mask)?;
+        let mode = if nine_channels {
+            let masked_latents = self.encode_image(&masked, rng)?;
+            let copies = if request.uses_cfg() { 2 * batch } else { batch };
+            InpaintMode::Concat {
+                mask: small_mask.repeat((copies, 1, 1, 1))?,
+                masked_latents: masked_latents.repeat((copies, 1, 1, 1))?,
+            }
+        } else {
+            // diffusers encodes the masked image for 4-channel UNets too, and does not use it:
+            // only its draw from the generator matters.
+            let shape = [1, latent_shape[1], latent_shape[2], latent_shape[3]];
+            rng.randn(&shape, &self.device)?;
+            InpaintMode::Blend {
+                mask: small_mask.repeat((batch, 1, 1, 1))?,
+                image_latents: image_latents.expect("encoded for 4 channels"),
+                noise: noise.to_dtype(self.dtype)?,
+            }
+        };
+        Ok((latents, first, mode))
+    }
+
+    /// The denoising loop over `steps` (indices into the sampler's timesteps).
+    #[allow(clippy::too_many_arguments)]
+    fn denoise(
+        &self,
+        sampler: &mut dyn Sampler,
+        mut latents: Tensor,
+        steps: Range<usize>,
+        conditioning: &Conditioning,
+        request: &GenerationRequest,
+        inpaint: &InpaintMode,
+        rng: &mut dyn NoiseSource,
+        step_done: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Tensor> {
+        let timesteps = sampler.timesteps().to_vec();
+        let cfg = request.uses_cfg();
+        for index in steps {
+            let timestep = timesteps[index];
+            let model_input = if cfg {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let model_input = sampler.scale_model_input(&model_input, index)?;
+            let model_input = inpaint.unet_input(model_input)?;
+            let prediction = self.unet.forward(
+                &model_input,
+                timestep,
+                &conditioning.context,
+                conditioning.added.as_ref(),
+            )?;
+            let guided = if cfg {
+                let halves = prediction.chunk(2, 0)?;
+                let (uncond, cond) = (&halves[0], &halves[1]);
+                (uncond + ((cond - uncond)? * request.cfg_scale)?)?
+            } else {
+                prediction
+            };
+            latents = sampler.step(&guided, index, &latents, rng)?;
+            if let InpaintMode::Blend {
+                mask,
+                image_latents,
+                noise,
+            } = inpaint
+            {
+                let kept = if index + 1 < timesteps.len() {
+                    sampler.add_noise(image_latents, noise, index + 1)?
+                } else {
+                    image_latents.clone()
+                };
+                latents = inpaint::blend(mask, &kept, &latents)?;
+            }
+            step_done()?;
+        }
+        Ok(latents)
+    }
+}
