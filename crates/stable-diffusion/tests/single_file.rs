@@ -311,7 +311,7 @@ fn tiny_sd15_report_lists_the_known_extras() {
         .known_unused
         .iter()
         .any(|(name, _)| name == "alphas_cumprod"));
-    assert_eq!(report.dtypes.get("F16").copied().unwrap_or(0) > 0, true);
+    assert!(report.dtypes.get("F16").copied().unwrap_or(0) > 0);
 }
 
 #[test]

@@ -27,6 +27,7 @@ Writes:
 
 import collections
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -320,8 +321,10 @@ def _full_manifest(name: str, unet_config: dict, family: str, vae_scaling: float
         ckpt["model_ema.decay"] = meta()
         ckpt["model_ema.num_updates"] = meta(dtype=torch.int32)
     model_type = sfu.infer_diffusers_model_type(ckpt)
-    common.save_json(common.FIXTURES / "manifests" / f"ldm_{name}.json",
-                     {k: list(v.shape) for k, v in sorted(ckpt.items())})
+    # One tensor per line: these manifests are long.
+    lines = [f"  {json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in sorted(ckpt.items())]
+    path = common.FIXTURES / "manifests" / f"ldm_{name}.json"
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
     return model_type
 
 
@@ -464,11 +467,12 @@ class _Reduces:
 def _write_archive(path, pickle_bytes: bytes, storages: dict):
     """A torch.save-style zip: <stem>/data.pkl, <stem>/data/<key>, <stem>/byteorder, stored."""
     stem = path.stem
+    entries = {f"{stem}/data.pkl": pickle_bytes, f"{stem}/byteorder": b"little"}
+    entries.update({f"{stem}/data/{key}": data for key, data in storages.items()})
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr(f"{stem}/data.pkl", pickle_bytes)
-        archive.writestr(f"{stem}/byteorder", "little")
-        for key, data in storages.items():
-            archive.writestr(f"{stem}/data/{key}", data)
+        for name, data in entries.items():
+            # A fixed timestamp keeps the fixture byte-for-byte reproducible.
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
 
 
 def make_bad_ckpts(out_dir):
