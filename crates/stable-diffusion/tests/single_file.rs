@@ -652,3 +652,45 @@ fn ckpt_view_past_its_storage_is_an_error() {
         .to_string();
     assert!(err.contains("reaches past its storage"), "{err}");
 }
+
+#[test]
+fn ckpt_reader_handles_every_storage_kind_and_views() {
+    let cpu = Device::Cpu;
+    let ckpt = CkptFile::open(common::fixture("single_file/mixed_dtypes.ckpt")).unwrap();
+    // No `state_dict` wrapper here; the string entry is skipped and counted.
+    assert_eq!(ckpt.skipped_entries(), 1);
+    let values = |name: &str| -> Vec<f32> {
+        TensorStore::load(&ckpt, name, DType::F32, &cpu)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(values("f32"), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(TensorStore::shape(&ckpt, "f32"), Some(&[2usize, 3][..]));
+    assert_eq!(values("bf16"), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(values("i64"), [0.0, 1.0, 2.0]);
+    assert_eq!(values("flag"), [1.0, 0.0]);
+    assert_eq!(values("view"), [4.0, 5.0, 6.0, 7.0]);
+    // (2, 5) transposed to (5, 2): a strided view of the shared storage.
+    assert_eq!(
+        values("view_t"),
+        [0.0, 5.0, 1.0, 6.0, 2.0, 7.0, 3.0, 8.0, 4.0, 9.0]
+    );
+    assert_eq!(values("param"), [0.5, 0.5]);
+    assert_eq!(values("scalar"), [2.5]);
+    assert_eq!(TensorStore::shape(&ckpt, "scalar"), Some(&[][..]));
+    assert_eq!(
+        TensorStore::dtype_name(&ckpt, "bf16").as_deref(),
+        Some("BF16")
+    );
+    assert_eq!(
+        TensorStore::dtype_name(&ckpt, "flag").as_deref(),
+        Some("BOOL")
+    );
+    assert!(TensorStore::load(&ckpt, "note", DType::F32, &cpu)
+        .unwrap()
+        .is_none());
+}

@@ -21,6 +21,7 @@ Writes:
 - fixtures/single_file/tiny_sd2_text.safetensors: a tiny OpenCLIP text tower as SD 2.x stores
   it (cond_stage_model.model, one more layer than the model uses, a text projection), and
   tiny_sd2_text_reference.safetensors: diffusers' conversion, under `text_encoder.`.
+- fixtures/single_file/mixed_dtypes.ckpt: an unwrapped state dict of every storage kind.
 - fixtures/single_file/malicious_{os_system,eval}.ckpt: archives whose pickle asks to call
   os.system / builtins.eval, and bad_view.ckpt: a tensor view reaching past its storage.
 """
@@ -502,6 +503,23 @@ def make_bad_ckpts(out_dir):
     _write_archive(out_dir / "bad_view.ckpt", buffer.getvalue(), {"0": bytes(16)})
 
 
+def make_mixed_ckpt(out_dir):
+    """A plain (unwrapped) state dict of every storage kind the reader handles: f32, bf16,
+    f16 views into a shared storage, int64, bool, a 0-d tensor and an nn.Parameter."""
+    state = collections.OrderedDict()
+    state["f32"] = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    state["bf16"] = torch.arange(4, dtype=torch.bfloat16)
+    state["i64"] = torch.arange(3)
+    state["flag"] = torch.tensor([True, False])
+    shared = torch.arange(10, dtype=torch.float16)
+    state["view"] = shared[4:8]
+    state["view_t"] = shared.reshape(2, 5).t()
+    state["param"] = torch.nn.Parameter(torch.full((2,), 0.5))
+    state["scalar"] = torch.tensor(2.5)
+    state["note"] = "not a tensor"
+    torch.save(state, out_dir / "mixed_dtypes.ckpt")
+
+
 def make(root):
     make_manifests()
     out_dir = root / "single_file"
@@ -510,5 +528,6 @@ def make(root):
     make_tiny_sdxl(out_dir)
     make_tiny_sd2_text(out_dir)
     make_bad_ckpts(out_dir)
+    make_mixed_ckpt(out_dir)
     for path in sorted(out_dir.iterdir()):
         print(f"  {path.relative_to(root)}: {path.stat().st_size} bytes")
