@@ -642,7 +642,14 @@ fn truncated_or_corrupt_ckpt_files_give_errors_not_panics() {
     let err = try_open(b"hello world, not a checkpoint", "text.ckpt").unwrap_err();
     assert!(err.contains("not a PyTorch checkpoint"), "{err}");
     let err = try_open(b"\x80\x02\x8a\x0alegacy", "legacy.ckpt").unwrap_err();
-    assert!(err.contains("legacy"), "{err}");
+    assert!(err.contains("magic number"), "{err}");
+    // A legacy-format file cut anywhere: an error too.
+    let legacy = std::fs::read(common::fixture("single_file/mixed_dtypes_legacy.ckpt")).unwrap();
+    assert!(try_open(&legacy, "legacy_good.ckpt").is_ok());
+    for cut in [15, 40, legacy.len() / 2, legacy.len() - 1] {
+        let err = try_open(&legacy[..cut], "legacy_cut.ckpt").unwrap_err();
+        assert!(err.contains("legacy_cut.ckpt"), "cut at {cut}: {err}");
+    }
 }
 
 #[test]
@@ -655,8 +662,17 @@ fn ckpt_view_past_its_storage_is_an_error() {
 
 #[test]
 fn ckpt_reader_handles_every_storage_kind_and_views() {
+    check_mixed_dtypes("single_file/mixed_dtypes.ckpt");
+}
+
+#[test]
+fn legacy_torch_save_format_reads_the_same_tensors() {
+    check_mixed_dtypes("single_file/mixed_dtypes_legacy.ckpt");
+}
+
+fn check_mixed_dtypes(fixture: &str) {
     let cpu = Device::Cpu;
-    let ckpt = CkptFile::open(common::fixture("single_file/mixed_dtypes.ckpt")).unwrap();
+    let ckpt = CkptFile::open(common::fixture(fixture)).unwrap();
     // No `state_dict` wrapper here; the string entry is skipped and counted.
     assert_eq!(ckpt.skipped_entries(), 1);
     let values = |name: &str| -> Vec<f32> {

@@ -21,7 +21,8 @@ Writes:
 - fixtures/single_file/tiny_sd2_text.safetensors: a tiny OpenCLIP text tower as SD 2.x stores
   it (cond_stage_model.model, one more layer than the model uses, a text projection), and
   tiny_sd2_text_reference.safetensors: diffusers' conversion, under `text_encoder.`.
-- fixtures/single_file/mixed_dtypes.ckpt: an unwrapped state dict of every storage kind.
+- fixtures/single_file/mixed_dtypes.ckpt: an unwrapped state dict of every storage kind, and
+  mixed_dtypes_legacy.ckpt: the same in the legacy (torch < 1.6) format.
 - fixtures/single_file/malicious_{os_system,eval}.ckpt: archives whose pickle asks to call
   os.system / builtins.eval, and bad_view.ckpt: a tensor view reaching past its storage.
 """
@@ -518,6 +519,8 @@ def make_mixed_ckpt(out_dir):
     state["scalar"] = torch.tensor(2.5)
     state["note"] = "not a tensor"
     torch.save(state, out_dir / "mixed_dtypes.ckpt")
+    # The same in the legacy (torch < 1.6) format.
+    torch.save(state, out_dir / "mixed_dtypes_legacy.ckpt", _use_new_zipfile_serialization=False)
 
 
 def make(root):

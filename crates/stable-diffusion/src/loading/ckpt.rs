@@ -1,4 +1,5 @@
-//! PyTorch `.ckpt` / `.pt` files (`torch.save`'s zip format), read without running Python:
+//! PyTorch `.ckpt` / `.pt` files (`torch.save`'s zip format, and the legacy format of
+//! torch < 1.6), read without running Python:
 //! the archive's `data.pkl` goes through the restricted unpickler in [`super::pickle`], and
 //! tensor data is served straight from the memory-mapped `data/<key>` entries.
 
@@ -10,12 +11,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
-use super::pickle::{unpickle, StorageType, TensorRef, Value};
+use super::pickle::{unpickle, unpickle_at, StorageType, TensorRef, Value};
 use super::store::TensorStore;
 use crate::{Error, Result};
 
 /// The pickle of a `.ckpt` is at most this large (a state dict's pickle is a few MB).
 const MAX_PICKLE_BYTES: u64 = 1 << 30;
+
+/// Where each storage's bytes are in the file (or why they cannot be read), by key.
+type StorageRanges = HashMap<String, std::result::Result<Range<usize>, String>>;
 
 /// One tensor of a checkpoint: where its bytes are and how to view them.
 #[derive(Debug, Clone)]
@@ -71,15 +75,15 @@ impl CkptFile {
             path: path.clone(),
             msg,
         };
+        if mmap.first() == Some(&0x80) {
+            let (value, storages) = read_legacy(&mmap).map_err(&bad)?;
+            return Self::from_parts(path, mmap, value, |key| storages.get(key).cloned());
+        }
         if !mmap.starts_with(b"PK\x03\x04") {
-            let msg = if mmap.first() == Some(&0x80) {
-                "this is the legacy (before torch 1.6) torch.save format, which is not \
-                 supported; re-save it with a newer torch or convert it to .safetensors"
-                    .to_string()
-            } else {
-                "not a PyTorch checkpoint (no zip signature)".to_string()
-            };
-            return Err(bad(msg));
+            return Err(bad(
+                "not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save file)"
+                    .into(),
+            ));
         }
         let entries = zip_entries(&mmap).map_err(&bad)?;
         let pickle_name = entries
@@ -104,7 +108,27 @@ impl CkptFile {
         }
         let pickle = entry_bytes(&mmap, pickle_entry).map_err(&bad)?;
         let value = unpickle(pickle).map_err(|msg| bad(format!("refusing to load: {msg}")))?;
+        let storages: StorageRanges = entries
+            .iter()
+            .filter_map(|(name, entry)| {
+                let key = name.strip_prefix(&root)?.strip_prefix("data/")?;
+                Some((key.to_string(), entry_range(&mmap, entry)))
+            })
+            .collect();
+        Self::from_parts(path, mmap, value, |key| storages.get(key).cloned())
+    }
 
+    /// Indexes the tensors of the unpickled `value`; `storage` finds a storage's bytes.
+    fn from_parts(
+        path: PathBuf,
+        mmap: Mmap,
+        value: Value,
+        storage: impl Fn(&str) -> Option<std::result::Result<Range<usize>, String>>,
+    ) -> Result<Self> {
+        let bad = |msg: String| Error::Checkpoint {
+            path: path.clone(),
+            msg,
+        };
         let (state, _) = state_dict(value).map_err(&bad)?;
         let mut tensors = HashMap::new();
         let mut skipped = 0;
@@ -113,15 +137,14 @@ impl CkptFile {
                 skipped += 1;
                 continue;
             };
-            let entry = entries
-                .get(&format!("{root}data/{}", tensor.storage.key))
+            let data = storage(&tensor.storage.key)
                 .ok_or_else(|| {
                     bad(format!(
-                        "tensor `{name}`: storage `data/{}` is not in the archive",
+                        "tensor `{name}`: storage `{}` is not in the file",
                         tensor.storage.key
                     ))
-                })?;
-            let data = entry_range(&mmap, entry).map_err(&bad)?;
+                })?
+                .map_err(&bad)?;
             check_extent(&tensor, data.len())
                 .map_err(|msg| bad(format!("tensor `{name}`: {msg}")))?;
             tensors.insert(
@@ -192,6 +215,73 @@ impl TensorStore for CkptFile {
         let tensor = Tensor::from_raw_buffer(&bytes, stored, &info.shape, device)
             .map_err(|e| self.bad(name, e))?;
         Ok(Some(tensor.to_dtype(dtype)?))
+    }
+}
+
+/// The legacy (torch < 1.6) format: a magic-number pickle, a protocol-version pickle, a
+/// system-info pickle, the object pickle, a pickle listing the storage keys, then each
+/// storage in that order as an 8-byte element count and its raw bytes.
+fn read_legacy(bytes: &[u8]) -> std::result::Result<(Value, StorageRanges), String> {
+    // 0x1950a86a20f9469cfc6c as a 10-byte LONG1: too long for the unpickler's integers.
+    const MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+    if !bytes.starts_with(MAGIC) {
+        return Err("not a PyTorch checkpoint (a pickle without torch's magic number)".into());
+    }
+    let refuse = |msg: String| format!("refusing to load: {msg}");
+    let (_protocol, at) = unpickle_at(bytes, MAGIC.len()).map_err(refuse)?;
+    let (sys_info, at) = unpickle_at(bytes, at).map_err(refuse)?;
+    if let Value::Dict(items) = &sys_info {
+        let big_endian = items.iter().any(
+            |(k, v)| matches!((k, v), (Value::Str(k), Value::Bool(false)) if k == "little_endian"),
+        );
+        if big_endian {
+            return Err("big-endian checkpoints are not supported".into());
+        }
+    }
+    let (value, at) = unpickle_at(bytes, at).map_err(refuse)?;
+    let (keys, mut at) = unpickle_at(bytes, at).map_err(refuse)?;
+    let Value::List(keys) = keys else {
+        return Err("the legacy storage list is not a list".into());
+    };
+    // Element sizes come from the storages the tensors reference.
+    let mut sizes = HashMap::new();
+    collect_storages(&value, &mut |s| {
+        sizes.insert(s.key.clone(), s.dtype.size());
+    });
+    let mut storages = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else {
+            return Err("a legacy storage key is not a string".into());
+        };
+        let size = *sizes
+            .get(&key)
+            .ok_or_else(|| format!("storage `{key}` is listed but no tensor uses it"))?;
+        let count = read_u64(bytes, at)?;
+        let start = at + 8;
+        let end = to_usize(count)?
+            .checked_mul(size)
+            .and_then(|n| n.checked_add(start))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| format!("storage `{key}` runs past the end of the file (truncated)"))?;
+        storages.insert(key, Ok(start..end));
+        at = end;
+    }
+    Ok((value, storages))
+}
+
+/// Calls `found` for every storage referenced by a tensor inside `value`.
+fn collect_storages(value: &Value, found: &mut impl FnMut(&super::pickle::StorageRef)) {
+    match value {
+        Value::Tensor(t) => found(&t.storage),
+        Value::Storage(s) => found(s),
+        Value::Tuple(items) | Value::List(items) => {
+            items.iter().for_each(|v| collect_storages(v, found))
+        }
+        Value::Dict(items) => items.iter().for_each(|(k, v)| {
+            collect_storages(k, found);
+            collect_storages(v, found);
+        }),
+        _ => {}
     }
 }
 

@@ -221,14 +221,21 @@ enum Slot {
 /// Interprets `bytes` as a checkpoint pickle and returns the value it builds. Errors are
 /// plain messages; the caller adds the file name.
 pub fn unpickle(bytes: &[u8]) -> Result<Value, String> {
-    Unpickler {
+    unpickle_at(bytes, 0).map(|(value, _)| value)
+}
+
+/// Interprets the pickle starting at `start` of `bytes` (several pickles may follow each
+/// other, as in the legacy `torch.save` format); returns its value and where it ended.
+pub fn unpickle_at(bytes: &[u8], start: usize) -> Result<(Value, usize), String> {
+    let mut unpickler = Unpickler {
         bytes,
-        pos: 0,
+        pos: start.min(bytes.len()),
         stack: Vec::new(),
         memo: HashMap::new(),
         clone_budget: 16 * bytes.len() + (1 << 20),
-    }
-    .run()
+    };
+    let value = unpickler.run()?;
+    Ok((value, unpickler.pos))
 }
 
 struct Unpickler<'a> {
@@ -415,8 +422,9 @@ impl Unpickler<'_> {
             ));
         };
         match parts.as_slice() {
-            [Value::Str(tag), Value::Callable(GlobalHandle(Global::Storage(dtype))), Value::Str(key), _location, numel, ..]
-                if tag == "storage" =>
+            // The legacy format adds view metadata, which must be None (no storage views).
+            [Value::Str(tag), Value::Callable(GlobalHandle(Global::Storage(dtype))), Value::Str(key), _location, numel, rest @ ..]
+                if tag == "storage" && rest.iter().all(|v| *v == Value::None) =>
             {
                 let numel = numel
                     .as_usize()
@@ -432,7 +440,7 @@ impl Unpickler<'_> {
         }
     }
 
-    fn run(mut self) -> Result<Value, String> {
+    fn run(&mut self) -> Result<Value, String> {
         loop {
             let at = self.pos;
             let op = self.u8()?;
