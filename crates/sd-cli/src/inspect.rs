@@ -205,7 +205,7 @@ fn print_text(args: &InspectArgs, inspection: &Inspection) {
         let layers = match d.text_encoder(&c.component) {
             Some(t) => match t.stored_layers {
                 Some(stored) => format!(
-                    "  [{}, {} of {stored} stored layers used]",
+                    "  [{}, {} layers used; the file holds {stored}]",
                     t.class, t.config.num_hidden_layers
                 ),
                 None => format!("  [{}, {} layers]", t.class, t.config.num_hidden_layers),
