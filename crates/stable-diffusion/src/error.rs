@@ -32,6 +32,15 @@ pub enum Error {
         msg: String,
     },
 
+    /// A checkpoint (`.ckpt` / single-file model) that cannot be read or understood.
+    #[error("{}: cannot load checkpoint: {msg}", path.display())]
+    Checkpoint {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+
     /// A configuration file (or value) that cannot be used.
     #[error("{}: invalid config: {msg}", path.display())]
     Config {

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod image;
 pub mod loading;
+pub mod model_family;
 pub mod nn;
 pub mod pipeline;
 pub mod rng;

@@ -16,6 +16,9 @@ pub struct Source {
     /// Reshape the stored tensor to the requested shape when the element counts agree (1x1
     /// convolution weights stored for linear layers, or the reverse).
     pub reshape: bool,
+    /// Transpose the stored 2-D tensor (after taking `rows`): OpenCLIP's `text_projection`
+    /// is stored `(hidden, projection)` for `x @ P`, a linear layer wants `(projection, hidden)`.
+    pub transpose: bool,
 }
 
 impl Source {
@@ -25,6 +28,7 @@ impl Source {
             name: name.into(),
             rows: None,
             reshape: false,
+            transpose: false,
         }
     }
 
@@ -37,6 +41,12 @@ impl Source {
     /// Reshaped to the requested shape (same number of elements).
     pub fn reshaped(mut self) -> Self {
         self.reshape = true;
+        self
+    }
+
+    /// Transposed (a 2-D stored tensor only).
+    pub fn transposed(mut self) -> Self {
+        self.transpose = true;
         self
     }
 }

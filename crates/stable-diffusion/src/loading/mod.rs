@@ -3,20 +3,33 @@
 //! [`Weights`] memory-maps one or more safetensors files and serves them to model code as a
 //! `VarBuilder`, converting each tensor to the compute dtype as it is read; a [`KeyMap`] lets
 //! one model code path load several key layouts. [`DiffusersFolder`] finds each component's
-//! config and weights in a diffusers pipeline folder.
+//! config and weights in a diffusers pipeline folder. [`SingleFileCheckpoint`] serves an
+//! LDM / AUTOMATIC1111 single file (`.safetensors` or a `.ckpt` read by a restricted
+//! unpickler, [`CkptFile`]) under diffusers' names through the tables in [`ldm`].
 
+mod ckpt;
 mod diffusers;
 mod keys;
+pub mod ldm;
+pub mod pickle;
 mod recorder;
+mod single_file;
+mod store;
 mod weights;
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
+pub use ckpt::CkptFile;
 pub use diffusers::{ComponentClass, DiffusersFolder};
 pub use keys::{key_map_for_class, KeyMap, Source};
 pub use recorder::record_shapes;
+pub use single_file::{
+    check_component, report_folder, ComponentReport, LoadReport, SingleFileCheckpoint,
+    TextEncoderLayout,
+};
+pub use store::{ShapeOnlyStore, TensorStore};
 pub use weights::{SafetensorsFile, Weights};
 
 use crate::{Error, Result};

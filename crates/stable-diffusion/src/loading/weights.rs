@@ -13,6 +13,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensorError, TensorInfo, TensorView};
 
 use super::keys::{KeyMap, Source};
+use super::store::TensorStore;
 use crate::{Error, Result};
 
 /// One safetensors file, memory-mapped, with its header parsed and validated.
@@ -123,6 +124,30 @@ impl SafetensorsFile {
     }
 }
 
+impl TensorStore for SafetensorsFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.tensors.keys().map(String::as_str).collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        SafetensorsFile::shape(self, name)
+    }
+
+    fn dtype_name(&self, name: &str) -> Option<String> {
+        self.tensors
+            .get(name)
+            .map(|info| format!("{:?}", info.dtype))
+    }
+
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+        SafetensorsFile::load(self, name, dtype, device)
+    }
+}
+
 fn describe_header_error(err: &SafeTensorError, bytes: &[u8]) -> String {
     let declared = u64::from_le_bytes(bytes[..8].try_into().expect("checked length"));
     match err {
@@ -138,11 +163,12 @@ fn describe_header_error(err: &SafeTensorError, bytes: &[u8]) -> String {
     }
 }
 
-/// Weights from one or more safetensors files (a sharded checkpoint is several), looked up by
-/// name through a [`KeyMap`]. Turn them into a [`VarBuilder`] with [`Weights::into_var_builder`].
+/// Weights from one or more safetensors files (a sharded checkpoint is several) or other
+/// [`TensorStore`]s, looked up by name through a [`KeyMap`]. Turn them into a [`VarBuilder`]
+/// with [`Weights::into_var_builder`].
 #[derive(Debug, Clone)]
 pub struct Weights {
-    files: Arc<Vec<SafetensorsFile>>,
+    files: Arc<Vec<Arc<dyn TensorStore>>>,
     /// Tensor name -> index in `files`.
     index: Arc<HashMap<String, usize>>,
     key_map: KeyMap,
@@ -164,15 +190,21 @@ impl Weights {
     pub fn open_files<P: AsRef<Path>>(paths: &[P]) -> Result<Self> {
         let files = paths
             .iter()
-            .map(SafetensorsFile::open)
+            .map(|path| Ok(Arc::new(SafetensorsFile::open(path)?) as Arc<dyn TensorStore>))
             .collect::<Result<Vec<_>>>()?;
+        Self::from_stores(files)
+    }
+
+    /// Serves the tensors of `stores` as one set of weights. A tensor name present in two
+    /// stores is an error.
+    pub fn from_stores(files: Vec<Arc<dyn TensorStore>>) -> Result<Self> {
         let mut index: HashMap<String, usize> = HashMap::new();
         for (i, file) in files.iter().enumerate() {
             for name in file.names() {
                 if let Some(&j) = index.get(name) {
                     return Err(Error::Safetensors {
-                        path: file.path.clone(),
-                        msg: format!("tensor `{name}` is also in {}", files[j].path.display()),
+                        path: file.path().to_path_buf(),
+                        msg: format!("tensor `{name}` is also in {}", files[j].path().display()),
                     });
                 }
                 index.insert(name.to_string(), i);
@@ -203,8 +235,8 @@ impl Weights {
         let weights = Self::open_files(&paths)?;
         // Every tensor the index promises must be in the shard it names.
         for (name, shard) in &index.weight_map {
-            let in_file = weights.index.get(name).map(|&i| &weights.files[i].path);
-            if in_file != Some(&folder.join(shard)) {
+            let in_file = weights.index.get(name).map(|&i| weights.files[i].path());
+            if in_file != Some(folder.join(shard).as_path()) {
                 return Err(Error::MissingTensor {
                     name: name.clone(),
                     location: folder.join(shard).display().to_string(),
@@ -222,7 +254,7 @@ impl Weights {
 
     /// The paths of the files, in the order they were opened.
     pub fn paths(&self) -> Vec<&Path> {
-        self.files.iter().map(|f| f.path.as_path()).collect()
+        self.files.iter().map(|f| f.path()).collect()
     }
 
     /// Every tensor name stored in the files, sorted.
@@ -237,9 +269,10 @@ impl Weights {
         self.key_map.sources(name).into_iter().find_map(|source| {
             let i = *self.index.get(&source.name)?;
             let stored = self.files[i].shape(&source.name)?;
-            // A row range must lie inside the stored tensor.
+            // A row range must lie inside the stored tensor; only matrices transpose.
             match &source.rows {
                 Some(rows) if stored.is_empty() || rows.end > stored[0] || rows.is_empty() => None,
+                _ if source.transpose && stored.len() != 2 => None,
                 _ => Some((source, i)),
             }
         })
@@ -254,7 +287,27 @@ impl Weights {
         if let Some(rows) = &source.rows {
             shape[0] = rows.len();
         }
+        if source.transpose {
+            shape.reverse();
+        }
         shape
+    }
+
+    /// The stored tensor (and part of it) that `name` resolves to through the key map.
+    pub fn source_of(&self, name: &str) -> Option<Source> {
+        self.resolve(name).map(|(source, _)| source)
+    }
+
+    /// The stored element type (`"F16"`, `"F32"`, ...) of the stored tensor `stored_name`.
+    pub fn stored_dtype(&self, stored_name: &str) -> Option<String> {
+        let &i = self.index.get(stored_name)?;
+        self.files[i].dtype_name(stored_name)
+    }
+
+    /// The stored shape of the stored tensor `stored_name` (no key map applied).
+    pub fn stored_shape(&self, stored_name: &str) -> Option<Vec<usize>> {
+        let &i = self.index.get(stored_name)?;
+        self.files[i].shape(stored_name).map(<[usize]>::to_vec)
     }
 
     /// The shape of the tensor `name` resolves to, if any (a row slice counts only its rows).
@@ -310,9 +363,14 @@ impl Weights {
         let tensor = self.files[file]
             .load(&source.name, dtype, device)?
             .expect("resolved sources exist");
-        Ok(match &source.rows {
+        let tensor = match &source.rows {
             Some(rows) => tensor.narrow(0, rows.start, rows.len())?.contiguous()?,
             None => tensor,
+        };
+        Ok(if source.transpose {
+            tensor.t()?.contiguous()?
+        } else {
+            tensor
         })
     }
 
@@ -327,7 +385,7 @@ impl Weights {
         let paths: Vec<String> = self
             .files
             .iter()
-            .map(|f| f.path.display().to_string())
+            .map(|f| f.path().display().to_string())
             .collect();
         paths.join(", ")
     }
