@@ -27,7 +27,7 @@ pub struct GenerateArgs {
     /// The prompt (the same as --prompt).
     #[arg(value_name = "PROMPT", conflicts_with = "prompt")]
     positional_prompt: Option<String>,
-    /// The model: a diffusers pipeline folder (with model_index.json).
+    /// The model: a diffusers pipeline folder (with model_index.json) or a single-file checkpoint (.safetensors, .ckpt).
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// What the image should show.
@@ -90,6 +90,15 @@ pub struct GenerateArgs {
     /// The dtype layers compute in: f32, f16 or bf16 (half is slow on most CPUs) [default: f32].
     #[arg(long)]
     compute_dtype: Option<String>,
+    /// Override the detected model family: sd1, sd2, sdxl, sdxl-refiner.
+    #[arg(long)]
+    family: Option<String>,
+    /// Override the prediction type: epsilon, v_prediction or sample (SD 2.x single files do not say).
+    #[arg(long)]
+    prediction_type: Option<String>,
+    /// For a single-file checkpoint: a diffusers folder whose configs describe it (default: the family's full-size configs).
+    #[arg(long, value_name = "DIR")]
+    config: Option<PathBuf>,
     /// Output PNG file; with N > 1 images, STEM-0.png ... STEM-(N-1).png beside it.
     #[arg(long, short, default_value = "output.png")]
     output: PathBuf,
@@ -230,10 +239,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     {
         return Err(usage("no prompt given: pass --prompt TEXT"));
     }
-    let model_path = args
-        .model
-        .clone()
-        .ok_or_else(|| usage("no model given: pass --model PATH (a diffusers folder)"))?;
+    let model_path = args.model.clone().ok_or_else(|| {
+        usage("no model given: pass --model PATH (a diffusers folder or a single-file checkpoint)")
+    })?;
     if !model_path.exists() {
         return Err(usage(format!("model not found: {}", model_path.display())));
     }
@@ -243,6 +251,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     if let Some(v) = &args.compute_dtype {
         options.compute_dtype = parse_dtype("compute dtype", v).map_err(as_usage)?;
+    }
+    if let Some(v) = &args.family {
+        options.family = Some(v.parse().map_err(as_usage)?);
+    }
+    if let Some(v) = &args.prediction_type {
+        options.prediction = Some(v.parse().map_err(as_usage)?);
+    }
+    if let Some(dir) = &args.config {
+        if !dir.join("model_index.json").is_file() {
+            return Err(usage(format!(
+                "--config {}: not a diffusers folder (no model_index.json)",
+                dir.display()
+            )));
+        }
+        options.config = Some(dir.clone());
     }
     if let Some(vae) = &args.vae {
         if !vae.exists() {

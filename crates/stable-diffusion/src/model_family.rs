@@ -45,6 +45,30 @@ pub enum ModelFamily {
 }
 
 impl ModelFamily {
+    /// How the family's first tokenizer pads when its folder does not say: `<|endoftext|>`
+    /// for CLIP ViT-L (SD 1.x, SDXL's first), `!` for OpenCLIP (SD 2.x, the refiner's only one).
+    pub fn pad_style(self) -> PadStyle {
+        match self {
+            Self::Sd1 | Self::Sdxl => PadStyle::EndOfText,
+            Self::Sd2 | Self::SdxlRefiner => PadStyle::Exclamation,
+        }
+    }
+
+    /// Whether this is one of the SDXL families (pooled text and time ids for the UNet).
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, Self::Sdxl | Self::SdxlRefiner)
+    }
+
+    /// Whether the family has the first text encoder (`text_encoder`).
+    pub fn has_first_text_encoder(self) -> bool {
+        self != Self::SdxlRefiner
+    }
+
+    /// Whether the family has the second text encoder (`text_encoder_2`, with projection).
+    pub fn has_second_text_encoder(self) -> bool {
+        self.is_sdxl()
+    }
+
     /// Every family, in a fixed order.
     pub const ALL: [ModelFamily; 4] = [Self::Sd1, Self::Sd2, Self::Sdxl, Self::SdxlRefiner];
 

@@ -5,58 +5,10 @@ use std::collections::BTreeMap;
 use crate::loading::{read_json, DiffusersFolder};
 use crate::nn::Activation;
 use crate::text_encoder::ClipTextConfig;
-use crate::tokenizer::PadStyle;
 use crate::unet::UNetConfig;
 use crate::{Error, Result};
 
-/// The model families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelFamily {
-    /// Stable Diffusion 1.x: OpenAI CLIP ViT-L text encoder.
-    Sd1,
-    /// Stable Diffusion 2.x: OpenCLIP ViT-H text encoder, often v-prediction.
-    Sd2,
-    /// SDXL base: two text encoders (CLIP ViT-L and OpenCLIP bigG), pooled text and size ids.
-    Sdxl,
-    /// SDXL refiner: OpenCLIP bigG only, aesthetic-score conditioning.
-    SdxlRefiner,
-}
-
-impl ModelFamily {
-    /// A short human name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelFamily::Sd1 => "SD 1.x",
-            ModelFamily::Sd2 => "SD 2.x",
-            ModelFamily::Sdxl => "SDXL",
-            ModelFamily::SdxlRefiner => "SDXL refiner",
-        }
-    }
-
-    /// How the family's first tokenizer pads when its folder does not say: `<|endoftext|>`
-    /// for CLIP ViT-L (SD 1.x, SDXL's first), `!` for OpenCLIP (SD 2.x, the refiner's only one).
-    pub fn pad_style(self) -> PadStyle {
-        match self {
-            ModelFamily::Sd1 | ModelFamily::Sdxl => PadStyle::EndOfText,
-            ModelFamily::Sd2 | ModelFamily::SdxlRefiner => PadStyle::Exclamation,
-        }
-    }
-
-    /// Whether this is one of the SDXL families (pooled text and time ids for the UNet).
-    pub fn is_sdxl(self) -> bool {
-        matches!(self, ModelFamily::Sdxl | ModelFamily::SdxlRefiner)
-    }
-
-    /// Whether the family has the first text encoder (`text_encoder`).
-    pub fn has_first_text_encoder(self) -> bool {
-        self != ModelFamily::SdxlRefiner
-    }
-
-    /// Whether the family has the second text encoder (`text_encoder_2`, with projection).
-    pub fn has_second_text_encoder(self) -> bool {
-        self.is_sdxl()
-    }
-}
+pub use crate::model_family::ModelFamily;
 
 /// The one description of a loaded model: its family and the options its pipeline applies.
 #[derive(Debug, Clone, Copy, PartialEq)]

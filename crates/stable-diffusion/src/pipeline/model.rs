@@ -7,8 +7,9 @@ use candle_core::{DType, Device};
 
 use super::family::{ModelDescription, ModelFamily};
 use super::precision::Precision;
-use crate::loading::{DiffusersFolder, Weights};
-use crate::scheduler::SchedulerConfig;
+use crate::loading::{DiffusersFolder, SingleFileCheckpoint, Weights};
+use crate::model_family::{prediction_name, DetectOptions, ModelDescription as FullDescription};
+use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::text_encoder::{ClipTextConfig, ClipTextModel};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
 use crate::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
@@ -26,6 +27,13 @@ pub struct LoadOptions {
     pub compute_dtype: DType,
     /// The weights variant to prefer in a diffusers folder (`fp16`), if any.
     pub variant: Option<String>,
+    /// Use this family instead of the detected one.
+    pub family: Option<ModelFamily>,
+    /// Use this prediction type instead of the detected (or configured) one.
+    pub prediction: Option<PredictionType>,
+    /// For a single-file checkpoint: a diffusers folder whose config files describe it (as
+    /// diffusers' `from_single_file(config=...)`), instead of the family's full-size presets.
+    pub config: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +43,9 @@ impl Default for LoadOptions {
             weight_dtype: DType::F32,
             compute_dtype: DType::F32,
             variant: None,
+            family: None,
+            prediction: None,
+            config: None,
         }
     }
 }
@@ -180,11 +191,21 @@ impl StableDiffusion {
         })
     }
 
-    /// Loads a diffusers pipeline folder (`model_index.json` and one folder per component);
-    /// the family is detected from it (see [`ModelDescription::detect`]).
+    /// Loads a model: a diffusers pipeline folder (`model_index.json` and one folder per
+    /// component), or a single-file checkpoint (`.safetensors`, `.ckpt`) in the original
+    /// (LDM / AUTOMATIC1111) layout. The family is detected from it.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        if path.is_file() {
+            return Self::load_single_file(path, options);
+        }
         let folder = DiffusersFolder::open(path)?;
-        let description = ModelDescription::detect(&folder)?;
+        let mut description = ModelDescription::detect(&folder)?;
+        if let Some(family) = options.family {
+            description = ModelDescription {
+                family,
+                ..description
+            };
+        }
         let family = description.family;
         let variant = options.variant.as_deref();
         let precision = options.precision();
@@ -222,7 +243,81 @@ impl StableDiffusion {
             vae_precision.var_builder(folder.open_weights("vae", variant)?, device),
             &vae_config,
         )?;
-        let scheduler_config: SchedulerConfig = folder.config("scheduler")?;
+        let mut scheduler_config: SchedulerConfig = folder.config("scheduler")?;
+        if let Some(prediction) = options.prediction {
+            scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
+        }
+        Self::from_parts(ModelParts {
+            description,
+            path: path.to_path_buf(),
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae,
+            vae_dtype: vae_precision.compute,
+            scheduler_config,
+            device: device.clone(),
+            compute_dtype: options.compute_dtype,
+        })
+    }
+
+    /// Loads a single-file checkpoint: the family, prediction type and component configs come
+    /// from its tensors (full-size presets) or from `options.config`; the weights are mapped
+    /// from the file's names to diffusers' by the loader's tables.
+    fn load_single_file(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let detect = DetectOptions {
+            family: options.family,
+            prediction: options.prediction,
+        };
+        let checkpoint = SingleFileCheckpoint::open_with(path, &detect)?;
+        let described = match &options.config {
+            Some(dir) => {
+                let mut described =
+                    FullDescription::from_folder(&DiffusersFolder::open(dir)?, &detect)?;
+                if let Some(family) = options.family {
+                    described.family = family;
+                }
+                described
+            }
+            None => checkpoint.describe().clone(),
+        };
+        let family = described.family;
+        let description = ModelDescription::for_family(family, described.inpainting);
+        let precision = options.precision();
+        let device = &options.device;
+        let mut text_encoder = None;
+        let mut text_encoder_2 = None;
+        for text in &described.text_encoders {
+            let vb = precision.var_builder(checkpoint.component_weights(&text.component)?, device);
+            let model = ClipTextModel::from_class(vb, &text.config, &text.class)?;
+            let pad_style = if text.component == "text_encoder" {
+                family.pad_style()
+            } else {
+                PadStyle::Exclamation
+            };
+            let part = TextEncoderPart {
+                tokenizer: ClipTokenizer::embedded()?.with_pad_style(pad_style),
+                pad_style,
+                model,
+            };
+            match text.component.as_str() {
+                "text_encoder" => text_encoder = Some(part),
+                _ => text_encoder_2 = Some(part),
+            }
+        }
+        let unet = UNet2DConditionModel::new(
+            precision.var_builder(checkpoint.component_weights("unet")?, device),
+            &described.unet,
+        )?;
+        let vae_precision = options.vae_precision(&described.vae);
+        let vae = AutoencoderKL::new(
+            vae_precision.var_builder(checkpoint.component_weights("vae")?, device),
+            &described.vae,
+        )?;
+        let mut scheduler_config = described.scheduler.clone();
+        if let Some(prediction) = options.prediction {
+            scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
+        }
         Self::from_parts(ModelParts {
             description,
             path: path.to_path_buf(),
