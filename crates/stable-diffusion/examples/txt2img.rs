@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 42,
         ..Default::default()
     };
-    let generation = model.generate(&request, None, &mut |progress| {
+    let generation = model.generate(&request, &Inputs::default(), &mut |progress| {
         if let Progress::Step { step, total } = progress {
             eprintln!("step {step}/{total}");
         }
