@@ -1,7 +1,7 @@
 //! Text to image with the library: `cargo run --release -p stable-diffusion --example txt2img -- MODEL_DIR "a prompt" out.png`.
 
 use stable_diffusion::pipeline::{
-    Control, GenerationRequest, LoadOptions, Progress, StableDiffusion,
+    Control, GenerationRequest, Inputs, LoadOptions, Progress, StableDiffusion,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
