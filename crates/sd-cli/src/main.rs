@@ -1,6 +1,7 @@
 //! The `sd` command-line interface: a thin layer over the `stable-diffusion` library.
 
 mod generate;
+mod samplers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Print the generation parameters stored in a PNG file (AUTOMATIC1111 infotext).
     Info(InfoArgs),
+    /// List every sampler and sigma schedule with a one-line description.
+    Samplers,
 }
 
 /// Arguments of `sd tokenize`.
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
+        Command::Samplers => samplers::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
