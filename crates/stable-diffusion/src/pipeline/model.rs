@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
 use crate::loading::DiffusersFolder;
 use crate::rng::{NoiseSource, TorchCpuRng};
-use crate::scheduler::{build_sampler, SchedulerConfig};
+use crate::scheduler::{build_sampler_with, SchedulerConfig};
 use crate::text_encoder::{ClipTextConfig, ClipTextModel, HiddenLayer};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
 use crate::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
@@ -220,12 +220,12 @@ impl StableDiffusion {
         let mut rng: Box<dyn NoiseSource> = match request.rng {
             RngKind::Cpu => Box::new(TorchCpuRng::new(request.seed)),
         };
-        let mut sampler = build_sampler(
+        let mut sampler = build_sampler_with(
             request.sampler,
             request.schedule,
             &self.scheduler_config,
             request.steps,
-            request.eta,
+            &request.resolved_sampler_options(),
         )?;
         let factor = self.spatial_factor();
         let latent_shape = [
@@ -249,7 +249,7 @@ impl StableDiffusion {
                 let init = (posterior.sample(rng.as_mut())? * scaling)?;
                 let init = init.repeat((batch, 1, 1, 1))?;
                 timings.image_encoding = start.elapsed();
-                let first_step = request.steps - request.effective_steps();
+                let first_step = sampler.img2img_start(request.steps, request.strength)?;
                 sampler.start_at(first_step)?;
                 let noise = rng.randn(&latent_shape, &self.device)?;
                 (sampler.add_noise(&init, &noise, first_step)?, first_step)
@@ -262,6 +262,7 @@ impl StableDiffusion {
         let total = timesteps.len() - first_step;
         for (done, (index, &timestep)) in timesteps.iter().enumerate().skip(first_step).enumerate()
         {
+            latents = sampler.prepare_step(&latents, index, rng.as_mut())?;
             let model_input = if request.uses_cfg() {
                 Tensor::cat(&[&latents, &latents], 0)?
             } else {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::scheduler::{SamplerKind, SigmaSchedule};
+use crate::scheduler::{SamplerKind, SamplerOptions, SigmaSchedule};
 use crate::{Error, Result};
 
 /// The largest width or height accepted, in pixels (SDXL's native size is 1024; 4096 leaves
@@ -90,6 +90,8 @@ pub struct GenerationRequest {
     pub init_image: Option<PathBuf>,
     /// How much of the schedule img2img runs, in (0, 1].
     pub strength: f64,
+    /// Sampler settings beyond DDIM's eta: flavor, noise scales, churn, custom sigmas.
+    pub sampler_options: SamplerOptions,
 }
 
 impl Default for GenerationRequest {
@@ -109,6 +111,7 @@ impl Default for GenerationRequest {
             eta: 0.0,
             init_image: None,
             strength: 0.75,
+            sampler_options: SamplerOptions::default(),
         }
     }
 }
@@ -117,6 +120,16 @@ impl GenerationRequest {
     /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one).
     pub fn uses_cfg(&self) -> bool {
         self.cfg_scale > 1.0
+    }
+
+    /// The sampler options to build with: `sampler_options`, with `eta` filling in DDIM's eta
+    /// when the options leave it unset.
+    pub fn resolved_sampler_options(&self) -> SamplerOptions {
+        let mut options = self.sampler_options.clone();
+        if options.eta.is_none() && self.sampler == SamplerKind::Ddim {
+            options.eta = Some(self.eta);
+        }
+        options
     }
 
     /// The number of steps img2img actually runs (all of them for txt2img), as diffusers counts.
