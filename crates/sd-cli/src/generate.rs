@@ -16,7 +16,7 @@ use stable_diffusion::pipeline::{
     load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, Inputs, LoadOptions,
     Progress, RngKind, StableDiffusion,
 };
-use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
+use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
 
 use crate::UsageError;
 
@@ -48,10 +48,28 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 turns guidance off [default: 7.5].
     #[arg(long)]
     cfg_scale: Option<f64>,
-    /// Sampler: ddim, pndm (alias plms), euler, euler_a, dpmpp_2m [default: euler_a].
+    /// Sampler (see `sd samplers`); A1111's names ("DPM++ 2M") select A1111's sampling [default: euler_a].
     #[arg(long)]
     sampler: Option<String>,
-    /// Sigma schedule: default or karras [default: default].
+    /// Follow diffusers or k-diffusion (A1111) [default: diffusers where the sampler and schedule allow].
+    #[arg(long)]
+    sampler_flavor: Option<String>,
+    /// Karras churn for euler, heun, dpm2 [default: 0].
+    #[arg(long)]
+    s_churn: Option<f64>,
+    /// Lowest sigma that is churned [default: 0].
+    #[arg(long)]
+    s_tmin: Option<f64>,
+    /// Highest sigma that is churned [default: infinity].
+    #[arg(long)]
+    s_tmax: Option<f64>,
+    /// Scale of the sampler's fresh noise [default: 1].
+    #[arg(long)]
+    s_noise: Option<f64>,
+    /// Custom sigmas, largest first, comma separated (k-diffusion flavor), e.g. 14.6,5,1.5,0.3,0.
+    #[arg(long, value_delimiter = ',')]
+    sigmas: Option<Vec<f64>>,
+    /// Sigma schedule (see `sd samplers`): default, karras, exponential, ... [default: default].
     #[arg(long)]
     schedule: Option<String>,
     /// Seed of the noise [default: random, printed].
@@ -166,7 +184,26 @@ fn build_request(
         request.cfg_scale = v;
     }
     if let Some(v) = &args.sampler {
-        request.sampler = v.parse::<SamplerKind>().map_err(as_usage)?;
+        let (kind, flavor) = parse_sampler_name(v).map_err(as_usage)?;
+        request.sampler = kind;
+        request.sampler_options.flavor = flavor;
+    }
+    if let Some(v) = &args.sampler_flavor {
+        request.sampler_options.flavor = Some(v.parse::<SamplerFlavor>().map_err(as_usage)?);
+    }
+    let options = &mut request.sampler_options;
+    for (value, slot) in [
+        (args.s_churn, &mut options.s_churn),
+        (args.s_tmin, &mut options.s_tmin),
+        (args.s_tmax, &mut options.s_tmax),
+        (args.s_noise, &mut options.s_noise),
+    ] {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
+    if let Some(list) = &args.sigmas {
+        options.sigmas = Some(list.clone());
     }
     if let Some(v) = &args.schedule {
         request.schedule = v.parse::<SigmaSchedule>().map_err(as_usage)?;
@@ -182,6 +219,9 @@ fn build_request(
     }
     if let Some(v) = args.eta {
         request.eta = v;
+        if request.sampler != SamplerKind::Ddim {
+            request.sampler_options.eta = Some(v);
+        }
     }
     if let Some(v) = &args.init_image {
         request.init_image = Some(v.clone());
@@ -198,6 +238,10 @@ fn build_request(
     if let Some(v) = args.refiner_switch {
         request.refiner_switch = v;
     }
+    request
+        .sampler_options
+        .resolve_flavor(request.sampler, request.schedule)
+        .map_err(as_usage)?;
     Ok(request)
 }
 

@@ -2,6 +2,7 @@
 
 mod generate;
 mod inspect;
+mod samplers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     Info(InfoArgs),
     /// Describe a checkpoint: family, prediction type, dtypes, parameters, missing/unused tensors.
     Inspect(inspect::InspectArgs),
+    /// List every sampler and sigma schedule with a one-line description.
+    Samplers,
 }
 
 /// Arguments of `sd tokenize`.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Samplers => samplers::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -252,9 +252,9 @@ fn sampler_names_parse_and_unknown_names_list_the_valid_ones() {
         assert_eq!(kind.a1111_name().parse::<SamplerKind>().unwrap(), kind);
     }
     assert_eq!("plms".parse::<SamplerKind>().unwrap(), SamplerKind::Pndm);
-    let err = "heun".parse::<SamplerKind>().unwrap_err().to_string();
+    let err = "heun_x".parse::<SamplerKind>().unwrap_err().to_string();
     assert!(
-        err.contains("heun") && err.contains("dpmpp_2m") && err.contains("plms"),
+        err.contains("heun_x") && err.contains("dpmpp_2m") && err.contains("plms"),
         "{err}"
     );
     assert_eq!(
@@ -265,7 +265,11 @@ fn sampler_names_parse_and_unknown_names_list_the_valid_ones() {
         "Automatic".parse::<SigmaSchedule>().unwrap(),
         SigmaSchedule::Default
     );
-    assert!("exponential".parse::<SigmaSchedule>().is_err());
+    assert_eq!(
+        "exponential".parse::<SigmaSchedule>().unwrap(),
+        SigmaSchedule::Exponential
+    );
+    assert!("exponentiall".parse::<SigmaSchedule>().is_err());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::model::StableDiffusion;
 use super::refiner;
 use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
 use crate::rng::{NoiseSource, TorchCpuRng};
-use crate::scheduler::{build_sampler, Sampler};
+use crate::scheduler::{build_sampler_with, Sampler};
 use crate::{Error, Result};
 
 /// The inputs of a generation besides the request: tensors and models the caller loaded.
@@ -91,7 +91,7 @@ impl StableDiffusion {
                 check(Progress::EncodingImage)?;
                 let init = self.encode_image(image, rng.as_mut())?;
                 let init = init.repeat((batch, 1, 1, 1))?;
-                let first = request.steps - request.effective_steps();
+                let first = sampler.img2img_start(request.steps, request.strength)?;
                 sampler.start_at(first)?;
                 let noise = rng.randn(&latent_shape, &self.device)?;
                 (
@@ -250,12 +250,12 @@ impl StableDiffusion {
 
     /// A sampler for the request on this model's schedule.
     fn sampler(&self, request: &GenerationRequest) -> Result<Box<dyn Sampler>> {
-        build_sampler(
+        build_sampler_with(
             request.sampler,
             request.schedule,
             &self.scheduler_config,
             request.steps,
-            request.eta,
+            &request.resolved_sampler_options(),
         )
     }
 
@@ -327,7 +327,7 @@ impl StableDiffusion {
     ) -> Result<(Tensor, usize, InpaintMode)> {
         let batch = request.batch_size;
         let full_strength = request.strength >= 1.0;
-        let first = request.steps - request.effective_steps();
+        let first = sampler.img2img_start(request.steps, request.strength)?;
         sampler.start_at(first)?;
         let nine_channels = self.description.inpainting;
         let image_latents = if !nine_channels || !full_strength {
@@ -379,6 +379,7 @@ impl StableDiffusion {
         let timesteps = sampler.timesteps().to_vec();
         let cfg = request.uses_cfg();
         for index in steps {
+            latents = sampler.prepare_step(&latents, index, rng)?;
             let timestep = timesteps[index];
             let model_input = if cfg {
                 Tensor::cat(&[&latents, &latents], 0)?

@@ -2,7 +2,7 @@
 
 use super::{GenerationRequest, RngKind};
 use crate::image::{format_float, InfoText};
-use crate::scheduler::{SamplerKind, SigmaSchedule};
+use crate::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
 use crate::{Error, Result};
 
 impl GenerationRequest {
@@ -51,7 +51,41 @@ impl GenerationRequest {
             info.push("Batch size", self.batch_size);
             info.push("Batch pos", batch_pos);
         }
+        self.push_sampler_options(&mut info);
         info
+    }
+
+    /// The sampler settings beyond A1111's defaults, with A1111's key names where it has them.
+    /// A run in the diffusers flavor says so ("Sampler flavor: diffusers"): without that key,
+    /// infotext means A1111's (k-diffusion) sampling.
+    fn push_sampler_options(&self, info: &mut InfoText) {
+        let options = &self.sampler_options;
+        if self.sampler != SamplerKind::Ddim {
+            if let Some(eta) = options.eta {
+                info.push("Eta", format_float(eta));
+            }
+        }
+        for (key, value) in [
+            ("Sigma churn", options.s_churn),
+            ("Sigma tmin", options.s_tmin),
+            ("Sigma tmax", options.s_tmax),
+            ("Sigma noise", options.s_noise),
+        ] {
+            if let Some(v) = value {
+                info.push(key, format_float(v));
+            }
+        }
+        if let Some(list) = &options.sigmas {
+            let text: Vec<String> = list.iter().map(|&v| format_float(v)).collect();
+            info.push("Sigmas", text.join(" "));
+        }
+        if options.sdxl && self.schedule == SigmaSchedule::AlignYourSteps {
+            info.push("AYS table", "SDXL");
+        }
+        let flavor = options.resolve_flavor(self.sampler, self.schedule);
+        if flavor.ok() == Some(SamplerFlavor::Diffusers) {
+            info.push("Sampler flavor", SamplerFlavor::Diffusers.name());
+        }
     }
 
     /// A request from infotext written by `sd` or AUTOMATIC1111. Keys it does not know are
@@ -71,7 +105,34 @@ impl GenerationRequest {
             if let Some(schedule) = schedule {
                 request.schedule = schedule;
             }
+            // Infotext without our flavor key was written by A1111: k-diffusion sampling.
+            if sampler.kdiffusion_function().is_some() {
+                request.sampler_options.flavor = Some(SamplerFlavor::KDiffusion);
+            }
         }
+        if let Some(v) = info.get("Sampler flavor") {
+            request.sampler_options.flavor = Some(v.parse()?);
+        }
+        let options = &mut request.sampler_options;
+        for (key, slot) in [
+            ("Eta", &mut options.eta),
+            ("Sigma churn", &mut options.s_churn),
+            ("Sigma tmin", &mut options.s_tmin),
+            ("Sigma tmax", &mut options.s_tmax),
+            ("Sigma noise", &mut options.s_noise),
+        ] {
+            if let Some(v) = info.get(key) {
+                *slot = Some(number(key, v)?);
+            }
+        }
+        if let Some(v) = info.get("Sigmas") {
+            let list = v
+                .split_whitespace()
+                .map(|x| number("Sigmas", x))
+                .collect::<Result<Vec<f64>>>()?;
+            options.sigmas = Some(list);
+        }
+        options.sdxl = info.get("AYS table") == Some("SDXL");
         if let Some(v) = info.get("Schedule type") {
             request.schedule = v.parse()?;
         }
@@ -129,17 +190,11 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
 
 /// A1111's sampler names, also the older forms with the schedule in the name ("DPM++ 2M Karras").
 fn parse_sampler(name: &str) -> Result<(SamplerKind, Option<SigmaSchedule>)> {
-    let find = |name: &str| {
-        SamplerKind::ALL
-            .iter()
-            .copied()
-            .find(|kind| kind.a1111_name().eq_ignore_ascii_case(name) || kind.name() == name)
-    };
-    if let Some(kind) = find(name) {
+    if let Ok((kind, _)) = parse_sampler_name(name) {
         return Ok((kind, None));
     }
     if let Some(base) = name.strip_suffix(" Karras") {
-        if let Some(kind) = find(base) {
+        if let Ok((kind, _)) = parse_sampler_name(base) {
             return Ok((kind, Some(SigmaSchedule::Karras)));
         }
     }

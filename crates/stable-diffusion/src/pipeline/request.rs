@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::scheduler::{SamplerKind, SigmaSchedule};
+use crate::scheduler::{SamplerKind, SamplerOptions, SigmaSchedule};
 use crate::{Error, Result};
 
 /// The largest width or height accepted, in pixels (SDXL's native size is 1024; 4096 leaves
@@ -101,6 +101,8 @@ pub struct GenerationRequest {
     pub aesthetic_score: f64,
     /// The aesthetic score of the unconditional pass.
     pub negative_aesthetic_score: f64,
+    /// Sampler settings beyond DDIM's eta: flavor, noise scales, churn, custom sigmas.
+    pub sampler_options: SamplerOptions,
 }
 
 /// The refiner switch point when none is given (AUTOMATIC1111's and diffusers' examples).
@@ -128,6 +130,7 @@ impl Default for GenerationRequest {
             refiner_switch: DEFAULT_REFINER_SWITCH,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
+            sampler_options: SamplerOptions::default(),
         }
     }
 }
@@ -136,6 +139,16 @@ impl GenerationRequest {
     /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one).
     pub fn uses_cfg(&self) -> bool {
         self.cfg_scale > 1.0
+    }
+
+    /// The sampler options to build with: `sampler_options`, with `eta` filling in DDIM's eta
+    /// when the options leave it unset.
+    pub fn resolved_sampler_options(&self) -> SamplerOptions {
+        let mut options = self.sampler_options.clone();
+        if options.eta.is_none() && self.sampler == SamplerKind::Ddim {
+            options.eta = Some(self.eta);
+        }
+        options
     }
 
     /// The number of steps img2img actually runs (all of them for txt2img), as diffusers counts.

@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use super::kdiff::Churn;
 use super::ops::{add, div, mul, sub};
 use super::schedule::{self, NoiseSchedule, TimestepSpacing};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -125,6 +126,7 @@ pub struct Euler {
     steps: SigmaSteps,
     prediction: PredictionType,
     spacing: TimestepSpacing,
+    churn: Churn,
 }
 
 impl Euler {
@@ -135,7 +137,15 @@ impl Euler {
             steps: SigmaSteps::euler(cfg, &noise, steps),
             prediction: cfg.prediction_type,
             spacing: cfg.timestep_spacing,
+            churn: Churn::default(),
         })
+    }
+
+    /// Adds Karras's churn as diffusers' `step(s_churn, s_tmin, s_tmax, s_noise)` applies it:
+    /// after the model call, to the sample that call saw.
+    pub fn with_churn(mut self, churn: Churn) -> Self {
+        self.churn = churn;
+        self
     }
 }
 
@@ -161,14 +171,33 @@ impl Sampler for Euler {
         model_output: &Tensor,
         step: usize,
         sample: &Tensor,
-        _rng: &mut dyn NoiseSource,
+        rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         check_step(step, self.steps.timesteps.len())?;
         let sigma = self.steps.sigmas[step];
-        let denoised = predict_original(self.prediction, model_output, sample, sigma)?;
-        let derivative = to_d(sample, &denoised, sigma)?;
-        let dt = self.steps.sigmas[step + 1] - sigma;
-        add(sample, &mul(&derivative, dt)?)
+        let gamma = self.churn.gamma(sigma, self.steps.timesteps.len());
+        let sigma_hat = sigma * (gamma + 1.0);
+        let mut sample = sample.clone();
+        if gamma > 0.0 {
+            let noise = rng
+                .randn(model_output.dims(), model_output.device())?
+                .to_dtype(sample.dtype())?;
+            let eps = mul(&noise, self.churn.s_noise)?;
+            sample = add(
+                &sample,
+                &mul(&eps, (sigma_hat * sigma_hat - sigma * sigma).sqrt())?,
+            )?;
+        }
+        // diffusers takes σ̂ for ε-prediction and σ for v-prediction.
+        let denoised = match self.prediction {
+            PredictionType::VPrediction => {
+                predict_original(self.prediction, model_output, &sample, sigma)?
+            }
+            _ => predict_original(self.prediction, model_output, &sample, sigma_hat)?,
+        };
+        let derivative = to_d(&sample, &denoised, sigma_hat)?;
+        let dt = self.steps.sigmas[step + 1] - sigma_hat;
+        add(&sample, &mul(&derivative, dt)?)
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {

@@ -41,8 +41,14 @@ pub mod ddim;
 pub mod dpmpp_2m;
 pub mod euler;
 pub mod euler_a;
+pub mod k_dpmpp;
+pub mod k_euler;
+pub mod k_heun;
+pub mod k_lms;
+pub mod kdiff;
 pub mod pndm;
 pub mod schedule;
+pub mod sigmas;
 
 pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
 
@@ -60,14 +66,79 @@ pub enum SamplerKind {
     EulerA,
     /// DPM-Solver++ (2M): second-order multistep on the data prediction.
     DpmPp2M,
+    /// Heun's second-order method (two model evaluations per step).
+    Heun,
+    /// k-diffusion's DPM2 (midpoint second-order steps).
+    Dpm2,
+    /// DPM2 with ancestral noise.
+    Dpm2A,
+    /// Linear multistep (order 4).
+    Lms,
+    /// DPM-Solver++ (2S) single-step with ancestral noise.
+    DpmPp2SA,
+    /// Stochastic DPM-Solver++ (two evaluations per step, noise after each).
+    DpmPpSde,
+    /// DPM-Solver++ (2M) SDE, midpoint correction.
+    DpmPp2MSde,
+    /// DPM-Solver++ (2M) SDE, Heun correction.
+    DpmPp2MSdeHeun,
+    /// DPM-Solver++ (3M) SDE.
+    DpmPp3MSde,
+    /// Improved PNDM: Adams–Bashforth steps on the sigma ODE.
+    Ipndm,
+}
+
+/// Which reference a sampler reproduces: diffusers' scheduler class or k-diffusion's
+/// `sample_*` function as AUTOMATIC1111 drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SamplerFlavor {
+    /// diffusers' scheduler class on the model's own timestep spacing.
+    Diffusers,
+    /// k-diffusion's sampler on a sigma schedule (AUTOMATIC1111's behaviour).
+    KDiffusion,
+}
+
+impl SamplerFlavor {
+    /// The name used on the command line and in infotext.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplerFlavor::Diffusers => "diffusers",
+            SamplerFlavor::KDiffusion => "k-diffusion",
+        }
+    }
+}
+
+impl std::str::FromStr for SamplerFlavor {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "diffusers" => Ok(SamplerFlavor::Diffusers),
+            "k-diffusion" | "k_diffusion" | "kdiffusion" | "a1111" => Ok(SamplerFlavor::KDiffusion),
+            _ => Err(Error::Unsupported {
+                what: "sampler flavor",
+                value: s.to_string(),
+                valid: vec!["diffusers".into(), "k-diffusion".into()],
+            }),
+        }
+    }
 }
 
 impl SamplerKind {
     /// Every sampler, in display order.
-    pub const ALL: [SamplerKind; 5] = [
+    pub const ALL: [SamplerKind; 15] = [
         SamplerKind::Euler,
         SamplerKind::EulerA,
+        SamplerKind::Heun,
+        SamplerKind::Dpm2,
+        SamplerKind::Dpm2A,
+        SamplerKind::Lms,
         SamplerKind::DpmPp2M,
+        SamplerKind::DpmPp2SA,
+        SamplerKind::DpmPpSde,
+        SamplerKind::DpmPp2MSde,
+        SamplerKind::DpmPp2MSdeHeun,
+        SamplerKind::DpmPp3MSde,
+        SamplerKind::Ipndm,
         SamplerKind::Ddim,
         SamplerKind::Pndm,
     ];
@@ -80,6 +151,16 @@ impl SamplerKind {
             SamplerKind::Euler => "euler",
             SamplerKind::EulerA => "euler_a",
             SamplerKind::DpmPp2M => "dpmpp_2m",
+            SamplerKind::Heun => "heun",
+            SamplerKind::Dpm2 => "dpm2",
+            SamplerKind::Dpm2A => "dpm2_a",
+            SamplerKind::Lms => "lms",
+            SamplerKind::DpmPp2SA => "dpmpp_2s_a",
+            SamplerKind::DpmPpSde => "dpmpp_sde",
+            SamplerKind::DpmPp2MSde => "dpmpp_2m_sde",
+            SamplerKind::DpmPp2MSdeHeun => "dpmpp_2m_sde_heun",
+            SamplerKind::DpmPp3MSde => "dpmpp_3m_sde",
+            SamplerKind::Ipndm => "ipndm",
         }
     }
 
@@ -91,26 +172,145 @@ impl SamplerKind {
             SamplerKind::Euler => "Euler",
             SamplerKind::EulerA => "Euler a",
             SamplerKind::DpmPp2M => "DPM++ 2M",
+            SamplerKind::Heun => "Heun",
+            SamplerKind::Dpm2 => "DPM2",
+            SamplerKind::Dpm2A => "DPM2 a",
+            SamplerKind::Lms => "LMS",
+            SamplerKind::DpmPp2SA => "DPM++ 2S a",
+            SamplerKind::DpmPpSde => "DPM++ SDE",
+            SamplerKind::DpmPp2MSde => "DPM++ 2M SDE",
+            SamplerKind::DpmPp2MSdeHeun => "DPM++ 2M SDE Heun",
+            SamplerKind::DpmPp3MSde => "DPM++ 3M SDE",
+            SamplerKind::Ipndm => "iPNDM",
         }
     }
 
-    /// The diffusers scheduler class this sampler mirrors.
-    pub fn diffusers_class(&self) -> &'static str {
+    /// A1111's old alias (`k_dpmpp_2m`, ...), which also selects the k-diffusion flavor.
+    pub fn a1111_alias(&self) -> Option<&'static str> {
+        Some(match self {
+            SamplerKind::Euler => "k_euler",
+            SamplerKind::EulerA => "k_euler_a",
+            SamplerKind::DpmPp2M => "k_dpmpp_2m",
+            SamplerKind::Heun => "k_heun",
+            SamplerKind::Dpm2 => "k_dpm_2",
+            SamplerKind::Dpm2A => "k_dpm_2_a",
+            SamplerKind::Lms => "k_lms",
+            SamplerKind::DpmPp2SA => "k_dpmpp_2s_a",
+            SamplerKind::DpmPpSde => "k_dpmpp_sde",
+            SamplerKind::DpmPp2MSde => "k_dpmpp_2m_sde",
+            SamplerKind::DpmPp2MSdeHeun => "k_dpmpp_2m_sde_heun",
+            SamplerKind::DpmPp3MSde => "k_dpmpp_3m_sde",
+            SamplerKind::Ipndm => "k_ipndm",
+            SamplerKind::Ddim | SamplerKind::Pndm => return None,
+        })
+    }
+
+    /// One line saying what the sampler does (for `sd samplers`).
+    pub fn description(&self) -> &'static str {
         match self {
-            SamplerKind::Ddim => "DDIMScheduler",
-            SamplerKind::Pndm => "PNDMScheduler",
-            SamplerKind::Euler => "EulerDiscreteScheduler",
-            SamplerKind::EulerA => "EulerAncestralDiscreteScheduler",
-            SamplerKind::DpmPp2M => "DPMSolverMultistepScheduler",
+            SamplerKind::Ddim => {
+                "DDIM: deterministic implicit steps (eta > 0 adds DDPM-like noise)"
+            }
+            SamplerKind::Pndm => {
+                "PLMS: pseudo linear multistep (Adams-Bashforth on eps), alias plms"
+            }
+            SamplerKind::Euler => {
+                "Euler steps on the probability-flow ODE; --s-churn adds Karras's churn"
+            }
+            SamplerKind::EulerA => {
+                "Euler ancestral: Euler steps plus fresh noise each step (--eta)"
+            }
+            SamplerKind::DpmPp2M => "DPM-Solver++ 2M: second-order multistep, sharp in few steps",
+            SamplerKind::Heun => {
+                "Heun: second order, two model calls per step; --s-churn supported"
+            }
+            SamplerKind::Dpm2 => {
+                "DPM2: second order through the log-sigma midpoint, two calls per step"
+            }
+            SamplerKind::Dpm2A => "DPM2 ancestral: DPM2 steps plus fresh noise",
+            SamplerKind::Lms => "Linear multistep of order 4 on the sigma ODE",
+            SamplerKind::DpmPp2SA => {
+                "DPM-Solver++ 2S ancestral: single-step second order plus noise"
+            }
+            SamplerKind::DpmPpSde => "DPM-Solver++ SDE: stochastic, two calls per step",
+            SamplerKind::DpmPp2MSde => "DPM-Solver++ 2M SDE: 2M with SDE noise (midpoint)",
+            SamplerKind::DpmPp2MSdeHeun => "DPM-Solver++ 2M SDE with the Heun-type correction",
+            SamplerKind::DpmPp3MSde => "DPM-Solver++ 3M SDE: third-order multistep with SDE noise",
+            SamplerKind::Ipndm => "Improved PNDM: fourth-order Adams-Bashforth on the sigma ODE",
         }
     }
 
-    /// Whether the sampler can run on Karras sigmas.
+    /// The diffusers scheduler class this sampler mirrors in the diffusers flavor, if any.
+    pub fn diffusers_class(&self) -> Option<&'static str> {
+        match self {
+            SamplerKind::Ddim => Some("DDIMScheduler"),
+            SamplerKind::Pndm => Some("PNDMScheduler"),
+            SamplerKind::Euler => Some("EulerDiscreteScheduler"),
+            SamplerKind::EulerA => Some("EulerAncestralDiscreteScheduler"),
+            SamplerKind::DpmPp2M => Some("DPMSolverMultistepScheduler"),
+            _ => None,
+        }
+    }
+
+    /// The k-diffusion function this sampler mirrors in the k-diffusion flavor, if any.
+    pub fn kdiffusion_function(&self) -> Option<&'static str> {
+        Some(match self {
+            SamplerKind::Euler => "sample_euler",
+            SamplerKind::EulerA => "sample_euler_ancestral",
+            SamplerKind::DpmPp2M => "sample_dpmpp_2m",
+            SamplerKind::Heun => "sample_heun",
+            SamplerKind::Dpm2 => "sample_dpm_2",
+            SamplerKind::Dpm2A => "sample_dpm_2_ancestral",
+            SamplerKind::Lms => "sample_lms",
+            SamplerKind::DpmPp2SA => "sample_dpmpp_2s_ancestral",
+            SamplerKind::DpmPpSde => "sample_dpmpp_sde",
+            SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun => "sample_dpmpp_2m_sde",
+            SamplerKind::DpmPp3MSde => "sample_dpmpp_3m_sde",
+            SamplerKind::Ipndm => "sample_ipndm",
+            SamplerKind::Ddim | SamplerKind::Pndm => return None,
+        })
+    }
+
+    /// Whether the diffusers flavor can run on Karras sigmas (`use_karras_sigmas`).
     pub fn supports_karras(&self) -> bool {
         matches!(
             self,
             SamplerKind::Euler | SamplerKind::EulerA | SamplerKind::DpmPp2M
+        ) || self.kdiffusion_function().is_some()
+    }
+
+    /// The schedule A1111's "Automatic" picks for this sampler (k-diffusion flavor).
+    pub fn a1111_default_schedule(&self) -> SigmaSchedule {
+        match self {
+            SamplerKind::DpmPp2M
+            | SamplerKind::DpmPpSde
+            | SamplerKind::DpmPp2SA
+            | SamplerKind::Dpm2
+            | SamplerKind::Dpm2A => SigmaSchedule::Karras,
+            SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun | SamplerKind::DpmPp3MSde => {
+                SigmaSchedule::Exponential
+            }
+            _ => SigmaSchedule::Discrete,
+        }
+    }
+
+    /// Whether A1111 drops the next-to-last sigma for this sampler (one extra step is planned,
+    /// then σ_{n−1} removed, so the last step goes straight from σ_{n−2} to 0).
+    pub fn discards_next_to_last_sigma(&self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Dpm2 | SamplerKind::Dpm2A | SamplerKind::DpmPp3MSde
         )
+    }
+
+    /// Every name [`SamplerKind::from_str`] accepts for this sampler.
+    fn accepted_names(&self) -> Vec<&'static str> {
+        let mut names = vec![self.name(), self.a1111_name()];
+        names.extend(self.a1111_alias());
+        if *self == SamplerKind::Pndm {
+            names.push("plms");
+        }
+        names
     }
 }
 
@@ -120,59 +320,136 @@ impl std::fmt::Display for SamplerKind {
     }
 }
 
+/// Parses a sampler name: ours (`dpmpp_2m`, flavor left open), or A1111's display name or
+/// alias (`DPM++ 2M`, `k_dpmpp_2m`), which asks for the k-diffusion flavor (A1111's sampling).
+pub fn parse_sampler_name(s: &str) -> Result<(SamplerKind, Option<SamplerFlavor>)> {
+    let s = s.trim();
+    for kind in SamplerKind::ALL {
+        if kind.name() == s || (kind == SamplerKind::Pndm && s == "plms") {
+            return Ok((kind, None));
+        }
+    }
+    for kind in SamplerKind::ALL {
+        let is_a1111 = kind.a1111_name().eq_ignore_ascii_case(s) || kind.a1111_alias() == Some(s);
+        if is_a1111 {
+            let flavor = kind
+                .kdiffusion_function()
+                .map(|_| SamplerFlavor::KDiffusion);
+            return Ok((kind, flavor));
+        }
+    }
+    Err(Error::Unsupported {
+        what: "sampler",
+        value: s.to_string(),
+        valid: SamplerKind::ALL
+            .iter()
+            .flat_map(|k| k.accepted_names())
+            .map(String::from)
+            .collect(),
+    })
+}
+
 impl std::str::FromStr for SamplerKind {
     type Err = Error;
-    /// Accepts our names, "plms" for PNDM, and A1111's display names.
+    /// Accepts our names, "plms" for PNDM, A1111's display names and aliases.
     fn from_str(s: &str) -> Result<Self> {
-        let kind = match s.trim() {
-            "ddim" | "DDIM" => SamplerKind::Ddim,
-            "pndm" | "plms" | "PLMS" => SamplerKind::Pndm,
-            "euler" | "Euler" => SamplerKind::Euler,
-            "euler_a" | "Euler a" => SamplerKind::EulerA,
-            "dpmpp_2m" | "DPM++ 2M" => SamplerKind::DpmPp2M,
-            other => {
-                return Err(Error::Unsupported {
-                    what: "sampler",
-                    value: other.to_string(),
-                    valid: vec![
-                        "ddim".into(),
-                        "pndm".into(),
-                        "plms".into(),
-                        "euler".into(),
-                        "euler_a".into(),
-                        "dpmpp_2m".into(),
-                    ],
-                })
-            }
-        };
-        Ok(kind)
+        parse_sampler_name(s).map(|(kind, _)| kind)
     }
 }
 
 /// Which sigmas the sampler walks through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SigmaSchedule {
-    /// The sampler's own schedule from the config (Karras only if the config asks for it).
+    /// The sampler's own schedule: the diffusers class's timestep spacing from the config, or
+    /// for the k-diffusion flavor A1111's "Automatic" (the sampler's preferred schedule).
     #[default]
     Default,
+    /// k-diffusion's default: timesteps evenly spaced over the training range (A1111 "Uniform").
+    Discrete,
     /// Karras et al. (2022) sigmas (diffusers' `use_karras_sigmas=True`).
     Karras,
+    /// Evenly spaced in log σ.
+    Exponential,
+    /// SGM's uniform timesteps (the last, lowest, dropped).
+    SgmUniform,
+    /// Every (T/n)-th training sigma from the top.
+    Simple,
+    /// DDIM's uniform timesteps as sigmas.
+    DdimUniform,
+    /// Quantiles of Beta(0.6, 0.6) between σ_max and σ_min.
+    Beta,
+    /// Evenly spaced in arctan σ, ending at σ_min.
+    KlOptimal,
+    /// NVIDIA's published Align Your Steps tables, log-linearly interpolated.
+    AlignYourSteps,
 }
 
 impl SigmaSchedule {
-    /// The name used on the command line ("default", "karras").
+    /// Every schedule, in display order.
+    pub const ALL: [SigmaSchedule; 10] = [
+        SigmaSchedule::Default,
+        SigmaSchedule::Discrete,
+        SigmaSchedule::Karras,
+        SigmaSchedule::Exponential,
+        SigmaSchedule::SgmUniform,
+        SigmaSchedule::Simple,
+        SigmaSchedule::DdimUniform,
+        SigmaSchedule::Beta,
+        SigmaSchedule::KlOptimal,
+        SigmaSchedule::AlignYourSteps,
+    ];
+
+    /// The name used on the command line ("default", "karras", ...).
     pub fn name(&self) -> &'static str {
         match self {
             SigmaSchedule::Default => "default",
+            SigmaSchedule::Discrete => "discrete",
             SigmaSchedule::Karras => "karras",
+            SigmaSchedule::Exponential => "exponential",
+            SigmaSchedule::SgmUniform => "sgm_uniform",
+            SigmaSchedule::Simple => "simple",
+            SigmaSchedule::DdimUniform => "ddim_uniform",
+            SigmaSchedule::Beta => "beta",
+            SigmaSchedule::KlOptimal => "kl_optimal",
+            SigmaSchedule::AlignYourSteps => "align_your_steps",
         }
     }
 
-    /// The name A1111 shows ("Automatic", "Karras").
+    /// The name A1111 shows ("Automatic", "Karras", ...).
     pub fn a1111_name(&self) -> &'static str {
         match self {
             SigmaSchedule::Default => "Automatic",
+            SigmaSchedule::Discrete => "Uniform",
             SigmaSchedule::Karras => "Karras",
+            SigmaSchedule::Exponential => "Exponential",
+            SigmaSchedule::SgmUniform => "SGM Uniform",
+            SigmaSchedule::Simple => "Simple",
+            SigmaSchedule::DdimUniform => "DDIM",
+            SigmaSchedule::Beta => "Beta",
+            SigmaSchedule::KlOptimal => "KL Optimal",
+            SigmaSchedule::AlignYourSteps => "Align Your Steps",
+        }
+    }
+
+    /// One line saying what the schedule is (for `sd samplers`).
+    pub fn description(&self) -> &'static str {
+        match self {
+            SigmaSchedule::Default => {
+                "the sampler's own: diffusers' spacing from the model config, or A1111's Automatic"
+            }
+            SigmaSchedule::Discrete => {
+                "k-diffusion's default: timesteps evenly spaced, T-1 down to 0"
+            }
+            SigmaSchedule::Karras => "Karras et al. 2022: evenly spaced in sigma^(1/7)",
+            SigmaSchedule::Exponential => "evenly spaced in log sigma",
+            SigmaSchedule::SgmUniform => "SGM uniform: n+1 timesteps evenly spaced, last dropped",
+            SigmaSchedule::Simple => "every (T/n)-th training sigma from the top",
+            SigmaSchedule::DdimUniform => "DDIM's uniform timesteps as sigmas",
+            SigmaSchedule::Beta => "Beta(0.6, 0.6) quantiles between sigma_max and sigma_min",
+            SigmaSchedule::KlOptimal => "evenly spaced in arctan(sigma), ending at sigma_min",
+            SigmaSchedule::AlignYourSteps => {
+                "NVIDIA's Align Your Steps tables (SD 1.5 / SDXL), log-linear interpolation"
+            }
         }
     }
 }
@@ -185,16 +462,31 @@ impl std::fmt::Display for SigmaSchedule {
 
 impl std::str::FromStr for SigmaSchedule {
     type Err = Error;
+    /// Accepts our names and A1111's labels ("Automatic", "SGM Uniform", ...), any case.
     fn from_str(s: &str) -> Result<Self> {
-        match s.trim() {
-            "default" | "Automatic" | "automatic" => Ok(SigmaSchedule::Default),
-            "karras" | "Karras" => Ok(SigmaSchedule::Karras),
-            other => Err(Error::Unsupported {
-                what: "sigma schedule",
-                value: other.to_string(),
-                valid: vec!["default".into(), "karras".into()],
-            }),
+        let s = s.trim();
+        let extra = match s.to_ascii_lowercase().as_str() {
+            "automatic" => Some(SigmaSchedule::Default),
+            "uniform" => Some(SigmaSchedule::Discrete),
+            "sgmuniform" => Some(SigmaSchedule::SgmUniform),
+            "ddim" => Some(SigmaSchedule::DdimUniform),
+            _ => None,
+        };
+        if let Some(schedule) = extra {
+            return Ok(schedule);
         }
+        SigmaSchedule::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s || k.a1111_name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| Error::Unsupported {
+                what: "sigma schedule",
+                value: s.to_string(),
+                valid: SigmaSchedule::ALL
+                    .iter()
+                    .map(|k| k.name().to_string())
+                    .collect(),
+            })
     }
 }
 
@@ -490,12 +782,152 @@ pub trait Sampler: Send {
     /// histories and counters start fresh there, as in diffusers.
     fn start_at(&mut self, step: usize) -> Result<()>;
 
+    /// Called before the model sees the sample at step `step`; returns the sample to use.
+    /// Only k-diffusion's churn (Euler, Heun, DPM2 with `s_churn > 0`) changes it.
+    fn prepare_step(
+        &mut self,
+        sample: &Tensor,
+        step: usize,
+        _rng: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        check_step(step, self.timesteps().len())?;
+        Ok(sample.clone())
+    }
+
+    /// The index into [`Sampler::timesteps`] where an img2img run of `steps` steps at
+    /// `strength` starts: diffusers' rule ([`img2img_start_step`]) for the diffusers flavor,
+    /// AUTOMATIC1111's for the k-diffusion flavor.
+    fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
+        img2img_start_step(steps, strength)
+    }
+
+    /// Whether model evaluation `step` begins a sampler step (false for the extra evaluations
+    /// of second-order samplers).
+    fn is_step_start(&self, step: usize) -> bool {
+        step < self.timesteps().len()
+    }
+
     /// Which sampler this is.
     fn kind(&self) -> SamplerKind;
 }
 
+/// The options users tune beside the sampler and schedule. `Default` gives each sampler its
+/// reference's defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SamplerOptions {
+    /// Noise amount of stochastic samplers: DDIM's eta (default 0), the ancestral and SDE
+    /// samplers' eta (default 1).
+    pub eta: Option<f64>,
+    /// Scale of the fresh noise (k-diffusion's `s_noise`, default 1).
+    pub s_noise: Option<f64>,
+    /// Karras's churn for Euler, Heun and DPM2 (default 0: none).
+    pub s_churn: Option<f64>,
+    /// Lowest sigma that is churned (default 0).
+    pub s_tmin: Option<f64>,
+    /// Highest sigma that is churned (default: infinity).
+    pub s_tmax: Option<f64>,
+    /// A custom sigma list (largest first), replacing the schedule.
+    pub sigmas: Option<Vec<f64>>,
+    /// Which reference to follow; `None` picks diffusers where the sampler has a diffusers
+    /// class and the schedule is one it supports, else k-diffusion.
+    pub flavor: Option<SamplerFlavor>,
+    /// Use the SDXL Align Your Steps table instead of SD 1.5's.
+    pub sdxl: bool,
+}
+
+impl SamplerOptions {
+    /// The churn settings, with k-diffusion's defaults for what is not set.
+    fn churn(&self) -> Result<kdiff::Churn> {
+        let d = kdiff::Churn::default();
+        let churn = kdiff::Churn {
+            s_churn: self.s_churn.map_or(d.s_churn, |v| v as f32),
+            s_tmin: self.s_tmin.map_or(d.s_tmin, |v| v as f32),
+            s_tmax: self.s_tmax.map_or(d.s_tmax, |v| v as f32),
+            s_noise: self.s_noise.map_or(d.s_noise, |v| v as f32),
+        };
+        for (what, v) in [
+            ("s_churn", churn.s_churn),
+            ("s_noise", churn.s_noise),
+            ("s_tmin", churn.s_tmin),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::invalid(
+                    what,
+                    format!("must be a finite number >= 0, got {v}"),
+                ));
+            }
+        }
+        if churn.s_tmax.is_nan() || churn.s_tmax < churn.s_tmin {
+            return Err(Error::invalid(
+                "s_tmax",
+                format!("{} is below s_tmin {}", churn.s_tmax, churn.s_tmin),
+            ));
+        }
+        Ok(churn)
+    }
+
+    /// Which flavor runs `kind` on `schedule`; combinations that cannot run are explained.
+    pub fn resolve_flavor(
+        &self,
+        kind: SamplerKind,
+        schedule: SigmaSchedule,
+    ) -> Result<SamplerFlavor> {
+        let diffusers_schedule = self.sigmas.is_none()
+            && (schedule == SigmaSchedule::Default
+                || (schedule == SigmaSchedule::Karras
+                    && matches!(
+                        kind,
+                        SamplerKind::Euler | SamplerKind::EulerA | SamplerKind::DpmPp2M
+                    )));
+        let has_diffusers = kind.diffusers_class().is_some();
+        let has_k = kind.kdiffusion_function().is_some();
+        let what = if self.sigmas.is_some() {
+            "--sigmas".to_string()
+        } else {
+            format!("the {} schedule", schedule.name())
+        };
+        match self.flavor {
+            Some(SamplerFlavor::Diffusers) if !has_diffusers => Err(Error::invalid(
+                "sampler flavor",
+                format!(
+                    "{} has no diffusers scheduler class; use the k-diffusion flavor",
+                    kind.name()
+                ),
+            )),
+            Some(SamplerFlavor::Diffusers) if !diffusers_schedule => Err(Error::invalid(
+                "sigma schedule",
+                format!(
+                    "diffusers' {} cannot run {what}; the k-diffusion flavor can",
+                    kind.diffusers_class().unwrap_or_default()
+                ),
+            )),
+            Some(SamplerFlavor::KDiffusion) if !has_k => Err(Error::invalid(
+                "sampler flavor",
+                format!("{} exists only as a diffusers scheduler class", kind.name()),
+            )),
+            Some(flavor) => Ok(flavor),
+            None if has_diffusers && diffusers_schedule => Ok(SamplerFlavor::Diffusers),
+            None if has_k => Ok(SamplerFlavor::KDiffusion),
+            None => Err(Error::Unsupported {
+                what: "sigma schedule for this sampler",
+                value: format!(
+                    "{} with {}: {} walks its own timesteps and ignores sigma schedules",
+                    what,
+                    kind.name(),
+                    kind.name()
+                ),
+                valid: SamplerKind::ALL
+                    .iter()
+                    .filter(|k| k.kdiffusion_function().is_some())
+                    .map(|k| k.name().to_string())
+                    .collect(),
+            }),
+        }
+    }
+}
+
 /// Builds a sampler for `steps` steps. `eta` is DDIM's stochasticity (0 = deterministic) and is
-/// ignored by the other samplers.
+/// ignored by the other samplers (which keep their defaults; see [`build_sampler_with`]).
 pub fn build_sampler(
     kind: SamplerKind,
     schedule: SigmaSchedule,
@@ -503,6 +935,29 @@ pub fn build_sampler(
     steps: usize,
     eta: f64,
 ) -> Result<Box<dyn Sampler>> {
+    let options = SamplerOptions {
+        eta: (kind == SamplerKind::Ddim).then_some(eta),
+        ..SamplerOptions::default()
+    };
+    build_sampler_with(kind, schedule, config, steps, &options)
+}
+
+/// Builds a sampler for `steps` steps with the user's options, in the flavor
+/// [`SamplerOptions::resolve_flavor`] picks.
+pub fn build_sampler_with(
+    kind: SamplerKind,
+    schedule: SigmaSchedule,
+    config: &SchedulerConfig,
+    steps: usize,
+    options: &SamplerOptions,
+) -> Result<Box<dyn Sampler>> {
+    let default_eta = if kind == SamplerKind::Ddim { 0.0 } else { 1.0 };
+    let eta = options.eta.unwrap_or(default_eta);
+    if !eta.is_finite() || eta < 0.0 {
+        return Err(Error::invalid("eta", format!("must be >= 0, got {eta}")));
+    }
+    let churn = options.churn()?;
+    let flavor = options.resolve_flavor(kind, schedule)?;
     let mut cfg = config.resolve(kind)?;
     if steps == 0 {
         return Err(Error::invalid("steps", "must be at least 1"));
@@ -516,21 +971,19 @@ pub fn build_sampler(
             ),
         ));
     }
-    if !eta.is_finite() || eta < 0.0 {
-        return Err(Error::invalid("eta", format!("must be >= 0, got {eta}")));
+    if flavor == SamplerFlavor::KDiffusion {
+        return build_kdiffusion(kind, schedule, &cfg, steps, options, eta as f32, churn);
+    }
+    if churn.s_churn > 0.0 && kind != SamplerKind::Euler {
+        return Err(Error::invalid(
+            "s_churn",
+            format!(
+                "diffusers' {} has no churn; use euler, or the k-diffusion flavor",
+                kind.name()
+            ),
+        ));
     }
     if schedule == SigmaSchedule::Karras {
-        if !kind.supports_karras() {
-            return Err(Error::Unsupported {
-                what: "sigma schedule for this sampler",
-                value: format!("karras with {}", kind.name()),
-                valid: SamplerKind::ALL
-                    .iter()
-                    .filter(|k| k.supports_karras())
-                    .map(|k| k.name().to_string())
-                    .collect(),
-            });
-        }
         cfg.use_karras_sigmas = true;
     } else if kind == SamplerKind::EulerA {
         // diffusers' EulerAncestral has no `use_karras_sigmas` and ignores the key in a config.
@@ -539,10 +992,105 @@ pub fn build_sampler(
     Ok(match kind {
         SamplerKind::Ddim => Box::new(ddim::Ddim::new(&cfg, steps, eta)?),
         SamplerKind::Pndm => Box::new(pndm::Plms::new(&cfg, steps)?),
-        SamplerKind::Euler => Box::new(euler::Euler::new(&cfg, steps)?),
+        SamplerKind::Euler => Box::new(euler::Euler::new(&cfg, steps)?.with_churn(churn)),
         SamplerKind::EulerA => Box::new(euler_a::EulerAncestral::new(&cfg, steps)?),
         SamplerKind::DpmPp2M => Box::new(dpmpp_2m::DpmPp2M::new(&cfg, steps)?),
+        other => {
+            return Err(Error::invalid(
+                "sampler",
+                format!("{} has no diffusers implementation", other.name()),
+            ))
+        }
     })
+}
+
+/// The k-diffusion flavor: the sigma list of the schedule, then the algorithm on it.
+fn build_kdiffusion(
+    kind: SamplerKind,
+    schedule: SigmaSchedule,
+    cfg: &ResolvedConfig,
+    steps: usize,
+    options: &SamplerOptions,
+    eta: f32,
+    churn: kdiff::Churn,
+) -> Result<Box<dyn Sampler>> {
+    let model = sigmas::ModelSigmas::new(&cfg.noise_schedule()?);
+    let list = kdiffusion_sigmas(kind, schedule, &model, steps, options)?;
+    let s_noise = churn.s_noise;
+    let algorithm: Box<dyn kdiff::KAlgorithm> = match kind {
+        SamplerKind::Euler => Box::new(k_euler::KEuler { churn }),
+        SamplerKind::EulerA => Box::new(k_euler::KEulerAncestral { eta, s_noise }),
+        SamplerKind::Heun => Box::new(k_heun::KHeun::new(churn)),
+        SamplerKind::Dpm2 => Box::new(k_heun::KDpm2::new(churn)),
+        SamplerKind::Dpm2A => Box::new(k_heun::KDpm2Ancestral::new(eta, s_noise)),
+        SamplerKind::Lms => Box::new(k_lms::KLms::new(4)),
+        SamplerKind::Ipndm => Box::new(k_lms::KIpndm::new()),
+        SamplerKind::DpmPp2M => Box::new(k_dpmpp::KDpmPp2M::new()),
+        SamplerKind::DpmPp2SA => Box::new(k_dpmpp::KDpmPp2SAncestral::new(eta, s_noise)),
+        SamplerKind::DpmPpSde => Box::new(k_dpmpp::KDpmPpSde::new(eta, s_noise)),
+        SamplerKind::DpmPp2MSde => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, false)),
+        SamplerKind::DpmPp2MSdeHeun => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, true)),
+        SamplerKind::DpmPp3MSde => Box::new(k_dpmpp::KDpmPp3MSde::new(eta, s_noise)),
+        SamplerKind::Ddim | SamplerKind::Pndm => {
+            return Err(Error::invalid(
+                "sampler flavor",
+                format!("{} has no k-diffusion implementation", kind.name()),
+            ))
+        }
+    };
+    Ok(Box::new(kdiff::KDiffusion::new(
+        kind,
+        algorithm,
+        model,
+        cfg.prediction_type,
+        list,
+    )?))
+}
+
+/// The sigmas a k-diffusion sampler walks for `schedule` (A1111's `get_sigmas`): the
+/// sampler's preferred schedule for [`SigmaSchedule::Default`], one extra step with the
+/// next-to-last sigma dropped for DPM2 and DPM++ 3M SDE, or the user's own list.
+pub fn kdiffusion_sigmas(
+    kind: SamplerKind,
+    schedule: SigmaSchedule,
+    model: &sigmas::ModelSigmas,
+    steps: usize,
+    options: &SamplerOptions,
+) -> Result<Vec<f32>> {
+    if let Some(list) = &options.sigmas {
+        return sigmas::custom(list);
+    }
+    let schedule = match schedule {
+        SigmaSchedule::Default => kind.a1111_default_schedule(),
+        other => other,
+    };
+    let discard = kind.discards_next_to_last_sigma();
+    let n = steps + usize::from(discard);
+    let (min, max) = (f64::from(model.sigma_min()), f64::from(model.sigma_max()));
+    let mut list = match schedule {
+        SigmaSchedule::Default | SigmaSchedule::Discrete => sigmas::discrete(model, n),
+        SigmaSchedule::Karras => sigmas::karras(min, max, n),
+        SigmaSchedule::Exponential => sigmas::exponential(min, max, n),
+        SigmaSchedule::SgmUniform => sigmas::sgm_uniform(model, n),
+        SigmaSchedule::Simple => sigmas::simple(model, n),
+        SigmaSchedule::DdimUniform => sigmas::ddim_uniform(model, n),
+        SigmaSchedule::Beta => sigmas::beta(min, max, n, sigmas::BETA_SCHEDULE_ALPHA),
+        SigmaSchedule::KlOptimal => sigmas::kl_optimal(min, max, n),
+        SigmaSchedule::AlignYourSteps => {
+            let table: &[f64] = if options.sdxl {
+                &sigmas::AYS_SDXL
+            } else {
+                &sigmas::AYS_SD15
+            };
+            sigmas::align_your_steps(table, n)
+        }
+    };
+    if discard && list.len() >= 3 {
+        let last = list[list.len() - 1];
+        list.truncate(list.len() - 2);
+        list.push(last);
+    }
+    Ok(list)
 }
 
 /// The first step of an img2img run with `strength` in [0, 1], as diffusers'

@@ -66,7 +66,7 @@ impl std::str::FromStr for TimestepSpacing {
 
 /// `torch.linspace(start, end, n, dtype=float32)` as torch's CPU kernel computes it (f32, the
 /// first half counted up from `start`, the second half down from `end`).
-fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+pub(crate) fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start as f32];
     }

@@ -1,0 +1,50 @@
+//! `sd samplers`: every sampler and sigma schedule, with what each is and which reference it
+//! reproduces.
+
+use anyhow::Result;
+use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
+
+/// How names map to references, printed under the tables.
+const FLAVOR_NOTE: &str = "\
+Flavors: a sampler follows diffusers' scheduler class (the `diffusers` column) when it has one
+and the schedule is `default` (or `karras` for euler, euler_a, dpmpp_2m); otherwise it follows
+k-diffusion's sample_* function as AUTOMATIC1111 runs it (the `k-diffusion` column), on the sigma
+schedule chosen. A1111's names (\"DPM++ 2M\", \"Euler a\") or aliases (k_dpmpp_2m) always select
+the k-diffusion flavor, where `default` means A1111's \"Automatic\" (Karras for DPM++ 2M, DPM++
+SDE, DPM++ 2S a, DPM2 (a); Exponential for the 2M/3M SDE samplers; Uniform otherwise), so infotext
+written by A1111 re-runs with A1111's sampling. --sampler-flavor diffusers|k-diffusion forces one.
+Stochastic k-diffusion samplers draw their noise from the seed's generator (as A1111 with RNG=CPU,
+batch size 1); DPM++ SDE / 2M SDE / 3M SDE use i.i.d. noise where A1111 uses a Brownian tree.
+ddim and pndm walk their own timesteps and take no sigma schedule.";
+
+/// Runs `sd samplers`.
+pub fn run() -> Result<()> {
+    println!("Samplers (--sampler NAME or the A1111 name):");
+    println!(
+        "  {:<18} {:<18} {:<32} {:<26} description",
+        "name", "A1111", "diffusers", "k-diffusion"
+    );
+    for kind in SamplerKind::ALL {
+        println!(
+            "  {:<18} {:<18} {:<32} {:<26} {}",
+            kind.name(),
+            kind.a1111_name(),
+            kind.diffusers_class().unwrap_or("-"),
+            kind.kdiffusion_function().unwrap_or("-"),
+            kind.description()
+        );
+    }
+    println!();
+    println!("Sigma schedules (--schedule NAME or the A1111 label; --sigmas LIST for your own):");
+    for schedule in SigmaSchedule::ALL {
+        println!(
+            "  {:<18} {:<18} {}",
+            schedule.name(),
+            schedule.a1111_name(),
+            schedule.description()
+        );
+    }
+    println!();
+    println!("{FLAVOR_NOTE}");
+    Ok(())
+}

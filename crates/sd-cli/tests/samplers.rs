@@ -1,0 +1,303 @@
+//! End-to-end parity of the k-diffusion (A1111) samplers through `sd generate`: every case of
+//! fixtures/pipeline_samplers/ (made by tools/reference/parts/pipeline_samplers.py) is run with
+//! its A1111 sampler name and compared with the reference PNG; plus `sd samplers` and the
+//! errors for nonsense combinations.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn tiny_model() -> PathBuf {
+    fixtures().join("models/tiny-sd15")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sd-samplers-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(args)
+        .current_dir(fixtures().join("pipeline_samplers"))
+        .output()
+        .expect("sd runs")
+}
+
+fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// Per channel: max |diff| <= 2/255 and mean |diff| <= 0.02 (in 0..255 units). Returns the
+/// worst (max, mean).
+fn assert_images_match(case: &str, actual: &Path, expected: &Path) -> (f64, f64) {
+    let (a, b) = (rgb(actual), rgb(expected));
+    assert_eq!(a.dimensions(), b.dimensions(), "{case}: image size");
+    let mut worst = (0.0f64, 0.0f64);
+    for channel in 0..3 {
+        let diffs: Vec<f64> = a
+            .pixels()
+            .zip(b.pixels())
+            .map(|(p, q)| (f64::from(p.0[channel]) - f64::from(q.0[channel])).abs())
+            .collect();
+        let max = diffs.iter().cloned().fold(0.0, f64::max);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        assert!(
+            max <= 2.0 && mean <= 0.02,
+            "{case}: channel {channel} max |diff| {max}, mean {mean:.4}"
+        );
+        worst = (worst.0.max(max), worst.1.max(mean));
+    }
+    worst
+}
+
+#[test]
+fn a1111_samplers_match_k_diffusion_end_to_end() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("pipeline_samplers/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 25, "only {} cases", cases.len());
+    let dir = scratch("parity");
+    let model = tiny_model();
+    let mut worst = (0.0f64, 0.0f64);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let output = dir.join(format!("{name}.png"));
+        let mut args: Vec<String> = vec![
+            "generate".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+        ];
+        args.extend(
+            case["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string()),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = sd(&args);
+        assert!(
+            run.status.success(),
+            "{name}: sd failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let image = case["images"][0].as_str().unwrap();
+        let (max, mean) = assert_images_match(
+            name,
+            &output,
+            &fixtures().join("pipeline_samplers").join(image),
+        );
+        worst = (worst.0.max(max), worst.1.max(mean));
+    }
+    println!(
+        "{} cases; worst channel max |diff| {} /255, worst mean {:.4}",
+        cases.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
+    let dir = scratch("infotext");
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    // A PNG made with A1111's name carries no flavor key and re-runs identically.
+    let first = dir.join("first.png");
+    let run = sd(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a red circle",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "4",
+        "--sampler",
+        "DPM++ 2M SDE",
+        "--schedule",
+        "Karras",
+        "--seed",
+        "5",
+        "--s-noise",
+        "0.9",
+        "--output",
+        first.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let info = String::from_utf8(sd(&["info", first.to_str().unwrap()]).stdout).unwrap();
+    assert!(
+        info.contains("Sampler: DPM++ 2M SDE, Schedule type: Karras")
+            && info.contains("Sigma noise: 0.9")
+            && !info.contains("Sampler flavor"),
+        "{info}"
+    );
+    let second = dir.join("second.png");
+    let rerun = sd(&[
+        "generate",
+        "--model",
+        model,
+        "--from-png",
+        first.to_str().unwrap(),
+        "--output",
+        second.to_str().unwrap(),
+    ]);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
+
+    // Our name with the default schedule runs diffusers and says so.
+    let third = dir.join("third.png");
+    let run = sd(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a red circle",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "4",
+        "--sampler",
+        "euler",
+        "--seed",
+        "5",
+        "--output",
+        third.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let info = String::from_utf8(sd(&["info", third.to_str().unwrap()]).stdout).unwrap();
+    assert!(info.contains("Sampler flavor: diffusers"), "{info}");
+    // The same request in the k-diffusion flavor gives a different image.
+    let fourth = dir.join("fourth.png");
+    let run = sd(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a red circle",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "4",
+        "--sampler",
+        "Euler",
+        "--seed",
+        "5",
+        "--output",
+        fourth.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_ne!(rgb(&third), rgb(&fourth));
+}
+
+#[test]
+fn samplers_command_lists_every_sampler_and_schedule() {
+    let out = sd(&["samplers"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "euler",
+        "euler_a",
+        "heun",
+        "dpm2",
+        "dpm2_a",
+        "lms",
+        "dpmpp_2m",
+        "dpmpp_2s_a",
+        "dpmpp_sde",
+        "dpmpp_2m_sde",
+        "dpmpp_3m_sde",
+        "ipndm",
+        "ddim",
+        "pndm",
+        "DPM++ 2M SDE",
+        "karras",
+        "exponential",
+        "sgm_uniform",
+        "simple",
+        "ddim_uniform",
+        "beta",
+        "kl_optimal",
+        "align_your_steps",
+        "Automatic",
+    ] {
+        assert!(text.contains(name), "`sd samplers` lacks {name}:\n{text}");
+    }
+}
+
+#[test]
+fn nonsense_combinations_and_unknown_names_are_explained() {
+    let model = tiny_model();
+    let model = model.to_str().unwrap();
+    let base = [
+        "generate", "--model", model, "--prompt", "x", "--steps", "2",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = sd(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--sampler", "ddim", "--schedule", "karras"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ddim") && err.contains("karras") && err.contains("euler"),
+        "{err}"
+    );
+    let (code, err) = run(&["--sampler", "eulr"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("eulr") && err.contains("dpmpp_2m_sde") && err.contains("DPM++ 2M"),
+        "{err}"
+    );
+    let (code, err) = run(&["--schedule", "exponentiall"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("kl_optimal"), "{err}");
+    let (code, err) = run(&["--sampler", "heun", "--sampler-flavor", "diffusers"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("k-diffusion"), "{err}");
+    let (code, err) = run(&["--sampler", "euler", "--sigmas", "1,2,0"]);
+    assert_eq!(code.map(|c| c != 0), Some(true), "{err}");
+    assert!(err.contains("sigma"), "{err}");
+}

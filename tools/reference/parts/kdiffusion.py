@@ -1,0 +1,369 @@
+"""Fixtures for the k-diffusion flavor of the samplers (src/scheduler/kdiff.rs, k_*.rs, sigmas.rs).
+
+k-diffusion's own `sample_*` functions (k-diffusion==0.1.1.post1; `sample_ipndm`, which that
+release lacks, is written out below as ComfyUI's k-diffusion copy has it) run a whole denoising
+loop on a (1, 4, 8, 8) sample with a deterministic stand-in for the UNet, wrapped the way
+AUTOMATIC1111's CompVisDenoiser wraps a model:
+
+    eps = 0.9 * tanh(x * c_in) + 0.05 * t / 1000,   c_in = 1 / sqrt(sigma^2 + 1),
+    t = sigma_to_t(sigma) (log-sigma interpolation of the training sigmas)
+
+The sigma schedules are A1111's (modules/sd_schedulers.py), written out here. Noise: the global
+torch generator is seeded with the case's seed (torch.manual_seed(seed) equals
+torch.Generator().manual_seed(seed)); the initial noise is torch.randn, and every sampler draws
+its step noise with torch.randn_like from the same generator, in k-diffusion's order. That is
+what A1111 does with RNG=CPU, batch size 1 and ENSD 0, except for the Brownian-tree samplers
+(DPM++ SDE, 2M SDE, 3M SDE): there the reference is given a randn noise sampler instead of the
+Brownian tree (bit parity with torchsde's tree is out of reach; the statistics are the same).
+
+Each case records the sigma list, the model timesteps, the sample the model sees at the start of
+every step (k-diffusion's callback x) and the final sample.
+"""
+
+import importlib.util
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import EulerDiscreteScheduler
+from scipy import stats
+
+from common import save_json, save_tensors
+
+SHAPE = (1, 4, 8, 8)
+
+SD15 = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+}
+SD15_V = {**SD15, "prediction_type": "v_prediction"}
+
+
+
+def _load():
+    spec = importlib.util.find_spec("k_diffusion")
+    root = Path(spec.submodule_search_locations[0])
+    pkg = types.ModuleType("kd")
+    pkg.__path__ = [str(root)]
+    sys.modules["kd"] = pkg
+    utils = types.ModuleType("kd.utils")
+
+    def append_dims(x, target_dims):
+        dims_to_append = target_dims - x.ndim
+        return x[(...,) + (None,) * dims_to_append]
+
+    utils.append_dims = append_dims
+    sys.modules["kd.utils"] = utils
+    pkg.utils = utils
+    mods = {}
+    for name in ["sampling", "external"]:
+        s = importlib.util.spec_from_file_location(f"kd.{name}", root / f"{name}.py")
+        m = importlib.util.module_from_spec(s)
+        sys.modules[f"kd.{name}"] = m
+        setattr(pkg, name, m)
+        s.loader.exec_module(m)
+        mods[name] = m
+    return mods["sampling"], mods["external"]
+
+
+sampling, external = _load()
+
+
+def fake_eps(x, t):
+    return 0.9 * torch.tanh(x) + 0.05 * (t.float() / 1000.0)
+
+
+class FakeEps(external.DiscreteEpsDDPMDenoiser):
+    def get_eps(self, x, t, **kwargs):
+        return fake_eps(x, t)
+
+
+class FakeV(external.DiscreteVDDPMDenoiser):
+    def get_v(self, x, t, **kwargs):
+        return fake_eps(x, t)
+
+
+def model_for(config):
+    ac = EulerDiscreteScheduler.from_config(config).alphas_cumprod
+    cls = FakeV if config.get("prediction_type") == "v_prediction" else FakeEps
+    return cls(None, ac, quantize=False)
+
+
+# --- A1111's schedules (modules/sd_schedulers.py), restated ---------------------------------
+
+def sched_discrete(m, n):
+    return m.get_sigmas(n)
+
+
+def sched_karras(m, n):
+    return sampling.get_sigmas_karras(n, m.sigmas[0].item(), m.sigmas[-1].item())
+
+
+def sched_exponential(m, n):
+    return sampling.get_sigmas_exponential(n, m.sigmas[0].item(), m.sigmas[-1].item())
+
+
+def sched_sgm_uniform(m, n):
+    start = m.sigma_to_t(torch.tensor(m.sigmas[-1].item()))
+    end = m.sigma_to_t(torch.tensor(m.sigmas[0].item()))
+    sigs = [m.t_to_sigma(ts) for ts in torch.linspace(start, end, n + 1)[:-1]]
+    sigs += [0.0]
+    return torch.FloatTensor(sigs)
+
+
+def sched_simple(m, n):
+    sigs = []
+    ss = len(m.sigmas) / n
+    for x in range(n):
+        sigs += [float(m.sigmas[-(1 + int(x * ss))])]
+    sigs += [0.0]
+    return torch.FloatTensor(sigs)
+
+
+def sched_ddim_uniform(m, n):
+    sigs = []
+    ss = max(len(m.sigmas) // n, 1)
+    x = 1
+    while x < len(m.sigmas):
+        sigs += [float(m.sigmas[x])]
+        x += ss
+    sigs = sigs[::-1]
+    sigs += [0.0]
+    return torch.FloatTensor(sigs)
+
+
+def sched_beta(m, n, alpha=0.6, beta=0.6):
+    sigma_min, sigma_max = m.sigmas[0].item(), m.sigmas[-1].item()
+    timesteps = 1 - np.linspace(0, 1, n)
+    timesteps = [stats.beta.ppf(x, alpha, beta) for x in timesteps]
+    sigmas = [sigma_min + (x * (sigma_max - sigma_min)) for x in timesteps]
+    sigmas += [0.0]
+    return torch.FloatTensor(sigmas)
+
+
+def sched_kl_optimal(m, n):
+    alpha_min = torch.arctan(torch.tensor(m.sigmas[0].item()))
+    alpha_max = torch.arctan(torch.tensor(m.sigmas[-1].item()))
+    step_indices = torch.arange(n + 1)
+    return torch.tan(step_indices / n * alpha_min + (1.0 - step_indices / n) * alpha_max)
+
+
+AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
+
+
+def sched_ays(m, n, table=AYS_SD15):
+    def loglinear_interp(t_steps, num_steps):
+        xs = np.linspace(0, 1, len(t_steps))
+        ys = np.log(t_steps[::-1])
+        new_xs = np.linspace(0, 1, num_steps)
+        new_ys = np.interp(new_xs, xs, ys)
+        return np.exp(new_ys)[::-1].copy()
+
+    sigmas = list(table)
+    if n != len(sigmas):
+        sigmas = np.append(loglinear_interp(sigmas, n), [0.0])
+    else:
+        sigmas.append(0.0)
+    return torch.FloatTensor(sigmas)
+
+
+SCHEDULES = {
+    "discrete": sched_discrete,
+    "karras": sched_karras,
+    "exponential": sched_exponential,
+    "sgm_uniform": sched_sgm_uniform,
+    "simple": sched_simple,
+    "ddim_uniform": sched_ddim_uniform,
+    "beta": sched_beta,
+    "kl_optimal": sched_kl_optimal,
+    "align_your_steps": sched_ays,
+}
+
+# A1111's samplers_k_diffusion options: the "Automatic" schedule and discard_next_to_last_sigma.
+A1111_DEFAULT = {
+    "dpmpp_2m": "karras", "dpmpp_sde": "karras", "dpmpp_2s_a": "karras", "dpm2": "karras",
+    "dpm2_a": "karras", "dpmpp_2m_sde": "exponential", "dpmpp_2m_sde_heun": "exponential",
+    "dpmpp_3m_sde": "exponential",
+}
+DISCARD = {"dpm2", "dpm2_a", "dpmpp_3m_sde"}
+
+
+def a1111_sigmas(m, sampler, schedule, steps, sdxl=False):
+    if schedule == "default":
+        schedule = A1111_DEFAULT.get(sampler, "discrete")
+    discard = sampler in DISCARD
+    n = steps + (1 if discard else 0)
+    if schedule == "align_your_steps":
+        sigmas = sched_ays(m, n, AYS_SDXL if sdxl else AYS_SD15)
+    else:
+        sigmas = SCHEDULES[schedule](m, n)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
+
+
+@torch.no_grad()
+def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
+    """iPNDM as ComfyUI's k-diffusion copy has it (k-diffusion 0.1.1 lacks it)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    x_next = x
+    buffer_model = []
+    for i in range(len(sigmas) - 1):
+        t_cur = sigmas[i]
+        t_next = sigmas[i + 1]
+        x_cur = x_next
+        denoised = model(x_cur, t_cur * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x_cur, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        d_cur = (x_cur - denoised) / t_cur
+        order = min(max_order, i + 1)
+        if t_next == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = x_cur + (t_next - t_cur) * d_cur
+        elif order == 2:
+            x_next = x_cur + (t_next - t_cur) * (3 * d_cur - buffer_model[-1]) / 2
+        elif order == 3:
+            x_next = x_cur + (t_next - t_cur) * (23 * d_cur - 16 * buffer_model[-1] + 5 * buffer_model[-2]) / 12
+        elif order == 4:
+            x_next = x_cur + (t_next - t_cur) * (55 * d_cur - 59 * buffer_model[-1] + 37 * buffer_model[-2] - 9 * buffer_model[-3]) / 24
+        if len(buffer_model) == max_order - 1:
+            for k in range(max_order - 2):
+                buffer_model[k] = buffer_model[k + 1]
+            buffer_model[-1] = d_cur
+        else:
+            buffer_model.append(d_cur)
+    return x_next
+
+
+def sampler_fn(sampler, x, opts):
+    """The k-diffusion call for our sampler name, with a randn noise sampler where needed."""
+    randn_noise = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
+    eta = opts.get("eta", 1.0)
+    s_noise = opts.get("s_noise", 1.0)
+    churn = {k: opts[k] for k in ("s_churn", "s_tmin", "s_tmax", "s_noise") if k in opts}
+    table = {
+        "euler": lambda m, x, s, cb: sampling.sample_euler(m, x, s, callback=cb, disable=True, **churn),
+        "heun": lambda m, x, s, cb: sampling.sample_heun(m, x, s, callback=cb, disable=True, **churn),
+        "dpm2": lambda m, x, s, cb: sampling.sample_dpm_2(m, x, s, callback=cb, disable=True, **churn),
+        "euler_a": lambda m, x, s, cb: sampling.sample_euler_ancestral(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise),
+        "dpm2_a": lambda m, x, s, cb: sampling.sample_dpm_2_ancestral(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise),
+        "lms": lambda m, x, s, cb: sampling.sample_lms(m, x, s, callback=cb, disable=True),
+        "dpmpp_2m": lambda m, x, s, cb: sampling.sample_dpmpp_2m(m, x, s, callback=cb, disable=True),
+        "dpmpp_2s_a": lambda m, x, s, cb: sampling.sample_dpmpp_2s_ancestral(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise),
+        "dpmpp_sde": lambda m, x, s, cb: sampling.sample_dpmpp_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise),
+        "dpmpp_2m_sde": lambda m, x, s, cb: sampling.sample_dpmpp_2m_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise),
+        "dpmpp_2m_sde_heun": lambda m, x, s, cb: sampling.sample_dpmpp_2m_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise, solver_type="heun"),
+        "dpmpp_3m_sde": lambda m, x, s, cb: sampling.sample_dpmpp_3m_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise),
+        "ipndm": lambda m, x, s, cb: sample_ipndm(m, x, s, callback=cb, disable=True),
+    }
+    return table[sampler]
+
+
+class Recorder:
+    """Wraps the model to list the timesteps it is called at."""
+
+    def __init__(self, model):
+        self.model = model
+        self.timesteps = []
+
+    def __call__(self, x, sigma, **kwargs):
+        self.timesteps.append(float(self.model.sigma_to_t(sigma)[0]))
+        return self.model(x, sigma, **kwargs)
+
+
+def run_case(name, sampler, schedule, config, steps, seed, opts=None, strength=None, sigmas=None):
+    opts = dict(opts or {})
+    m = model_for(config)
+    if sigmas is not None:
+        full = torch.tensor(sigmas, dtype=torch.float32)
+    else:
+        full = a1111_sigmas(m, sampler, schedule, steps)
+    torch.manual_seed(seed)
+    tensors = {}
+    case = {"name": name, "sampler": sampler, "schedule": schedule, "config": config,
+            "steps": steps, "seed": seed, "options": opts,
+            "sigmas": [float(s) for s in full]}
+    if sigmas is not None:
+        case["custom_sigmas"] = sigmas
+    if strength is None:
+        x = torch.randn(SHAPE)
+        tensors[f"{name}.initial"] = x.clone()
+        run = full
+        x = x * run[0]
+        case["offset"] = 0
+    else:
+        t_enc = int(min(strength, 0.999) * steps)
+        offset = steps - t_enc - 1
+        run = full[offset:]
+        original = torch.randn(SHAPE)
+        noise = torch.randn(SHAPE)
+        x = original + noise * run[0]
+        tensors[f"{name}.original"] = original
+        case["offset"] = offset
+        case["strength"] = strength
+    rec = Recorder(m)
+    starts = []
+    fn = sampler_fn(sampler, x, opts)
+    out = fn(rec, x, run, lambda d: starts.append(d["x"].clone()))
+    for i, s in enumerate(starts):
+        tensors[f"{name}.start{i}"] = s
+    tensors[f"{name}.final"] = out
+    case["timesteps"] = rec.timesteps
+    case["num_steps"] = len(starts)
+    return case, tensors
+
+
+def make(root):
+    out = root / "scheduler_kdiffusion"
+    cases, tensors = [], {}
+    seed = 500
+
+    def add(name, *args, **kwargs):
+        nonlocal seed
+        seed += 1
+        case, t = run_case(name, *args, seed=seed, **kwargs)
+        cases.append(case)
+        tensors.update(t)
+
+    samplers = ["euler", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "dpmpp_2m", "dpmpp_2s_a",
+                "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "ipndm"]
+    for s in samplers:
+        add(f"{s}_default_eps_6", s, "default", SD15, 6)
+        add(f"{s}_karras_v_5", s, "karras", SD15_V, 5)
+        add(f"{s}_discrete_eps_5", s, "discrete", SD15, 5)
+        add(f"{s}_img2img_0.6", s, "default", SD15, 8, strength=0.6)
+    for sched in SCHEDULES:
+        add(f"euler_{sched}_eps_7", "euler", sched, SD15, 7)
+    add("dpmpp_2m_align_your_steps_10", "dpmpp_2m", "align_your_steps", SD15, 10)
+    add("euler_custom_sigmas", "euler", "default", SD15, 4, sigmas=[14.6, 5.0, 1.5, 0.3, 0.0])
+    add("euler_churn", "euler", "karras", SD15, 6, opts={"s_churn": 1.0})
+    add("heun_churn_window", "heun", "karras", SD15, 6,
+        opts={"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 5.0, "s_noise": 1.003})
+    add("dpm2_churn", "dpm2", "karras", SD15, 5, opts={"s_churn": 0.5})
+    add("euler_a_eta_0.5", "euler_a", "default", SD15, 6, opts={"eta": 0.5, "s_noise": 0.9})
+    add("dpmpp_2m_sde_eta_0", "dpmpp_2m_sde", "default", SD15, 6, opts={"eta": 0.0})
+    add("dpmpp_3m_sde_eta_0.5", "dpmpp_3m_sde", "karras", SD15_V, 7, opts={"eta": 0.5})
+    add("dpmpp_sde_img2img_karras", "dpmpp_sde", "karras", SD15, 8, strength=0.6)
+    add("heun_img2img_karras", "heun", "karras", SD15, 10, strength=0.6)
+
+    # Schedule-only checks (no loop): more step counts, and the SDXL AYS table.
+    m = model_for(SD15)
+    schedule_lists = {}
+    for sched in SCHEDULES:
+        for n in [1, 3, 7, 10, 25]:
+            schedule_lists[f"{sched}_{n}"] = [float(s) for s in a1111_sigmas(m, "euler", sched, n)]
+    schedule_lists["align_your_steps_sdxl_7"] = [float(s) for s in sched_ays(m, 7, AYS_SDXL)]
+    schedule_lists["dpm2_default_10"] = [float(s) for s in a1111_sigmas(m, "dpm2", "default", 10)]
+
+    save_tensors(out / "loops.safetensors", tensors)
+    save_json(out / "cases.json", {"shape": list(SHAPE), "cases": cases,
+                                    "schedules": schedule_lists})

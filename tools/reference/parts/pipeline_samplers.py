@@ -1,0 +1,163 @@
+"""End-to-end parity of the k-diffusion (A1111) samplers through `sd generate`.
+
+The reference is AUTOMATIC1111's txt2img/img2img sampling rebuilt from its parts on the tiny
+SD 1.5-shaped model: diffusers' text encoder and VAE, the diffusers UNet wrapped as k-diffusion's
+CompVisDenoiser (DiscreteEpsDDPMDenoiser on the scheduler's alphas_cumprod), CFG on the denoised
+outputs as A1111's CFGDenoiser does, A1111's sigma schedules (parts/kdiffusion.py) and
+k-diffusion's sample_* functions. Noise comes from the global torch generator seeded with the
+seed, drawn in the order `sd` draws it (img2img: the VAE posterior sample, then the noise):
+initial latents torch.randn * sigmas[0]; img2img as A1111: t_enc = int(min(strength, 0.999) *
+steps), sigmas[steps - t_enc - 1:], x = init + noise * sigma. Brownian-tree samplers get a randn
+noise sampler (see parts/kdiffusion.py).
+
+Every case is one `sd generate` command line, using A1111's sampler names so that `sd` picks the
+k-diffusion flavor.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import common
+from parts.kdiffusion import a1111_sigmas, external, sampler_fn
+from parts.pipeline import init_image
+
+MODEL = common.MODELS / "tiny-sd15"
+
+A1111 = {
+    "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a",
+    "lms": "LMS", "dpmpp_2m": "DPM++ 2M", "dpmpp_2s_a": "DPM++ 2S a", "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
+    "dpmpp_3m_sde": "DPM++ 3M SDE", "ipndm": "iPNDM",
+}
+
+BASE = dict(
+    prompt="a red circle on a blue background",
+    negative_prompt="blurry, low quality",
+    width=64,
+    height=64,
+    steps=6,
+    cfg_scale=7.5,
+    seed=1234,
+    schedule="default",
+    options={},
+)
+
+
+def case(name, **overrides):
+    c = dict(BASE)
+    c.update(overrides)
+    c["name"] = name
+    return c
+
+
+CASES = (
+    [case(f"{s}_karras", sampler=s, schedule="karras", seed=1000 + i) for i, s in enumerate(A1111)]
+    + [
+        case("dpmpp_2m_automatic", sampler="dpmpp_2m"),
+        case("euler_a_automatic", sampler="euler_a", seed=7),
+        case("dpmpp_2m_sde_automatic", sampler="dpmpp_2m_sde", seed=8),
+        case("dpm2_automatic", sampler="dpm2", seed=9),
+        case("euler_exponential", sampler="euler", schedule="exponential"),
+        case("euler_sgm_uniform", sampler="euler", schedule="sgm_uniform"),
+        case("dpmpp_2m_align_your_steps", sampler="dpmpp_2m", schedule="align_your_steps"),
+        case("euler_churn", sampler="euler", schedule="karras", options={"s_churn": 1.0}, seed=11),
+        case("euler_a_cfg1", sampler="euler_a", cfg_scale=1.0, negative_prompt="", seed=12),
+    ]
+    + [
+        case(f"img2img_{s}", sampler=s, init_image="init.png", strength=0.6, steps=8, seed=2000 + i)
+        for i, s in enumerate(["heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "euler_a", "lms"])
+    ]
+)
+
+
+class UNetDenoiser(external.DiscreteEpsDDPMDenoiser):
+    """The diffusers UNet as A1111's CompVisDenoiser sees it."""
+
+    def __init__(self, unet, alphas_cumprod):
+        super().__init__(unet, alphas_cumprod, quantize=False)
+
+    def get_eps(self, x, t, cond=None):
+        return self.inner_model(x, t, encoder_hidden_states=cond).sample
+
+
+class CFGDenoiser:
+    """A1111's CFGDenoiser: both halves in one batch, guidance on the denoised outputs."""
+
+    def __init__(self, model, cond, uncond, scale):
+        self.model, self.cond, self.uncond, self.scale = model, cond, uncond, scale
+        self.sigma_to_t = model.sigma_to_t
+
+    def __call__(self, x, sigma):
+        if self.uncond is None:
+            return self.model(x, sigma, cond=self.cond)
+        x_in = torch.cat([x, x])
+        sigma_in = torch.cat([sigma, sigma])
+        denoised = self.model(x_in, sigma_in, cond=torch.cat([self.cond, self.uncond]))
+        cond, uncond = denoised.chunk(2)
+        return uncond + (cond - uncond) * self.scale
+
+
+def args_for(c) -> list:
+    args = [
+        "--prompt", c["prompt"],
+        "--width", str(c["width"]),
+        "--height", str(c["height"]),
+        "--steps", str(c["steps"]),
+        "--cfg-scale", str(c["cfg_scale"]),
+        "--sampler", A1111[c["sampler"]],
+        "--schedule", c["schedule"],
+        "--seed", str(c["seed"]),
+    ]
+    if c["negative_prompt"]:
+        args += ["--negative-prompt", c["negative_prompt"]]
+    for key, value in c["options"].items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    if c.get("init_image"):
+        args += ["--init-image", c["init_image"], "--strength", str(c["strength"])]
+    return args
+
+
+@torch.no_grad()
+def make(root: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    out = root / "pipeline_samplers"
+    out.mkdir(parents=True, exist_ok=True)
+    init_image(out / "init.png")
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(MODEL), safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32
+    )
+    denoiser = UNetDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod)
+    scaling = pipe.vae.config.scaling_factor
+    cases = []
+    for c in CASES:
+        cond, uncond = pipe.encode_prompt(
+            c["prompt"], "cpu", 1, c["cfg_scale"] > 1.0, c["negative_prompt"] or None
+        )
+        model = CFGDenoiser(denoiser, cond, uncond if c["cfg_scale"] > 1.0 else None, c["cfg_scale"])
+        sigmas = a1111_sigmas(denoiser, c["sampler"], c["schedule"], c["steps"])
+        torch.manual_seed(c["seed"])
+        shape = (1, 4, c["height"] // 8, c["width"] // 8)
+        if c.get("init_image"):
+            image = pipe.image_processor.preprocess(Image.open(out / c["init_image"]).convert("RGB"))
+            init = pipe.vae.encode(image).latent_dist.sample() * scaling
+            t_enc = int(min(c["strength"], 0.999) * c["steps"])
+            sigmas = sigmas[c["steps"] - t_enc - 1:]
+            noise = torch.randn(shape)
+            # The VAE's output is channels-last here; A1111 draws step noise with torch.randn of
+            # the shape (its ImageRNG), which randn_like equals only on a contiguous tensor.
+            x = (init + noise * sigmas[0]).contiguous()
+        else:
+            x = torch.randn(shape) * sigmas[0]
+        fn = sampler_fn(c["sampler"], x, c["options"])
+        latents = fn(model, x, sigmas, None)
+        decoded = pipe.vae.decode(latents / scaling).sample
+        image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+        name = f"{c['name']}.png"
+        image.save(out / name)
+        print(f"  {c['name']}: {len(sigmas) - 1} steps")
+        cases.append(dict(c, args=args_for(c), images=[name]))
+    common.save_json(out / "cases.json", cases)
