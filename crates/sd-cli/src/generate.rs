@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stable_diffusion::candle_core::Device;
+use stable_diffusion::device::{parse_device, parse_dtype};
 use stable_diffusion::image::{
     fit_image, image_to_tensor, load_image, read_parameters, save_png_with_infotext, InfoText,
     Resize,
@@ -77,6 +77,12 @@ pub struct GenerateArgs {
     /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
     #[arg(long, value_name = "FILE.png")]
     from_png: Option<PathBuf>,
+    /// Where to run: cpu, cuda, cuda:N, metal, metal:N or auto (GPUs need a build with `--features cuda` / `metal`) [default: cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// Compute precision: f32, f16 or bf16 (half precision is for GPUs) [default: f32].
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
@@ -249,8 +255,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         request.validate(8).map_err(as_usage)?;
     }
 
+    let device = parse_device(args.device.as_deref().unwrap_or("cpu")).map_err(as_usage)?;
+    let dtype = parse_dtype(args.dtype.as_deref().unwrap_or("f32")).map_err(as_usage)?;
+    let options = LoadOptions {
+        device: device.clone(),
+        dtype,
+        ..LoadOptions::default()
+    };
+
     // 2. Load the model.
-    let model = StableDiffusion::load(&model_path, &LoadOptions::default())
+    let model = StableDiffusion::load(&model_path, &options)
         .with_context(|| format!("loading model {}", model_path.display()))?;
     if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
         request.width = model.native_size();
@@ -271,7 +285,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 request.height as u32,
                 Resize::Lanczos3,
             )?;
-            Some(image_to_tensor(&image, &Device::Cpu)?)
+            Some(image_to_tensor(&image, &device)?)
         }
         None => None,
     };

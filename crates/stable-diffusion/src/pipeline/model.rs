@@ -245,7 +245,8 @@ impl StableDiffusion {
             Some(image) => {
                 check(Progress::EncodingImage)?;
                 let start = Instant::now();
-                let posterior = self.vae.encode(&image.to_dtype(self.dtype)?)?;
+                let image = image.to_device(&self.device)?.to_dtype(self.dtype)?;
+                let posterior = self.vae.encode(&image)?;
                 let init = (posterior.sample(rng.as_mut())? * scaling)?;
                 let init = init.repeat((batch, 1, 1, 1))?;
                 timings.image_encoding = start.elapsed();
