@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stable_diffusion::candle_core::Device;
+use stable_diffusion::device::parse_device;
 use stable_diffusion::image::{
     fit_image, image_to_tensor, load_image, read_parameters, save_png_with_infotext, InfoText,
     Resize,
@@ -123,6 +123,12 @@ pub struct GenerateArgs {
     /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
     #[arg(long, value_name = "FILE.png")]
     from_png: Option<PathBuf>,
+    /// Where to run: cpu, cuda, cuda:N, metal, metal:N or auto (GPUs need a build with `--features cuda` / `metal`) [default: cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// Shorthand for --weight-dtype and --compute-dtype together: f32, f16 or bf16 (half precision is for GPUs) [default: f32].
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
@@ -260,6 +266,17 @@ fn random_seed() -> u64 {
 
 /// Runs `sd generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
+    // Ctrl-C from the start: a first one cancels cleanly at the next stage or step (exit 130,
+    // nothing written), a second one exits at once.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    {
+        let cancelled = cancelled.clone();
+        let _ = ctrlc::set_handler(move || {
+            if cancelled.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
     // 1. Everything the user gave is checked before the model is loaded.
     let base = match &args.from_png {
         Some(png) => {
@@ -379,6 +396,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         request.validate(8).map_err(as_usage)?;
     }
 
+    let device = parse_device(args.device.as_deref().unwrap_or("cpu")).map_err(as_usage)?;
+    options.device = device.clone();
+    if let Some(v) = &args.dtype {
+        let dtype = parse_dtype("dtype", v).map_err(as_usage)?;
+        options.weight_dtype = dtype;
+        options.compute_dtype = dtype;
+    }
+
     // 2. Load the model.
     let mut model = StableDiffusion::load(&model_path, &options)
         .with_context(|| format!("loading model {}", model_path.display()))?;
@@ -419,7 +444,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 request.height as u32,
                 Resize::Lanczos3,
             )?;
-            Some(image_to_tensor(&image, &Device::Cpu)?)
+            Some(image_to_tensor(&image, &device)?)
         }
         None => None,
     };
@@ -431,21 +456,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 request.height as u32,
                 Resize::Lanczos3,
             )?;
-            Some(mask_to_tensor(&mask, &Device::Cpu)?)
+            Some(mask_to_tensor(&mask, &device)?)
         }
         None => None,
     };
 
     // 3. Generate, with a progress bar on a terminal and Ctrl-C as a clean cancel.
-    let cancelled = Arc::new(AtomicBool::new(false));
-    {
-        let cancelled = cancelled.clone();
-        let _ = ctrlc::set_handler(move || {
-            if cancelled.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
     let bar = ProgressBar::new(request.effective_steps() as u64);
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());

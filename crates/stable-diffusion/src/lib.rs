@@ -5,6 +5,7 @@
 //! [`image`]. The [`pipeline`] module ties them together; [`loading`] turns files on disk into
 //! weights and configs.
 
+pub mod device;
 pub mod error;
 pub mod image;
 pub mod loading;

@@ -262,7 +262,8 @@ impl StableDiffusion {
     /// VAE-encodes an image `(1, 3, h, w)` to scaled latents in the compute dtype, sampling
     /// the posterior from `rng` as diffusers' `retrieve_latents(..., generator)` does.
     fn encode_image(&self, image: &Tensor, rng: &mut dyn NoiseSource) -> Result<Tensor> {
-        let posterior = self.vae.encode(&image.to_dtype(self.vae_dtype)?)?;
+        let image = image.to_device(&self.device)?.to_dtype(self.vae_dtype)?;
+        let posterior = self.vae.encode(&image)?;
         let latents = posterior.sample(rng)?;
         self.scale_latents(&latents)?
             .to_dtype(self.dtype)

@@ -23,6 +23,14 @@ pub fn load_tensors(rel: &str) -> HashMap<String, Tensor> {
         .unwrap_or_else(|e| panic!("cannot load fixture {}: {e}", path.display()))
 }
 
+/// The device the device-parity tests (tests/device.rs) run on: the `SD_TEST_DEVICE`
+/// environment variable (cpu, cuda, cuda:N, metal, auto), the CPU when it is unset.
+pub fn test_device() -> Device {
+    let spec = std::env::var("SD_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_string());
+    stable_diffusion::device::parse_device(&spec)
+        .unwrap_or_else(|e| panic!("SD_TEST_DEVICE={spec}: {e}"))
+}
+
 /// Reads a JSON fixture.
 pub fn load_json(rel: &str) -> serde_json::Value {
     let path = fixture(rel);
