@@ -1,6 +1,7 @@
 //! The `sd` command-line interface: a thin layer over the `stable-diffusion` library.
 
 mod generate;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,10 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Print the generation parameters stored in a PNG file (AUTOMATIC1111 infotext).
     Info(InfoArgs),
+    /// Train the small shapes model from scratch (VAE, then text encoder + UNet).
+    Train(Box<train::TrainArgs>),
+    /// Score a model on shapes captions: colours, position, size and shape read from pixels.
+    Eval(train::EvalArgs),
 }
 
 /// Arguments of `sd tokenize`.
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => train::run_eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
