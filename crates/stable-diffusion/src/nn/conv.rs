@@ -50,18 +50,7 @@ impl Conv2d {
 
     /// Applies the convolution to `x` of shape `(batch, in, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let output = if super::differentiable() {
-            let config = self.inner.config();
-            super::training::conv2d_unfolded(
-                x,
-                self.inner.weight(),
-                self.inner.bias(),
-                config.padding,
-                config.stride,
-            )?
-        } else {
-            self.inner.forward(x)?
-        };
+        let output = self.inner.forward(x)?;
         let (_, in_channels, kh, kw) = self.inner.weight().dims4()?;
         super::flops::add(2 * (output.elem_count() * in_channels * kh * kw) as u64);
         Ok(output)

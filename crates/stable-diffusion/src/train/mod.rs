@@ -45,9 +45,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 impl ModelConfig {
-    /// The shipped shapes model: 32-wide text encoder, VAE with 1/4 latents, small UNet.
+    /// The shipped shapes model: 32-wide text encoder, VAE (16/32/32 channels) with 1/4
+    /// latents, UNet with 32/64/64 channels.
     pub fn shapes() -> Self {
-        Self::build(32, 2, [32, 64, 64], [32, 64, 64], 8, 2)
+        Self::build(32, 2, [16, 32, 32], [32, 64, 64], 8, 2)
     }
 
     /// A very small model for tests and smoke runs.
@@ -202,14 +203,14 @@ impl TrainOptions {
             seed: 0,
             stages: Stages::All,
             vae: StageOptions {
-                steps: 2000,
+                steps: 1000,
                 batch_size: 8,
                 learning_rate: 1e-3,
                 warmup_steps: 100,
             },
             diffusion: StageOptions {
-                steps: 12000,
-                batch_size: 32,
+                steps: 4000,
+                batch_size: 16,
                 learning_rate: 1e-3,
                 warmup_steps: 200,
             },
@@ -217,8 +218,8 @@ impl TrainOptions {
             max_grad_norm: 1.0,
             kl_weight: 1e-4,
             caption_dropout: 0.1,
-            checkpoint_every: 250,
-            sample_every: 1000,
+            checkpoint_every: 100,
+            sample_every: 500,
             resume: false,
         }
     }
