@@ -12,9 +12,9 @@ use crate::{Error, Result};
 /// Width of the border ring whose pixels decide the background colour.
 const BORDER: u32 = 2;
 /// Squared RGB distance from the background above which a pixel belongs to the shape.
-const SHAPE_DISTANCE_SQ: i32 = 90 * 90;
+const SHAPE_DISTANCE_SQ: i32 = 55 * 55;
 /// Mask areas (in pixels at 64x64) above this count as large.
-const LARGE_AREA: f64 = 260.0;
+const LARGE_AREA: f64 = 200.0;
 
 /// The attributes read from an image.
 #[derive(Debug, Clone, Copy, PartialEq)]

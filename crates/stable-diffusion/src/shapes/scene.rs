@@ -160,8 +160,8 @@ impl Shape {
             Shape::Circle => dx * dx + dy * dy <= r * r,
             Shape::Square => dx.abs() <= 0.9 * r && dy.abs() <= 0.9 * r,
             Shape::Triangle => {
-                // Apex at (0, -r), base from (-r, r) to (r, r).
-                (-r..=r).contains(&dy) && dx.abs() <= (dy + r) / 2.0
+                // Apex at (0, -r), base from (-r, r/2) to (r, r/2): the centroid is the centre.
+                (-r..=r / 2.0).contains(&dy) && dx.abs() <= (dy + r) / 1.5
             }
         }
     }
