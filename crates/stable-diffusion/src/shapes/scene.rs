@@ -344,7 +344,7 @@ impl Scene {
     /// [`Colour::ALL`], [`Shape::ALL`] and [`Position::ALL`]. Every colour-and-shape pair
     /// has exactly one held-out position (24 of the 216 combinations).
     pub fn is_held_out(colour: Colour, shape: Shape, position: Position) -> bool {
-        (colour.index() + 3 * shape.index() + position.index()) % 9 == 0
+        (colour.index() + 3 * shape.index() + position.index()).is_multiple_of(9)
     }
 
     /// Whether this scene's combination is held out of training.

@@ -209,12 +209,12 @@ fn run_loop(
         let stop = control == Control::Cancel;
         if done
             || stop
-            || (options.checkpoint_every > 0 && info.step % options.checkpoint_every == 0)
+            || (options.checkpoint_every > 0 && info.step.is_multiple_of(options.checkpoint_every))
         {
             let event = save(trainable, &info)?;
             events(event);
         }
-        if done || (options.sample_every > 0 && info.step % options.sample_every == 0) {
+        if done || (options.sample_every > 0 && info.step.is_multiple_of(options.sample_every)) {
             crate::nn::set_differentiable(false);
             let sampled = sample(info.step, trainable);
             crate::nn::set_differentiable(true);
