@@ -27,7 +27,7 @@ pub struct GenerateArgs {
     /// The prompt (the same as --prompt).
     #[arg(value_name = "PROMPT", conflicts_with = "prompt")]
     positional_prompt: Option<String>,
-    /// The model: a diffusers pipeline folder (with model_index.json) or a single-file checkpoint (.safetensors, .ckpt).
+    /// The model: a diffusers pipeline folder (with model_index.json) or a single-file checkpoint (.safetensors, .ckpt) [default: the built-in shapes model, models/shapes or $SD_DEFAULT_MODEL].
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// What the image should show.
@@ -300,9 +300,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     {
         return Err(usage("no prompt given: pass --prompt TEXT"));
     }
-    let model_path = args.model.clone().ok_or_else(|| {
-        usage("no model given: pass --model PATH (a diffusers folder or a single-file checkpoint)")
-    })?;
+    let model_path = match &args.model {
+        Some(path) => path.clone(),
+        // No --model: the built-in shapes model (models/shapes, or $SD_DEFAULT_MODEL).
+        None => stable_diffusion::default_model_path().map_err(|e| {
+            usage(format!(
+                "no model given and no default model available ({e}): pass --model PATH (a diffusers folder or a single-file checkpoint)"
+            ))
+        })?,
+    };
     if !model_path.exists() {
         return Err(usage(format!("model not found: {}", model_path.display())));
     }

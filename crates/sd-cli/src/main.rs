@@ -3,6 +3,7 @@
 mod generate;
 mod inspect;
 mod samplers;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// List every sampler and sigma schedule with a one-line description.
     Samplers,
+    /// Train the small shapes model from scratch (VAE, then text encoder + UNet).
+    Train(Box<train::TrainArgs>),
+    /// Score a model on shapes captions: colours, position, size and shape read from pixels.
+    Eval(train::EvalArgs),
 }
 
 /// Arguments of `sd tokenize`.
@@ -64,6 +69,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Samplers => samplers::run(),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => train::run_eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,12 +14,15 @@ pub mod nn;
 pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
+pub mod shapes;
 pub mod text_encoder;
 pub mod tokenizer;
+pub mod train;
 pub mod unet;
 pub mod vae;
 
 pub use error::{Error, Result};
+pub use shapes::default_model_path;
 
 /// Re-export of the tensor library, so users need not depend on it directly.
 pub use candle_core;

@@ -81,7 +81,11 @@ fn attention_rows(
     if let Some(mask) = mask {
         scores = scores.broadcast_add(mask)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = if super::differentiable() {
+        super::training::softmax_last_dim(&scores)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
     Ok(probs.matmul(v)?)
 }
 

@@ -7,11 +7,13 @@ mod conv;
 pub mod flops;
 mod linear;
 mod norm;
+mod training;
 
 pub use activation::{Activation, GeGlu};
 pub use attention::{attention, causal_mask};
 pub use conv::{Conv2d, Conv2dOptions};
 pub use linear::Linear;
 pub use norm::{GroupNorm, LayerNorm};
+pub use training::{differentiable, set_differentiable};
 
 pub use candle_nn::VarBuilder;

@@ -34,6 +34,7 @@ impl GroupNorm {
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     inner: candle_nn::LayerNorm,
+    eps: f64,
 }
 
 impl LayerNorm {
@@ -43,11 +44,21 @@ impl LayerNorm {
         let bias = vb.get(dim, "bias")?;
         Ok(Self {
             inner: candle_nn::LayerNorm::new(weight, bias, eps),
+            eps,
         })
     }
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (true, Some(bias)) = (super::differentiable(), self.inner.bias()) {
+            // candle-nn's fused layer norm has no backward pass.
+            return Ok(candle_nn::ops::layer_norm_slow(
+                x,
+                self.inner.weight(),
+                bias,
+                self.eps as f32,
+            )?);
+        }
         Ok(self.inner.forward(x)?)
     }
 }

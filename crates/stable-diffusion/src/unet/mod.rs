@@ -237,10 +237,21 @@ impl UNet2DConditionModel {
         added: Option<&AddedConditions>,
         device: &Device,
     ) -> Result<Tensor> {
+        self.time_embedding_per_sample(&vec![timestep; batch], added, device)
+    }
+
+    /// [`Self::time_embedding`] with one timestep per batch entry (training draws them so).
+    pub fn time_embedding_per_sample(
+        &self,
+        timesteps: &[f64],
+        added: Option<&AddedConditions>,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let batch = timesteps.len();
         // The sinusoids are computed in f32, then cast to the weights' dtype, as diffusers does.
         let t_emb = self
             .time_proj
-            .forward(&vec![timestep; batch], device)?
+            .forward(timesteps, device)?
             .to_dtype(self.dtype)?;
         let mut emb = self.time_embedding.forward(&t_emb)?;
         if let Some(add_embedding) = &self.add_embedding {
@@ -279,7 +290,25 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         added: Option<&AddedConditions>,
     ) -> Result<Tensor> {
+        let batch = sample.dim(0)?;
+        self.forward_per_sample(sample, &vec![timestep; batch], encoder_hidden_states, added)
+    }
+
+    /// [`Self::forward`] with one timestep per batch entry (`timesteps.len()` = batch).
+    pub fn forward_per_sample(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f64],
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedConditions>,
+    ) -> Result<Tensor> {
         let (batch, channels, height, width) = sample.dims4()?;
+        if timesteps.len() != batch {
+            return Err(Error::invalid(
+                "UNet input",
+                format!("{} timesteps for a batch of {batch}", timesteps.len()),
+            ));
+        }
         if channels != self.config.in_channels {
             return Err(Error::invalid(
                 "UNet input",
@@ -314,7 +343,7 @@ impl UNet2DConditionModel {
             sample.clone()
         };
         let emb = self
-            .time_embedding(batch, timestep, added, sample.device())?
+            .time_embedding_per_sample(timesteps, added, sample.device())?
             .to_dtype(sample.dtype())?;
 
         let mut x = self.conv_in.forward(&sample)?;

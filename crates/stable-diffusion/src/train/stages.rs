@@ -1,0 +1,535 @@
+//! The two training stages and the loop they share.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::checkpoint::{self, CheckpointInfo};
+use super::optim::{clip_global_norm, AdamW, AdamWConfig, Ema};
+use super::{export, init, step_seed, StageOptions, Stages, TrainEvent, TrainOptions};
+use crate::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
+use crate::rng::{NoiseSource, TorchCpuRng};
+use crate::scheduler::{BetaSchedule, NoiseSchedule};
+use crate::shapes::{Dataset, Scene, SplitMix64};
+use crate::text_encoder::{ClipTextModel, HiddenLayer};
+use crate::tokenizer::{ClipTokenizer, PadStyle};
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoencoderKL;
+use crate::{Error, Result};
+
+/// Stage names, as used in file names and events.
+const VAE: &str = "vae";
+const DIFFUSION: &str = "diffusion";
+/// Images used to measure the latents' standard deviation.
+const SCALING_IMAGES: usize = 256;
+/// Captions of the sample grids written during the diffusion stage (the last two are
+/// held-out combinations).
+const SAMPLE_CAPTIONS: [&str; 8] = [
+    "a large red circle in the center on a blue background",
+    "a small yellow square in the top left corner on a black background",
+    "a large white triangle at the bottom on a green background",
+    "a small orange circle on the right on a purple background",
+    "a large blue square in the bottom right corner on a yellow background",
+    "a small black triangle on the left on a white background",
+    "a large red circle in the top left corner on a green background",
+    "a large green square on the left on a red background",
+];
+
+/// Variables of a `VarMap`, sorted by name.
+struct Trainable {
+    names: Vec<String>,
+    vars: Vec<Var>,
+    adam: AdamW,
+    ema: Ema,
+}
+
+impl Trainable {
+    fn new(varmap: &VarMap, ema_decay: f64) -> Result<Self> {
+        let mut entries: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("training", "variable map lock poisoned"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let (names, vars): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let adam = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let ema = Ema::new(&vars, ema_decay)?;
+        Ok(Self {
+            names,
+            vars,
+            adam,
+            ema,
+        })
+    }
+
+    /// The EMA weights whose names start with `prefix`, with the prefix removed.
+    fn ema_with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.names
+            .iter()
+            .zip(&self.ema.weights)
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
+            .collect()
+    }
+}
+
+/// Runs the stages `options` asks for and exports the model; returns the model folder.
+/// `events` sees progress; returning [`Control::Cancel`] from it stops after the current
+/// step with a checkpoint, and the run ends with [`Error::Cancelled`].
+pub fn train(
+    options: &TrainOptions,
+    events: &mut dyn FnMut(TrainEvent) -> Control,
+) -> Result<PathBuf> {
+    options.validate()?;
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| Error::io(&options.out_dir, e))?;
+    std::fs::create_dir_all(options.out_dir.join("samples"))
+        .map_err(|e| Error::io(&options.out_dir, e))?;
+    let previous = crate::nn::differentiable();
+    crate::nn::set_differentiable(true);
+    let result = run_stages(options, events);
+    crate::nn::set_differentiable(previous);
+    result
+}
+
+fn run_stages(
+    options: &TrainOptions,
+    events: &mut dyn FnMut(TrainEvent) -> Control,
+) -> Result<PathBuf> {
+    if matches!(options.stages, Stages::All | Stages::Vae) {
+        train_vae(options, events)?;
+    }
+    if matches!(options.stages, Stages::All | Stages::Diffusion) {
+        train_diffusion(options, events)?;
+        return Ok(super::model_dir(&options.out_dir));
+    }
+    Ok(options.out_dir.clone())
+}
+
+/// Where a stage starts: 0, or the step of its checkpoint when resuming. Refuses to overwrite
+/// an existing checkpoint unless resuming.
+fn start_step(options: &TrainOptions, stage: &str) -> Result<Option<CheckpointInfo>> {
+    let (tensors, info) = checkpoint::checkpoint_paths(&options.out_dir, stage);
+    if !info.exists() {
+        return Ok(None);
+    }
+    if !options.resume {
+        return Err(Error::invalid(
+            "training output folder",
+            format!(
+                "{} already holds a {stage} checkpoint ({}); resume it or choose another folder",
+                options.out_dir.display(),
+                tensors.display()
+            ),
+        ));
+    }
+    let info = checkpoint::read_info(&info)?;
+    if info.seed != options.seed {
+        return Err(Error::invalid(
+            "resume checkpoint",
+            format!(
+                "the {stage} checkpoint was made with seed {}, this run uses seed {}",
+                info.seed, options.seed
+            ),
+        ));
+    }
+    Ok(Some(info))
+}
+
+/// One optimizer step's result.
+struct StepResult {
+    loss: f64,
+    grad_norm: f64,
+}
+
+/// The shared loop: `loss_at(step)` gives the loss to minimise for 0-based step `step`.
+#[allow(clippy::too_many_arguments)]
+fn run_loop(
+    options: &TrainOptions,
+    stage: &'static str,
+    stage_options: &StageOptions,
+    trainable: &mut Trainable,
+    mut info: CheckpointInfo,
+    loss_at: &mut dyn FnMut(usize) -> Result<Tensor>,
+    sample: &mut dyn FnMut(usize, &Trainable) -> Result<Option<TrainEvent>>,
+    events: &mut dyn FnMut(TrainEvent) -> Control,
+) -> Result<()> {
+    let total = stage_options.steps;
+    info.total_steps = total;
+    events(TrainEvent::StageStarted {
+        stage,
+        step: info.step,
+        total,
+    });
+    let mut recent: Vec<f64> = Vec::new();
+    let save = |trainable: &Trainable, info: &CheckpointInfo| -> Result<TrainEvent> {
+        checkpoint::save(
+            &options.out_dir,
+            stage,
+            &trainable.names,
+            &trainable.vars,
+            &trainable.adam,
+            &trainable.ema,
+            info,
+        )?;
+        Ok(TrainEvent::Checkpoint {
+            path: checkpoint::checkpoint_paths(&options.out_dir, stage).0,
+            step: info.step,
+        })
+    };
+    while info.step < total {
+        let step = info.step;
+        let result = optimizer_step(trainable, loss_at(step)?, stage_options, options, step)?;
+        if !result.loss.is_finite() {
+            return Err(Error::invalid(
+                "training",
+                format!(
+                    "the {stage} loss became {} at step {}",
+                    result.loss,
+                    step + 1
+                ),
+            ));
+        }
+        info.step += 1;
+        recent.push(result.loss);
+        if recent.len() > 50 {
+            recent.remove(0);
+        }
+        info.recent_loss = Some(recent.iter().sum::<f64>() / recent.len() as f64);
+        let control = events(TrainEvent::Step {
+            stage,
+            step: info.step,
+            total,
+            loss: result.loss,
+            grad_norm: result.grad_norm,
+        });
+        let done = info.step == total;
+        let stop = control == Control::Cancel;
+        if done
+            || stop
+            || (options.checkpoint_every > 0 && info.step.is_multiple_of(options.checkpoint_every))
+        {
+            let event = save(trainable, &info)?;
+            events(event);
+        }
+        if done || (options.sample_every > 0 && info.step.is_multiple_of(options.sample_every)) {
+            crate::nn::set_differentiable(false);
+            let sampled = sample(info.step, trainable);
+            crate::nn::set_differentiable(true);
+            if let Some(event) = sampled? {
+                events(event);
+            }
+        }
+        if stop && !done {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(())
+}
+
+fn optimizer_step(
+    trainable: &mut Trainable,
+    loss: Tensor,
+    stage_options: &StageOptions,
+    options: &TrainOptions,
+    step: usize,
+) -> Result<StepResult> {
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let grads = loss.backward()?;
+    let mut gradients = trainable.adam.gradients(&grads)?;
+    drop(grads);
+    let grad_norm = clip_global_norm(&mut gradients, options.max_grad_norm)?;
+    if loss_value.is_finite() && grad_norm.is_finite() {
+        trainable
+            .adam
+            .step(&gradients, stage_options.learning_rate_at(step))?;
+        trainable.ema.update(&trainable.vars, trainable.adam.t)?;
+    }
+    Ok(StepResult {
+        loss: if grad_norm.is_finite() {
+            loss_value
+        } else {
+            f64::NAN
+        },
+        grad_norm,
+    })
+}
+
+/// A fresh stage state, or the one in the stage's checkpoint.
+fn prepare(
+    options: &TrainOptions,
+    stage: &'static str,
+    varmap: &VarMap,
+    init_seed: u64,
+) -> Result<(Trainable, CheckpointInfo)> {
+    let resumed = start_step(options, stage)?;
+    let mut trainable = Trainable::new(varmap, options.ema_decay)?;
+    let info = match resumed {
+        Some(info) => {
+            let (path, _) = checkpoint::checkpoint_paths(&options.out_dir, stage);
+            checkpoint::load(
+                &path,
+                &trainable.names,
+                &trainable.vars,
+                &mut trainable.adam,
+                &mut trainable.ema,
+            )?;
+            info
+        }
+        None => {
+            init::initialize(&trainable.names, &trainable.vars, init_seed)?;
+            trainable.ema = Ema::new(&trainable.vars, options.ema_decay)?;
+            CheckpointInfo {
+                stage: stage.to_string(),
+                step: 0,
+                total_steps: 0,
+                seed: options.seed,
+                scaling_factor: None,
+                recent_loss: None,
+            }
+        }
+    };
+    Ok((trainable, info))
+}
+
+/// Images `(n, 3, 64, 64)` tiled into one picture, `columns` per row.
+fn grid(images: &[image::RgbImage], columns: usize) -> image::RgbImage {
+    let (w, h) = images
+        .first()
+        .map(|i| (i.width(), i.height()))
+        .unwrap_or((1, 1));
+    let rows = images.len().div_ceil(columns.max(1)) as u32;
+    let mut out = image::RgbImage::new(w * columns as u32, h * rows);
+    for (i, img) in images.iter().enumerate() {
+        let (x, y) = ((i % columns) as u32 * w, (i / columns) as u32 * h);
+        image::imageops::replace(&mut out, img, x as i64, y as i64);
+    }
+    out
+}
+
+fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Control) -> Result<()> {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let vae = AutoencoderKL::new(vb.pp("vae"), &options.model.vae)?;
+    let (mut trainable, info) = prepare(options, VAE, &varmap, options.seed ^ 0x7661_6500)?;
+    if info.step >= options.vae.steps && info.total_steps == options.vae.steps {
+        events(TrainEvent::StageSkipped { stage: VAE });
+        return Ok(());
+    }
+    let data = Dataset::new(options.seed ^ 0x0076_6165);
+    let batch = options.vae.batch_size;
+    let kl_weight = options.kl_weight;
+    let seed = options.seed;
+    let mut loss_at = |step: usize| -> Result<Tensor> {
+        let (images, _) = data.batch((step * batch) as u64, batch, &device)?;
+        let posterior = vae.encode(&images)?;
+        let mut rng = TorchCpuRng::new(step_seed(seed, 1, step));
+        let noise = rng.randn(posterior.mean.dims(), &device)?;
+        let z = posterior.sample_with_noise(&noise)?;
+        let recon = vae.decode(&z)?;
+        let diff = (recon - &images)?;
+        let l1 = diff.abs()?.mean_all()?;
+        let l2 = diff.sqr()?.mean_all()?;
+        let kl = ((posterior.mean.sqr()? + posterior.logvar.exp()?)? - 1.0)?;
+        let kl = ((kl - &posterior.logvar)?.mean_all()? * 0.5)?;
+        Ok(((l1 + l2)? + (kl * kl_weight)?)?)
+    };
+    let fixed: Vec<Scene> = {
+        let mut rng = SplitMix64::new(options.seed ^ 0x5a5a);
+        (0..8).map(|_| Scene::random(&mut rng)).collect()
+    };
+    let out_dir = options.out_dir.clone();
+    let mut sample = |step: usize, _t: &Trainable| -> Result<Option<TrainEvent>> {
+        let images = crate::shapes::scenes_to_tensor(&fixed, &device)?;
+        let recon = vae.decode(&vae.encode(&images)?.mode()?)?;
+        let mut all = crate::image::tensor_to_images(&images)?;
+        all.extend(crate::image::tensor_to_images(&recon)?);
+        let path = out_dir.join("samples").join(format!("vae-{step:06}.png"));
+        crate::image::save_png(&path, &grid(&all, 8), &[])?;
+        Ok(Some(TrainEvent::Samples { path }))
+    };
+    run_loop(
+        options,
+        VAE,
+        &options.vae,
+        &mut trainable,
+        info,
+        &mut loss_at,
+        &mut sample,
+        events,
+    )
+}
+
+/// The VAE weights (EMA) of the finished VAE stage, without the `vae.` prefix.
+fn finished_vae(options: &TrainOptions) -> Result<HashMap<String, Tensor>> {
+    let (tensors_path, info_path) = checkpoint::checkpoint_paths(&options.out_dir, VAE);
+    if !info_path.exists() {
+        return Err(Error::NotFound {
+            what: "VAE stage checkpoint (run the vae stage first)",
+            path: info_path,
+        });
+    }
+    let info = checkpoint::read_info(&info_path)?;
+    if info.step < info.total_steps {
+        return Err(Error::invalid(
+            "VAE stage",
+            format!(
+                "the VAE stage stopped at step {} of {}; resume it first",
+                info.step, info.total_steps
+            ),
+        ));
+    }
+    let tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)?;
+    Ok(tensors
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("ema/vae.").map(|n| (n.to_string(), v)))
+        .collect())
+}
+
+/// `1 / std` of VAE latent samples over [`SCALING_IMAGES`] training images.
+fn measure_scaling(vae: &AutoencoderKL, data: &Dataset, seed: u64, device: &Device) -> Result<f64> {
+    let mut sum = 0f64;
+    let mut sum_sq = 0f64;
+    let mut count = 0usize;
+    let mut rng = TorchCpuRng::new(seed);
+    for start in (0..SCALING_IMAGES).step_by(32) {
+        let (images, _) = data.batch(start as u64, 32, device)?;
+        let latents = vae.encode(&images)?.sample(&mut rng)?;
+        let values = latents.flatten_all()?.to_vec1::<f32>()?;
+        for v in values {
+            sum += v as f64;
+            sum_sq += (v as f64) * (v as f64);
+            count += 1;
+        }
+    }
+    let mean = sum / count as f64;
+    let std = (sum_sq / count as f64 - mean * mean).max(1e-12).sqrt();
+    Ok(1.0 / std)
+}
+
+fn train_diffusion(
+    options: &TrainOptions,
+    events: &mut dyn FnMut(TrainEvent) -> Control,
+) -> Result<()> {
+    let device = Device::Cpu;
+    let vae_weights = finished_vae(options)?;
+    let vae = AutoencoderKL::new(
+        VarBuilder::from_tensors(vae_weights.clone(), DType::F32, &device),
+        &options.model.vae,
+    )?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let text_encoder = ClipTextModel::new(vb.pp("text_encoder"), &options.model.text)?;
+    let unet = UNet2DConditionModel::new(vb.pp("unet"), &options.model.unet)?;
+    let (mut trainable, mut info) =
+        prepare(options, DIFFUSION, &varmap, options.seed ^ 0x756e_6574)?;
+    if info.step >= options.diffusion.steps && info.total_steps == options.diffusion.steps {
+        events(TrainEvent::StageSkipped { stage: DIFFUSION });
+        return Ok(());
+    }
+    let data = Dataset::new(options.seed ^ 0x6469_6666);
+    let scaling = match info.scaling_factor {
+        Some(s) => s,
+        None => {
+            crate::nn::set_differentiable(false);
+            let s = measure_scaling(&vae, &data, options.seed ^ 0x5ca1e, &device);
+            crate::nn::set_differentiable(true);
+            s?
+        }
+    };
+    info.scaling_factor = Some(scaling);
+    let schedule = NoiseSchedule::new(BetaSchedule::ScaledLinear, 0.00085, 0.012, 1000, None)?;
+    let tokenizer = ClipTokenizer::embedded()?;
+    let batch = options.diffusion.batch_size;
+    let seed = options.seed;
+    let dropout = options.caption_dropout;
+    let mut loss_at = |step: usize| -> Result<Tensor> {
+        let (images, captions) = data.batch((step * batch) as u64, batch, &device)?;
+        let mut choices = SplitMix64::new(step_seed(seed, 2, step));
+        let mut noise_rng = TorchCpuRng::new(step_seed(seed, 3, step));
+        let posterior = vae.encode(&images)?;
+        let posterior_noise = noise_rng.randn(posterior.mean.dims(), &device)?;
+        let latents = (posterior.sample_with_noise(&posterior_noise)?.detach() * scaling)?;
+        let mut ids = Vec::with_capacity(batch * 77);
+        let mut timesteps = Vec::with_capacity(batch);
+        let mut signal = Vec::with_capacity(batch);
+        let mut noise_level = Vec::with_capacity(batch);
+        for caption in &captions {
+            let text = if choices.unit() < dropout {
+                ""
+            } else {
+                caption
+            };
+            ids.extend(tokenizer.encode_padded(text, 77, PadStyle::EndOfText)?);
+            let t = choices.below(schedule.len());
+            let alpha_bar = schedule.alphas_cumprod[t] as f64;
+            timesteps.push(t as f64);
+            signal.push(alpha_bar.sqrt() as f32);
+            noise_level.push((1.0 - alpha_bar).sqrt() as f32);
+        }
+        let ids = Tensor::from_vec(ids, (batch, 77), &device)?;
+        let context = text_encoder.forward(&ids, HiddenLayer::LAST)?.hidden;
+        let noise = noise_rng.randn(latents.dims(), &device)?;
+        let signal = Tensor::from_vec(signal, (batch, 1, 1, 1), &device)?;
+        let noise_level = Tensor::from_vec(noise_level, (batch, 1, 1, 1), &device)?;
+        let noisy = (latents.broadcast_mul(&signal)? + noise.broadcast_mul(&noise_level)?)?;
+        let prediction = unet.forward_per_sample(&noisy, &timesteps, &context, None)?;
+        Ok((prediction - noise)?.sqr()?.mean_all()?)
+    };
+    let out_dir = options.out_dir.clone();
+    let model_config = options.model.clone();
+    let mut sample = |step: usize, trainable: &Trainable| -> Result<Option<TrainEvent>> {
+        let model_dir = super::model_dir(&out_dir);
+        export::export_model(
+            &model_dir,
+            &model_config,
+            scaling,
+            &trainable.ema_with_prefix("text_encoder."),
+            &trainable.ema_with_prefix("unet."),
+            &vae_weights,
+        )?;
+        let path = sample_grid(&model_dir, &out_dir, step)?;
+        Ok(Some(TrainEvent::Samples { path }))
+    };
+    run_loop(
+        options,
+        DIFFUSION,
+        &options.diffusion,
+        &mut trainable,
+        info,
+        &mut loss_at,
+        &mut sample,
+        events,
+    )?;
+    events(TrainEvent::Exported {
+        path: super::model_dir(&options.out_dir),
+    });
+    Ok(())
+}
+
+/// Generates [`SAMPLE_CAPTIONS`] with the exported model and saves them as one grid.
+fn sample_grid(model_dir: &Path, out_dir: &Path, step: usize) -> Result<PathBuf> {
+    let model = StableDiffusion::load(model_dir, &LoadOptions::default())?;
+    let mut images = Vec::new();
+    for (i, caption) in SAMPLE_CAPTIONS.iter().enumerate() {
+        let request = GenerationRequest {
+            prompt: caption.to_string(),
+            width: crate::shapes::IMAGE_SIZE,
+            height: crate::shapes::IMAGE_SIZE,
+            steps: 20,
+            seed: i as u64,
+            ..GenerationRequest::default()
+        };
+        let generation =
+            model.generate(&request, &Default::default(), &mut |_| Control::Continue)?;
+        images.extend(generation.images);
+    }
+    let path = out_dir
+        .join("samples")
+        .join(format!("diffusion-{step:06}.png"));
+    crate::image::save_png(&path, &grid(&images, 4), &[])?;
+    Ok(path)
+}

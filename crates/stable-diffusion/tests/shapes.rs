@@ -1,0 +1,116 @@
+//! The shapes data set and the pixel evaluator, without any model.
+
+use stable_diffusion::shapes::{
+    evaluation_scenes, measure, Attribute, Colour, Dataset, EvalReport, Position, Scene, Shape,
+};
+
+fn image_of(scene: &Scene) -> image::RgbImage {
+    image::RgbImage::from_raw(64, 64, scene.render()).unwrap()
+}
+
+#[test]
+fn evaluator_reads_every_attribute_back_from_rendered_scenes() {
+    let mut report = EvalReport::default();
+    for scene in evaluation_scenes(200, 7) {
+        report.add(scene, measure(&image_of(&scene)));
+    }
+    // The shape is read from how much of its bounding box the mask fills; anti-aliased edges
+    // on close colours blur that a little, so it is held to 95%.
+    assert!(report.tally(Attribute::Shape).correct >= 190);
+    for attribute in [
+        Attribute::Colour,
+        Attribute::Background,
+        Attribute::Position,
+        Attribute::Size,
+    ] {
+        let tally = report.tally(attribute);
+        assert_eq!(tally.total, 200);
+        assert_eq!(
+            tally.correct,
+            200,
+            "{} misread: {:?}",
+            attribute.name(),
+            report
+                .results
+                .iter()
+                .find(|(s, m)| !attribute.matches(s, m))
+        );
+    }
+}
+
+#[test]
+fn evaluator_reads_jittered_training_scenes() {
+    let data = Dataset::new(3);
+    let mut report = EvalReport::default();
+    for i in 0..300 {
+        let (scene, _) = data.item(i);
+        report.add(scene, measure(&image_of(&scene)));
+    }
+    for attribute in [
+        Attribute::Colour,
+        Attribute::Background,
+        Attribute::Position,
+    ] {
+        assert_eq!(report.tally(attribute).correct, 300, "{}", attribute.name());
+    }
+}
+
+#[test]
+fn training_stream_is_deterministic_and_never_shows_held_out_combinations() {
+    let (a, b) = (Dataset::new(11), Dataset::new(11));
+    let mut captions = std::collections::HashSet::new();
+    for i in 0..2000 {
+        let (scene, caption) = a.item(i);
+        assert_eq!((scene, caption.clone()), b.item(i));
+        assert!(!scene.held_out(), "item {i} is held out: {caption}");
+        assert_ne!(scene.colour, scene.background);
+        captions.insert(caption);
+    }
+    assert!(captions.len() > 1000, "too little caption variety");
+    assert_ne!(Dataset::new(12).item(0), a.item(0));
+}
+
+#[test]
+fn held_out_rule_keeps_one_position_per_colour_and_shape() {
+    let mut held = 0;
+    for colour in Colour::ALL {
+        for shape in Shape::ALL {
+            let n = Position::ALL
+                .iter()
+                .filter(|&&p| Scene::is_held_out(colour, shape, p))
+                .count();
+            assert_eq!(n, 1);
+            held += n;
+        }
+    }
+    assert_eq!(held, 24);
+    let scenes = evaluation_scenes(120, 0);
+    assert_eq!(scenes.len(), 120);
+    assert_eq!(scenes.iter().filter(|s| s.held_out()).count(), 24);
+}
+
+#[test]
+fn canonical_caption_reads_like_the_issue() {
+    let scene = Scene::new(
+        Colour::Red,
+        Colour::Blue,
+        Shape::Square,
+        stable_diffusion::shapes::Size::Large,
+        Position::Center,
+    );
+    assert_eq!(
+        scene.caption(),
+        "a large red square in the center on a blue background"
+    );
+    let orange = Scene::new(
+        Colour::Orange,
+        Colour::Black,
+        Shape::Circle,
+        stable_diffusion::shapes::Size::Small,
+        Position::TopLeft,
+    );
+    assert_eq!(
+        orange.caption(),
+        "a small orange circle in the top left corner on a black background"
+    );
+}

@@ -1,0 +1,114 @@
+//! The trainer: settings validation, checkpoints and exact resumption (tiny model, few steps).
+
+use std::path::{Path, PathBuf};
+
+use stable_diffusion::pipeline::Control;
+use stable_diffusion::train::{train, ModelConfig, Stages, TrainEvent, TrainOptions};
+use stable_diffusion::Error;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sd-train-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny_vae_options(out: &Path, steps: usize) -> TrainOptions {
+    let mut options = TrainOptions::shapes(out);
+    options.model = ModelConfig::tiny();
+    options.stages = Stages::Vae;
+    options.vae.steps = steps;
+    options.vae.batch_size = 2;
+    options.vae.warmup_steps = 1;
+    options.checkpoint_every = 1;
+    options.sample_every = 0;
+    options
+}
+
+fn checkpoint_tensors(dir: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(dir.join("vae.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k != "adam_t")
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn bad_settings_are_rejected_with_clear_errors() {
+    let out = scratch("bad");
+    let mut options = tiny_vae_options(&out, 1);
+    options.diffusion.batch_size = 0;
+    let err = options.validate().unwrap_err().to_string();
+    assert!(err.contains("batch size is 0"), "{err}");
+
+    let options = tiny_vae_options(Path::new("/definitely/not/here/run"), 1);
+    let err = options.validate().unwrap_err().to_string();
+    assert!(err.contains("/definitely/not/here"), "{err}");
+
+    let mut options = tiny_vae_options(&out, 1);
+    options.caption_dropout = 1.5;
+    assert!(options.validate().is_err());
+}
+
+#[test]
+fn interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one() {
+    let straight = scratch("straight");
+    train(&tiny_vae_options(&straight, 2), &mut |_| Control::Continue).unwrap();
+
+    let interrupted = scratch("interrupted");
+    let mut steps_seen = Vec::new();
+    let result = train(&tiny_vae_options(&interrupted, 2), &mut |event| {
+        if let TrainEvent::Step { step, .. } = event {
+            steps_seen.push(step);
+            return Control::Cancel;
+        }
+        Control::Continue
+    });
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert_eq!(steps_seen, vec![1]);
+
+    // Without --resume the existing checkpoint is not overwritten.
+    let err = train(&tiny_vae_options(&interrupted, 2), &mut |_| {
+        Control::Continue
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("resume"), "{err}");
+
+    let mut resumed = tiny_vae_options(&interrupted, 2);
+    resumed.resume = true;
+    let mut first_step = None;
+    train(&resumed, &mut |event| {
+        if let TrainEvent::StageStarted { step, .. } = event {
+            first_step = Some(step);
+        }
+        Control::Continue
+    })
+    .unwrap();
+    assert_eq!(first_step, Some(1), "the finished step was lost");
+    let (a, b) = (
+        checkpoint_tensors(&straight),
+        checkpoint_tensors(&interrupted),
+    );
+    assert_eq!(a.len(), b.len());
+    for (name, values) in &a {
+        assert_eq!(values, &b[name], "{name} differs after resuming");
+    }
+    let _ = std::fs::remove_dir_all(&straight);
+    let _ = std::fs::remove_dir_all(&interrupted);
+}
+
+#[test]
+fn resuming_a_checkpoint_of_another_shape_is_an_error() {
+    let out = scratch("shape");
+    train(&tiny_vae_options(&out, 1), &mut |_| Control::Continue).unwrap();
+    let mut other = tiny_vae_options(&out, 2);
+    other.model.vae.block_out_channels = vec![8, 16, 32];
+    other.resume = true;
+    let err = train(&other, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not fit this model"), "{err}");
+    assert!(err.contains("shape"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
