@@ -7,6 +7,7 @@
 
 mod diffusers;
 mod keys;
+mod lora;
 mod recorder;
 mod weights;
 
@@ -16,6 +17,10 @@ use serde::de::DeserializeOwned;
 
 pub use diffusers::{ComponentClass, DiffusersFolder};
 pub use keys::{key_map_for_class, KeyMap, Source};
+pub use lora::{
+    attach_networks, lora_tags, open_networks, LoraFile, LoraMatch, LoraPatches, LoraSpec,
+    LoraTarget,
+};
 pub use recorder::record_shapes;
 pub use weights::{SafetensorsFile, Weights};
 
