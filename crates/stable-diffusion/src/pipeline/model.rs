@@ -7,7 +7,9 @@ use candle_core::{DType, Device};
 
 use super::family::{ModelDescription, ModelFamily};
 use super::precision::Precision;
-use crate::loading::{DiffusersFolder, Weights};
+use crate::loading::{
+    attach_networks, open_networks, DiffusersFolder, LoraFile, LoraSpec, LoraTarget, Weights,
+};
 use crate::scheduler::SchedulerConfig;
 use crate::text_encoder::{ClipTextConfig, ClipTextModel};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
@@ -26,6 +28,8 @@ pub struct LoadOptions {
     pub compute_dtype: DType,
     /// The weights variant to prefer in a diffusers folder (`fp16`), if any.
     pub variant: Option<String>,
+    /// LoRA / LyCORIS networks merged into the weights as they load, with their multipliers.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +39,7 @@ impl Default for LoadOptions {
             weight_dtype: DType::F32,
             compute_dtype: DType::F32,
             variant: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -107,6 +112,8 @@ pub struct StableDiffusion {
     pub(super) scheduler_config: SchedulerConfig,
     pub(super) device: Device,
     pub(super) dtype: DType,
+    /// Network modules (LoRA keys) that matched no weight: A1111 warns and goes on.
+    pub(super) lora_warnings: Vec<String>,
 }
 
 impl StableDiffusion {
@@ -177,6 +184,7 @@ impl StableDiffusion {
             scheduler_config: parts.scheduler_config,
             device: parts.device,
             dtype: parts.compute_dtype,
+            lora_warnings: Vec::new(),
         })
     }
 
@@ -189,6 +197,11 @@ impl StableDiffusion {
         let variant = options.variant.as_deref();
         let precision = options.precision();
         let device = &options.device;
+        let networks = open_networks(&options.loras)?;
+        let mut lora_warnings: Vec<String> = networks
+            .iter()
+            .flat_map(|(n, _)| n.unclaimed_keys())
+            .collect();
         let text_encoder = if family.has_first_text_encoder() {
             Some(load_text_encoder(
                 &folder,
@@ -196,6 +209,7 @@ impl StableDiffusion {
                 "tokenizer",
                 family.pad_style(),
                 options,
+                (&networks, LoraTarget::TextEncoder, &mut lora_warnings),
             )?)
         } else {
             None
@@ -207,15 +221,20 @@ impl StableDiffusion {
                 "tokenizer_2",
                 PadStyle::Exclamation,
                 options,
+                (&networks, LoraTarget::TextEncoder2, &mut lora_warnings),
             )?)
         } else {
             None
         };
         let unet_config: UNetConfig = folder.config("unet")?;
-        let unet = UNet2DConditionModel::new(
-            precision.var_builder(folder.open_weights("unet", variant)?, device),
-            &unet_config,
+        let (unet_weights, unmatched) = attach_networks(
+            folder.open_weights("unet", variant)?,
+            &networks,
+            LoraTarget::Unet,
         )?;
+        lora_warnings.extend(unmatched);
+        let unet =
+            UNet2DConditionModel::new(precision.var_builder(unet_weights, device), &unet_config)?;
         let vae_config: VaeConfig = folder.config("vae")?;
         let vae_precision = options.vae_precision(&vae_config);
         let vae = AutoencoderKL::new(
@@ -223,7 +242,7 @@ impl StableDiffusion {
             &vae_config,
         )?;
         let scheduler_config: SchedulerConfig = folder.config("scheduler")?;
-        Self::from_parts(ModelParts {
+        let model = Self::from_parts(ModelParts {
             description,
             path: path.to_path_buf(),
             text_encoder,
@@ -234,7 +253,16 @@ impl StableDiffusion {
             scheduler_config,
             device: device.clone(),
             compute_dtype: options.compute_dtype,
+        })?;
+        Ok(Self {
+            lora_warnings,
+            ..model
         })
+    }
+
+    /// LoRA keys that matched no weight of the model (A1111 warns about these and goes on).
+    pub fn lora_warnings(&self) -> &[String] {
+        &self.lora_warnings
     }
 
     /// Replaces the VAE (e.g. with one from [`load_vae`]); its latent channels must match.
@@ -329,6 +357,7 @@ fn load_text_encoder(
     tokenizer_component: &str,
     default_pad: PadStyle,
     options: &LoadOptions,
+    lora: (&[(LoraFile, f32)], LoraTarget, &mut Vec<String>),
 ) -> Result<TextEncoderPart> {
     let tokenizer_dir = folder.root().join(tokenizer_component);
     let (tokenizer, pad_style) = if tokenizer_dir.is_dir() {
@@ -343,6 +372,9 @@ fn load_text_encoder(
         .component_class(component)
         .map_or("CLIPTextModel", |c| c.class.as_str());
     let weights = folder.open_weights(component, options.variant.as_deref())?;
+    let (networks, target, warnings) = lora;
+    let (weights, unmatched) = attach_networks(weights, networks, target)?;
+    warnings.extend(unmatched);
     let vb = options.precision().var_builder(weights, &options.device);
     let model = ClipTextModel::from_class(vb, &config, class)?;
     Ok(TextEncoderPart {
