@@ -9,12 +9,13 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stable_diffusion::device::parse_device;
 use stable_diffusion::image::{
-    fit_image, image_to_tensor, load_image, read_parameters, save_png_with_infotext, InfoText,
-    Resize,
+    fit_image, format_float, image_to_tensor, load_image, read_parameters, save_png_with_infotext,
+    InfoText, Resize,
 };
+use stable_diffusion::loading::{lora_tags, LoraFile, LoraSpec};
 use stable_diffusion::pipeline::{
-    load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, Inputs, LoadOptions,
-    Progress, RngKind, StableDiffusion,
+    load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, HiresFix, Inputs,
+    LoadOptions, Progress, RngKind, StableDiffusion,
 };
 use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
 
@@ -75,7 +76,7 @@ pub struct GenerateArgs {
     /// Seed of the noise [default: random, printed].
     #[arg(long)]
     seed: Option<u64>,
-    /// Random number stream: cpu (torch.Generator("cpu"), the same images as diffusers on CPU) [default: cpu].
+    /// Random number stream: cpu (torch.Generator("cpu"), the same images as diffusers on CPU) or cuda (torch's CUDA Philox stream, A1111's "GPU"/"NV" noise, computed on the CPU) [default: cpu].
     #[arg(long)]
     rng: Option<String>,
     /// Images to make from the prompt in one run [default: 1].
@@ -117,6 +118,24 @@ pub struct GenerateArgs {
     /// For a single-file checkpoint: a diffusers folder whose configs describe it (default: the family's full-size configs).
     #[arg(long, value_name = "DIR")]
     config: Option<PathBuf>,
+    /// A LoRA / LyCORIS network (.safetensors) merged into the weights, with its multiplier: PATH[:WEIGHT] (repeatable) [default weight: 1].
+    #[arg(long = "lora", value_name = "PATH[:WEIGHT]")]
+    loras: Vec<String>,
+    /// Folder where networks named in <lora:name:weight> prompt tags are looked up (NAME.safetensors).
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Option<PathBuf>,
+    /// Hires fix: generate at --width x --height, enlarge by this factor (Lanczos), then img2img at --hires-strength.
+    #[arg(long, value_name = "FACTOR")]
+    hires_scale: Option<f64>,
+    /// Sampling steps of the hires pass before the strength truncation; 0 = the first pass's [default: 0].
+    #[arg(long)]
+    hires_steps: Option<usize>,
+    /// Denoising strength of the hires pass, in (0, 1] [default: 0.7].
+    #[arg(long)]
+    hires_strength: Option<f64>,
+    /// How the first pass is enlarged: lanczos (the latent upscaler is not built yet) [default: lanczos].
+    #[arg(long)]
+    hires_upscaler: Option<String>,
     /// Output PNG file; with N > 1 images, STEM-0.png ... STEM-(N-1).png beside it.
     #[arg(long, short, default_value = "output.png")]
     output: PathBuf,
@@ -334,6 +353,28 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         options.config = Some(dir.clone());
     }
+    for arg in &args.loras {
+        let spec = LoraSpec::parse(arg).map_err(as_usage)?;
+        if !spec.path.is_file() {
+            return Err(usage(format!("LoRA not found: {}", spec.path.display())));
+        }
+        options.loras.push(spec);
+    }
+    let tags = lora_tags(&request.prompt);
+    if let Some(dir) = &args.lora_dir {
+        if !dir.is_dir() {
+            return Err(usage(format!("LoRA folder not found: {}", dir.display())));
+        }
+        for (name, weight) in tags {
+            // As A1111: a network the prompt names but the folder lacks is a warning.
+            match LoraSpec::find(dir, &name, weight) {
+                Ok(spec) => options.loras.push(spec),
+                Err(e) => eprintln!("warning: {e}; the tag is ignored"),
+            }
+        }
+    } else if let Some((name, _)) = tags.first() {
+        eprintln!("warning: the prompt names LoRA `{name}` but no --lora-dir was given; ignored");
+    }
     if let Some(vae) = &args.vae {
         if !vae.exists() {
             return Err(usage(format!("VAE not found: {}", vae.display())));
@@ -413,9 +454,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // 2. Load the model.
     let mut model = StableDiffusion::load(&model_path, &options)
         .with_context(|| format!("loading model {}", model_path.display()))?;
+    for key in model.lora_warnings() {
+        eprintln!("warning: LoRA key `{key}` matches no weight of the model; ignored");
+    }
+    // Networks patch the base model only.
+    let refiner_options = LoadOptions {
+        loras: Vec::new(),
+        ..options.clone()
+    };
     let mut refiner = match &request.refiner {
         Some(path) => Some(
-            StableDiffusion::load(path, &options)
+            StableDiffusion::load(path, &refiner_options)
                 .with_context(|| format!("loading refiner {}", path.display()))?,
         ),
         None => None,
@@ -503,14 +552,57 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         mask: mask_tensor.as_ref(),
         refiner: refiner.as_ref(),
     };
-    let generation = model.generate(&request, &inputs, &mut on_progress);
+    let hires = match args.hires_scale {
+        Some(scale) => {
+            match args.hires_upscaler.as_deref().unwrap_or("lanczos") {
+                "lanczos" | "Lanczos" => {}
+                other => {
+                    return Err(usage(format!(
+                        "unsupported hires upscaler `{other}` (valid: lanczos)"
+                    )))
+                }
+            }
+            Some(HiresFix {
+                scale,
+                steps: args.hires_steps.unwrap_or(0),
+                strength: args.hires_strength.unwrap_or(0.7),
+            })
+        }
+        None => None,
+    };
+    let generation = match &hires {
+        Some(hires) => model.generate_hires(&request, hires, &mut on_progress),
+        None => model.generate(&request, &inputs, &mut on_progress),
+    };
     bar.finish_and_clear();
     // Inputs the model cannot take (a mask for a model that needs none, ...) are usage errors.
     let generation = generation.map_err(as_usage)?;
 
+    // A1111's "Lora hashes": `name: shorthash` for each network.
+    let lora_hashes = options
+        .loras
+        .iter()
+        .map(|spec| {
+            let file = LoraFile::open(&spec.path)?;
+            Ok(format!("{}: {}", file.name(), file.short_hash()?))
+        })
+        .collect::<stable_diffusion::Result<Vec<_>>>()?
+        .join(", ");
+
     // 4. Write the PNGs, each atomically, with the parameters that re-create it.
     for (index, (image, path)) in generation.images.iter().zip(&outputs).enumerate() {
-        let info = request.to_infotext(&model.name(), None, index);
+        let mut info = request.to_infotext(&model.name(), None, index);
+        if !lora_hashes.is_empty() {
+            info.push("Lora hashes", &lora_hashes);
+        }
+        if let Some(hires) = &hires {
+            info.push("Denoising strength", format_float(hires.strength));
+            info.push("Hires upscale", format_float(hires.scale));
+            if hires.steps > 0 {
+                info.push("Hires steps", hires.steps);
+            }
+            info.push("Hires upscaler", "Lanczos");
+        }
         save_png_with_infotext(path, image, &info)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());

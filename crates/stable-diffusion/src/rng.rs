@@ -318,6 +318,167 @@ impl NoiseSource for TorchCpuRng {
     }
 }
 
+/// Philox4x32-10's multipliers and Weyl key increments.
+const PHILOX_M0: u32 = 0xD251_1F53;
+const PHILOX_M1: u32 = 0xCD9E_8D57;
+const PHILOX_W0: u32 = 0x9E37_79B9;
+const PHILOX_W1: u32 = 0xBB67_AE85;
+
+/// The Philox4x32-10 block function: four 32-bit outputs for a 128-bit counter and a 64-bit key.
+pub fn philox4x32_10(mut counter: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
+    for _ in 0..10 {
+        let p0 = u64::from(PHILOX_M0) * u64::from(counter[0]);
+        let p1 = u64::from(PHILOX_M1) * u64::from(counter[2]);
+        counter = [
+            (p1 >> 32) as u32 ^ counter[1] ^ key[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ counter[3] ^ key[1],
+            p0 as u32,
+        ];
+        key[0] = key[0].wrapping_add(PHILOX_W0);
+        key[1] = key[1].wrapping_add(PHILOX_W1);
+    }
+    counter
+}
+
+/// curand's `_curand_box_muller` in f32: two normal values (sine, cosine branch) from two
+/// 32-bit words. The scale-and-shift is one fused multiply-add, as nvcc compiles it.
+fn curand_box_muller(x: u32, y: u32) -> (f32, f32) {
+    const INV_2POW32: f32 = 2.328_306_4e-10;
+    const TWO_PI: f32 = 6.283_185_5;
+    let inv_2pi = INV_2POW32 * TWO_PI;
+    let u = (x as f32).mul_add(INV_2POW32, INV_2POW32 / 2.0);
+    let v = (y as f32).mul_add(inv_2pi, inv_2pi / 2.0);
+    // logf, sinf and cosf correctly rounded (CUDA's are within an ulp or two of that).
+    let log = f64::from(u).ln() as f32;
+    let s = (-2.0 * log).sqrt();
+    let (sin, cos) = f64::from(v).sin_cos();
+    (s * sin as f32, s * cos as f32)
+}
+
+/// Torch's CUDA generator (`torch.Generator("cuda").manual_seed(seed)`) drawing `torch.randn`
+/// in f32, computed on the CPU: AUTOMATIC1111's default "GPU" noise (its "NV" option).
+///
+/// Torch's CUDA normal kernel runs threads in blocks of 256 over a grid capped at the GPU's
+/// resident block count; thread `t` initialises curand's Philox4x32-10 with the seed as key,
+/// subsequence `t` and the generator's offset, and each `curand_normal4` call yields four
+/// values (Box-Muller on words 0,1 and 2,3) for elements `t`, `t + S`, `t + 2S`, `t + 3S`
+/// (`S` = threads in the grid). Each `randn` call advances the offset by four words per
+/// round a thread made. Tensors up to `max_threads` elements (every current GPU has at
+/// least 2^16 resident threads; SD latents are smaller) need one round, so every element is
+/// the sine branch of words 0,1 of its own subsequence, independent of the GPU.
+#[derive(Debug, Clone)]
+pub struct PhiloxRng {
+    seed: u64,
+    /// curand's offset, in 4-word rounds.
+    offset: u64,
+    /// Resident threads of the GPU being imitated (its SM count × max threads per SM).
+    max_threads: u64,
+}
+
+impl PhiloxRng {
+    /// A generator seeded as `torch.Generator("cuda").manual_seed(seed)`, imitating a GPU
+    /// with 132 SMs of 2048 threads (an H100).
+    pub fn new(seed: u64) -> Self {
+        Self::with_max_threads(seed, 132 * 2048)
+    }
+
+    /// The same, imitating a GPU with `max_threads` resident threads (SMs × threads per SM),
+    /// which only matters for tensors larger than that.
+    pub fn with_max_threads(seed: u64, max_threads: u64) -> Self {
+        Self {
+            seed,
+            offset: 0,
+            max_threads: max_threads.max(256) / 256 * 256,
+        }
+    }
+
+    /// The seed this generator was created with.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// `torch.randn(n)` on this generator as a vector, advancing the offset.
+    pub fn randn_vec(&mut self, n: usize) -> Vec<f32> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let n64 = n as u64;
+        let stride = (n64.div_ceil(256) * 256).min(self.max_threads);
+        let rounds = (n64 - 1) / (stride * 4) + 1;
+        let key = [self.seed as u32, (self.seed >> 32) as u32];
+        let mut out = vec![0f32; n];
+        for (i, value) in out.iter_mut().enumerate() {
+            let i = i as u64;
+            let thread = i % stride;
+            let k = i / stride;
+            let counter = self.offset + k / 4;
+            let words = philox4x32_10(
+                [
+                    counter as u32,
+                    (counter >> 32) as u32,
+                    thread as u32,
+                    (thread >> 32) as u32,
+                ],
+                key,
+            );
+            *value = match k % 4 {
+                0 => curand_box_muller(words[0], words[1]).0,
+                1 => curand_box_muller(words[0], words[1]).1,
+                2 => curand_box_muller(words[2], words[3]).0,
+                _ => curand_box_muller(words[2], words[3]).1,
+            };
+        }
+        self.offset += rounds;
+        out
+    }
+}
+
+impl NoiseSource for PhiloxRng {
+    fn randn(&mut self, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let values = self.randn_vec(n);
+        Ok(Tensor::from_vec(values, shape, device)?)
+    }
+}
+
+/// AUTOMATIC1111's variation-seed blend of two noise tensors of one image (`[C, H, W]`):
+/// spherical interpolation from `low` (the seed's noise, `t = 0`) to `high` (the variation
+/// seed's, `t = 1`), taken along dimension 1 (the rows) for each channel and column, as its
+/// `slerp` does; when the directions are almost parallel (mean cosine above 0.9995) it falls
+/// back to `low·t + high·(1 − t)`, A1111's own (inverted) blend.
+pub fn variation_slerp(t: f64, low: &Tensor, high: &Tensor) -> Result<Tensor> {
+    let low_norm = low.broadcast_div(&low.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+    let high_norm = high.broadcast_div(&high.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+    let dot = (low_norm * high_norm)?.sum_keepdim(1)?;
+    let mean = dot.mean_all()?.to_scalar::<f32>()?;
+    if f64::from(mean) > 0.9995 {
+        return Ok(((low * t)? + (high * (1.0 - t))?)?);
+    }
+    let dot = dot.to_vec3::<f32>()?;
+    let omega: Vec<Vec<Vec<f64>>> = dot
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|r| r.iter().map(|&d| f64::from(d).acos()).collect())
+                .collect()
+        })
+        .collect();
+    let weights = |f: &dyn Fn(f64) -> f64| -> Result<Tensor> {
+        let values: Vec<f32> = omega
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|&o| (f(o) / o.sin()) as f32)
+            .collect();
+        let (c, one, w) = (omega.len(), 1, omega[0][0].len());
+        Ok(Tensor::from_vec(values, (c, one, w), low.device())?)
+    };
+    let w_low = weights(&|o| ((1.0 - t) * o).sin())?;
+    let w_high = weights(&|o| (t * o).sin())?;
+    Ok((low.broadcast_mul(&w_low)? + high.broadcast_mul(&w_high)?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +492,70 @@ mod tests {
             last = mt.next_u32();
         }
         assert_eq!(last, 4_123_659_995);
+    }
+
+    #[test]
+    fn philox_matches_the_random123_known_answer() {
+        // Random123's kat_vectors: philox4x32 10 rounds, counter pi digits, key pi digits.
+        let out = philox4x32_10(
+            [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+            [0xa409_3822, 0x299f_31d0],
+        );
+        assert_eq!(out, [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]);
+        let zeros = philox4x32_10([0; 4], [0; 2]);
+        assert_eq!(zeros, [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
+    }
+
+    #[test]
+    fn variation_slerp_ends_at_its_inputs_and_keeps_the_norm() {
+        let dev = Device::Cpu;
+        let a =
+            Tensor::from_vec(TorchCpuRng::new(1).randn_vec(4 * 8 * 6), (4, 8, 6), &dev).unwrap();
+        let b =
+            Tensor::from_vec(TorchCpuRng::new(2).randn_vec(4 * 8 * 6), (4, 8, 6), &dev).unwrap();
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&variation_slerp(0.0, &a, &b).unwrap(), &a) < 1e-5);
+        assert!(diff(&variation_slerp(1.0, &a, &b).unwrap(), &b) < 1e-5);
+        // Halfway between two unit directions along dim 1: the same length as the inputs'
+        // (when they have equal norms): check against the closed form for one column.
+        let mid = variation_slerp(0.5, &a, &b).unwrap();
+        let col = |x: &Tensor| {
+            x.narrow(0, 0, 1)
+                .unwrap()
+                .narrow(2, 0, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (ca, cb, cm) = (col(&a), col(&b), col(&mid));
+        let na = ca.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let nb = cb.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let dot: f64 = ca
+            .iter()
+            .zip(&cb)
+            .map(|(x, y)| *x as f64 * *y as f64)
+            .sum::<f64>()
+            / (na * nb);
+        let o = dot.acos();
+        for k in 0..ca.len() {
+            let want = ((0.5 * o).sin() / o.sin()) * (ca[k] as f64 + cb[k] as f64);
+            assert!(
+                (cm[k] as f64 - want).abs() < 1e-4,
+                "{k}: {} vs {want}",
+                cm[k]
+            );
+        }
     }
 
     #[test]

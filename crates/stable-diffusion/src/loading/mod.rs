@@ -11,6 +11,7 @@ mod ckpt;
 mod diffusers;
 mod keys;
 pub mod ldm;
+mod lora;
 pub mod pickle;
 mod recorder;
 mod single_file;
@@ -24,6 +25,10 @@ use serde::de::DeserializeOwned;
 pub use ckpt::CkptFile;
 pub use diffusers::{ComponentClass, DiffusersFolder};
 pub use keys::{key_map_for_class, KeyMap, Source};
+pub use lora::{
+    attach_networks, lora_tags, open_networks, LoraFile, LoraMatch, LoraPatches, LoraSpec,
+    LoraTarget,
+};
 pub use recorder::record_shapes;
 pub use single_file::{
     check_component, report_folder, ComponentReport, LoadReport, SingleFileCheckpoint,

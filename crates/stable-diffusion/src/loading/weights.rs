@@ -13,6 +13,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensorError, TensorInfo, TensorView};
 
 use super::keys::{KeyMap, Source};
+use super::lora::LoraPatches;
 use super::store::TensorStore;
 use crate::{Error, Result};
 
@@ -172,6 +173,8 @@ pub struct Weights {
     /// Tensor name -> index in `files`.
     index: Arc<HashMap<String, usize>>,
     key_map: KeyMap,
+    /// LoRA deltas added to the weights they patch as those are read.
+    lora: Option<Arc<LoraPatches>>,
 }
 
 impl Weights {
@@ -214,6 +217,7 @@ impl Weights {
             files: Arc::new(files),
             index: Arc::new(index),
             key_map: KeyMap::identity(),
+            lora: None,
         })
     }
 
@@ -250,6 +254,18 @@ impl Weights {
     pub fn with_key_map(mut self, key_map: KeyMap) -> Self {
         self.key_map = key_map;
         self
+    }
+
+    /// Adds `patches`' LoRA deltas to the weights they patch as those are read (empty patches
+    /// change nothing).
+    pub fn with_lora(mut self, patches: LoraPatches) -> Self {
+        self.lora = (!patches.is_empty()).then(|| Arc::new(patches));
+        self
+    }
+
+    /// The LoRA patches in effect for `name`, if any.
+    fn lora_for(&self, name: &str) -> Option<&LoraPatches> {
+        self.lora.as_deref().filter(|l| l.patches(name))
     }
 
     /// The paths of the files, in the order they were opened.
@@ -324,6 +340,10 @@ impl Weights {
     /// Loads tensor `name` (resolved through the key map), converted to `dtype`.
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let (source, i) = self.resolve_or_missing(name)?;
+        if let Some(lora) = self.lora_for(name) {
+            let stored = self.read(&source, i, DType::F32, device)?;
+            return lora.apply(name, stored, dtype, device);
+        }
         self.read(&source, i, dtype, device)
     }
 
@@ -338,12 +358,17 @@ impl Weights {
     ) -> Result<Tensor> {
         let (source, i) = self.resolve_or_missing(name)?;
         let found = self.source_shape(&source, i);
-        if found == expected {
-            return self.read(&source, i, dtype, device);
-        }
+        let lora = self.lora_for(name);
+        let read_dtype = if lora.is_some() { DType::F32 } else { dtype };
         let same_count = found.iter().product::<usize>() == expected.iter().product::<usize>();
-        if source.reshape && same_count {
-            return Ok(self.read(&source, i, dtype, device)?.reshape(expected)?);
+        if found == expected || (source.reshape && same_count) {
+            let tensor = self
+                .read(&source, i, read_dtype, device)?
+                .reshape(expected)?;
+            return match lora {
+                Some(lora) => lora.apply(name, tensor, dtype, device),
+                None => Ok(tensor),
+            };
         }
         Err(Error::ShapeMismatch {
             name: name.to_string(),

@@ -11,7 +11,7 @@ use super::inpaint::{self, InpaintMode};
 use super::model::StableDiffusion;
 use super::refiner;
 use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
-use crate::rng::{NoiseSource, TorchCpuRng};
+use crate::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use crate::scheduler::{build_sampler_with, Sampler};
 use crate::{Error, Result};
 
@@ -54,6 +54,7 @@ impl StableDiffusion {
 
         let mut rng: Box<dyn NoiseSource> = match request.rng {
             RngKind::Cpu => Box::new(TorchCpuRng::new(request.seed)),
+            RngKind::Cuda => Box::new(PhiloxRng::new(request.seed)),
         };
         let mut sampler = self.sampler(request)?;
         let total_steps = sampler.timesteps().len();

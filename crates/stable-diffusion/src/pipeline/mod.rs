@@ -16,6 +16,7 @@
 mod conditioning;
 mod denoise;
 mod family;
+mod hires;
 mod infotext;
 mod inpaint;
 mod model;
@@ -26,6 +27,7 @@ mod request;
 pub use conditioning::{Conditioning, PromptEmbedding};
 pub use denoise::Inputs;
 pub use family::{ModelDescription, ModelFamily};
+pub use hires::HiresFix;
 pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
 pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};

@@ -7,7 +7,10 @@ use candle_core::{DType, Device};
 
 use super::family::{ModelDescription, ModelFamily};
 use super::precision::Precision;
-use crate::loading::{DiffusersFolder, SingleFileCheckpoint, Weights};
+use crate::loading::{
+    attach_networks, open_networks, DiffusersFolder, LoraFile, LoraSpec, LoraTarget,
+    SingleFileCheckpoint, Weights,
+};
 use crate::model_family::{prediction_name, DetectOptions, ModelDescription as FullDescription};
 use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::text_encoder::{ClipTextConfig, ClipTextModel};
@@ -34,6 +37,8 @@ pub struct LoadOptions {
     /// For a single-file checkpoint: a diffusers folder whose config files describe it (as
     /// diffusers' `from_single_file(config=...)`), instead of the family's full-size presets.
     pub config: Option<PathBuf>,
+    /// LoRA / LyCORIS networks merged into the weights as they load, with their multipliers.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +51,7 @@ impl Default for LoadOptions {
             family: None,
             prediction: None,
             config: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct StableDiffusion {
     pub(super) scheduler_config: SchedulerConfig,
     pub(super) device: Device,
     pub(super) dtype: DType,
+    /// Network modules (LoRA keys) that matched no weight: A1111 warns and goes on.
+    pub(super) lora_warnings: Vec<String>,
 }
 
 impl StableDiffusion {
@@ -188,6 +196,7 @@ impl StableDiffusion {
             scheduler_config: parts.scheduler_config,
             device: parts.device,
             dtype: parts.compute_dtype,
+            lora_warnings: Vec::new(),
         })
     }
 
@@ -210,6 +219,11 @@ impl StableDiffusion {
         let variant = options.variant.as_deref();
         let precision = options.precision();
         let device = &options.device;
+        let networks = open_networks(&options.loras)?;
+        let mut lora_warnings: Vec<String> = networks
+            .iter()
+            .flat_map(|(n, _)| n.unclaimed_keys())
+            .collect();
         let text_encoder = if family.has_first_text_encoder() {
             Some(load_text_encoder(
                 &folder,
@@ -217,6 +231,7 @@ impl StableDiffusion {
                 "tokenizer",
                 family.pad_style(),
                 options,
+                (&networks, LoraTarget::TextEncoder, &mut lora_warnings),
             )?)
         } else {
             None
@@ -228,15 +243,20 @@ impl StableDiffusion {
                 "tokenizer_2",
                 PadStyle::Exclamation,
                 options,
+                (&networks, LoraTarget::TextEncoder2, &mut lora_warnings),
             )?)
         } else {
             None
         };
         let unet_config: UNetConfig = folder.config("unet")?;
-        let unet = UNet2DConditionModel::new(
-            precision.var_builder(folder.open_weights("unet", variant)?, device),
-            &unet_config,
+        let (unet_weights, unmatched) = attach_networks(
+            folder.open_weights("unet", variant)?,
+            &networks,
+            LoraTarget::Unet,
         )?;
+        lora_warnings.extend(unmatched);
+        let unet =
+            UNet2DConditionModel::new(precision.var_builder(unet_weights, device), &unet_config)?;
         let vae_config: VaeConfig = folder.config("vae")?;
         let vae_precision = options.vae_precision(&vae_config);
         let vae = AutoencoderKL::new(
@@ -247,7 +267,7 @@ impl StableDiffusion {
         if let Some(prediction) = options.prediction {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
-        Self::from_parts(ModelParts {
+        let model = Self::from_parts(ModelParts {
             description,
             path: path.to_path_buf(),
             text_encoder,
@@ -258,6 +278,10 @@ impl StableDiffusion {
             scheduler_config,
             device: device.clone(),
             compute_dtype: options.compute_dtype,
+        })?;
+        Ok(Self {
+            lora_warnings,
+            ..model
         })
     }
 
@@ -270,6 +294,17 @@ impl StableDiffusion {
             prediction: options.prediction,
         };
         let checkpoint = SingleFileCheckpoint::open_with(path, &detect)?;
+        let networks = open_networks(&options.loras)?;
+        let mut lora_warnings: Vec<String> = networks
+            .iter()
+            .flat_map(|(n, _)| n.unclaimed_keys())
+            .collect();
+        let mut component_weights = |component: &str, target: LoraTarget| -> Result<Weights> {
+            let (weights, unmatched) =
+                attach_networks(checkpoint.component_weights(component)?, &networks, target)?;
+            lora_warnings.extend(unmatched);
+            Ok(weights)
+        };
         let described = match &options.config {
             Some(dir) => {
                 let mut described =
@@ -288,7 +323,12 @@ impl StableDiffusion {
         let mut text_encoder = None;
         let mut text_encoder_2 = None;
         for text in &described.text_encoders {
-            let vb = precision.var_builder(checkpoint.component_weights(&text.component)?, device);
+            let target = if text.component == "text_encoder" {
+                LoraTarget::TextEncoder
+            } else {
+                LoraTarget::TextEncoder2
+            };
+            let vb = precision.var_builder(component_weights(&text.component, target)?, device);
             let model = ClipTextModel::from_class(vb, &text.config, &text.class)?;
             let pad_style = if text.component == "text_encoder" {
                 family.pad_style()
@@ -306,7 +346,7 @@ impl StableDiffusion {
             }
         }
         let unet = UNet2DConditionModel::new(
-            precision.var_builder(checkpoint.component_weights("unet")?, device),
+            precision.var_builder(component_weights("unet", LoraTarget::Unet)?, device),
             &described.unet,
         )?;
         let vae_precision = options.vae_precision(&described.vae);
@@ -318,7 +358,7 @@ impl StableDiffusion {
         if let Some(prediction) = options.prediction {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
-        Self::from_parts(ModelParts {
+        let model = Self::from_parts(ModelParts {
             description,
             path: path.to_path_buf(),
             text_encoder,
@@ -329,7 +369,16 @@ impl StableDiffusion {
             scheduler_config,
             device: device.clone(),
             compute_dtype: options.compute_dtype,
+        })?;
+        Ok(Self {
+            lora_warnings,
+            ..model
         })
+    }
+
+    /// LoRA keys that matched no weight of the model (A1111 warns about these and goes on).
+    pub fn lora_warnings(&self) -> &[String] {
+        &self.lora_warnings
     }
 
     /// Replaces the VAE (e.g. with one from [`load_vae`]); its latent channels must match.
@@ -424,6 +473,7 @@ fn load_text_encoder(
     tokenizer_component: &str,
     default_pad: PadStyle,
     options: &LoadOptions,
+    lora: (&[(LoraFile, f32)], LoraTarget, &mut Vec<String>),
 ) -> Result<TextEncoderPart> {
     let tokenizer_dir = folder.root().join(tokenizer_component);
     let (tokenizer, pad_style) = if tokenizer_dir.is_dir() {
@@ -438,6 +488,9 @@ fn load_text_encoder(
         .component_class(component)
         .map_or("CLIPTextModel", |c| c.class.as_str());
     let weights = folder.open_weights(component, options.variant.as_deref())?;
+    let (networks, target, warnings) = lora;
+    let (weights, unmatched) = attach_networks(weights, networks, target)?;
+    warnings.extend(unmatched);
     let vb = options.precision().var_builder(weights, &options.device);
     let model = ClipTextModel::from_class(vb, &config, class)?;
     Ok(TextEncoderPart {

@@ -23,16 +23,20 @@ pub enum RngKind {
     /// `torch.Generator("cpu")`: the same seed gives diffusers' CPU-generator images.
     #[default]
     Cpu,
+    /// torch's CUDA Philox `randn`, computed on the CPU: AUTOMATIC1111's default "GPU" noise
+    /// on NVIDIA cards (its "NV" option elsewhere).
+    Cuda,
 }
 
 impl RngKind {
     /// Every name [`RngKind::from_str`] accepts.
-    pub const NAMES: &'static [&'static str] = &["cpu"];
+    pub const NAMES: &'static [&'static str] = &["cpu", "cuda"];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             RngKind::Cpu => "cpu",
+            RngKind::Cuda => "cuda",
         }
     }
 
@@ -40,6 +44,7 @@ impl RngKind {
     pub fn a1111_name(self) -> &'static str {
         match self {
             RngKind::Cpu => "CPU",
+            RngKind::Cuda => "NV",
         }
     }
 }
@@ -50,6 +55,8 @@ impl FromStr for RngKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(RngKind::Cpu),
+            // A1111 writes "NV" for its CPU copy of the CUDA stream and "GPU" for the device's.
+            "cuda" | "nv" | "gpu" | "philox" => Ok(RngKind::Cuda),
             _ => Err(Error::Unsupported {
                 what: "rng",
                 value: s.to_string(),
