@@ -10,6 +10,7 @@ pub mod image;
 pub mod loading;
 pub mod nn;
 pub mod pipeline;
+pub mod prompt;
 pub mod rng;
 pub mod scheduler;
 pub mod text_encoder;

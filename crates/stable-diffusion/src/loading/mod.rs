@@ -6,6 +6,7 @@
 //! config and weights in a diffusers pipeline folder.
 
 mod diffusers;
+pub mod embeddings;
 mod keys;
 mod recorder;
 mod weights;

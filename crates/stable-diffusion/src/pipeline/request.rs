@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::prompt::PromptSyntax;
 use crate::scheduler::{SamplerKind, SigmaSchedule};
 use crate::{Error, Result};
 
@@ -101,6 +102,10 @@ pub struct GenerationRequest {
     pub aesthetic_score: f64,
     /// The aesthetic score of the unconditional pass.
     pub negative_aesthetic_score: f64,
+    /// How the prompts are read: diffusers' plain text, or A1111's syntax.
+    pub prompt_syntax: PromptSyntax,
+    /// A1111's clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ...
+    pub clip_skip: usize,
 }
 
 /// The refiner switch point when none is given (AUTOMATIC1111's and diffusers' examples).
@@ -128,6 +133,8 @@ impl Default for GenerationRequest {
             refiner_switch: DEFAULT_REFINER_SWITCH,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
+            prompt_syntax: PromptSyntax::Plain,
+            clip_skip: 1,
         }
     }
 }
@@ -222,6 +229,12 @@ impl GenerationRequest {
                     format!("{value} is not a finite number"),
                 ));
             }
+        }
+        if self.clip_skip == 0 {
+            return Err(Error::invalid(
+                "clip skip",
+                "0 is not allowed: 1 is the last layer, 2 the penultimate, ...",
+            ));
         }
         if self.init_image.is_some() && self.effective_steps() == 0 {
             return Err(Error::invalid(
