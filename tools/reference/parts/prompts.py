@@ -197,7 +197,7 @@ BASE = dict(
 
 PIPELINE_CASES = [
     dict(BASE, name="clip_skip2", clip_skip=2, sampler="ddim"),
-    dict(BASE, name="clip_skip3_euler_a", clip_skip=3),
+    dict(BASE, name="clip_skip3_euler_a_cfg1", clip_skip=3, cfg_scale=1.0, negative_prompt=""),
     dict(BASE, name="ti_single", ti="single", prompt="a red tisingle circle on a blue background"),
     dict(BASE, name="ti_multi", ti="multi", prompt="a tivec circle on a blue background, tivec", sampler="ddim"),
 ]
@@ -223,6 +223,8 @@ def args_for(c) -> list:
         "--steps", str(c["steps"]), "--cfg-scale", str(c["cfg_scale"]),
         "--sampler", c["sampler"], "--seed", str(c["seed"]),
     ]
+    if not c["negative_prompt"]:
+        args = args[:2] + args[4:]
     if c.get("clip_skip"):
         args += ["--clip-skip", str(c["clip_skip"])]
     if c.get("ti"):
@@ -278,15 +280,27 @@ def make(root: Path) -> None:
             pipe.load_textual_inversion(str(path), token=token)
         kwargs = dict(
             prompt=c["prompt"],
-            negative_prompt=c["negative_prompt"],
+            negative_prompt=c["negative_prompt"] or None,
             num_inference_steps=c["steps"],
             guidance_scale=c["cfg_scale"],
             width=c["width"],
             height=c["height"],
             generator=torch.Generator("cpu").manual_seed(c["seed"]),
         )
-        if c.get("clip_skip"):
+        if c.get("clip_skip") and c["cfg_scale"] <= 1.0:
             kwargs["clip_skip"] = c["clip_skip"] - 1  # diffusers counts layers skipped
+        elif c.get("clip_skip"):
+            # diffusers applies clip_skip to the prompt only, A1111 (and sd) to the negative
+            # prompt too: hand the pipeline both embeddings, each from hidden_states[-N] + LN.
+            def embed(text):
+                ids = pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                                     return_tensors="pt").input_ids
+                with torch.no_grad():
+                    out = pipe.text_encoder(ids, output_hidden_states=True)
+                    return pipe.text_encoder.final_layer_norm(out.hidden_states[-c["clip_skip"]])
+
+            kwargs["prompt_embeds"] = embed(kwargs.pop("prompt"))
+            kwargs["negative_prompt_embeds"] = embed(kwargs.pop("negative_prompt"))
         image = pipe(**kwargs).images[0]
         image.save(out / f"{c['name']}.png")
         cases.append(dict(c, args=args_for(c), image=f"{c['name']}.png"))
