@@ -12,11 +12,13 @@ use stable_diffusion::image::{
     fit_image, format_float, image_to_tensor, load_image, read_parameters, save_png_with_infotext,
     InfoText, Resize,
 };
+use stable_diffusion::loading::embeddings::TextualInversion;
 use stable_diffusion::loading::{lora_tags, LoraFile, LoraSpec};
 use stable_diffusion::pipeline::{
     load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, HiresFix, Inputs,
     LoadOptions, Progress, RngKind, StableDiffusion,
 };
+use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
 
 use crate::UsageError;
@@ -139,6 +141,19 @@ pub struct GenerateArgs {
     /// Output PNG file; with N > 1 images, STEM-0.png ... STEM-(N-1).png beside it.
     #[arg(long, short, default_value = "output.png")]
     output: PathBuf,
+    /// How prompts are read: plain (diffusers: literal text, cut at 77 tokens) or a1111
+    /// ((word:1.2) emphasis, BREAK, <lora:...> tags, any length) [default: plain].
+    #[arg(long, value_name = "SYNTAX")]
+    prompt_syntax: Option<String>,
+    /// Clip skip, as AUTOMATIC1111 counts: 1 = the text encoder's last layer, 2 = the penultimate [default: 1].
+    #[arg(long, value_name = "N")]
+    clip_skip: Option<usize>,
+    /// A textual-inversion embedding (.safetensors) whose file name, written in a prompt, stands for its vectors; repeatable.
+    #[arg(long, value_name = "PATH")]
+    embedding: Vec<PathBuf>,
+    /// A folder of embeddings; those whose name appears in a prompt are loaded.
+    #[arg(long, value_name = "DIR")]
+    embeddings_dir: Option<PathBuf>,
     /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
     #[arg(long, value_name = "FILE.png")]
     from_png: Option<PathBuf>,
@@ -267,7 +282,48 @@ fn build_request(
         .sampler_options
         .resolve_flavor(request.sampler, request.schedule)
         .map_err(as_usage)?;
+    if let Some(v) = &args.prompt_syntax {
+        request.prompt_syntax = v.parse::<PromptSyntax>().map_err(as_usage)?;
+    }
+    if let Some(v) = args.clip_skip {
+        request.clip_skip = v;
+    }
     Ok(request)
+}
+
+/// The embeddings to load: every `--embedding`, and those of `--embeddings-dir` whose name
+/// appears in the prompt or the negative prompt.
+fn embedding_files(args: &GenerateArgs, request: &GenerationRequest) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in &args.embedding {
+        if !path.is_file() {
+            return Err(usage(format!("embedding not found: {}", path.display())));
+        }
+        files.push(path.clone());
+    }
+    if let Some(dir) = &args.embeddings_dir {
+        if !dir.is_dir() {
+            return Err(usage(format!(
+                "embeddings folder not found: {}",
+                dir.display()
+            )));
+        }
+        for path in TextualInversion::files_in(dir).map_err(as_usage)? {
+            let used = match TextualInversion::name_of(&path) {
+                Some(name) => {
+                    request.prompt.contains(&name) || request.negative_prompt.contains(&name)
+                }
+                None => true,
+            };
+            let given = files
+                .iter()
+                .any(|f| TextualInversion::name_of(f) == TextualInversion::name_of(&path));
+            if used && !given {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// A seed for runs that name none: below 2^32, as AUTOMATIC1111 shows them.
@@ -479,6 +535,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             let (vae, dtype) = load()?;
             refiner = Some(r.with_vae(vae, dtype).map_err(as_usage)?);
         }
+    }
+    for path in embedding_files(&args, &request)? {
+        let embedding = TextualInversion::load(&path).map_err(as_usage)?;
+        model.add_embedding(&embedding).map_err(as_usage)?;
     }
     if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
         request.width = model.native_size();

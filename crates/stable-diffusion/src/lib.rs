@@ -12,6 +12,7 @@ pub mod loading;
 pub mod model_family;
 pub mod nn;
 pub mod pipeline;
+pub mod prompt;
 pub mod rng;
 pub mod scheduler;
 pub mod shapes;

@@ -9,6 +9,7 @@
 
 mod ckpt;
 mod diffusers;
+pub mod embeddings;
 mod keys;
 pub mod ldm;
 mod lora;

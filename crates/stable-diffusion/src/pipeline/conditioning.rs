@@ -13,14 +13,21 @@ use candle_core::{DType, Tensor};
 
 use super::model::{StableDiffusion, TextEncoderPart};
 use super::GenerationRequest;
+use crate::loading::embeddings::TextualInversion;
+use crate::prompt::emphasis::apply_emphasis;
+use crate::prompt::{
+    chunk_tokens, extract_extra_networks, parse_attention, PromptChunk, PromptSyntax,
+    WeightedTokens, COMMA_BACKTRACK,
+};
 use crate::text_encoder::HiddenLayer;
+use crate::tokenizer::ClipTokenizer;
 use crate::unet::AddedConditions;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The embeddings of one prompt.
 #[derive(Debug, Clone)]
 pub struct PromptEmbedding {
-    /// Per-token context, `(1, 77, context_dim)`.
+    /// Per-token context, `(1, 77·chunks, context_dim)`.
     pub context: Tensor,
     /// SDXL's pooled text embedding, `(1, pooled_dim)`.
     pub pooled: Option<Tensor>,
@@ -40,52 +47,255 @@ impl PromptEmbedding {
 /// unconditional half comes first.
 #[derive(Debug, Clone)]
 pub struct Conditioning {
-    /// `(batch or 2·batch, 77, context_dim)`, in the compute dtype.
+    /// `(batch or 2·batch, 77·chunks, context_dim)`, in the compute dtype.
     pub context: Tensor,
     /// SDXL's pooled text and time ids, batched like `context`.
     pub added: Option<AddedConditions>,
 }
 
-/// Encodes `prompt` with one encoder, returning the chosen hidden state and `text_embeds`.
-fn encode_with(
+/// How prompts are turned into tokens and which hidden layer is used: everything of a
+/// request that the text encoders depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Plain (diffusers) or A1111 syntax.
+    pub syntax: PromptSyntax,
+    /// A1111's clip skip: 1 = the last layer, 2 = the penultimate, ...
+    pub clip_skip: usize,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        Self {
+            syntax: PromptSyntax::Plain,
+            clip_skip: 1,
+        }
+    }
+}
+
+impl TextOptions {
+    /// The options of a request.
+    pub fn of(request: &GenerationRequest) -> Self {
+        Self {
+            syntax: request.prompt_syntax,
+            clip_skip: request.clip_skip.max(1),
+        }
+    }
+}
+
+/// Encodes padded `(1, 77)` windows with one encoder: the chosen hidden states, weighted
+/// (A1111 emphasis) and joined along the sequence axis, and `text_embeds` of the first window.
+fn encode_windows(
     part: &TextEncoderPart,
-    prompt: &str,
+    windows: &[(Vec<u32>, Vec<f64>)],
     layer: HiddenLayer,
     device: &candle_core::Device,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let max_len = part.tokenizer.max_len();
-    let ids = part
-        .tokenizer
-        .encode_padded(prompt, max_len, part.pad_style)?;
-    let ids = Tensor::from_vec(ids, (1, max_len), device)?;
-    let output = part.model.forward(&ids, layer)?;
-    Ok((output.hidden, output.text_embeds))
+    let mut contexts = Vec::with_capacity(windows.len());
+    let mut pooled = None;
+    for (i, (ids, weights)) in windows.iter().enumerate() {
+        let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), device)?;
+        let output = part.model.forward(&ids, layer)?;
+        contexts.push(apply_emphasis(&output.hidden, weights)?); // (1, 77, d)
+        if i == 0 {
+            pooled = output.text_embeds;
+        }
+    }
+    Ok((Tensor::cat(&contexts, 1)?, pooled))
+}
+
+/// The 77-token windows of `prompt` for one encoder, with their weights. Plain syntax: one
+/// window, cut at 75 tokens, all weights 1. A1111 syntax: see [`crate::prompt`]; at least
+/// `min_chunks` windows (empty ones added at the end).
+fn prompt_windows(
+    part: &TextEncoderPart,
+    prompt: &str,
+    syntax: PromptSyntax,
+    min_chunks: usize,
+) -> Result<Vec<(Vec<u32>, Vec<f64>)>> {
+    let window = part.tokenizer.max_len();
+    let pad = part.pad_style;
+    let mut chunks = match syntax {
+        PromptSyntax::Plain => {
+            let content: Vec<u32> = part
+                .tokenizer
+                .encode_content(prompt, pad)?
+                .into_iter()
+                .flat_map(|id| expand(&part.tokenizer, id))
+                .collect();
+            let ids = part.tokenizer.wrap_and_pad(&content, window, pad)?;
+            return Ok(vec![(ids, vec![1.0; window])]);
+        }
+        PromptSyntax::A1111 => {
+            let (text, _networks) = extract_extra_networks(prompt);
+            let mut pieces = Vec::new();
+            for piece in parse_attention(&text) {
+                if piece.is_break() {
+                    pieces.push(WeightedTokens::Break);
+                    continue;
+                }
+                let ids = part.tokenizer.encode_content(&piece.text, pad)?;
+                pieces.push(WeightedTokens::Tokens {
+                    units: ids
+                        .into_iter()
+                        .map(|id| expand(&part.tokenizer, id))
+                        .collect(),
+                    weight: piece.weight,
+                });
+            }
+            let comma = part.tokenizer.token_to_id(",</w>");
+            chunk_tokens(&pieces, window - 2, comma, COMMA_BACKTRACK)
+        }
+    };
+    while chunks.len() < min_chunks {
+        chunks.push(PromptChunk::default());
+    }
+    chunks
+        .iter()
+        .map(|chunk| {
+            let ids = part.tokenizer.wrap_and_pad(&chunk.tokens, window, pad)?;
+            Ok((ids, chunk.window_weights(window)))
+        })
+        .collect()
+}
+
+/// The ids an id stands for: an embedding's vectors, or itself.
+fn expand(tokenizer: &ClipTokenizer, id: u32) -> Vec<u32> {
+    tokenizer
+        .embedding_ids(id)
+        .map(<[u32]>::to_vec)
+        .unwrap_or_else(|| vec![id])
+}
+
+/// Adds an embedding's vectors to one encoder: its tokenizer learns the name, its token table
+/// the vectors.
+fn add_embedding_to(
+    part: &mut TextEncoderPart,
+    name: &str,
+    vectors: &Tensor,
+    path: &std::path::Path,
+    encoder: &str,
+) -> Result<()> {
+    let (count, width) = vectors.dims2()?;
+    let expected = part.model.config().hidden_size;
+    if width != expected {
+        return Err(Error::invalid(
+            "embedding",
+            format!(
+                "{}: the vectors are {width} wide, but {encoder} is {expected} wide (an embedding for another model family?)",
+                path.display()
+            ),
+        ));
+    }
+    let first_free = part.model.config().vocab_size;
+    let mut tokenizer = part.tokenizer.clone();
+    let ids = tokenizer.add_embedding(name, count)?;
+    if ids[0] as usize != first_free {
+        return Err(Error::invalid(
+            "embedding",
+            format!(
+                "{}: the tokenizer's next id {} is not the encoder's vocabulary size {first_free}",
+                path.display(),
+                ids[0]
+            ),
+        ));
+    }
+    part.model.append_token_embeddings(vectors)?;
+    part.tokenizer = tokenizer;
+    Ok(())
+}
+
+/// The number of 77-token windows `prompt` takes with `part`.
+fn chunk_count(part: &TextEncoderPart, prompt: &str, syntax: PromptSyntax) -> Result<usize> {
+    Ok(prompt_windows(part, prompt, syntax, 0)?.len())
 }
 
 impl StableDiffusion {
-    /// Encodes one prompt as the family does (see the module documentation).
+    /// Adds a textual-inversion embedding: its name, written in a prompt, then stands for its
+    /// vectors. SDXL needs both `clip_l` and `clip_g` vectors; other families take the single
+    /// set. A width that does not fit the text encoder is an error naming the file and both
+    /// widths.
+    pub fn add_embedding(&mut self, embedding: &TextualInversion) -> Result<()> {
+        let path = embedding.path.as_path();
+        let name = embedding.name.as_str();
+        let missing = |what: &str| {
+            Error::invalid(
+                "embedding",
+                format!("{}: no {what} vectors for this model", path.display()),
+            )
+        };
+        if self.description.family.is_sdxl() {
+            if let Some(part) = self.text_encoder.as_mut() {
+                let vectors = embedding.first.as_ref().ok_or_else(|| missing("clip_l"))?;
+                add_embedding_to(part, name, vectors, path, "text_encoder")?;
+            }
+            let second = self.text_encoder_2.as_mut().expect("checked by from_parts");
+            let vectors = embedding.second.as_ref().ok_or_else(|| missing("clip_g"))?;
+            add_embedding_to(second, name, vectors, path, "text_encoder_2")?;
+        } else {
+            let part = self.text_encoder.as_mut().expect("checked by from_parts");
+            let vectors = embedding.first.as_ref().ok_or_else(|| missing("clip_l"))?;
+            add_embedding_to(part, name, vectors, path, "text_encoder")?;
+        }
+        Ok(())
+    }
+
+    /// Encodes one prompt as the family does (see the module documentation), in diffusers'
+    /// plain syntax with the last layer.
     pub fn encode_prompt(&self, prompt: &str) -> Result<PromptEmbedding> {
+        self.encode_prompt_with(prompt, TextOptions::default(), 0)
+    }
+
+    /// Encodes one prompt with `options`, in at least `min_chunks` windows of 77 tokens (A1111
+    /// syntax pads with empty chunks; plain syntax always gives one window).
+    pub fn encode_prompt_with(
+        &self,
+        prompt: &str,
+        options: TextOptions,
+        min_chunks: usize,
+    ) -> Result<PromptEmbedding> {
+        let skip = options.clip_skip.max(1) - 1;
         if !self.description.family.is_sdxl() {
             let part = self.text_encoder.as_ref().expect("checked by from_parts");
-            let (context, _) = encode_with(part, prompt, HiddenLayer::LAST, &self.device)?;
+            let windows = prompt_windows(part, prompt, options.syntax, min_chunks)?;
+            let layer = HiddenLayer::clip_skip(skip);
+            let (context, _) = encode_windows(part, &windows, layer, &self.device)?;
             return Ok(PromptEmbedding {
                 context,
                 pooled: None,
             });
         }
-        // SDXL: the penultimate layer, without the final layer norm, of each encoder.
-        let layer = HiddenLayer::sdxl(0);
+        // SDXL: the penultimate layer, without the final layer norm, of each encoder; both
+        // encoders get the same number of windows.
+        let layer = HiddenLayer::sdxl(skip);
+        let second = self.text_encoder_2.as_ref().expect("checked by from_parts");
+        let mut chunks = min_chunks.max(chunk_count(second, prompt, options.syntax)?);
+        if let Some(part) = &self.text_encoder {
+            chunks = chunks.max(chunk_count(part, prompt, options.syntax)?);
+        }
         let mut contexts = Vec::with_capacity(2);
         if let Some(part) = &self.text_encoder {
-            contexts.push(encode_with(part, prompt, layer, &self.device)?.0);
+            let windows = prompt_windows(part, prompt, options.syntax, chunks)?;
+            contexts.push(encode_windows(part, &windows, layer, &self.device)?.0);
         }
-        let second = self.text_encoder_2.as_ref().expect("checked by from_parts");
-        let (context, pooled) = encode_with(second, prompt, layer, &self.device)?;
+        let windows = prompt_windows(second, prompt, options.syntax, chunks)?;
+        let (context, pooled) = encode_windows(second, &windows, layer, &self.device)?;
         contexts.push(context);
         Ok(PromptEmbedding {
             context: Tensor::cat(&contexts, 2)?,
             pooled,
         })
+    }
+
+    /// The number of 77-token windows a prompt takes (the most over the model's encoders).
+    pub fn prompt_chunk_count(&self, prompt: &str, syntax: PromptSyntax) -> Result<usize> {
+        let mut count = 1;
+        for part in [&self.text_encoder, &self.text_encoder_2]
+            .into_iter()
+            .flatten()
+        {
+            count = count.max(chunk_count(part, prompt, syntax)?);
+        }
+        Ok(count)
     }
 
     /// SDXL's micro-conditioning ids for an image of `height` x `width`: the original size,
@@ -119,14 +329,23 @@ impl StableDiffusion {
     /// batch, and for SDXL the pooled text and time ids.
     pub fn conditioning(&self, request: &GenerationRequest) -> Result<Conditioning> {
         let batch = request.batch_size;
-        let cond = self.encode_prompt(&request.prompt)?;
+        let options = TextOptions::of(request);
+        // A1111 gives the prompt and the negative prompt the same number of chunks, adding
+        // empty ones to the shorter.
+        let chunks = if request.uses_cfg() {
+            self.prompt_chunk_count(&request.prompt, options.syntax)?
+                .max(self.prompt_chunk_count(&request.negative_prompt, options.syntax)?)
+        } else {
+            1
+        };
+        let cond = self.encode_prompt_with(&request.prompt, options, chunks)?;
         let uncond = if request.uses_cfg() {
             let zeros =
                 request.negative_prompt.is_empty() && self.description.force_zeros_for_empty_prompt;
             Some(if zeros {
                 cond.zeros_like()?
             } else {
-                self.encode_prompt(&request.negative_prompt)?
+                self.encode_prompt_with(&request.negative_prompt, options, chunks)?
             })
         } else {
             None

@@ -30,6 +30,9 @@ impl GenerationRequest {
         if self.init_image.is_some() {
             info.push("Denoising strength", format_float(self.strength));
         }
+        if self.clip_skip > 1 {
+            info.push("Clip skip", self.clip_skip);
+        }
         info.push("RNG", self.rng.a1111_name());
         if let Some(refiner) = &self.refiner {
             info.push("Refiner", super::model::model_name(refiner));
@@ -135,6 +138,9 @@ impl GenerationRequest {
         options.sdxl = info.get("AYS table") == Some("SDXL");
         if let Some(v) = info.get("Schedule type") {
             request.schedule = v.parse()?;
+        }
+        if let Some(v) = info.get("Clip skip") {
+            request.clip_skip = number("Clip skip", v)?;
         }
         if let Some(v) = info.get("CFG scale") {
             request.cfg_scale = number("CFG scale", v)?;

@@ -24,7 +24,7 @@ mod precision;
 pub mod refiner;
 mod request;
 
-pub use conditioning::{Conditioning, PromptEmbedding};
+pub use conditioning::{Conditioning, PromptEmbedding, TextOptions};
 pub use denoise::Inputs;
 pub use family::{ModelDescription, ModelFamily};
 pub use hires::HiresFix;

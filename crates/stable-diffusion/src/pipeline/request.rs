@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::prompt::PromptSyntax;
 use crate::scheduler::{SamplerKind, SamplerOptions, SigmaSchedule};
 use crate::{Error, Result};
 
@@ -110,6 +111,10 @@ pub struct GenerationRequest {
     pub negative_aesthetic_score: f64,
     /// Sampler settings beyond DDIM's eta: flavor, noise scales, churn, custom sigmas.
     pub sampler_options: SamplerOptions,
+    /// How the prompts are read: diffusers' plain text, or A1111's syntax.
+    pub prompt_syntax: PromptSyntax,
+    /// A1111's clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ...
+    pub clip_skip: usize,
 }
 
 /// The refiner switch point when none is given (AUTOMATIC1111's and diffusers' examples).
@@ -138,6 +143,8 @@ impl Default for GenerationRequest {
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
             sampler_options: SamplerOptions::default(),
+            prompt_syntax: PromptSyntax::Plain,
+            clip_skip: 1,
         }
     }
 }
@@ -242,6 +249,12 @@ impl GenerationRequest {
                     format!("{value} is not a finite number"),
                 ));
             }
+        }
+        if self.clip_skip == 0 {
+            return Err(Error::invalid(
+                "clip skip",
+                "0 is not allowed: 1 is the last layer, 2 the penultimate, ...",
+            ));
         }
         if self.init_image.is_some() && self.effective_steps() == 0 {
             return Err(Error::invalid(

@@ -253,6 +253,16 @@ impl ClipTextModel {
         &self.config
     }
 
+    /// Appends rows to the token embedding (textual inversion): `rows` `(n, hidden)` get the ids
+    /// `vocab_size..vocab_size + n`, and the vocabulary grows by `n`.
+    pub fn append_token_embeddings(&mut self, rows: &Tensor) -> Result<()> {
+        let table = &self.embeddings.token_embedding;
+        let rows = rows.to_dtype(table.dtype())?.to_device(table.device())?;
+        self.embeddings.token_embedding = Tensor::cat(&[table, &rows], 0)?;
+        self.config.vocab_size += rows.dim(0)?;
+        Ok(())
+    }
+
     /// Whether the model has `text_projection` (and so gives `text_embeds`).
     pub fn has_projection(&self) -> bool {
         self.text_projection.is_some()

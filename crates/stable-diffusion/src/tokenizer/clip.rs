@@ -33,6 +33,8 @@ pub struct ClipTokenizer {
     exclamation_id: Option<u32>,
     default_pad: PadStyle,
     max_len: usize,
+    /// Textual-inversion names: the id the name encodes to and the ids of all its vectors.
+    embeddings: Vec<(u32, Vec<u32>)>,
 }
 
 /// CLIP's word pattern: the special tokens' text, English contractions, runs of letters, single
@@ -146,6 +148,7 @@ impl ClipTokenizer {
             exclamation_id,
             default_pad,
             max_len,
+            embeddings: Vec::new(),
         })
     }
 
@@ -343,6 +346,51 @@ impl ClipTokenizer {
             special: false,
         });
         Ok(id)
+    }
+
+    /// Adds a textual-inversion embedding of `vectors` vectors named `name`: the name becomes an
+    /// added token (matched in the raw text, see [`Self::add_token`]) and the embedding gets
+    /// `vectors` new ids, the first being the name's. Returns them. A name that is already a
+    /// token of the vocabulary is refused (its id would change meaning).
+    pub fn add_embedding(&mut self, name: &str, vectors: usize) -> Result<Vec<u32>> {
+        if vectors == 0 {
+            return Err(Error::invalid(
+                "embedding",
+                format!("`{name}` has no vectors"),
+            ));
+        }
+        let loaded = self.added.iter().find(|t| t.content == name).map(|t| t.id);
+        if loaded.is_some_and(|id| self.embedding_ids(id).is_some()) {
+            return Err(Error::invalid(
+                "embedding",
+                format!("an embedding named `{name}` is already loaded"),
+            ));
+        }
+        let before = self.size;
+        let first = self.add_token(name)?;
+        if (first as usize) < before {
+            return Err(Error::invalid(
+                "embedding",
+                format!("the name `{name}` is already a token of the vocabulary (id {first})"),
+            ));
+        }
+        let mut ids = vec![first];
+        for _ in 1..vectors {
+            let id = u32::try_from(self.size)
+                .map_err(|_| Error::invalid("embedding", "the vocabulary is full"))?;
+            self.size += 1;
+            ids.push(id);
+        }
+        self.embeddings.push((first, ids.clone()));
+        Ok(ids)
+    }
+
+    /// The ids of the embedding whose name encodes to `id`, if it is one.
+    pub fn embedding_ids(&self, id: u32) -> Option<&[u32]> {
+        self.embeddings
+            .iter()
+            .find(|(first, _)| *first == id)
+            .map(|(_, ids)| ids.as_slice())
     }
 
     /// The number of ids, added tokens included (49408 for CLIP's vocabulary).

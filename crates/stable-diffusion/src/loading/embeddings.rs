@@ -1,0 +1,141 @@
+//! Textual-inversion embeddings: learned token vectors, used by writing the embedding's name in
+//! a prompt.
+//!
+//! Formats read (safetensors):
+//! - AUTOMATIC1111: `emb_params`, `(vectors, width)` or `(width)`;
+//! - SDXL (A1111 / kohya): `clip_l` `(vectors, 768)` for the first text encoder and `clip_g`
+//!   `(vectors, 1280)` for the second;
+//! - diffusers' `learned_embeds.safetensors`: one tensor named after its token.
+//!
+//! The name is the file's stem (as A1111 names embeddings), except for diffusers' files called
+//! `learned_embeds`, named after their token. `.pt` files (pickles) are not read yet.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::SafetensorsFile;
+use crate::{Error, Result};
+
+/// One textual-inversion embedding.
+#[derive(Debug, Clone)]
+pub struct TextualInversion {
+    /// The word that stands for it in prompts.
+    pub name: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Vectors for a single-encoder model (SD 1.x/2.x) or SDXL's first encoder, `(n, width)`.
+    pub first: Option<Tensor>,
+    /// Vectors for SDXL's second encoder (`clip_g`), `(n, width)`.
+    pub second: Option<Tensor>,
+}
+
+impl TextualInversion {
+    /// Reads an embedding file (see the module documentation for the formats).
+    pub fn load(path: &Path) -> Result<Self> {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if extension != "safetensors" {
+            return Err(Error::Unsupported {
+                what: "embedding file type",
+                value: format!("{} ({})", extension, path.display()),
+                valid: vec!["safetensors".into()],
+            });
+        }
+        let file = SafetensorsFile::open(path)?;
+        let names: Vec<String> = file.names().map(str::to_string).collect();
+        let read = |name: &str| -> Result<Tensor> {
+            let tensor =
+                file.load(name, DType::F32, &Device::Cpu)?
+                    .ok_or_else(|| Error::MissingTensor {
+                        name: name.to_string(),
+                        location: path.display().to_string(),
+                    })?;
+            as_vectors(tensor, path, name)
+        };
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        let mut name = stem.clone();
+        let (first, second) = if names.iter().any(|n| n == "clip_l" || n == "clip_g") {
+            let has = |n: &str| names.iter().any(|x| x == n);
+            (
+                has("clip_l").then(|| read("clip_l")).transpose()?,
+                has("clip_g").then(|| read("clip_g")).transpose()?,
+            )
+        } else if names.iter().any(|n| n == "emb_params") {
+            (Some(read("emb_params")?), None)
+        } else if let [token] = names.as_slice() {
+            if stem == "learned_embeds" {
+                name = token.clone();
+            }
+            (Some(read(token)?), None)
+        } else {
+            return Err(Error::invalid(
+                "embedding",
+                format!(
+                    "{}: no `emb_params`, `clip_l`/`clip_g` or single token tensor (found {})",
+                    path.display(),
+                    names.join(", ")
+                ),
+            ));
+        };
+        if name.is_empty() {
+            return Err(Error::invalid(
+                "embedding",
+                format!("{}: cannot name the embedding", path.display()),
+            ));
+        }
+        Ok(Self {
+            name,
+            path: path.to_path_buf(),
+            first,
+            second,
+        })
+    }
+
+    /// The embedding files in `dir` (`.safetensors`), sorted by name.
+    pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            let is_embedding = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+            if path.is_file() && is_embedding {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// The name an embedding file will get, from its path alone (diffusers' `learned_embeds`
+    /// files are named by their content, so they give `None`).
+    pub fn name_of(path: &Path) -> Option<String> {
+        let stem = path.file_stem()?.to_str()?;
+        (stem != "learned_embeds").then(|| stem.to_string())
+    }
+}
+
+/// `(width)` or `(n, width)` → `(n, width)`; anything else is an error naming the tensor.
+fn as_vectors(tensor: Tensor, path: &Path, name: &str) -> Result<Tensor> {
+    match tensor.dims() {
+        [width] => Ok(tensor.reshape((1, *width))?),
+        [_, _] => Ok(tensor),
+        dims => Err(Error::invalid(
+            "embedding",
+            format!(
+                "{}: tensor `{name}` has shape {dims:?}, expected (vectors, width)",
+                path.display()
+            ),
+        )),
+    }
+}
