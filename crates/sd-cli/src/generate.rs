@@ -649,9 +649,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .collect::<stable_diffusion::Result<Vec<_>>>()?
         .join(", ");
 
-    // 4. Write the PNGs, each atomically, with the parameters that re-create it.
+    // 4. Write the PNGs, each atomically, with the parameters that re-create it. A1111's
+    // model hash is known for single files (cached after the first run), not for folders.
+    let model_hash = stable_diffusion::loading::model_hash(&model_path).unwrap_or_else(|e| {
+        eprintln!("warning: cannot hash the model for the infotext: {e}");
+        None
+    });
     for (index, (image, path)) in generation.images.iter().zip(&outputs).enumerate() {
-        let mut info = request.to_infotext(&model.name(), None, index);
+        let mut info = request.to_infotext(&model.name(), model_hash.as_deref(), index);
         if !lora_hashes.is_empty() {
             info.push("Lora hashes", &lora_hashes);
         }

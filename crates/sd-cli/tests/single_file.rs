@@ -105,3 +105,51 @@ fn bad_overrides_exit_2_listing_the_valid_values() {
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
     }
 }
+
+#[test]
+fn infotext_of_a_single_file_carries_a1111_model_hash() {
+    let dir = scratch("hash");
+    let cache = dir.join("cache");
+    let file = fixtures().join("single_file/tiny_sd15.safetensors");
+    let folder = fixtures().join("models/tiny-sd15");
+    let output = dir.join("hashed.png");
+    let run = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .env("SD_CACHE_DIR", &cache)
+        .args([
+            "generate",
+            "--model",
+            file.to_str().unwrap(),
+            "--config",
+            folder.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "1",
+            "--seed",
+            "3",
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let expected = stable_diffusion::loading::sha256_file(&file).unwrap();
+    let info = sd(&["info", output.to_str().unwrap()]);
+    let text = String::from_utf8(info.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "Model hash: {}, Model: tiny_sd15",
+            &expected[..10]
+        )),
+        "{text}"
+    );
+    assert!(cache.join("hashes.json").is_file(), "the hash is cached");
+}

@@ -10,6 +10,7 @@
 mod ckpt;
 mod diffusers;
 pub mod embeddings;
+mod hash;
 mod keys;
 pub mod ldm;
 mod lora;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 pub use ckpt::CkptFile;
 pub use diffusers::{ComponentClass, DiffusersFolder};
+pub use hash::{model_hash, sha256_file};
 pub use keys::{key_map_for_class, KeyMap, Source};
 pub use lora::{
     attach_networks, lora_tags, open_networks, LoraFile, LoraMatch, LoraPatches, LoraSpec,
