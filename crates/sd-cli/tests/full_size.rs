@@ -160,6 +160,6 @@ fn full_size_sdxl_base_single_file_generates() {
 fn full_size_sdxl_refiner_single_file_generates() {
     one_step(
         "ldm_sdxl_refiner",
-        &["--init-image", "init.png", "--strength", "0.5"],
+        &["--init-image", "init.png", "--strength", "1"],
     );
 }
