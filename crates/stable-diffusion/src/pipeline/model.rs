@@ -110,6 +110,8 @@ pub struct ModelParts {
     pub device: Device,
     /// The compute dtype of the UNet and text encoders.
     pub compute_dtype: DType,
+    /// LoRA keys that matched no weight (A1111 warns about these and goes on).
+    pub lora_warnings: Vec<String>,
 }
 
 /// A loaded Stable Diffusion model, ready to generate.
@@ -196,7 +198,7 @@ impl StableDiffusion {
             scheduler_config: parts.scheduler_config,
             device: parts.device,
             dtype: parts.compute_dtype,
-            lora_warnings: Vec::new(),
+            lora_warnings: parts.lora_warnings,
         })
     }
 
@@ -219,11 +221,7 @@ impl StableDiffusion {
         let variant = options.variant.as_deref();
         let precision = options.precision();
         let device = &options.device;
-        let networks = open_networks(&options.loras)?;
-        let mut lora_warnings: Vec<String> = networks
-            .iter()
-            .flat_map(|(n, _)| n.unclaimed_keys())
-            .collect();
+        let (networks, mut lora_warnings) = open_loras(&options.loras)?;
         let text_encoder = if family.has_first_text_encoder() {
             Some(load_text_encoder(
                 &folder,
@@ -267,7 +265,7 @@ impl StableDiffusion {
         if let Some(prediction) = options.prediction {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
-        let model = Self::from_parts(ModelParts {
+        Self::from_parts(ModelParts {
             description,
             path: path.to_path_buf(),
             text_encoder,
@@ -278,10 +276,7 @@ impl StableDiffusion {
             scheduler_config,
             device: device.clone(),
             compute_dtype: options.compute_dtype,
-        })?;
-        Ok(Self {
             lora_warnings,
-            ..model
         })
     }
 
@@ -294,11 +289,7 @@ impl StableDiffusion {
             prediction: options.prediction,
         };
         let checkpoint = SingleFileCheckpoint::open_with(path, &detect)?;
-        let networks = open_networks(&options.loras)?;
-        let mut lora_warnings: Vec<String> = networks
-            .iter()
-            .flat_map(|(n, _)| n.unclaimed_keys())
-            .collect();
+        let (networks, mut lora_warnings) = open_loras(&options.loras)?;
         let mut component_weights = |component: &str, target: LoraTarget| -> Result<Weights> {
             let (weights, unmatched) =
                 attach_networks(checkpoint.component_weights(component)?, &networks, target)?;
@@ -358,7 +349,7 @@ impl StableDiffusion {
         if let Some(prediction) = options.prediction {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
-        let model = Self::from_parts(ModelParts {
+        Self::from_parts(ModelParts {
             description,
             path: path.to_path_buf(),
             text_encoder,
@@ -369,10 +360,7 @@ impl StableDiffusion {
             scheduler_config,
             device: device.clone(),
             compute_dtype: options.compute_dtype,
-        })?;
-        Ok(Self {
             lora_warnings,
-            ..model
         })
     }
 
@@ -456,6 +444,19 @@ impl StableDiffusion {
         };
         latent_size * self.spatial_factor()
     }
+}
+
+/// Opened LoRA networks with their multipliers.
+type Networks = Vec<(LoraFile, f32)>;
+
+/// Opens the LoRA networks to merge, with the warnings for their keys that no module claims.
+fn open_loras(specs: &[LoraSpec]) -> Result<(Networks, Vec<String>)> {
+    let networks = open_networks(specs)?;
+    let warnings = networks
+        .iter()
+        .flat_map(|(n, _)| n.unclaimed_keys())
+        .collect();
+    Ok((networks, warnings))
 }
 
 /// A1111's model name: the file or folder name without extension.
