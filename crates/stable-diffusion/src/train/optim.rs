@@ -63,7 +63,9 @@ impl AdamW {
         self.vars
             .iter()
             .map(|var| match grads.get(var.as_tensor()) {
-                Some(g) => Ok(g.clone()),
+                // Detached: a gradient computed from variables records its own graph, and
+                // moments built from it would otherwise keep every step's graph alive.
+                Some(g) => Ok(g.detach()),
                 None => Ok(var.zeros_like()?),
             })
             .collect()
@@ -87,8 +89,8 @@ impl AdamW {
                 theta.clone()
             };
             var.set(&(decayed - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -124,7 +126,7 @@ impl Ema {
     pub fn new(vars: &[Var], decay: f64) -> Result<Self> {
         let weights = vars
             .iter()
-            .map(|v| v.as_tensor().copy())
+            .map(|v| v.as_tensor().detach().copy())
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { weights, decay })
     }
@@ -133,7 +135,7 @@ impl Ema {
     pub fn update(&mut self, vars: &[Var], t: usize) -> Result<()> {
         let decay = self.decay.min((1.0 + t as f64) / (10.0 + t as f64));
         for (avg, var) in self.weights.iter_mut().zip(vars) {
-            *avg = ((&*avg * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?;
+            *avg = ((&*avg * decay)? + (var.as_tensor().detach() * (1.0 - decay))?)?.detach();
         }
         Ok(())
     }
