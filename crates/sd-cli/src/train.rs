@@ -239,6 +239,9 @@ pub struct EvalArgs {
     /// Folder to write every image and `report.json` into.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write all images as one PNG grid (8 per row, in caption order) to this file.
+    #[arg(long)]
+    grid: Option<PathBuf>,
 }
 
 /// Runs `sd eval`.
@@ -277,8 +280,12 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     }
     let out = args.out.clone();
     let mut write_error = None;
+    let mut images = Vec::new();
     let report = evaluate(&model, &scenes, &options, &mut |i, scene, image, _| {
         bar.set_position(i as u64 + 1);
+        if args.grid.is_some() {
+            images.push(image.clone());
+        }
         if let Some(out) = &out {
             let name = format!("{i:03}-{}.png", scene.caption().replace(' ', "_"));
             if let Err(e) = stable_diffusion::image::save_png(out.join(name), image, &[]) {
@@ -294,6 +301,15 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     }
     let report = report?;
     print!("{report}");
+    if let Some(path) = &args.grid {
+        let grid = stable_diffusion::image::grid(&images, 8);
+        stable_diffusion::image::save_png(path, &grid, &[])
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("grid: {} (8 per row):", path.display());
+        for (i, scene) in scenes.iter().enumerate() {
+            println!("  {i:3}: {}", scene.caption());
+        }
+    }
     if let Some(out) = &args.out {
         let path = out.join("report.json");
         std::fs::write(

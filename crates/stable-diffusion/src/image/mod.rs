@@ -24,6 +24,23 @@ pub use ::image::RgbImage;
 
 use crate::{Error, Result};
 
+/// Tiles images of one size into one picture, `columns` per row, row-major (an empty list
+/// gives a 1x1 black image).
+pub fn grid(images: &[RgbImage], columns: usize) -> RgbImage {
+    let (w, h) = images
+        .first()
+        .map(|i| (i.width(), i.height()))
+        .unwrap_or((1, 1));
+    let columns = columns.clamp(1, images.len().max(1));
+    let rows = images.len().div_ceil(columns).max(1) as u32;
+    let mut out = RgbImage::new(w * columns as u32, h * rows);
+    for (i, img) in images.iter().enumerate() {
+        let (x, y) = ((i % columns) as u32 * w, (i / columns) as u32 * h);
+        ::image::imageops::replace(&mut out, img, x as i64, y as i64);
+    }
+    out
+}
+
 /// Decoded images `(B, 3, H, W)`, about `[-1, 1]`, → one RGB8 image per batch entry.
 ///
 /// Matches diffusers bit for bit: `v = clamp(x · 0.5 + 0.5, 0, 1)` in f32, then

@@ -294,21 +294,6 @@ fn prepare(
     Ok((trainable, info))
 }
 
-/// Images `(n, 3, 64, 64)` tiled into one picture, `columns` per row.
-fn grid(images: &[image::RgbImage], columns: usize) -> image::RgbImage {
-    let (w, h) = images
-        .first()
-        .map(|i| (i.width(), i.height()))
-        .unwrap_or((1, 1));
-    let rows = images.len().div_ceil(columns.max(1)) as u32;
-    let mut out = image::RgbImage::new(w * columns as u32, h * rows);
-    for (i, img) in images.iter().enumerate() {
-        let (x, y) = ((i % columns) as u32 * w, (i / columns) as u32 * h);
-        image::imageops::replace(&mut out, img, x as i64, y as i64);
-    }
-    out
-}
-
 fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Control) -> Result<()> {
     let device = Device::Cpu;
     let varmap = VarMap::new();
@@ -348,7 +333,7 @@ fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Contr
         let mut all = crate::image::tensor_to_images(&images)?;
         all.extend(crate::image::tensor_to_images(&recon)?);
         let path = out_dir.join("samples").join(format!("vae-{step:06}.png"));
-        crate::image::save_png(&path, &grid(&all, 8), &[])?;
+        crate::image::save_png(&path, &crate::image::grid(&all, 8), &[])?;
         Ok(Some(TrainEvent::Samples { path }))
     };
     run_loop(
@@ -530,6 +515,6 @@ fn sample_grid(model_dir: &Path, out_dir: &Path, step: usize) -> Result<PathBuf>
     let path = out_dir
         .join("samples")
         .join(format!("diffusion-{step:06}.png"));
-    crate::image::save_png(&path, &grid(&images, 4), &[])?;
+    crate::image::save_png(&path, &crate::image::grid(&images, 4), &[])?;
     Ok(path)
 }
