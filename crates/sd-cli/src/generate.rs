@@ -20,6 +20,7 @@ use stable_diffusion::pipeline::{
 };
 use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
+use stable_diffusion::vae::VaeConfig;
 
 use crate::UsageError;
 
@@ -102,7 +103,7 @@ pub struct GenerateArgs {
     /// Where the refiner takes over, a fraction of the schedule in (0, 1) [default: 0.8].
     #[arg(long)]
     refiner_switch: Option<f64>,
-    /// A VAE to use instead of the model's (a diffusers AutoencoderKL folder).
+    /// A VAE to use instead of the model's: a diffusers AutoencoderKL folder, or a single VAE file (.safetensors/.ckpt/.pt, A1111 or diffusers names).
     #[arg(long)]
     vae: Option<PathBuf>,
     /// The dtype weights are kept in: f32, f16 or bf16 (half weights stay half in memory) [default: f32].
@@ -527,12 +528,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     if let Some(path) = &args.vae {
         // The external VAE decodes whichever model finishes the run.
-        let load =
-            || load_vae(path, &options).with_context(|| format!("loading VAE {}", path.display()));
-        let (vae, dtype) = load()?;
+        let load = |base: &VaeConfig| {
+            load_vae(path, base, &options)
+                .with_context(|| format!("loading VAE {}", path.display()))
+        };
+        let (vae, dtype) = load(model.vae().config())?;
         model = model.with_vae(vae, dtype).map_err(as_usage)?;
         if let Some(r) = refiner.take() {
-            let (vae, dtype) = load()?;
+            let (vae, dtype) = load(r.vae().config())?;
             refiner = Some(r.with_vae(vae, dtype).map_err(as_usage)?);
         }
     }
@@ -659,6 +662,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let mut info = request.to_infotext(&model.name(), model_hash.as_deref(), index);
         if !lora_hashes.is_empty() {
             info.push("Lora hashes", &lora_hashes);
+        }
+        if let Some(vae) = &args.vae {
+            // A1111 names the VAE by its file name.
+            if let Some(name) = vae.file_name() {
+                info.push("VAE", name.to_string_lossy());
+            }
         }
         if let Some(hires) = &hires {
             info.push("Denoising strength", format_float(hires.strength));

@@ -153,3 +153,93 @@ fn infotext_of_a_single_file_carries_a1111_model_hash() {
     );
     assert!(cache.join("hashes.json").is_file(), "the hash is cached");
 }
+
+/// Writes the tensors of `source` whose names start with `prefix`, with the prefix removed.
+fn write_stripped(source: &Path, prefix: &str, dest: &Path) -> usize {
+    let bytes = std::fs::read(source).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| Some((name.strip_prefix(prefix)?.to_string(), view)))
+        .collect();
+    let count = kept.len();
+    safetensors::serialize_to_file(kept, None, dest).unwrap();
+    count
+}
+
+fn pixels(path: &Path) -> Vec<u8> {
+    image::open(path).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn single_vae_files_in_ldm_or_diffusers_names_replace_the_models_vae() {
+    let dir = scratch("vae-file");
+    let folder = fixtures().join("models/tiny-sd15");
+    let run = |extra: &[&str], name: &str| {
+        let out = dir.join(name);
+        let output = generate(&folder, extra, &out);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out
+    };
+    // The VAE of the LDM single file (the same weights as the folder's), as A1111 users keep a
+    // VAE: bare `encoder.down.0…` names in a file of its own.
+    let ldm_vae = dir.join("vae-ldm.safetensors");
+    let stored = write_stripped(
+        &fixtures().join("single_file/tiny_sd15.safetensors"),
+        "first_stage_model.",
+        &ldm_vae,
+    );
+    assert!(
+        stored > 20,
+        "the fixture holds a whole VAE ({stored} tensors)"
+    );
+    let own = run(&[], "own.png");
+    let from_ldm = run(&["--vae", ldm_vae.to_str().unwrap()], "ldm.png");
+    assert!(
+        pixels(&own) == pixels(&from_ldm),
+        "the LDM-named VAE file is not the same VAE"
+    );
+    let info = String::from_utf8(sd(&["info", from_ldm.to_str().unwrap()]).stdout).unwrap();
+    assert!(info.contains("VAE: vae-ldm.safetensors"), "{info}");
+    // A pickle checkpoint that holds the VAE under `first_stage_model.` (read by the
+    // restricted reader) serves as a VAE file too.
+    let ckpt = fixtures().join("single_file/tiny_sd15_unet_vae.ckpt");
+    let from_ckpt = run(&["--vae", ckpt.to_str().unwrap()], "ckpt.png");
+    assert!(pixels(&own) == pixels(&from_ckpt));
+
+    // Another VAE: its folder, and its weights file alone (diffusers names, no config).
+    let alt = fixtures().join("models/tiny-vae-alt");
+    let alt_folder = run(&["--vae", alt.to_str().unwrap()], "alt-folder.png");
+    let alt_file = alt.join("diffusion_pytorch_model.safetensors");
+    let alt_single = run(&["--vae", alt_file.to_str().unwrap()], "alt-file.png");
+    assert!(pixels(&alt_folder) == pixels(&alt_single));
+    assert!(
+        pixels(&alt_folder) != pixels(&own),
+        "the other VAE must change the picture, or this test proves nothing"
+    );
+}
+
+#[test]
+fn a_file_without_vae_tensors_is_refused_as_vae_naming_what_it_holds() {
+    let dir = scratch("not-vae");
+    let unet_only = dir.join("unet.safetensors");
+    write_stripped(
+        &fixtures().join("single_file/tiny_sd15.safetensors"),
+        "model.diffusion_model.",
+        &unet_only,
+    );
+    let output = generate(
+        &fixtures().join("models/tiny-sd15"),
+        &["--vae", unet_only.to_str().unwrap()],
+        &dir.join("never.png"),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a VAE"), "{stderr}");
+    assert!(!dir.join("never.png").exists());
+}

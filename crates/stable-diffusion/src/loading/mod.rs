@@ -34,8 +34,8 @@ pub use lora::{
 };
 pub use recorder::record_shapes;
 pub use single_file::{
-    check_component, report_folder, ComponentReport, LoadReport, SingleFileCheckpoint,
-    TextEncoderLayout,
+    check_component, open_tensor_file, open_vae_file, report_folder, ComponentReport, LoadReport,
+    SingleFileCheckpoint, TextEncoderLayout,
 };
 pub use store::{ShapeOnlyStore, TensorStore};
 pub use weights::{SafetensorsFile, Weights};

@@ -100,6 +100,74 @@ impl LoadReport {
     }
 }
 
+/// Opens one file of tensors by its extension: a pickle checkpoint (`.ckpt`, `.pt`, `.pth`,
+/// `.bin`, through the restricted reader) or else safetensors. Also returns how many non-tensor
+/// entries the pickle held (0 for safetensors).
+pub fn open_tensor_file(path: &Path) -> Result<(Arc<dyn TensorStore>, usize)> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    Ok(match ext.as_str() {
+        "ckpt" | "pt" | "pth" | "bin" => {
+            let file = CkptFile::open(path)?;
+            let skipped = file.skipped_entries();
+            (Arc::new(file), skipped)
+        }
+        _ => (Arc::new(SafetensorsFile::open(path)?), 0),
+    })
+}
+
+/// Where a standalone VAE file keeps its LDM-named tensors: bare (`encoder.down.0…`, as in
+/// `vae-ft-mse-840000-ema-pruned`), or under a full checkpoint's VAE prefix.
+const VAE_FILE_PREFIXES: [&str; 3] = ["", "first_stage_model.", "vae."];
+
+/// Opens a standalone VAE file and serves it under diffusers' `AutoencoderKL` names.
+///
+/// Accepts the files users download for A1111 (`vae-ft-mse-840000-ema-pruned.safetensors`,
+/// `sdxl_vae.safetensors`, `.ckpt`/`.pt` with or without a `state_dict` wrapper, LDM names), a
+/// bare diffusers `diffusion_pytorch_model.safetensors`, and the VAE inside a full single-file
+/// checkpoint. Returns the weights and the number of decoder blocks they hold.
+pub fn open_vae_file(path: &Path) -> Result<(Weights, usize)> {
+    let (store, _) = open_tensor_file(path)?;
+    let raw = Weights::from_stores(vec![store])?;
+    let count_blocks = |prefixes: &[&str], block: &str| {
+        raw.names()
+            .into_iter()
+            .filter_map(|n| {
+                let rest = prefixes
+                    .iter()
+                    .find_map(|p| n.strip_prefix(p)?.strip_prefix(block))?;
+                rest.split_once('.')?.0.parse::<usize>().ok()
+            })
+            .max()
+            .map(|max| max + 1)
+    };
+    if let Some(blocks) = count_blocks(&[""], "decoder.up_blocks.") {
+        return Ok((raw, blocks));
+    }
+    let Some(blocks) = count_blocks(&VAE_FILE_PREFIXES, "decoder.up.") else {
+        let mut names = raw.names();
+        names.sort_unstable();
+        names.truncate(5);
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: format!(
+                "not a VAE: no decoder tensors under diffusers names (`decoder.up_blocks.*`) or \
+                 LDM names (`decoder.up.*`, optionally under `first_stage_model.`); it starts with {}",
+                if names.is_empty() {
+                    "no tensors at all".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        });
+    };
+    let prefixes = VAE_FILE_PREFIXES.iter().map(|p| p.to_string()).collect();
+    let map = ldm::prefixed_map(prefixes, move |n| ldm::vae_sources(n, blocks));
+    Ok((raw.with_key_map(map), blocks))
+}
+
 impl SingleFileCheckpoint {
     /// Opens `path` (`.safetensors`, or `.ckpt`/`.pt`/`.pth`) and detects its family.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -108,19 +176,7 @@ impl SingleFileCheckpoint {
 
     /// Opens `path` with detection overrides.
     pub fn open_with(path: impl AsRef<Path>, options: &DetectOptions) -> Result<Self> {
-        let path = path.as_ref();
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        let (store, non_tensor): (Arc<dyn TensorStore>, usize) = match ext.as_str() {
-            "ckpt" | "pt" | "pth" | "bin" => {
-                let file = CkptFile::open(path)?;
-                let skipped = file.skipped_entries();
-                (Arc::new(file), skipped)
-            }
-            _ => (Arc::new(SafetensorsFile::open(path)?), 0),
-        };
+        let (store, non_tensor) = open_tensor_file(path.as_ref())?;
         let mut checkpoint = Self::from_store(store, options)?;
         checkpoint.non_tensor_entries = non_tensor;
         Ok(checkpoint)

@@ -502,21 +502,35 @@ fn load_text_encoder(
 }
 
 /// Loads a VAE on its own: a diffusers `AutoencoderKL` folder (`config.json` and
-/// `diffusion_pytorch_model[.fp16].safetensors`), or a pipeline folder's `vae/`. Returns the
-/// VAE and its compute dtype.
-pub fn load_vae(path: &Path, options: &LoadOptions) -> Result<(AutoencoderKL, DType)> {
+/// `diffusion_pytorch_model[.fp16].safetensors`), a pipeline folder's `vae/`, or a single VAE
+/// file as A1111 users have them (see [`crate::loading::open_vae_file`]). A single file has no
+/// config: it takes `base`, the config of the VAE it replaces (as A1111 swaps only weights, so
+/// the model's scaling factor stays). Returns the VAE and its compute dtype.
+pub fn load_vae(
+    path: &Path,
+    base: &VaeConfig,
+    options: &LoadOptions,
+) -> Result<(AutoencoderKL, DType)> {
+    if path.is_file() {
+        let (weights, blocks) = crate::loading::open_vae_file(path)?;
+        if blocks != base.block_out_channels.len() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "this VAE has {blocks} decoder blocks, but the model's VAE has {}",
+                    base.block_out_channels.len()
+                ),
+            });
+        }
+        let precision = options.vae_precision(base);
+        let vae = AutoencoderKL::new(precision.var_builder(weights, &options.device), base)?;
+        return Ok((vae, precision.compute));
+    }
     let dir = if path.join("vae").join("config.json").is_file() {
         path.join("vae")
     } else {
         path.to_path_buf()
     };
-    if path.is_file() {
-        return Err(Error::Unsupported {
-            what: "VAE source",
-            value: path.display().to_string(),
-            valid: vec!["a diffusers AutoencoderKL folder (config.json + safetensors)".into()],
-        });
-    }
     if !dir.join("config.json").is_file() {
         return Err(Error::NotFound {
             what: "VAE config (a diffusers AutoencoderKL folder)",
