@@ -710,3 +710,141 @@ fn check_mixed_dtypes(fixture: &str) {
         .unwrap()
         .is_none());
 }
+
+/// Writes the tiny SDXL folder as an LDM single file: every tensor our models ask for, stored
+/// under the name (and in the layout) the loader's LDM tables read it from. The tables were
+/// checked against diffusers' own converter by `tiny_sdxl_single_file_matches_diffusers_conversion`;
+/// this file lets the whole pipeline run on a single file of the folder's exact weights.
+fn write_sdxl_folder_as_single_file(folder_dir: &Path, out: &Path) {
+    use stable_diffusion::loading::ldm;
+    let cpu = Device::Cpu;
+    let folder = DiffusersFolder::open(folder_dir).unwrap();
+    let described = ModelDescription::from_folder(&folder, &DetectOptions::default()).unwrap();
+    let mut stored: std::collections::HashMap<String, candle_core::Tensor> = Default::default();
+    // Fused tensors (OpenCLIP's in_proj) are assembled from row ranges.
+    let mut fused: std::collections::BTreeMap<String, Vec<(usize, candle_core::Tensor)>> =
+        Default::default();
+    let mut put = |component: &str,
+                   prefix: &str,
+                   sources: &dyn Fn(&str) -> Vec<stable_diffusion::loading::Source>,
+                   names: BTreeSet<String>| {
+        let weights = folder.open_weights(component, None).unwrap();
+        for name in names {
+            let tensor = weights.load(&name, DType::F32, &cpu).unwrap();
+            let source = sources(&name)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| panic!("no LDM name for {component} {name}"));
+            let ldm_name = format!("{prefix}{}", source.name);
+            let tensor = if source.transpose {
+                tensor.t().unwrap().contiguous().unwrap()
+            } else {
+                tensor
+            };
+            match source.rows {
+                Some(rows) => fused
+                    .entry(ldm_name)
+                    .or_default()
+                    .push((rows.start, tensor)),
+                None => {
+                    stored.insert(ldm_name, tensor);
+                }
+            }
+        }
+    };
+    let names = |recorded: std::collections::BTreeMap<String, Vec<usize>>| {
+        recorded.into_keys().collect::<BTreeSet<_>>()
+    };
+    let lpb = match &described.unet.layers_per_block {
+        stable_diffusion::unet::PerBlock::Uniform(n) => *n,
+        stable_diffusion::unet::PerBlock::List(v) => v[0],
+    };
+    let unet_names =
+        names(record_shapes(|vb| UNet2DConditionModel::new(vb, &described.unet)).unwrap());
+    put(
+        "unet",
+        ldm::UNET_PREFIX,
+        &|n| ldm::unet_sources(n, lpb),
+        unet_names,
+    );
+    let blocks = described.vae.block_out_channels.len();
+    let vae_names = names(record_shapes(|vb| AutoencoderKL::new(vb, &described.vae)).unwrap());
+    put(
+        "vae",
+        "first_stage_model.",
+        &|n| ldm::vae_sources(n, blocks),
+        vae_names,
+    );
+    for text in &described.text_encoders {
+        let text_names = names(
+            record_shapes(|vb| ClipTextModel::from_class(vb, &text.config, &text.class)).unwrap(),
+        );
+        if text.component == "text_encoder" {
+            put(
+                "text_encoder",
+                "conditioner.embedders.0.transformer.",
+                &ldm::clip_sources,
+                text_names,
+            );
+        } else {
+            let hidden = text.config.hidden_size;
+            put(
+                "text_encoder_2",
+                "conditioner.embedders.1.model.",
+                &|n| ldm::open_clip_sources(n, hidden),
+                text_names,
+            );
+        }
+    }
+    for (name, mut parts) in fused {
+        parts.sort_by_key(|(start, _)| *start);
+        let parts: Vec<_> = parts.into_iter().map(|(_, t)| t).collect();
+        stored.insert(name, candle_core::Tensor::cat(&parts, 0).unwrap());
+    }
+    candle_core::safetensors::save(&stored, out).unwrap();
+}
+
+#[test]
+fn tiny_sdxl_single_file_and_folder_give_identical_images() {
+    use stable_diffusion::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
+    let scratch = Scratch::new("sdxl-image");
+    let folder_dir = common::fixture("models/tiny-sdxl");
+    let file = scratch.path("tiny_sdxl_full.safetensors");
+    write_sdxl_folder_as_single_file(&folder_dir, &file);
+
+    let checkpoint = SingleFileCheckpoint::open(&file).unwrap();
+    assert_eq!(checkpoint.describe().family, ModelFamily::Sdxl);
+    let from_folder = StableDiffusion::load(&folder_dir, &LoadOptions::default()).unwrap();
+    let from_file = StableDiffusion::load(
+        &file,
+        &LoadOptions {
+            config: Some(folder_dir.clone()),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    for (negative, cfg) in [("", 5.0), ("blurry", 5.0), ("", 1.0)] {
+        let request = GenerationRequest {
+            prompt: "a red circle on a blue background".into(),
+            negative_prompt: negative.into(),
+            cfg_scale: cfg,
+            width: 80,
+            height: 48,
+            steps: 3,
+            seed: 5,
+            ..GenerationRequest::default()
+        };
+        let run = |model: &StableDiffusion| {
+            model
+                .generate(&request, &Default::default(), &mut |_| Control::Continue)
+                .unwrap()
+                .images
+        };
+        let (a, b) = (run(&from_folder), run(&from_file));
+        assert_eq!(a.len(), 1);
+        assert!(
+            a[0].as_raw() == b[0].as_raw(),
+            "negative {negative:?}, cfg {cfg}: the single file and the folder differ"
+        );
+    }
+}
