@@ -4,7 +4,9 @@
 //! 1. **vae**: AutoencoderKL on reconstruction (L1 + L2) plus a small KL term;
 //! 2. **diffusion**: CLIP text encoder and UNet together on the epsilon-prediction MSE over
 //!    SD's scaled-linear schedule (1000 steps, β 0.00085…0.012), on VAE latents scaled by
-//!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works.
+//!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works. Each
+//!    sample's error is weighted by 1/ᾱ_t (as v-prediction's loss weighs it), without which
+//!    the caption is never learned (see `stages.rs`).
 //!
 //! Both use AdamW with warm-up and cosine decay, gradient clipping by global norm and an EMA of
 //! the weights (the EMA weights are what gets exported). Every random choice (data, noise,
@@ -209,7 +211,7 @@ impl TrainOptions {
                 warmup_steps: 100,
             },
             diffusion: StageOptions {
-                steps: 4000,
+                steps: 3000,
                 batch_size: 16,
                 learning_rate: 1e-3,
                 warmup_steps: 200,
