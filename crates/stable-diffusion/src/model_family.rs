@@ -12,12 +12,14 @@
 //! 1. an explicit override ([`DetectOptions::prediction`], the CLI's `--prediction-type`);
 //! 2. an LDM yaml next to the file (`model.yaml` for `model.safetensors`, AUTOMATIC1111's
 //!    convention): `parameterization: "v"` means v-prediction, a yaml without it ε;
-//! 3. the file name: `512` or `base` in it means ε (`v2-1_512-ema-pruned`), `768` means v;
-//! 4. otherwise v-prediction for SD 2.x (diffusers' choice: its single-file loader configures
-//!    every SD 2.x checkpoint like `stable-diffusion-2-1`), and ε for SD 2.x inpainting.
+//! 3. when the model is loaded: AUTOMATIC1111's test, one UNet step on a constant input
+//!    ([`a1111_v_statistic`]: x = 0.5, t = 999, context 0.5; v-prediction when the mean of
+//!    `unet(x) − x` is below −1), which looks at the weights themselves;
+//! 4. without the weights (`sd inspect`), a guess from the file name: `512` or `base` means ε
+//!    (`v2-1_512-ema-pruned`), `768` means v, and otherwise v (diffusers' choice: its
+//!    single-file loader configures every SD 2.x checkpoint like `stable-diffusion-2-1`).
 //!
-//! AUTOMATIC1111 instead runs one UNet step on a constant input and looks at the output's
-//! mean; that heuristic is not implemented here.
+//! SD 2.x inpainting models predict ε.
 //!
 //! SD 1.x, SDXL and inpainting models are ε-prediction unless overridden.
 
@@ -354,6 +356,43 @@ pub struct Detected {
     pub prediction: PredictionType,
     /// Why the prediction type was chosen (for `sd inspect`).
     pub prediction_reason: String,
+    /// Whether `prediction` is only a guess from the file name, which loading the model
+    /// replaces with AUTOMATIC1111's test ([`a1111_v_statistic`]).
+    pub needs_probe: bool,
+}
+
+/// AUTOMATIC1111's v-prediction test for an SD 2.x UNet: runs it once on x = 0.5 everywhere
+/// `(1, in_channels, 8, 8)`, timestep 999 and a two-token context of 0.5, and returns the mean
+/// of `unet(x) − x`. An ε model returns about its input's noise estimate (mean near 0); a v
+/// model at t = 999 predicts about −x₀ (mean well below 0). See [`a1111_v_verdict`].
+pub fn a1111_v_statistic(
+    unet: &crate::unet::UNet2DConditionModel,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<f64> {
+    let config = unet.config();
+    let width = match &config.cross_attention_dim {
+        PerBlock::Uniform(w) => *w,
+        PerBlock::List(widths) => widths.first().copied().unwrap_or(1024),
+    };
+    let x = candle_core::Tensor::full(0.5f32, (1, config.in_channels, 8, 8), device)?
+        .to_dtype(dtype)?;
+    let context = candle_core::Tensor::full(0.5f32, (1, 2, width), device)?.to_dtype(dtype)?;
+    let out = unet.forward(&x, 999.0, &context, None)?;
+    let mean = (out - &x)?
+        .to_dtype(candle_core::DType::F32)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    Ok(mean as f64)
+}
+
+/// AUTOMATIC1111's reading of [`a1111_v_statistic`]: below −1 means v-prediction.
+pub fn a1111_v_verdict(statistic: f64) -> PredictionType {
+    if statistic < -1.0 {
+        PredictionType::VPrediction
+    } else {
+        PredictionType::Epsilon
+    }
 }
 
 const UNET: &str = "model.diffusion_model.";
@@ -425,11 +464,16 @@ pub fn detect_single_file(
         }
     };
     let (prediction, prediction_reason) = decide_prediction(family, inpainting, path, options)?;
+    let needs_probe = family == ModelFamily::Sd2
+        && !inpainting
+        && options.prediction.is_none()
+        && companion_yaml(path).is_none();
     Ok(Detected {
         family,
         inpainting,
         prediction,
         prediction_reason,
+        needs_probe,
     })
 }
 
@@ -516,18 +560,18 @@ fn decide_prediction(
     if stem.contains("512") || stem.contains("base") {
         return Ok((
             PredictionType::Epsilon,
-            "file name says 512/base (SD 2.x ε model); use --prediction-type to override".into(),
+            "file name says 512/base (SD 2.x ε model); loading runs A1111's test instead".into(),
         ));
     }
     if stem.contains("768") {
         return Ok((
             PredictionType::VPrediction,
-            "file name says 768 (SD 2.x v model); use --prediction-type to override".into(),
+            "file name says 768 (SD 2.x v model); loading runs A1111's test instead".into(),
         ));
     }
     Ok((
         PredictionType::VPrediction,
-        "SD 2.x default (as diffusers); use --prediction-type epsilon for 512 base models".into(),
+        "SD 2.x default (as diffusers); loading runs A1111's test instead".into(),
     ))
 }
 

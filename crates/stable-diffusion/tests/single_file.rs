@@ -471,22 +471,25 @@ fn copy_to(scratch: &Scratch, fixture: &str, name: &str) -> PathBuf {
 fn sd2_prediction_type_follows_override_yaml_and_file_name() {
     let scratch = Scratch::new("prediction");
     let sd2 = "single_file/tiny_sd2_text.safetensors";
-    let open = |path: &Path, prediction| {
+    let open_checkpoint = |path: &Path, prediction| {
         let options = DetectOptions {
             prediction,
             ..Default::default()
         };
-        SingleFileCheckpoint::open_with(path, &options)
-            .unwrap()
-            .describe()
-            .prediction
+        SingleFileCheckpoint::open_with(path, &options).unwrap()
     };
+    let open = |path: &Path, prediction| open_checkpoint(path, prediction).describe().prediction;
+    // Only a guess from the name (no override, no yaml) is replaced by A1111's test at load.
+    let probed =
+        |path: &Path, prediction| open_checkpoint(path, prediction).needs_prediction_probe();
     // Default for SD 2.x: v-prediction (as diffusers).
     let plain = copy_to(&scratch, sd2, "model.safetensors");
     assert_eq!(open(&plain, None), PredictionType::VPrediction);
     // The file name says 512 / base: epsilon.
     let base = copy_to(&scratch, sd2, "v2-1_512-ema-pruned.safetensors");
     assert_eq!(open(&base, None), PredictionType::Epsilon);
+    assert!(probed(&plain, None) && probed(&base, None));
+    assert!(!probed(&base, Some(PredictionType::Epsilon)));
     // A yaml beside the file decides.
     let with_yaml = copy_to(&scratch, sd2, "custom-512.safetensors");
     std::fs::write(
@@ -495,6 +498,7 @@ fn sd2_prediction_type_follows_override_yaml_and_file_name() {
     )
     .unwrap();
     assert_eq!(open(&with_yaml, None), PredictionType::VPrediction);
+    assert!(!probed(&with_yaml, None));
     // The user's choice beats everything.
     assert_eq!(
         open(&with_yaml, Some(PredictionType::Epsilon)),
@@ -507,6 +511,34 @@ fn sd2_prediction_type_follows_override_yaml_and_file_name() {
         "v-768.safetensors",
     );
     assert_eq!(open(&sd1, None), PredictionType::Epsilon);
+    assert!(!probed(&sd1, None));
+}
+
+#[test]
+fn a1111_v_prediction_test_reproduces_its_statistic_on_tiny_unets() {
+    use stable_diffusion::model_family::{a1111_v_statistic, a1111_v_verdict};
+    let expected = common::load_json("unet/a1111_v_probe.json");
+    let cpu = Device::Cpu;
+    for name in ["tiny-sd2", "tiny-sd15"] {
+        let folder = DiffusersFolder::open(common::fixture(&format!("models/{name}"))).unwrap();
+        let config: UNetConfig = folder.config("unet").unwrap();
+        let unet = UNet2DConditionModel::new(
+            folder.weights("unet", None, DType::F32, &cpu).unwrap(),
+            &config,
+        )
+        .unwrap();
+        let ours = a1111_v_statistic(&unet, &cpu, DType::F32).unwrap();
+        let reference = expected[name].as_f64().unwrap();
+        assert!(
+            (ours - reference).abs() < 1e-5,
+            "{name}: ours {ours}, reference {reference}"
+        );
+        // Random weights: both read as ε (the statistic is far above -1).
+        assert_eq!(a1111_v_verdict(ours), PredictionType::Epsilon);
+    }
+    assert_eq!(a1111_v_verdict(-1.5), PredictionType::VPrediction);
+    assert_eq!(a1111_v_verdict(-1.0), PredictionType::Epsilon);
+    assert_eq!(a1111_v_verdict(-0.2), PredictionType::Epsilon);
 }
 
 #[test]

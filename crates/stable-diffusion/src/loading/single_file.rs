@@ -231,6 +231,12 @@ impl SingleFileCheckpoint {
         &self.detected.prediction_reason
     }
 
+    /// Whether the prediction type is only a guess from the file name (an SD 2.x file with no
+    /// override or yaml): loading runs AUTOMATIC1111's test on the UNet instead.
+    pub fn needs_prediction_probe(&self) -> bool {
+        self.detected.needs_probe
+    }
+
     /// Every stored tensor name, sorted.
     pub fn tensor_names(&self) -> Vec<&str> {
         self.raw.names()

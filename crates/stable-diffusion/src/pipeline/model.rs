@@ -11,7 +11,10 @@ use crate::loading::{
     attach_networks, open_networks, DiffusersFolder, LoraFile, LoraSpec, LoraTarget,
     SingleFileCheckpoint, Weights,
 };
-use crate::model_family::{prediction_name, DetectOptions, ModelDescription as FullDescription};
+use crate::model_family::{
+    a1111_v_statistic, a1111_v_verdict, prediction_name, DetectOptions,
+    ModelDescription as FullDescription,
+};
 use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::text_encoder::{ClipTextConfig, ClipTextModel};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
@@ -336,7 +339,7 @@ impl StableDiffusion {
                 _ => text_encoder_2 = Some(part),
             }
         }
-        let unet = UNet2DConditionModel::new(
+        let mut unet = UNet2DConditionModel::new(
             precision.var_builder(component_weights("unet", LoraTarget::Unet)?, device),
             &described.unet,
         )?;
@@ -346,6 +349,14 @@ impl StableDiffusion {
             &described.vae,
         )?;
         let mut scheduler_config = described.scheduler.clone();
+        if options.config.is_none() && checkpoint.needs_prediction_probe() {
+            // An SD 2.x file that does not say what it predicts: AUTOMATIC1111's test.
+            let statistic = a1111_v_statistic(&unet, device, precision.compute)?;
+            let prediction = a1111_v_verdict(statistic);
+            let preset = FullDescription::preset(family, described.inpainting, prediction);
+            unet.set_sample_size(preset.unet.sample_size);
+            scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
+        }
         if let Some(prediction) = options.prediction {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }

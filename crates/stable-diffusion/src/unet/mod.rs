@@ -224,6 +224,13 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// Replaces the native latent size (`sample_size`), which only decides the default image
+    /// size: for a single file whose prediction type, and so its native size, is known only
+    /// after running it.
+    pub fn set_sample_size(&mut self, sample_size: Option<PerBlock<usize>>) {
+        self.config.sample_size = sample_size;
+    }
+
     /// The config the model was built from.
     pub fn config(&self) -> &UNetConfig {
         &self.config
