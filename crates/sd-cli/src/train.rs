@@ -53,6 +53,9 @@ pub struct TrainArgs {
     /// Peak learning rate of the text encoder + UNet stage.
     #[arg(long)]
     lr: Option<f64>,
+    /// Standard deviation of the per-channel offset added to the training noise [default: 0.2].
+    #[arg(long)]
+    offset_noise: Option<f64>,
     /// Steps between checkpoints (0: only at the end or on Ctrl-C).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -102,6 +105,9 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(v) = args.lr {
         options.diffusion.learning_rate = v;
+    }
+    if let Some(v) = args.offset_noise {
+        options.offset_noise = v;
     }
     if let Some(v) = args.checkpoint_every {
         options.checkpoint_every = v;

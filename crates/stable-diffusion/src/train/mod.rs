@@ -4,9 +4,9 @@
 //! 1. **vae**: AutoencoderKL on reconstruction (L1 + L2) plus a small KL term;
 //! 2. **diffusion**: CLIP text encoder and UNet together on the epsilon-prediction MSE over
 //!    SD's scaled-linear schedule (1000 steps, β 0.00085…0.012), on VAE latents scaled by
-//!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works. Each
-//!    sample's error is weighted by 1/ᾱ_t (as v-prediction's loss weighs it), without which
-//!    the caption is never learned (see `stages.rs`).
+//!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works,
+//!    offset noise, and each sample's error weighted by 1/ᾱ_t (as v-prediction's loss weighs
+//!    it): without these two the caption is never learned (see `stages.rs`).
 //!
 //! Both use AdamW with warm-up and cosine decay, gradient clipping by global norm and an EMA of
 //! the weights (the EMA weights are what gets exported). Every random choice (data, noise,
@@ -188,6 +188,10 @@ pub struct TrainOptions {
     pub kl_weight: f64,
     /// Fraction of captions replaced by the empty caption.
     pub caption_dropout: f64,
+    /// Offset noise: each sample's noise gets an extra per-channel constant with this standard
+    /// deviation, so the noisy latent no longer reveals the image's mean colours at high noise
+    /// and only the caption can tell them (0: plain noise).
+    pub offset_noise: f64,
     /// Steps between checkpoints (0: only at the end and when stopped).
     pub checkpoint_every: usize,
     /// Steps between sample images (0: only at the end).
@@ -220,6 +224,7 @@ impl TrainOptions {
             max_grad_norm: 1.0,
             kl_weight: 1e-4,
             caption_dropout: 0.1,
+            offset_noise: 0.2,
             checkpoint_every: 100,
             sample_every: 500,
             resume: false,
@@ -264,6 +269,15 @@ impl TrainOptions {
             return Err(Error::invalid(
                 "training settings",
                 format!("EMA decay must be in [0, 1), got {}", self.ema_decay),
+            ));
+        }
+        if !(self.offset_noise >= 0.0 && self.offset_noise.is_finite()) {
+            return Err(Error::invalid(
+                "training settings",
+                format!(
+                    "offset noise must be a finite number ≥ 0, got {}",
+                    self.offset_noise
+                ),
             ));
         }
         if self.max_grad_norm < 0.0 || self.kl_weight < 0.0 {
