@@ -9,14 +9,14 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stable_diffusion::device::parse_device;
 use stable_diffusion::image::{
-    fit_image, format_float, image_to_tensor, load_image, read_parameters, save_png_with_infotext,
-    InfoText, Resize,
+    fit_image, image_to_tensor, load_image, read_parameters, save_png_with_infotext, InfoText,
+    Resize,
 };
 use stable_diffusion::loading::embeddings::TextualInversion;
 use stable_diffusion::loading::{lora_tags, LoraFile, LoraSpec};
 use stable_diffusion::pipeline::{
-    load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, HiresFix, Inputs,
-    LoadOptions, Progress, RngKind, StableDiffusion,
+    load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, HiresFix, HiresUpscaler,
+    Inputs, LoadOptions, Progress, RngKind, StableDiffusion,
 };
 use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
@@ -127,7 +127,7 @@ pub struct GenerateArgs {
     /// Folder where networks named in <lora:name:weight> prompt tags are looked up (NAME.safetensors).
     #[arg(long, value_name = "DIR")]
     lora_dir: Option<PathBuf>,
-    /// Hires fix: generate at --width x --height, enlarge by this factor (Lanczos), then img2img at --hires-strength.
+    /// Hires fix: generate at --width x --height, enlarge by this factor (--hires-upscaler), then img2img at --hires-strength.
     #[arg(long, value_name = "FACTOR")]
     hires_scale: Option<f64>,
     /// Sampling steps of the hires pass before the strength truncation; 0 = the first pass's [default: 0].
@@ -136,7 +136,7 @@ pub struct GenerateArgs {
     /// Denoising strength of the hires pass, in (0, 1] [default: 0.7].
     #[arg(long)]
     hires_strength: Option<f64>,
-    /// How the first pass is enlarged: lanczos (the latent upscaler is not built yet) [default: lanczos].
+    /// How the first pass is enlarged: lanczos (the picture) or latent (A1111's "Latent": the latents, bilinear) [default: lanczos].
     #[arg(long)]
     hires_upscaler: Option<String>,
     /// Output PNG file; with N > 1 images, STEM-0.png ... STEM-(N-1).png beside it.
@@ -149,12 +149,24 @@ pub struct GenerateArgs {
     /// Clip skip, as AUTOMATIC1111 counts: 1 = the text encoder's last layer, 2 = the penultimate [default: 1].
     #[arg(long, value_name = "N")]
     clip_skip: Option<usize>,
-    /// A textual-inversion embedding (.safetensors) whose file name, written in a prompt, stands for its vectors; repeatable.
+    /// A textual-inversion embedding (.safetensors, .pt, .bin) whose file name, written in a prompt, stands for its vectors; repeatable.
     #[arg(long, value_name = "PATH")]
     embedding: Vec<PathBuf>,
     /// A folder of embeddings; those whose name appears in a prompt are loaded.
     #[arg(long, value_name = "DIR")]
     embeddings_dir: Option<PathBuf>,
+    /// AUTOMATIC1111's variation seed: its noise is slerped into the seed's by --variation-strength.
+    #[arg(long, value_name = "N")]
+    variation_seed: Option<u64>,
+    /// How far toward the variation seed's noise, in [0, 1] [default: 0].
+    #[arg(long, value_name = "S")]
+    variation_strength: Option<f64>,
+    /// AUTOMATIC1111's seed resize: make the seed's noise as for this width and paste its centre (with --seed-resize-from-h).
+    #[arg(long, value_name = "W", requires = "seed_resize_from_h")]
+    seed_resize_from_w: Option<usize>,
+    /// The height for --seed-resize-from-w.
+    #[arg(long, value_name = "H", requires = "seed_resize_from_w")]
+    seed_resize_from_h: Option<usize>,
     /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
     #[arg(long, value_name = "FILE.png")]
     from_png: Option<PathBuf>,
@@ -288,6 +300,38 @@ fn build_request(
     }
     if let Some(v) = args.clip_skip {
         request.clip_skip = v;
+    }
+    if let Some(v) = args.variation_seed {
+        request.variation_seed = Some(v);
+    }
+    if let Some(v) = args.variation_strength {
+        request.variation_strength = v;
+    }
+    if request.variation_strength != 0.0 && request.variation_seed.is_none() {
+        return Err(usage("--variation-strength needs --variation-seed"));
+    }
+    if let (Some(w), Some(h)) = (args.seed_resize_from_w, args.seed_resize_from_h) {
+        request.seed_resize_from = Some((w, h));
+    }
+    if let Some(scale) = args.hires_scale {
+        let hires = request.hires.get_or_insert(HiresFix {
+            scale,
+            steps: 0,
+            strength: 0.7,
+            upscaler: HiresUpscaler::Lanczos,
+        });
+        hires.scale = scale;
+    }
+    if let Some(hires) = request.hires.as_mut() {
+        if let Some(v) = args.hires_steps {
+            hires.steps = v;
+        }
+        if let Some(v) = args.hires_strength {
+            hires.strength = v;
+        }
+        if let Some(v) = &args.hires_upscaler {
+            hires.upscaler = v.parse::<HiresUpscaler>().map_err(as_usage)?;
+        }
     }
     Ok(request)
 }
@@ -539,10 +583,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             refiner = Some(r.with_vae(vae, dtype).map_err(as_usage)?);
         }
     }
+    // A1111's "TI hashes": `name: shorthash` for each embedding the prompts use.
+    let mut ti_hashes = Vec::new();
     for path in embedding_files(&args, &request)? {
         let embedding = TextualInversion::load(&path).map_err(as_usage)?;
         model.add_embedding(&embedding).map_err(as_usage)?;
+        let name = &embedding.name;
+        if request.prompt.contains(name.as_str()) || request.negative_prompt.contains(name.as_str())
+        {
+            ti_hashes.push(format!("{name}: {}", embedding.short_hash()?));
+        }
     }
+    let ti_hashes = ti_hashes.join(", ");
     if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
         request.width = model.native_size();
     }
@@ -614,25 +666,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         init_image: init_tensor.as_ref(),
         mask: mask_tensor.as_ref(),
         refiner: refiner.as_ref(),
+        ..Inputs::default()
     };
-    let hires = match args.hires_scale {
-        Some(scale) => {
-            match args.hires_upscaler.as_deref().unwrap_or("lanczos") {
-                "lanczos" | "Lanczos" => {}
-                other => {
-                    return Err(usage(format!(
-                        "unsupported hires upscaler `{other}` (valid: lanczos)"
-                    )))
-                }
-            }
-            Some(HiresFix {
-                scale,
-                steps: args.hires_steps.unwrap_or(0),
-                strength: args.hires_strength.unwrap_or(0.7),
-            })
-        }
-        None => None,
-    };
+    let hires = request.hires.clone();
     let generation = match &hires {
         Some(hires) => model.generate_hires(&request, hires, &mut on_progress),
         None => model.generate(&request, &inputs, &mut on_progress),
@@ -669,13 +705,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 info.push("VAE", name.to_string_lossy());
             }
         }
-        if let Some(hires) = &hires {
-            info.push("Denoising strength", format_float(hires.strength));
-            info.push("Hires upscale", format_float(hires.scale));
-            if hires.steps > 0 {
-                info.push("Hires steps", hires.steps);
-            }
-            info.push("Hires upscaler", "Lanczos");
+        if !ti_hashes.is_empty() {
+            info.push("TI hashes", &ti_hashes);
         }
         save_png_with_infotext(path, image, &info)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -76,6 +76,7 @@ fn final_latents_match_diffusers_for_every_family_case() {
             init_image: image.as_ref(),
             mask: mask.as_ref(),
             refiner: refiner.as_ref(),
+            ..Inputs::default()
         };
         let generation = model
             .generate(&request, &inputs, &mut |_| Control::Continue)

@@ -58,7 +58,18 @@ impl CkptFile {
     /// Opens and checks `path`: the zip directory, the pickle (refusing anything that is not
     /// data) and every tensor's extent inside its storage.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_as(path.as_ref(), false)
+    }
+
+    /// Opens `path` like [`CkptFile::open`], also keeping the tensors of dicts nested in the
+    /// top-level dict, named `outer.inner` (A1111 embeddings keep theirs in
+    /// `string_to_param`).
+    pub fn open_nested(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_as(path.as_ref(), true)
+    }
+
+    fn open_as(path: &Path, nested: bool) -> Result<Self> {
+        let path = path.to_path_buf();
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -77,7 +88,7 @@ impl CkptFile {
         };
         if mmap.first() == Some(&0x80) {
             let (value, storages) = read_legacy(&mmap).map_err(&bad)?;
-            return Self::from_parts(path, mmap, value, |key| storages.get(key).cloned());
+            return Self::from_parts(path, mmap, value, nested, |key| storages.get(key).cloned());
         }
         if !mmap.starts_with(b"PK\x03\x04") {
             return Err(bad(
@@ -115,7 +126,7 @@ impl CkptFile {
                 Some((key.to_string(), entry_range(&mmap, entry)))
             })
             .collect();
-        Self::from_parts(path, mmap, value, |key| storages.get(key).cloned())
+        Self::from_parts(path, mmap, value, nested, |key| storages.get(key).cloned())
     }
 
     /// Indexes the tensors of the unpickled `value`; `storage` finds a storage's bytes.
@@ -123,13 +134,17 @@ impl CkptFile {
         path: PathBuf,
         mmap: Mmap,
         value: Value,
+        nested: bool,
         storage: impl Fn(&str) -> Option<std::result::Result<Range<usize>, String>>,
     ) -> Result<Self> {
         let bad = |msg: String| Error::Checkpoint {
             path: path.clone(),
             msg,
         };
-        let (state, _) = state_dict(value).map_err(&bad)?;
+        let (mut state, _) = state_dict(value).map_err(&bad)?;
+        if nested {
+            state = flatten_nested(state);
+        }
         let mut tensors = HashMap::new();
         let mut skipped = 0;
         for (key, value) in state {
@@ -300,6 +315,26 @@ fn state_dict(value: Value) -> std::result::Result<(Vec<(Value, Value)>, bool), 
         },
         None => Ok((top, false)),
     }
+}
+
+/// The entries of `state` with each dict value under a string key replaced by its own
+/// entries, named `key.inner` (one level).
+fn flatten_nested(state: Vec<(Value, Value)>) -> Vec<(Value, Value)> {
+    let mut flat = Vec::with_capacity(state.len());
+    for (key, value) in state {
+        match (key, value) {
+            (Value::Str(outer), Value::Dict(inner)) => {
+                for (k, v) in inner {
+                    match k {
+                        Value::Str(k) => flat.push((Value::Str(format!("{outer}.{k}")), v)),
+                        k => flat.push((k, v)),
+                    }
+                }
+            }
+            (key, value) => flat.push((key, value)),
+        }
+    }
+    flat
 }
 
 fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {

@@ -1,21 +1,51 @@
 //! Textual-inversion embeddings: learned token vectors, used by writing the embedding's name in
 //! a prompt.
 //!
-//! Formats read (safetensors):
-//! - AUTOMATIC1111: `emb_params`, `(vectors, width)` or `(width)`;
+//! Formats read (safetensors, and `torch.save` pickles `.pt`/`.bin` through the restricted
+//! reader of [`super::ckpt`], which runs no code from the file):
+//! - AUTOMATIC1111: `emb_params`, `(vectors, width)` or `(width)`; its `.pt` files keep the
+//!   vectors in `string_to_param` as `{"*": (vectors, width)}`;
 //! - SDXL (A1111 / kohya): `clip_l` `(vectors, 768)` for the first text encoder and `clip_g`
 //!   `(vectors, 1280)` for the second;
 //! - diffusers' `learned_embeds.safetensors`: one tensor named after its token.
 //!
 //! The name is the file's stem (as A1111 names embeddings), except for diffusers' files called
-//! `learned_embeds`, named after their token. `.pt` files (pickles) are not read yet.
+//! `learned_embeds`, named after their token.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::ckpt::CkptFile;
+use super::store::TensorStore;
 use super::SafetensorsFile;
 use crate::{Error, Result};
+
+/// The file types read as embeddings.
+pub const EXTENSIONS: [&str; 3] = ["safetensors", "pt", "bin"];
+
+/// An opened embedding file.
+enum Source {
+    Safetensors(SafetensorsFile),
+    /// `torch.save` pickles (`.pt`, diffusers' `.bin`), read by the restricted reader.
+    Pickle(CkptFile),
+}
+
+impl Source {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Source::Safetensors(file) => file.names().map(str::to_string).collect(),
+            Source::Pickle(file) => file.names().into_iter().map(str::to_string).collect(),
+        }
+    }
+
+    fn load(&self, name: &str) -> Result<Option<Tensor>> {
+        match self {
+            Source::Safetensors(file) => file.load(name, DType::F32, &Device::Cpu),
+            Source::Pickle(file) => file.load(name, DType::F32, &Device::Cpu),
+        }
+    }
+}
 
 /// One textual-inversion embedding.
 #[derive(Debug, Clone)]
@@ -38,24 +68,41 @@ impl TextualInversion {
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_ascii_lowercase();
-        if extension != "safetensors" {
-            return Err(Error::Unsupported {
-                what: "embedding file type",
-                value: format!("{} ({})", extension, path.display()),
-                valid: vec!["safetensors".into()],
-            });
-        }
-        let file = SafetensorsFile::open(path)?;
-        let names: Vec<String> = file.names().map(str::to_string).collect();
+        let source = match extension.as_str() {
+            "safetensors" => Source::Safetensors(SafetensorsFile::open(path)?),
+            "pt" | "bin" => Source::Pickle(CkptFile::open_nested(path)?),
+            _ => {
+                return Err(Error::Unsupported {
+                    what: "embedding file type",
+                    value: format!("{} ({})", extension, path.display()),
+                    valid: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+                })
+            }
+        };
+        let mut names = source.names();
+        names.sort();
         let read = |name: &str| -> Result<Tensor> {
-            let tensor =
-                file.load(name, DType::F32, &Device::Cpu)?
-                    .ok_or_else(|| Error::MissingTensor {
-                        name: name.to_string(),
-                        location: path.display().to_string(),
-                    })?;
+            let tensor = source.load(name)?.ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                location: path.display().to_string(),
+            })?;
             as_vectors(tensor, path, name)
         };
+        // A1111's `.pt`: `{"string_to_param": {"*": (n, width)}, "string_to_token": ..., ...}`.
+        let params: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("string_to_param."))
+            .collect();
+        if params.len() > 1 {
+            return Err(Error::invalid(
+                "embedding",
+                format!(
+                    "{}: `string_to_param` holds {} vectors sets; an embedding has one",
+                    path.display(),
+                    params.len()
+                ),
+            ));
+        }
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -68,6 +115,8 @@ impl TextualInversion {
                 has("clip_l").then(|| read("clip_l")).transpose()?,
                 has("clip_g").then(|| read("clip_g")).transpose()?,
             )
+        } else if let [param] = params.as_slice() {
+            (Some(read(param.as_str())?), None)
         } else if names.iter().any(|n| n == "emb_params") {
             (Some(read("emb_params")?), None)
         } else if let [token] = names.as_slice() {
@@ -99,7 +148,15 @@ impl TextualInversion {
         })
     }
 
-    /// The embedding files in `dir` (`.safetensors`), sorted by name.
+    /// A1111's short hash of the embedding ("TI hashes" in infotext): the first 12 hex
+    /// digits of the SHA-256 of the whole file.
+    pub fn short_hash(&self) -> Result<String> {
+        let mut hash = super::sha256_file(&self.path)?;
+        hash.truncate(12);
+        Ok(hash)
+    }
+
+    /// The embedding files in `dir` (`.safetensors`, `.pt`, `.bin`), sorted by name.
     pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut files = Vec::new();
@@ -108,7 +165,7 @@ impl TextualInversion {
             let is_embedding = path
                 .extension()
                 .and_then(|e| e.to_str())
-                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+                .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)));
             if path.is_file() && is_embedding {
                 files.push(path);
             }

@@ -422,6 +422,31 @@ fn flatten_module(module: &str) -> String {
     }
 }
 
+/// For kohya files that name UNet modules as the original LDM code does
+/// (`input_blocks_1_1_proj_in`): each weight's LDM module, flattened, mapped to its diffusers
+/// module, flattened, through the single-file tables of [`super::ldm`]. The ResNet count per
+/// block is read from the weight names.
+fn ldm_unet_aliases(weight_names: &[&str]) -> HashMap<String, String> {
+    let layers_per_block = weight_names
+        .iter()
+        .filter_map(|n| n.strip_prefix("down_blocks.0.resnets."))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(2, |last| last + 1);
+    let mut aliases = HashMap::new();
+    for name in weight_names {
+        let Some(module) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        for source in super::ldm::unet_sources(name, layers_per_block) {
+            if let Some(ldm_module) = source.name.strip_suffix(".weight") {
+                aliases.insert(flatten_module(ldm_module), flatten_module(module));
+            }
+        }
+    }
+    aliases
+}
+
 /// The networks that patch one model component, keyed by the flattened names of the modules
 /// they patch. Attach to the component's weights with
 /// [`Weights::with_lora`](super::Weights::with_lora).
@@ -450,15 +475,24 @@ impl LoraPatches {
         weight_names: impl IntoIterator<Item = &'a str>,
         shape_of: impl Fn(&str) -> Option<Vec<usize>>,
     ) -> Result<LoraMatch> {
+        let weight_names: Vec<&str> = weight_names.into_iter().collect();
         let mut modules: HashMap<String, String> = HashMap::new();
-        for name in weight_names {
+        for name in &weight_names {
             if let Some(module) = name.strip_suffix(".weight") {
                 modules.insert(flatten_module(module), name.to_string());
             }
         }
+        let aliases = match target {
+            LoraTarget::Unet => ldm_unet_aliases(&weight_names),
+            _ => HashMap::new(),
+        };
         let mut result = LoraMatch::default();
         for (network, weight) in networks {
             for (module, patch) in network.modules(target, *weight)? {
+                let module = match aliases.get(&module) {
+                    Some(diffusers) if !modules.contains_key(&module) => diffusers.clone(),
+                    _ => module,
+                };
                 let Some(name) = modules.get(&module) else {
                     result.unmatched.push(patch.key.clone());
                     continue;

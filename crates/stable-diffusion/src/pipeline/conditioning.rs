@@ -9,6 +9,8 @@
 //! refiner        text_encoder_2 only
 //! ```
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Tensor};
 
 use super::model::{StableDiffusion, TextEncoderPart};
@@ -16,8 +18,8 @@ use super::GenerationRequest;
 use crate::loading::embeddings::TextualInversion;
 use crate::prompt::emphasis::apply_emphasis;
 use crate::prompt::{
-    chunk_tokens, extract_extra_networks, parse_attention, PromptChunk, PromptSyntax,
-    WeightedTokens, COMMA_BACKTRACK,
+    chunk_tokens, extract_extra_networks, parse_attention, prompt_schedule, schedule_index,
+    PromptChunk, PromptSyntax, ScheduleSteps, WeightedTokens, COMMA_BACKTRACK,
 };
 use crate::text_encoder::HiddenLayer;
 use crate::tokenizer::ClipTokenizer;
@@ -328,7 +330,6 @@ impl StableDiffusion {
     /// prompt, or SDXL's zeros when it is empty and the model asks for them) repeated for the
     /// batch, and for SDXL the pooled text and time ids.
     pub fn conditioning(&self, request: &GenerationRequest) -> Result<Conditioning> {
-        let batch = request.batch_size;
         let options = TextOptions::of(request);
         // A1111 gives the prompt and the negative prompt the same number of chunks, adding
         // empty ones to the shorter.
@@ -340,16 +341,131 @@ impl StableDiffusion {
         };
         let cond = self.encode_prompt_with(&request.prompt, options, chunks)?;
         let uncond = if request.uses_cfg() {
-            let zeros =
-                request.negative_prompt.is_empty() && self.description.force_zeros_for_empty_prompt;
-            Some(if zeros {
-                cond.zeros_like()?
-            } else {
-                self.encode_prompt_with(&request.negative_prompt, options, chunks)?
-            })
+            Some(self.negative_embedding(&request.negative_prompt, &cond, options, chunks)?)
         } else {
             None
         };
+        self.assemble_conditioning(request, &cond, uncond.as_ref())
+    }
+
+    /// The per-step conditioning of a request. Plain syntax: the same at every step. A1111
+    /// syntax: the prompt and the negative prompt follow their [`prompt_schedule`]s for
+    /// `steps` (`[from:to:when]`, `[a|b]`); each distinct text is encoded once, all in the
+    /// same number of chunks.
+    pub fn scheduled_conditioning(
+        &self,
+        request: &GenerationRequest,
+        steps: ScheduleSteps,
+    ) -> Result<ConditioningSchedule> {
+        if request.prompt_syntax != PromptSyntax::A1111 {
+            return Ok(ConditioningSchedule::constant(self.conditioning(request)?));
+        }
+        let options = TextOptions::of(request);
+        // A1111 cuts the extra-network tags out before it reads the schedule.
+        let schedule_of = |prompt: &str| prompt_schedule(&extract_extra_networks(prompt).0, steps);
+        let cond_schedule = schedule_of(&request.prompt);
+        let uncond_schedule = request
+            .uses_cfg()
+            .then(|| schedule_of(&request.negative_prompt));
+
+        let mut texts: Vec<&str> = Vec::new();
+        for entry in cond_schedule.iter().chain(uncond_schedule.iter().flatten()) {
+            if !texts.contains(&entry.text.as_str()) {
+                texts.push(&entry.text);
+            }
+        }
+        let mut chunks = 1;
+        for text in &texts {
+            chunks = chunks.max(self.prompt_chunk_count(text, options.syntax)?);
+        }
+        let mut embeddings: HashMap<&str, PromptEmbedding> = HashMap::new();
+        for entry in &cond_schedule {
+            if !embeddings.contains_key(entry.text.as_str()) {
+                let embedding = self.encode_prompt_with(&entry.text, options, chunks)?;
+                embeddings.insert(&entry.text, embedding);
+            }
+        }
+        let mut negatives: HashMap<&str, PromptEmbedding> = HashMap::new();
+
+        let total = match steps {
+            ScheduleSteps::Single(steps) => steps,
+            ScheduleSteps::Hires { steps, .. } => steps,
+        };
+        let pair_at = |counter: usize| {
+            let cond = &cond_schedule[schedule_index(&cond_schedule, counter)].text;
+            let uncond = uncond_schedule
+                .as_ref()
+                .map(|s| s[schedule_index(s, counter)].text.as_str());
+            (cond.as_str(), uncond)
+        };
+        // Counters 0..=total, then one past the end (A1111's fallback).
+        let mut pairs: Vec<(&str, Option<&str>)> = Vec::new();
+        let mut indices = Vec::with_capacity(total + 2);
+        for counter in 0..=total + 1 {
+            let pair = pair_at(counter);
+            let index = match pairs.iter().position(|p| *p == pair) {
+                Some(index) => index,
+                None => {
+                    pairs.push(pair);
+                    pairs.len() - 1
+                }
+            };
+            indices.push(index);
+        }
+        let beyond = indices.pop().expect("total + 2 entries");
+        let by_counter = indices;
+
+        let mut conditionings = Vec::with_capacity(pairs.len());
+        for (cond_text, uncond_text) in pairs {
+            let cond = &embeddings[cond_text];
+            let uncond = match uncond_text {
+                // SDXL's zeros take the prompt's shape: made for each pair.
+                Some("") if self.description.force_zeros_for_empty_prompt => {
+                    Some(cond.zeros_like()?)
+                }
+                Some(text) => {
+                    if !negatives.contains_key(text) {
+                        let embedding = self.encode_prompt_with(text, options, chunks)?;
+                        negatives.insert(text, embedding);
+                    }
+                    Some(negatives[text].clone())
+                }
+                None => None,
+            };
+            conditionings.push(self.assemble_conditioning(request, cond, uncond.as_ref())?);
+        }
+        Ok(ConditioningSchedule {
+            conditionings,
+            by_counter,
+            beyond,
+        })
+    }
+
+    /// The unconditional embedding for `negative`: SDXL's zeros (shaped like `cond`) when it
+    /// is empty and the model asks for them, else its encoding.
+    fn negative_embedding(
+        &self,
+        negative: &str,
+        cond: &PromptEmbedding,
+        options: TextOptions,
+        chunks: usize,
+    ) -> Result<PromptEmbedding> {
+        if negative.is_empty() && self.description.force_zeros_for_empty_prompt {
+            cond.zeros_like()
+        } else {
+            self.encode_prompt_with(negative, options, chunks)
+        }
+    }
+
+    /// Batches one (prompt, negative prompt) pair of embeddings for a request: repeated for
+    /// the batch, the unconditional half first, and for SDXL the pooled text and time ids.
+    fn assemble_conditioning(
+        &self,
+        request: &GenerationRequest,
+        cond: &PromptEmbedding,
+        uncond: Option<&PromptEmbedding>,
+    ) -> Result<Conditioning> {
+        let batch = request.batch_size;
         let stack = |cond: &Tensor, uncond: Option<&Tensor>| -> Result<Tensor> {
             let dims = cond.rank();
             let repeat = |t: &Tensor| -> Result<Tensor> {
@@ -362,19 +478,50 @@ impl StableDiffusion {
                 None => repeat(cond)?,
             })
         };
-        let context =
-            stack(&cond.context, uncond.as_ref().map(|u| &u.context))?.to_dtype(self.dtype)?;
+        let context = stack(&cond.context, uncond.map(|u| &u.context))?.to_dtype(self.dtype)?;
         let added = match &cond.pooled {
             Some(pooled) => {
                 let (ids, negative_ids) = self.time_ids(request, request.height, request.width)?;
-                let uncond_pooled = uncond.as_ref().and_then(|u| u.pooled.as_ref());
+                let uncond_pooled = uncond.and_then(|u| u.pooled.as_ref());
                 Some(AddedConditions {
                     text_embeds: stack(pooled, uncond_pooled)?.to_dtype(DType::F32)?,
-                    time_ids: stack(&ids, uncond.as_ref().map(|_| &negative_ids))?,
+                    time_ids: stack(&ids, uncond.map(|_| &negative_ids))?,
                 })
             }
             None => None,
         };
         Ok(Conditioning { context, added })
+    }
+}
+
+/// What the UNet is conditioned on at each model evaluation of a run: the distinct
+/// conditionings (one for a prompt without editing or alternation) and which one each step
+/// counter uses (A1111's counter: 0-based, one per model evaluation).
+#[derive(Debug, Clone)]
+pub struct ConditioningSchedule {
+    conditionings: Vec<Conditioning>,
+    by_counter: Vec<usize>,
+    beyond: usize,
+}
+
+impl ConditioningSchedule {
+    /// The same conditioning at every step.
+    pub fn constant(conditioning: Conditioning) -> Self {
+        Self {
+            conditionings: vec![conditioning],
+            by_counter: Vec::new(),
+            beyond: 0,
+        }
+    }
+
+    /// The conditioning of step counter `counter`.
+    pub fn at(&self, counter: usize) -> &Conditioning {
+        let index = self.by_counter.get(counter).copied().unwrap_or(self.beyond);
+        &self.conditionings[index]
+    }
+
+    /// How many distinct conditionings the run uses.
+    pub fn distinct(&self) -> usize {
+        self.conditionings.len()
     }
 }

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use super::conditioning::Conditioning;
+use super::conditioning::ConditioningSchedule;
 use super::inpaint::{self, InpaintMode};
 use super::model::StableDiffusion;
 use super::refiner;
+use super::variation::initial_noise;
 use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
+use crate::prompt::ScheduleSteps;
 use crate::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
 use crate::scheduler::{build_sampler_with, Sampler};
 use crate::{Error, Result};
@@ -20,10 +22,33 @@ use crate::{Error, Result};
 pub struct Inputs<'a> {
     /// The img2img / inpainting start image, `(1, 3, height, width)` in [-1, 1].
     pub init_image: Option<&'a Tensor>,
+    /// img2img start latents in the UNet's scale, `(1, channels, height/8, width/8)`, used
+    /// instead of VAE-encoding an image (a hires fix's latent upscaler).
+    pub init_latents: Option<&'a Tensor>,
     /// The inpainting mask, `(1, 1, height, width)` (see [`super::mask_to_tensor`]).
     pub mask: Option<&'a Tensor>,
     /// The refiner that takes over at `request.refiner_switch`.
     pub refiner: Option<&'a StableDiffusion>,
+    /// Set for a hires fix's second pass: the first pass's steps, which A1111's prompt
+    /// schedules (`[from:to:when]`) count from (see [`crate::prompt::ScheduleSteps`]).
+    pub hires_first_pass_steps: Option<usize>,
+}
+
+/// The steps a request's prompt schedules count: A1111 counts model evaluations, so its
+/// second-order samplers count twice the steps.
+fn schedule_steps(request: &GenerationRequest, inputs: &Inputs) -> ScheduleSteps {
+    let factor = if request.sampler.evaluates_twice_per_step() {
+        2
+    } else {
+        1
+    };
+    match inputs.hires_first_pass_steps {
+        Some(first_pass) => ScheduleSteps::Hires {
+            first_pass: first_pass * factor,
+            steps: request.steps * factor,
+        },
+        None => ScheduleSteps::Single(request.steps * factor),
+    }
 }
 
 /// The default number of training timesteps when a scheduler config does not say.
@@ -49,7 +74,8 @@ impl StableDiffusion {
 
         check(Progress::EncodingText)?;
         let start = Instant::now();
-        let conditioning = self.conditioning(request)?;
+        let schedule_steps = schedule_steps(request, inputs);
+        let conditioning = self.scheduled_conditioning(request, schedule_steps)?;
         timings.text_encoding = start.elapsed();
 
         let mut rng: Box<dyn NoiseSource> = match request.rng {
@@ -84,17 +110,25 @@ impl StableDiffusion {
         ];
         let image_start = Instant::now();
         let (latents, first, inpaint) = match (inputs.init_image, inputs.mask) {
-            (None, _) => {
-                let noise = rng.randn(&latent_shape, &self.device)?;
+            (None, _) if inputs.init_latents.is_none() => {
+                let noise =
+                    initial_noise(request, rng.as_mut(), &latent_shape, factor, &self.device)?;
                 ((noise * sampler.init_noise_sigma())?, 0, InpaintMode::None)
             }
-            (Some(image), None) => {
-                check(Progress::EncodingImage)?;
-                let init = self.encode_image(image, rng.as_mut())?;
+            (None, _) | (Some(_), None) => {
+                let init = match (inputs.init_latents, inputs.init_image) {
+                    (Some(latents), _) => latents.to_device(&self.device)?.to_dtype(self.dtype)?,
+                    (None, Some(image)) => {
+                        check(Progress::EncodingImage)?;
+                        self.encode_image(image, rng.as_mut())?
+                    }
+                    (None, None) => unreachable!("txt2img is the arm above"),
+                };
                 let init = init.repeat((batch, 1, 1, 1))?;
                 let first = sampler.img2img_start(request.steps, request.strength)?;
                 sampler.start_at(first)?;
-                let noise = rng.randn(&latent_shape, &self.device)?;
+                let noise =
+                    initial_noise(request, rng.as_mut(), &latent_shape, factor, &self.device)?;
                 (
                     sampler.add_noise(&init, &noise, first)?,
                     first,
@@ -132,7 +166,7 @@ impl StableDiffusion {
             sampler.as_mut(),
             latents,
             first..end,
-            &conditioning,
+            (&conditioning, 0),
             request,
             &inpaint,
             rng.as_mut(),
@@ -140,13 +174,13 @@ impl StableDiffusion {
         )?;
         let decoder = match refiner_run {
             Some((refiner, mut refiner_sampler, refiner_first)) => {
-                let conditioning = refiner.conditioning(request)?;
+                let conditioning = refiner.scheduled_conditioning(request, schedule_steps)?;
                 let len = refiner_sampler.timesteps().len();
                 latents = refiner.denoise(
                     refiner_sampler.as_mut(),
                     latents.to_dtype(refiner.dtype)?,
                     refiner_first..len,
-                    &conditioning,
+                    (&conditioning, end - first),
                     request,
                     &InpaintMode::None,
                     rng.as_mut(),
@@ -186,8 +220,26 @@ impl StableDiffusion {
         agree(
             "init image",
             request.init_image.is_some(),
-            inputs.init_image.is_some(),
+            inputs.init_image.is_some() || inputs.init_latents.is_some(),
         )?;
+        if let Some(latents) = inputs.init_latents {
+            let factor = self.spatial_factor();
+            let expected = [
+                1,
+                self.unet.config().out_channels,
+                request.height / factor,
+                request.width / factor,
+            ];
+            if inputs.init_image.is_some() || inputs.mask.is_some() || latents.dims() != expected {
+                return Err(Error::invalid(
+                    "init latents",
+                    format!(
+                        "expected {expected:?} and no init image or mask, found {:?}",
+                        latents.dims()
+                    ),
+                ));
+            }
+        }
         agree("mask", request.mask.is_some(), inputs.mask.is_some())?;
         agree(
             "refiner",
@@ -365,14 +417,16 @@ impl StableDiffusion {
         Ok((latents, first, mode))
     }
 
-    /// The denoising loop over `steps` (indices into the sampler's timesteps).
+    /// The denoising loop over `steps` (indices into the sampler's timesteps). The
+    /// conditioning of each model evaluation comes from the schedule, at the step counter
+    /// that starts at `first_counter` for `steps.start`.
     #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
         sampler: &mut dyn Sampler,
         mut latents: Tensor,
         steps: Range<usize>,
-        conditioning: &Conditioning,
+        (schedule, first_counter): (&ConditioningSchedule, usize),
         request: &GenerationRequest,
         inpaint: &InpaintMode,
         rng: &mut dyn NoiseSource,
@@ -380,7 +434,9 @@ impl StableDiffusion {
     ) -> Result<Tensor> {
         let timesteps = sampler.timesteps().to_vec();
         let cfg = request.uses_cfg();
+        let start = steps.start;
         for index in steps {
+            let conditioning = schedule.at(first_counter + index - start);
             latents = sampler.prepare_step(&latents, index, rng)?;
             let timestep = timesteps[index];
             let model_input = if cfg {

@@ -1,10 +1,16 @@
 //! Hires fix (AUTOMATIC1111's two-pass txt2img): generate at the request's size, enlarge the
 //! picture, then run img2img on it at a denoising strength.
 //!
-//! The image upscaler (Lanczos, a = 3) is supported; A1111's "Latent" upscalers (bilinear or
-//! nearest on the latents) are not built yet.
+//! Upscalers: Lanczos (a = 3) on the decoded picture, or A1111's "Latent": the first pass's
+//! latents enlarged bilinearly (torch's `interpolate(mode="bilinear", antialias=False)`,
+//! half-pixel centres) and handed to the second pass as they are, without the VAE.
+//! A1111's prompt schedules count the second pass from the first pass's steps
+//! ([`crate::prompt::ScheduleSteps::Hires`]).
 
 use std::path::PathBuf;
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor};
 
 use ::image::imageops::FilterType;
 
@@ -22,6 +28,75 @@ pub struct HiresFix {
     pub steps: usize,
     /// How much the second pass changes the enlarged image, in (0, 1] ("Denoising strength").
     pub strength: f64,
+    /// How the first pass is enlarged ("Hires upscaler").
+    pub upscaler: HiresUpscaler,
+}
+
+/// How a hires fix enlarges its first pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HiresUpscaler {
+    /// The decoded picture, Lanczos (a = 3), encoded again by the VAE.
+    #[default]
+    Lanczos,
+    /// A1111's "Latent": the latents, bilinear, no antialiasing.
+    Latent,
+}
+
+impl HiresUpscaler {
+    /// Every name [`HiresUpscaler::from_str`] accepts (lower case).
+    pub const NAMES: &'static [&'static str] = &["lanczos", "latent"];
+
+    /// The name A1111 writes in its "Hires upscaler" infotext field.
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            HiresUpscaler::Lanczos => "Lanczos",
+            HiresUpscaler::Latent => "Latent",
+        }
+    }
+}
+
+impl FromStr for HiresUpscaler {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "lanczos" => Ok(HiresUpscaler::Lanczos),
+            "latent" | "latent (bilinear)" => Ok(HiresUpscaler::Latent),
+            _ => Err(Error::Unsupported {
+                what: "hires upscaler",
+                value: s.to_string(),
+                valid: Self::NAMES.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+}
+
+/// `latents` `(b, c, h, w)` resized to `(b, c, height, width)` as torch's bilinear
+/// `interpolate` (align_corners=False, no antialiasing) does: each output position samples
+/// the input at `(i + 0.5)·in/out − 0.5` (clamped at 0) between its two neighbours. Computed
+/// as two interpolation matrices, `R_h · x · R_wᵀ`, on the latents' device.
+pub fn upscale_latents_bilinear(latents: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let (_, _, in_h, in_w) = latents.dims4()?;
+    let dtype = latents.dtype();
+    let matrix = |input: usize, output: usize| -> Result<Tensor> {
+        let scale = input as f32 / output as f32;
+        let mut values = vec![0f32; output * input];
+        for i in 0..output {
+            let source = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+            let low = (source.floor() as usize).min(input - 1);
+            let lambda = (source - low as f32).clamp(0.0, 1.0);
+            let high = if low + 1 < input { low + 1 } else { low };
+            values[i * input + low] += 1.0 - lambda;
+            values[i * input + high] += lambda;
+        }
+        Ok(Tensor::from_vec(values, (output, input), latents.device())?)
+    };
+    let rows = matrix(in_h, height)?; // (height, in_h)
+    let columns = matrix(in_w, width)?.t()?; // (in_w, width)
+    let x = latents.to_dtype(DType::F32)?;
+    let x = rows.broadcast_matmul(&x)?; // (b, c, height, in_w)
+    let x = x.broadcast_matmul(&columns)?; // (b, c, height, width)
+    Ok(x.to_dtype(dtype)?)
 }
 
 impl HiresFix {
@@ -46,6 +121,7 @@ impl HiresFix {
             strength: self.strength,
             init_image: Some(PathBuf::from("<hires fix first pass>")),
             batch_size: 1,
+            hires: None,
             ..first.clone()
         }
     }
@@ -79,18 +155,31 @@ impl StableDiffusion {
             ));
         }
         let first = self.generate(request, &Inputs::default(), progress)?;
-        let second_request = hires.second_pass(request, self.spatial_factor());
-        let image = ::image::imageops::resize(
-            &first.images[0],
-            second_request.width as u32,
-            second_request.height as u32,
-            FilterType::Lanczos3,
-        );
-        let init = image_to_tensor(&image, &self.device)?;
+        let factor = self.spatial_factor();
+        let second_request = hires.second_pass(request, factor);
+        let (width, height) = (second_request.width, second_request.height);
+        let (init_image, init_latents) = match hires.upscaler {
+            HiresUpscaler::Lanczos => {
+                let image = ::image::imageops::resize(
+                    &first.images[0],
+                    width as u32,
+                    height as u32,
+                    FilterType::Lanczos3,
+                );
+                (Some(image_to_tensor(&image, &self.device)?), None)
+            }
+            HiresUpscaler::Latent => {
+                let latents =
+                    upscale_latents_bilinear(&first.latents, height / factor, width / factor)?;
+                (None, Some(latents))
+            }
+        };
         self.generate(
             &second_request,
             &Inputs {
-                init_image: Some(&init),
+                init_image: init_image.as_ref(),
+                init_latents: init_latents.as_ref(),
+                hires_first_pass_steps: Some(request.steps),
                 ..Inputs::default()
             },
             progress,

@@ -1,6 +1,6 @@
 //! The request as AUTOMATIC1111 infotext, and back: what a PNG carries so that it can be re-made.
 
-use super::{GenerationRequest, RngKind};
+use super::{GenerationRequest, HiresFix, HiresUpscaler, RngKind};
 use crate::image::{format_float, InfoText};
 use crate::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
 use crate::{Error, Result};
@@ -27,11 +27,33 @@ impl GenerationRequest {
         if !model_name.is_empty() {
             info.push("Model", model_name);
         }
+        if let (true, Some(seed)) = (self.uses_variation(), self.variation_seed) {
+            // The request's value, as "Seed" is: with "Batch size"/"Batch pos" it re-makes
+            // the batch.
+            info.push("Variation seed", seed);
+            info.push(
+                "Variation seed strength",
+                format_float(self.variation_strength),
+            );
+        }
+        if let Some((w, h)) = self.seed_resize_from {
+            info.push("Seed resize from", format!("{w}x{h}"));
+        }
         if self.init_image.is_some() {
             info.push("Denoising strength", format_float(self.strength));
         }
+        if let Some(hires) = &self.hires {
+            info.push("Denoising strength", format_float(hires.strength));
+        }
         if self.clip_skip > 1 {
             info.push("Clip skip", self.clip_skip);
+        }
+        if let Some(hires) = &self.hires {
+            info.push("Hires upscale", format_float(hires.scale));
+            if hires.steps > 0 {
+                info.push("Hires steps", hires.steps);
+            }
+            info.push("Hires upscaler", hires.upscaler.a1111_name());
         }
         info.push("RNG", self.rng.a1111_name());
         if let Some(refiner) = &self.refiner {
@@ -155,6 +177,28 @@ impl GenerationRequest {
             request.width = number("Size", w)?;
             request.height = number("Size", h)?;
         }
+        if let Some(v) = info.get("Variation seed") {
+            request.variation_seed = Some(number("Variation seed", v)?);
+        }
+        if let Some(v) = info.get("Variation seed strength") {
+            request.variation_strength = number("Variation seed strength", v)?;
+        }
+        if let Some(v) = info.get("Seed resize from") {
+            // A1111 writes -1x-1 for "off" in some versions.
+            let (w, h) = v.split_once('x').ok_or_else(|| {
+                Error::invalid(
+                    "infotext",
+                    format!("Seed resize from `{v}` is not WIDTHxHEIGHT"),
+                )
+            })?;
+            let (w, h): (i64, i64) = (
+                number("Seed resize from", w)?,
+                number("Seed resize from", h)?,
+            );
+            if w > 0 && h > 0 {
+                request.seed_resize_from = Some((w as usize, h as usize));
+            }
+        }
         if let Some(v) = info.get("Denoising strength") {
             request.strength = number("Denoising strength", v)?;
         }
@@ -177,6 +221,27 @@ impl GenerationRequest {
         }
         if let Some(v) = info.get("Negative aesthetic score") {
             request.negative_aesthetic_score = number("Negative aesthetic score", v)?;
+        }
+        if let Some(v) = info.get("Hires upscale") {
+            let strength = match info.get("Denoising strength") {
+                Some(v) => number("Denoising strength", v)?,
+                None => 0.7,
+            };
+            // A1111's default upscaler is "Latent"; others it names (ESRGAN, ...) are not
+            // built here and are refused by name.
+            let upscaler = match info.get("Hires upscaler") {
+                Some(v) => v.parse::<HiresUpscaler>()?,
+                None => HiresUpscaler::Latent,
+            };
+            request.hires = Some(HiresFix {
+                scale: number("Hires upscale", v)?,
+                steps: match info.get("Hires steps") {
+                    Some(v) => number("Hires steps", v)?,
+                    None => 0,
+                },
+                strength,
+                upscaler,
+            });
         }
         if let Some(v) = info.get("Batch size") {
             request.batch_size = number("Batch size", v)?;

@@ -11,7 +11,8 @@
 //! Files: `family` (what was loaded), `model` (assembling and loading a model), `precision`
 //! (half-precision storage), `conditioning` (text → embeddings per family), `inpaint` (mask
 //! inputs), `refiner` (the SDXL handoff split), `denoise` (the generation itself), `request`
-//! and `infotext` (the request and its PNG text).
+//! and `infotext` (the request and its PNG text), `variation` (A1111's variation seeds and seed
+//! resize in the initial noise).
 
 mod conditioning;
 mod denoise;
@@ -23,17 +24,19 @@ mod model;
 mod precision;
 pub mod refiner;
 mod request;
+mod variation;
 
-pub use conditioning::{Conditioning, PromptEmbedding, TextOptions};
+pub use conditioning::{Conditioning, ConditioningSchedule, PromptEmbedding, TextOptions};
 pub use denoise::Inputs;
 pub use family::{ModelDescription, ModelFamily};
-pub use hires::HiresFix;
+pub use hires::{upscale_latents_bilinear, HiresFix, HiresUpscaler};
 pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
 pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
 pub use request::{
     GenerationRequest, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
 };
+pub use variation::initial_noise;
 
 use std::time::Duration;
 

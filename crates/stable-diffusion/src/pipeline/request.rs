@@ -115,6 +115,17 @@ pub struct GenerationRequest {
     pub prompt_syntax: PromptSyntax,
     /// A1111's clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ...
     pub clip_skip: usize,
+    /// A1111's variation seed ("subseed"): its noise is slerped into the seed's noise.
+    pub variation_seed: Option<u64>,
+    /// How far toward the variation seed's noise, in [0, 1]; 0 leaves the seed's noise.
+    pub variation_strength: f64,
+    /// A1111's seed resize, (width, height) in pixels: the seed's noise is made at this size
+    /// and its centre pasted into noise of the request's size.
+    pub seed_resize_from: Option<(usize, usize)>,
+    /// A1111's hires fix: a second, enlarged img2img pass
+    /// ([`StableDiffusion::generate_hires`](super::StableDiffusion::generate_hires) runs it;
+    /// `generate` runs the first pass only).
+    pub hires: Option<super::HiresFix>,
 }
 
 /// The refiner switch point when none is given (AUTOMATIC1111's and diffusers' examples).
@@ -145,6 +156,10 @@ impl Default for GenerationRequest {
             sampler_options: SamplerOptions::default(),
             prompt_syntax: PromptSyntax::Plain,
             clip_skip: 1,
+            variation_seed: None,
+            variation_strength: 0.0,
+            seed_resize_from: None,
+            hires: None,
         }
     }
 }
@@ -255,6 +270,20 @@ impl GenerationRequest {
                 "clip skip",
                 "0 is not allowed: 1 is the last layer, 2 the penultimate, ...",
             ));
+        }
+        if !(0.0..=1.0).contains(&self.variation_strength) {
+            return Err(Error::invalid(
+                "variation strength",
+                format!("{} is outside [0, 1]", self.variation_strength),
+            ));
+        }
+        if let Some((w, h)) = self.seed_resize_from {
+            if w < spatial_factor || h < spatial_factor || w > MAX_SIDE || h > MAX_SIDE {
+                return Err(Error::invalid(
+                    "seed resize from",
+                    format!("{w}x{h} is not within {spatial_factor}..={MAX_SIDE} pixels a side"),
+                ));
+            }
         }
         if self.init_image.is_some() && self.effective_steps() == 0 {
             return Err(Error::invalid(

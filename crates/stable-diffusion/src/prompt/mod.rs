@@ -11,16 +11,19 @@
 //! The conditioning encodes each chunk with its own start and end tokens and applies the
 //! weights as [`emphasis`] describes. Files: `attention` (the bracket syntax), `extra_networks`
 //! (`<lora:...>` tags), `chunks` (cutting weighted tokens into windows), `emphasis` (weights
-//! applied to the encoder output).
+//! applied to the encoder output), `schedule` (`[from:to:when]` editing and `[a|b]`
+//! alternation: the text at each step, before all of the above).
 
 mod attention;
 mod chunks;
 pub mod emphasis;
 mod extra_networks;
+mod schedule;
 
 pub use attention::{parse_attention, PromptPiece};
 pub use chunks::{chunk_tokens, PromptChunk, WeightedTokens, COMMA_BACKTRACK};
 pub use extra_networks::{extract_extra_networks, ExtraNetwork};
+pub use schedule::{prompt_schedule, schedule_index, ScheduleSteps, ScheduledText};
 
 use std::str::FromStr;
 

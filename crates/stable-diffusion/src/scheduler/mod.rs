@@ -143,6 +143,19 @@ impl SamplerKind {
         SamplerKind::Pndm,
     ];
 
+    /// Whether A1111 marks this sampler second-order (two model evaluations per step): its
+    /// prompt schedules then count twice the steps.
+    pub fn evaluates_twice_per_step(&self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Heun
+                | SamplerKind::Dpm2
+                | SamplerKind::Dpm2A
+                | SamplerKind::DpmPp2SA
+                | SamplerKind::DpmPpSde
+        )
+    }
+
     /// The name used on the command line and in requests ("euler_a", ...).
     pub fn name(&self) -> &'static str {
         match self {
