@@ -70,6 +70,10 @@ pub struct GenerateArgs {
     /// Scale of the sampler's fresh noise [default: 1].
     #[arg(long)]
     s_noise: Option<f64>,
+    /// Rescale the noise schedule to zero terminal SNR with trailing timesteps (diffusers'
+    /// rescale_betas_zero_snr; for v-prediction models trained that way; diffusers flavor).
+    #[arg(long)]
+    rescale_zero_snr: bool,
     /// Custom sigmas, largest first, comma separated (k-diffusion flavor), e.g. 14.6,5,1.5,0.3,0.
     #[arg(long, value_delimiter = ',')]
     sigmas: Option<Vec<f64>>,
@@ -257,6 +261,9 @@ fn build_request(
     }
     if let Some(list) = &args.sigmas {
         options.sigmas = Some(list.clone());
+    }
+    if args.rescale_zero_snr {
+        options.rescale_zero_snr = true;
     }
     if let Some(v) = &args.schedule {
         request.schedule = v.parse::<SigmaSchedule>().map_err(as_usage)?;

@@ -7,15 +7,20 @@ use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
 /// How names map to references, printed under the tables.
 const FLAVOR_NOTE: &str = "\
 Flavors: a sampler follows diffusers' scheduler class (the `diffusers` column) when it has one
-and the schedule is `default` (or `karras` for euler, euler_a, dpmpp_2m); otherwise it follows
-k-diffusion's sample_* function as AUTOMATIC1111 runs it (the `k-diffusion` column), on the sigma
-schedule chosen. A1111's names (\"DPM++ 2M\", \"Euler a\") or aliases (k_dpmpp_2m) always select
-the k-diffusion flavor, where `default` means A1111's \"Automatic\" (Karras for DPM++ 2M, DPM++
-SDE, DPM++ 2S a, DPM2 (a); Exponential for the 2M/3M SDE samplers; Uniform otherwise), so infotext
-written by A1111 re-runs with A1111's sampling. --sampler-flavor diffusers|k-diffusion forces one.
-Stochastic k-diffusion samplers draw their noise from the seed's generator (as A1111 with RNG=CPU,
-batch size 1); DPM++ SDE / 2M SDE / 3M SDE use i.i.d. noise where A1111 uses a Brownian tree.
-ddim and pndm walk their own timesteps and take no sigma schedule.";
+and the schedule is `default` (or `karras`, for the classes with use_karras_sigmas: all but
+ddim, pndm, ddpm, lcm, tcd); otherwise it follows k-diffusion's sample_* function as
+AUTOMATIC1111 runs it (the `k-diffusion` column), on the sigma schedule chosen. A1111's names
+(\"DPM++ 2M\", \"Euler a\") or aliases (k_dpmpp_2m) always select the k-diffusion flavor, where
+`default` means A1111's \"Automatic\" (Karras for DPM++ 2M, DPM++ SDE, DPM++ 2S a, DPM2 (a);
+Exponential for the 2M/3M SDE samplers; Uniform otherwise), so infotext written by A1111 re-runs
+with A1111's sampling. --sampler-flavor diffusers|k-diffusion forces one.
+Stochastic samplers draw their noise from the seed's generator (as A1111 with RNG=CPU, batch size
+1); DPM++ SDE / 2M SDE / 3M SDE use i.i.d. noise where A1111 and diffusers' DPMSolverSDE use a
+Brownian tree (same statistics, not the same images).
+ddim, pndm, ddpm, lcm and tcd walk their own timesteps and take no sigma schedule; lcm and tcd
+are for LCM/TCD-distilled models or LoRAs (few steps, low CFG); tcd's --eta is its gamma (0.3).
+--rescale-zero-snr rescales the schedule to zero terminal SNR with trailing timesteps
+(ddim, ddpm, lcm, tcd, euler, euler_a, dpmpp_2m, dpmpp_2m_sde, unipc; v-prediction models).";
 
 /// Runs `sd samplers`.
 pub fn run() -> Result<()> {

@@ -109,6 +109,59 @@ fn a1111_samplers_match_k_diffusion_end_to_end() {
     );
 }
 
+/// Runs every case of a cases file through `sd generate` and compares the PNGs; returns the
+/// worst (max, mean) channel difference.
+fn run_png_cases(file: &str, min_cases: usize) -> (usize, f64, f64) {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("pipeline_samplers").join(file)).unwrap(),
+    )
+    .unwrap();
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= min_cases, "only {} cases", cases.len());
+    let dir = scratch(file.trim_end_matches(".json"));
+    let model = tiny_model();
+    let mut worst = (0.0f64, 0.0f64);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let output = dir.join(format!("{name}.png"));
+        let mut args: Vec<String> = vec![
+            "generate".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+        ];
+        args.extend(
+            case["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string()),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = sd(&args);
+        assert!(
+            run.status.success(),
+            "{name}: sd failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let image = case["images"][0].as_str().unwrap();
+        let (max, mean) = assert_images_match(
+            name,
+            &output,
+            &fixtures().join("pipeline_samplers").join(image),
+        );
+        worst = (worst.0.max(max), worst.1.max(mean));
+    }
+    (cases.len(), worst.0, worst.1)
+}
+
+#[test]
+fn diffusers_flavor_samplers_match_diffusers_pipelines_end_to_end() {
+    let (count, max, mean) = run_png_cases("diffusers_cases.json", 10);
+    println!("{count} cases; worst channel max |diff| {max} /255, worst mean {mean:.4}");
+}
+
 #[test]
 fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
     let dir = scratch("infotext");
@@ -248,6 +301,15 @@ fn samplers_command_lists_every_sampler_and_schedule() {
         "ipndm",
         "ddim",
         "pndm",
+        "ddpm",
+        "lcm",
+        "tcd",
+        "unipc",
+        "deis",
+        "dpmpp_2s",
+        "UniPC",
+        "HeunDiscreteScheduler",
+        "LCMScheduler",
         "DPM++ 2M SDE",
         "karras",
         "exponential",
@@ -294,9 +356,23 @@ fn nonsense_combinations_and_unknown_names_are_explained() {
     let (code, err) = run(&["--schedule", "exponentiall"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("kl_optimal"), "{err}");
-    let (code, err) = run(&["--sampler", "heun", "--sampler-flavor", "diffusers"]);
+    let (code, err) = run(&["--sampler", "ipndm", "--sampler-flavor", "diffusers"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("k-diffusion"), "{err}");
+    // LCM and TCD walk their own timesteps: a sigma schedule is explained, not ignored.
+    let (code, err) = run(&["--sampler", "lcm", "--schedule", "karras"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("lcm") && err.contains("karras") && err.contains("own timesteps"),
+        "{err}"
+    );
+    // Zero terminal SNR exists only where diffusers' class has it.
+    let (code, err) = run(&["--sampler", "heun", "--rescale-zero-snr"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("zero terminal SNR") && err.contains("unipc"),
+        "{err}"
+    );
     let (code, err) = run(&["--sampler", "euler", "--sigmas", "1,2,0"]);
     assert_eq!(code.map(|c| c != 0), Some(true), "{err}");
     assert!(err.contains("sigma"), "{err}");

@@ -8,8 +8,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
 use stable_diffusion::scheduler::{
-    build_sampler, img2img_start_step, BetaSchedule, NoiseSchedule, SamplerKind, SchedulerConfig,
-    SigmaSchedule, TimestepSpacing,
+    build_sampler, build_sampler_with, img2img_start_step, BetaSchedule, NoiseSchedule, Sampler,
+    SamplerFlavor, SamplerKind, SamplerOptions, SchedulerConfig, SigmaSchedule, TimestepSpacing,
 };
 use stable_diffusion::Error;
 
@@ -335,4 +335,201 @@ fn config_karras_key_applies_where_diffusers_reads_it() {
             "{kind}"
         );
     }
+}
+
+/// Builds the diffusers-flavor sampler a `classes.json` case describes.
+fn class_case_sampler(case: &serde_json::Value) -> Box<dyn Sampler> {
+    let name = case["name"].as_str().unwrap();
+    let kind: SamplerKind = case["sampler"].as_str().unwrap().parse().unwrap();
+    let schedule: SigmaSchedule = case["schedule"].as_str().unwrap().parse().unwrap();
+    let config_text = serde_json::to_string(&case["config"]).unwrap();
+    let config = SchedulerConfig::from_json(&config_text, "case config".as_ref()).unwrap();
+    let steps = case["steps"].as_u64().unwrap() as usize;
+    let options = &case["options"];
+    let options = SamplerOptions {
+        eta: options.get("eta").and_then(|v| v.as_f64()),
+        s_noise: options.get("s_noise").and_then(|v| v.as_f64()),
+        flavor: Some(SamplerFlavor::Diffusers),
+        ..SamplerOptions::default()
+    };
+    build_sampler_with(kind, schedule, &config, steps, &options)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn diffusers_classes_match_step_by_step() {
+    let fixture = common::load_json("scheduler/classes.json");
+    let tensors = common::load_tensors("scheduler/classes.safetensors");
+    let shape: Vec<usize> = serde_json::from_value(fixture["shape"].clone()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    let mut worst: std::collections::BTreeMap<String, (f32, String)> = Default::default();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let sampler_name = case["sampler"].as_str().unwrap().to_string();
+        let mut sampler = class_case_sampler(case);
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let timesteps: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+        assert_eq!(
+            sampler.timesteps().len(),
+            timesteps.len(),
+            "{name}: timestep count\nours: {:?}\nreference: {timesteps:?}",
+            sampler.timesteps()
+        );
+        for (i, (a, e)) in sampler.timesteps().iter().zip(&timesteps).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-3,
+                "{name}: timestep {i} is {a}, reference {e}\nours: {:?}\nreference: {timesteps:?}",
+                sampler.timesteps()
+            );
+        }
+        let init_sigma = case["init_noise_sigma"].as_f64().unwrap();
+        assert!(
+            relative_diff(sampler.init_noise_sigma(), init_sigma) <= 1e-6,
+            "{name}: init_noise_sigma {} vs {init_sigma}",
+            sampler.init_noise_sigma()
+        );
+        let mut rng = TorchCpuRng::new(case["seed"].as_u64().unwrap());
+        let start = case["start_step"].as_u64().unwrap() as usize;
+        let mut latents = if let Some(strength) = case.get("strength") {
+            let first = sampler
+                .img2img_start(steps, strength.as_f64().unwrap())
+                .unwrap();
+            assert_eq!(first, start, "{name}: img2img start step");
+            sampler.start_at(start).unwrap();
+            let original = rng.randn(&shape, &Device::Cpu).unwrap();
+            let noise = rng.randn(&shape, &Device::Cpu).unwrap();
+            let noisy = sampler.add_noise(&original, &noise, start).unwrap();
+            common::assert_close(
+                &format!("{name} noised latents"),
+                &noisy,
+                &tensors[&format!("{name}.noisy")],
+                1e-5,
+            );
+            noisy
+        } else {
+            let initial = rng.randn(&shape, &Device::Cpu).unwrap();
+            (initial * sampler.init_noise_sigma()).unwrap()
+        };
+        let loop_steps = case["num_loop_steps"].as_u64().unwrap() as usize;
+        assert_eq!(
+            sampler.timesteps().len() - start,
+            loop_steps,
+            "{name}: loop length"
+        );
+        for i in start..sampler.timesteps().len() {
+            let t = sampler.timesteps()[i];
+            let input = sampler.scale_model_input(&latents, i).unwrap();
+            let output = fake_model(&input, t);
+            latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
+            let expected = &tensors[&format!("{name}.step{}", i - start)];
+            // Latents of order 1 (order σ_max ≈ 4096 in the first zero-SNR Euler steps, where
+            // one f32 ulp is already ~5e-4): the bound is relative to max(1, |reference|).
+            let scale = max_abs(expected).max(1.0);
+            let diff = common::max_abs_diff(&latents, expected) / scale;
+            let entry = worst.entry(sampler_name.clone()).or_default();
+            if diff > entry.0 {
+                *entry = (diff, format!("{name} step {}", i - start));
+            }
+            common::assert_close(
+                &format!("{name} step {}", i - start),
+                &latents,
+                expected,
+                CLASS_STEP_TOLERANCE * scale,
+            );
+        }
+    }
+    for (sampler, (diff, at)) in &worst {
+        println!("{sampler}: worst max abs diff / max(1, |reference|) {diff:e} ({at})");
+    }
+    for kind in SamplerKind::ALL {
+        if kind.diffusers_class().is_some()
+            && !matches!(
+                kind,
+                SamplerKind::Ddim
+                    | SamplerKind::Pndm
+                    | SamplerKind::Euler
+                    | SamplerKind::EulerA
+                    | SamplerKind::DpmPp2M
+            )
+        {
+            assert!(
+                worst.contains_key(kind.name()),
+                "{kind} has a diffusers class but no fixture loop"
+            );
+        }
+    }
+}
+
+/// The bound on latents after each step, for the classes' loops.
+const CLASS_STEP_TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn rescale_zero_snr_option_equals_the_config_key_with_trailing_spacing() {
+    let fixture = common::load_json("scheduler/classes.json");
+    for name in ["euler_zero_snr_v_6", "ddim_zero_snr_v_6"] {
+        let case = fixture["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        let kind: SamplerKind = case["sampler"].as_str().unwrap().parse().unwrap();
+        let options = SamplerOptions {
+            rescale_zero_snr: true,
+            flavor: Some(SamplerFlavor::Diffusers),
+            ..SamplerOptions::default()
+        };
+        let sampler = build_sampler_with(
+            kind,
+            SigmaSchedule::Default,
+            &SchedulerConfig::sd21_v(),
+            6,
+            &options,
+        )
+        .unwrap();
+        let timesteps: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+        assert_eq!(sampler.timesteps(), timesteps.as_slice(), "{name}");
+        let init = case["init_noise_sigma"].as_f64().unwrap();
+        assert!(
+            relative_diff(sampler.init_noise_sigma(), init) <= 1e-6,
+            "{name}: {} vs {init}",
+            sampler.init_noise_sigma()
+        );
+    }
+    // Samplers whose diffusers class has no such option say so.
+    let options = SamplerOptions {
+        rescale_zero_snr: true,
+        ..SamplerOptions::default()
+    };
+    let err = build_sampler_with(
+        SamplerKind::Heun,
+        SigmaSchedule::Default,
+        &SchedulerConfig::sd21_v(),
+        6,
+        &options,
+    )
+    .err()
+    .expect("heun has no zero-SNR option")
+    .to_string();
+    assert!(
+        err.contains("HeunDiscreteScheduler") && err.contains("euler"),
+        "{err}"
+    );
+}
+
+#[test]
+fn consistency_samplers_refuse_sigma_schedules_and_too_many_steps() {
+    let config = SchedulerConfig::sd15();
+    for kind in [SamplerKind::Lcm, SamplerKind::Tcd, SamplerKind::Ddpm] {
+        let err = build_sampler(kind, SigmaSchedule::Karras, &config, 4, 0.0)
+            .err()
+            .expect("karras must be refused")
+            .to_string();
+        assert!(err.contains("own timesteps"), "{kind}: {err}");
+    }
+    let err = build_sampler(SamplerKind::Lcm, SigmaSchedule::Default, &config, 60, 0.0)
+        .err()
+        .expect("more steps than LCM's grid")
+        .to_string();
+    assert!(err.contains("original_inference_steps"), "{err}");
 }

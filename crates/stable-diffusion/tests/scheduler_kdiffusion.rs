@@ -35,6 +35,7 @@ fn options_of(case: &serde_json::Value) -> SamplerOptions {
             .map(|v| serde_json::from_value(v.clone()).unwrap()),
         flavor: Some(SamplerFlavor::KDiffusion),
         sdxl: false,
+        rescale_zero_snr: false,
     }
 }
 

@@ -12,14 +12,26 @@ where x is the scaled model input and t the model timestep.
 """
 
 import copy
+import inspect
 
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
+    UniPCMultistepScheduler,
 )
 
 from common import MODELS, save_json, save_tensors
@@ -180,3 +192,155 @@ def make(root):
     save_json(out / "cases.json", {"shape": list(SHAPE), "cases": cases})
     cfg = copy.deepcopy(SD15)
     save_json(MODELS / "tiny-sd15" / "scheduler" / "scheduler_config.json", cfg)
+    make_classes(out)
+
+
+# The other diffusers classes (`sd --sampler NAME --sampler-flavor diffusers`): the class and
+# the keyword arguments `from_config` gets, and whether it reads `use_karras_sigmas`.
+MORE_CLASSES = {
+    "heun": (HeunDiscreteScheduler, {}, True),
+    "lms": (LMSDiscreteScheduler, {}, True),
+    "dpm2": (KDPM2DiscreteScheduler, {}, True),
+    "dpm2_a": (KDPM2AncestralDiscreteScheduler, {}, True),
+    "dpmpp_2m_sde": (DPMSolverMultistepScheduler,
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, True),
+    "dpmpp_2m_sde_heun": (DPMSolverMultistepScheduler,
+                          {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                           "solver_type": "heun"}, True),
+    "ddpm": (DDPMScheduler, {}, False),
+    "lcm": (LCMScheduler, {}, False),
+    "tcd": (TCDScheduler, {}, False),
+    "unipc": (UniPCMultistepScheduler, {"solver_type": "bh2", "solver_order": 2}, True),
+    "deis": (DEISMultistepScheduler, {"solver_order": 2}, True),
+    "dpmpp_2s": (DPMSolverSinglestepScheduler,
+                 {"algorithm_type": "dpmsolver++", "solver_order": 2}, True),
+    "dpmpp_sde": (DPMSolverSDEScheduler, {}, True),
+}
+
+# The first five classes again, for the zero terminal SNR cases.
+ALL_CLASSES = {
+    **MORE_CLASSES,
+    "ddim": (DDIMScheduler, {}, False),
+    "euler": (EulerDiscreteScheduler, {}, True),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}, False),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                 True),
+}
+
+# Samplers whose timesteps ignore the spacing keys (no spacing cases for them).
+OWN_GRID = {"lcm", "tcd"}
+
+# A smaller sample than the loops above: these cases only add classes.
+CLASS_SHAPE = (1, 4, 4, 4)
+
+
+def run_class_case(name, sampler, schedule, config, steps, seed, strength=None, step_kwargs=None):
+    """One loop as `run_case`, for the classes of MORE_CLASSES; `step_kwargs` (eta, ...) go to
+    every `step` call and are recorded as the sampler options."""
+    cls, overrides, karras = ALL_CLASSES[sampler]
+    overrides = dict(overrides)
+    if karras:
+        overrides["use_karras_sigmas"] = schedule == "karras"
+    sched = cls.from_config(config, **overrides)
+    sched.set_timesteps(steps)
+    step_kwargs = dict(step_kwargs or {})
+    case = {
+        "name": name,
+        "sampler": sampler,
+        "schedule": schedule,
+        "config": config,
+        "steps": steps,
+        "seed": seed,
+        "options": dict(step_kwargs),
+        "timesteps": [float(t) for t in sched.timesteps],
+        "init_noise_sigma": float(sched.init_noise_sigma),
+    }
+    gen = torch.Generator("cpu").manual_seed(seed)
+    if "generator" in inspect.signature(sched.step).parameters:
+        step_kwargs["generator"] = gen
+    if hasattr(sched, "noise_sampler"):
+        # DPMSolverSDE: i.i.d. noise from the generator instead of torchsde's Brownian tree
+        # (what sd does; each increment has the same distribution).
+        sched.noise_sampler = lambda sigma, sigma_next: torch.randn(
+            CLASS_SHAPE, generator=gen, dtype=torch.float32)
+    tensors = {}
+    timesteps = sched.timesteps
+    if strength is None:
+        latents = torch.randn(CLASS_SHAPE, generator=gen, dtype=torch.float32)
+        tensors[f"{name}.initial"] = latents
+        latents = latents * sched.init_noise_sigma
+        start = 0
+    else:
+        init_timestep = min(int(steps * strength), steps)
+        start = max(steps - init_timestep, 0) * sched.order
+        timesteps = sched.timesteps[start:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        original = torch.randn(CLASS_SHAPE, generator=gen, dtype=torch.float32)
+        noise = torch.randn(CLASS_SHAPE, generator=gen, dtype=torch.float32)
+        latents = sched.add_noise(original, noise, timesteps[:1])
+        tensors[f"{name}.original"] = original
+        tensors[f"{name}.noisy"] = latents
+        case["strength"] = strength
+    case["start_step"] = start
+    for i, t in enumerate(timesteps):
+        x_in = sched.scale_model_input(latents, t)
+        eps = fake_model(x_in, t)
+        latents = sched.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        tensors[f"{name}.step{i}"] = latents
+    case["num_loop_steps"] = len(timesteps)
+    return case, tensors
+
+
+def make_classes(out):
+    cases = []
+    tensors = {}
+    seed = 500
+
+    def add(name, *args, **kwargs):
+        nonlocal seed
+        seed += 1
+        case, t = run_class_case(name, *args, seed=seed, **kwargs)
+        cases.append(case)
+        tensors.update(t)
+
+    for sampler, (_, _, karras) in MORE_CLASSES.items():
+        add(f"{sampler}_default_eps_6", sampler, "default", SD15, 6)
+        add(f"{sampler}_default_v_6", sampler, "default", SD21_V, 6)
+        if sampler not in OWN_GRID:
+            add(f"{sampler}_default_eps_5_leading", sampler, "default",
+                {**SD15, "timestep_spacing": "leading"}, 5)
+            add(f"{sampler}_default_eps_5_trailing", sampler, "default",
+                {**SD15, "timestep_spacing": "trailing"}, 5)
+        if karras:
+            add(f"{sampler}_karras_eps_6", sampler, "karras", SD15, 6)
+        add(f"{sampler}_img2img_10", sampler, "default", SD15, 10, strength=0.6)
+        if karras:
+            add(f"{sampler}_karras_img2img_10", sampler, "karras", SD15, 10, strength=0.6)
+
+    add("ddpm_default_eps_8_clip", "ddpm", "default", {**SD15, "clip_sample": True}, 8)
+    add("ddpm_linspace_fixed_large_6", "ddpm", "default",
+        {**SD15, "timestep_spacing": "linspace", "variance_type": "fixed_large"}, 6)
+    add("tcd_gamma_0_6", "tcd", "default", SD15, 6, step_kwargs={"eta": 0.0})
+    add("tcd_gamma_0.7_4", "tcd", "default", SD15, 4, step_kwargs={"eta": 0.7})
+    add("lcm_default_eps_4", "lcm", "default", SD15, 4)
+    # Zero terminal SNR (rescale_betas_zero_snr) with trailing spacing, as recommended for
+    # v-prediction models; epsilon too for the samplers that take it.
+    zsnr_v = {**SD21_V, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    zsnr_eps = {**SD15, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    for sampler in ["ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "ddpm",
+                    "lcm", "tcd"]:
+        add(f"{sampler}_zero_snr_v_6", sampler, "default", zsnr_v, 6)
+    add("ddim_zero_snr_v_img2img_10", "ddim", "default", zsnr_v, 10, strength=0.6)
+    add("euler_zero_snr_v_img2img_10", "euler", "default", zsnr_v, 10, strength=0.6)
+    add("euler_zero_snr_eps_6", "euler", "default", zsnr_eps, 6)
+    add("euler_zero_snr_v_linspace_6", "euler", "default",
+        {**zsnr_v, "timestep_spacing": "linspace"}, 6)
+    add("dpmpp_sde_s_noise_0.5_6", "dpmpp_sde", "default", SD15, 6, step_kwargs={"s_noise": 0.5})
+    add("unipc_default_eps_20", "unipc", "default", SD15, 20)
+    add("deis_default_eps_20", "deis", "default", SD15, 20)
+    add("dpmpp_2s_default_eps_7", "dpmpp_2s", "default", SD15, 7)
+    add("dpmpp_2s_img2img_9", "dpmpp_2s", "default", SD15, 9, strength=0.6)
+
+    save_tensors(out / "classes.safetensors", tensors)
+    save_json(out / "classes.json", {"shape": list(CLASS_SHAPE), "cases": cases})

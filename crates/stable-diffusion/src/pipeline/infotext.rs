@@ -107,6 +107,9 @@ impl GenerationRequest {
         if options.sdxl && self.schedule == SigmaSchedule::AlignYourSteps {
             info.push("AYS table", "SDXL");
         }
+        if options.rescale_zero_snr {
+            info.push("Zero terminal SNR", "True");
+        }
         let flavor = options.resolve_flavor(self.sampler, self.schedule);
         if flavor.ok() == Some(SamplerFlavor::Diffusers) {
             info.push("Sampler flavor", SamplerFlavor::Diffusers.name());
@@ -158,6 +161,7 @@ impl GenerationRequest {
             options.sigmas = Some(list);
         }
         options.sdxl = info.get("AYS table") == Some("SDXL");
+        options.rescale_zero_snr = info.get("Zero terminal SNR") == Some("True");
         if let Some(v) = info.get("Schedule type") {
             request.schedule = v.parse()?;
         }

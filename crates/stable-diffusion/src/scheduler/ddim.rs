@@ -63,6 +63,43 @@ impl AlphaSteps {
     }
 }
 
+/// The clean-sample and noise estimates (x₀, ε) from the model output at cumulative alpha
+/// `alpha_t`, as diffusers' ᾱ-based schedulers compute them (f32 scalars).
+pub(crate) fn x0_and_eps(
+    prediction: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    alpha_t: f32,
+) -> Result<(Tensor, Tensor)> {
+    let beta_t = 1.0 - alpha_t;
+    Ok(match prediction {
+        PredictionType::Epsilon => (
+            div(
+                &sub(sample, &mul(model_output, beta_t.sqrt())?)?,
+                alpha_t.sqrt(),
+            )?,
+            model_output.clone(),
+        ),
+        PredictionType::Sample => (
+            model_output.clone(),
+            div(
+                &sub(sample, &mul(model_output, alpha_t.sqrt())?)?,
+                beta_t.sqrt(),
+            )?,
+        ),
+        PredictionType::VPrediction => (
+            sub(
+                &mul(sample, alpha_t.sqrt())?,
+                &mul(model_output, beta_t.sqrt())?,
+            )?,
+            add(
+                &mul(model_output, alpha_t.sqrt())?,
+                &mul(sample, beta_t.sqrt())?,
+            )?,
+        ),
+    })
+}
+
 /// The DDIM sampler.
 #[derive(Debug, Clone)]
 pub struct Ddim {
@@ -121,32 +158,7 @@ impl Sampler for Ddim {
         let alpha_t = self.alphas.alpha_cumprod(t)?;
         let alpha_prev = self.alphas.alpha_cumprod(prev_t)?;
         let beta_t = 1.0 - alpha_t;
-        let (mut x0, eps) = match self.prediction {
-            PredictionType::Epsilon => (
-                div(
-                    &sub(sample, &mul(model_output, beta_t.sqrt())?)?,
-                    alpha_t.sqrt(),
-                )?,
-                model_output.clone(),
-            ),
-            PredictionType::Sample => (
-                model_output.clone(),
-                div(
-                    &sub(sample, &mul(model_output, alpha_t.sqrt())?)?,
-                    beta_t.sqrt(),
-                )?,
-            ),
-            PredictionType::VPrediction => (
-                sub(
-                    &mul(sample, alpha_t.sqrt())?,
-                    &mul(model_output, beta_t.sqrt())?,
-                )?,
-                add(
-                    &mul(model_output, alpha_t.sqrt())?,
-                    &mul(sample, beta_t.sqrt())?,
-                )?,
-            ),
-        };
+        let (mut x0, eps) = x0_and_eps(self.prediction, model_output, sample, alpha_t)?;
         if let Some(range) = self.clip_sample {
             x0 = x0.clamp(-range, range)?;
         }

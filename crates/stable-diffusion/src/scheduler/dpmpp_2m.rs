@@ -1,6 +1,10 @@
 //! DPM-Solver++(2M) (diffusers' `DPMSolverMultistepScheduler` with
 //! `algorithm_type="dpmsolver++"`, `solver_order=2`; A1111's "DPM++ 2M"): a second-order
 //! multistep solver on the data prediction x₀, in log-SNR time λ = log(α / σ).
+//!
+//! The same class with `algorithm_type="sde-dpmsolver++"` (A1111's "DPM++ 2M SDE") is the
+//! stochastic variant: each step contracts the sample by e^{−h} more and adds fresh noise of
+//! σ_t·sqrt(1 − e^{−2h}) ([`DpmPp2M::sde`]).
 
 use candle_core::Tensor;
 
@@ -11,14 +15,69 @@ use crate::rng::NoiseSource;
 use crate::Result;
 
 /// `(α_t, σ_t)` of the variance-preserving process at the sigma-parametrisation `sigma`.
-fn alpha_sigma(sigma: f32) -> (f32, f32) {
+pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
     let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
     (alpha, sigma * alpha)
 }
 
 /// λ = log α − log σ (+∞ at σ = 0).
-fn lambda(alpha: f32, sigma: f32) -> f32 {
+pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
+}
+
+/// DPM-Solver's timesteps and sigmas (diffusers' `DPMSolverMultistepScheduler.set_timesteps`,
+/// shared by UniPC and DEIS): `steps + 1` spaced timesteps with the last dropped and their
+/// interpolated sigmas, or Karras sigmas over the whole training range with their rounded
+/// timesteps (truncated for the cosine schedule unless `always_round`); then the final sigma.
+pub(crate) fn dpm_solver_sigmas(
+    cfg: &ResolvedConfig,
+    steps: usize,
+    always_round: bool,
+) -> Result<(Vec<f64>, Vec<f32>)> {
+    let noise: NoiseSchedule = cfg.noise_schedule()?;
+    let train = noise.train_sigmas();
+    let (timesteps, sigmas): (Vec<f64>, Vec<f64>) = if cfg.use_karras_sigmas {
+        // DPM's Karras bounds are the whole training range.
+        let sigma_min = f64::from(train[0]);
+        let sigma_max = f64::from(train[train.len() - 1]);
+        let sigmas = schedule::karras_sigmas(sigma_min, sigma_max, steps);
+        let log_sigmas = noise.log_train_sigmas();
+        let timesteps = sigmas
+            .iter()
+            .map(|&s| {
+                let t = schedule::sigma_to_t(s, &log_sigmas);
+                if !always_round && cfg.beta_schedule == schedule::BetaSchedule::SquaredCosCapV2 {
+                    t.trunc()
+                } else {
+                    schedule::round_half_even(t)
+                }
+            })
+            .collect();
+        (timesteps, sigmas)
+    } else {
+        let ts = schedule::dpm_timesteps(
+            cfg.timestep_spacing,
+            cfg.num_train_timesteps,
+            steps,
+            cfg.steps_offset,
+        );
+        let sigmas = ts
+            .iter()
+            .map(|&t| schedule::interp_sigma(t as f64, &train))
+            .collect();
+        (ts.into_iter().map(|t| t as f64).collect(), sigmas)
+    };
+    let last = if cfg.final_sigma_min {
+        f64::from(train[0])
+    } else {
+        0.0
+    };
+    let sigmas: Vec<f32> = sigmas
+        .into_iter()
+        .chain(std::iter::once(last))
+        .map(|s| s as f32)
+        .collect();
+    Ok((timesteps, sigmas))
 }
 
 /// The DPM-Solver++(2M) sampler.
@@ -32,6 +91,8 @@ pub struct DpmPp2M {
     euler_at_final: bool,
     final_sigma_zero: bool,
     heun: bool,
+    /// `sde-dpmsolver++`: the stochastic update with fresh noise every step.
+    sde: bool,
     /// The previous data prediction x₀ (for the second-order update).
     previous: Option<Tensor>,
     /// How many steps have run (capped at 2): the solver's order ramps up with it.
@@ -41,49 +102,7 @@ pub struct DpmPp2M {
 impl DpmPp2M {
     /// Sets up `steps` steps with the resolved config.
     pub fn new(cfg: &ResolvedConfig, steps: usize) -> Result<Self> {
-        let noise: NoiseSchedule = cfg.noise_schedule()?;
-        let train = noise.train_sigmas();
-        let (timesteps, sigmas): (Vec<f64>, Vec<f64>) = if cfg.use_karras_sigmas {
-            // DPM's Karras bounds are the whole training range.
-            let sigma_min = f64::from(train[0]);
-            let sigma_max = f64::from(train[train.len() - 1]);
-            let sigmas = schedule::karras_sigmas(sigma_min, sigma_max, steps);
-            let log_sigmas = noise.log_train_sigmas();
-            let timesteps = sigmas
-                .iter()
-                .map(|&s| {
-                    let t = schedule::sigma_to_t(s, &log_sigmas);
-                    if cfg.beta_schedule == schedule::BetaSchedule::SquaredCosCapV2 {
-                        t.trunc()
-                    } else {
-                        schedule::round_half_even(t)
-                    }
-                })
-                .collect();
-            (timesteps, sigmas)
-        } else {
-            let ts = schedule::dpm_timesteps(
-                cfg.timestep_spacing,
-                cfg.num_train_timesteps,
-                steps,
-                cfg.steps_offset,
-            );
-            let sigmas = ts
-                .iter()
-                .map(|&t| schedule::interp_sigma(t as f64, &train))
-                .collect();
-            (ts.into_iter().map(|t| t as f64).collect(), sigmas)
-        };
-        let last = if cfg.final_sigma_min {
-            f64::from(train[0])
-        } else {
-            0.0
-        };
-        let sigmas: Vec<f32> = sigmas
-            .into_iter()
-            .chain(std::iter::once(last))
-            .map(|s| s as f32)
-            .collect();
+        let (timesteps, sigmas) = dpm_solver_sigmas(cfg, steps, false)?;
         Ok(Self {
             timesteps,
             sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
@@ -93,8 +112,18 @@ impl DpmPp2M {
             euler_at_final: cfg.euler_at_final,
             final_sigma_zero: !cfg.final_sigma_min,
             heun: cfg.heun,
+            sde: false,
             previous: None,
             lower_order_nums: 0,
+        })
+    }
+
+    /// `algorithm_type="sde-dpmsolver++"`: `steps` steps of DPM-Solver++ (2M) SDE, with the
+    /// config's `solver_type` ("midpoint", or "heun" for A1111's "DPM++ 2M SDE Heun").
+    pub fn sde(cfg: &ResolvedConfig, steps: usize) -> Result<Self> {
+        Ok(Self {
+            sde: true,
+            ..Self::new(cfg, steps)?
         })
     }
 
@@ -137,7 +166,7 @@ impl Sampler for DpmPp2M {
         model_output: &Tensor,
         step: usize,
         sample: &Tensor,
-        _rng: &mut dyn NoiseSource,
+        rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         check_step(step, self.timesteps.len())?;
         let n = self.timesteps.len();
@@ -153,6 +182,33 @@ impl Sampler for DpmPp2M {
         let phi = alpha_t * ((-h).exp() - 1.0); // α_t (e^{−h} − 1)
         let scaled_sample = mul(sample, sigma_t / sigma_s0)?;
 
+        if self.sde {
+            // diffusers draws the noise on every step, the last (where σ_t = 0) included.
+            let noise = rng
+                .randn(model_output.dims(), model_output.device())?
+                .to_dtype(sample.dtype())?;
+            let decay = (-2.0 * h).exp(); // e^{−2h}
+            let scaled_sample = mul(sample, sigma_t / sigma_s0 * (-h).exp())?;
+            let data_weight = alpha_t * (1.0 - decay);
+            let mut prev = add(&scaled_sample, &mul(&x0, data_weight)?)?;
+            if let Some(m1) = previous.filter(|_| self.lower_order_nums >= 1 && !lower_order_final)
+            {
+                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
+                let h_0 = lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1);
+                let d1 = mul(&sub(&x0, &m1)?, 1.0 / (h_0 / h))?;
+                let c = if self.heun {
+                    alpha_t * ((1.0 - decay) / (-2.0 * h) + 1.0)
+                } else {
+                    0.5 * data_weight
+                };
+                prev = add(&prev, &mul(&d1, c)?)?;
+            }
+            let prev = add(&prev, &mul(&noise, sigma_t * (1.0 - decay).sqrt())?)?;
+            if self.lower_order_nums < 2 {
+                self.lower_order_nums += 1;
+            }
+            return Ok(prev);
+        }
         let prev = match previous {
             Some(m1) if self.lower_order_nums >= 1 && !lower_order_final => {
                 // Second order: D1 = (m0 − m1) / r0, r0 = h_prev / h.
@@ -190,6 +246,10 @@ impl Sampler for DpmPp2M {
     }
 
     fn kind(&self) -> SamplerKind {
-        SamplerKind::DpmPp2M
+        match (self.sde, self.heun) {
+            (false, _) => SamplerKind::DpmPp2M,
+            (true, false) => SamplerKind::DpmPp2MSde,
+            (true, true) => SamplerKind::DpmPp2MSdeHeun,
+        }
     }
 }

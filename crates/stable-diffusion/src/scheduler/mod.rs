@@ -10,6 +10,17 @@
 //! | `euler` | `EulerDiscreteScheduler` | Euler |
 //! | `euler_a` | `EulerAncestralDiscreteScheduler` | Euler a |
 //! | `dpmpp_2m` | `DPMSolverMultistepScheduler` (`dpmsolver++`, order 2) | DPM++ 2M |
+//! | `dpmpp_2m_sde` | `DPMSolverMultistepScheduler` (`sde-dpmsolver++`) | DPM++ 2M SDE |
+//! | `heun` | `HeunDiscreteScheduler` | Heun |
+//! | `lms` | `LMSDiscreteScheduler` | LMS |
+//! | `dpm2` / `dpm2_a` | `KDPM2DiscreteScheduler` / `KDPM2AncestralDiscreteScheduler` | DPM2 (a) |
+//! | `ddpm` | `DDPMScheduler` | — |
+//! | `lcm` | `LCMScheduler` | LCM |
+//! | `tcd` | `TCDScheduler` | — |
+//! | `unipc` | `UniPCMultistepScheduler` (`bh2`, order 2) | UniPC |
+//! | `deis` | `DEISMultistepScheduler` (order 2) | — |
+//! | `dpmpp_2s` | `DPMSolverSinglestepScheduler` (`dpmsolver++`, order 2) | — |
+//! | `dpmpp_sde` | `DPMSolverSDEScheduler` (i.i.d. noise for the Brownian tree) | DPM++ SDE |
 //!
 //! A [`SchedulerConfig`] is a diffusers `scheduler_config.json`; as with diffusers'
 //! `XScheduler.from_config(pipe.scheduler.config)`, the keys in the file win and the chosen
@@ -38,17 +49,27 @@ use crate::rng::NoiseSource;
 use crate::{Error, Result};
 
 pub mod ddim;
+pub mod ddpm;
+pub mod deis;
+pub mod dpm2;
 pub mod dpmpp_2m;
+pub mod dpmpp_2s;
+pub mod dpmpp_sde;
 pub mod euler;
 pub mod euler_a;
+pub mod heun;
 pub mod k_dpmpp;
 pub mod k_euler;
 pub mod k_heun;
 pub mod k_lms;
 pub mod kdiff;
+pub mod lcm;
+pub mod lms;
 pub mod pndm;
 pub mod schedule;
 pub mod sigmas;
+pub mod tcd;
+pub mod unipc;
 
 pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
 
@@ -86,6 +107,18 @@ pub enum SamplerKind {
     DpmPp3MSde,
     /// Improved PNDM: Adams–Bashforth steps on the sigma ODE.
     Ipndm,
+    /// DDPM's ancestral sampling (posterior mean plus noise).
+    Ddpm,
+    /// Latent Consistency Model sampling (for LCM-distilled models and LoRAs).
+    Lcm,
+    /// Trajectory Consistency Distillation sampling (for TCD-distilled models and LoRAs).
+    Tcd,
+    /// UniPC: multistep predictor with a free corrector (bh2, order 2).
+    UniPc,
+    /// DEIS: exponential-integrator multistep (log-rho, order 2).
+    Deis,
+    /// DPM-Solver++ (2S) single-step, second order in pairs of steps (no noise).
+    DpmPp2S,
 }
 
 /// Which reference a sampler reproduces: diffusers' scheduler class or k-diffusion's
@@ -125,7 +158,7 @@ impl std::str::FromStr for SamplerFlavor {
 
 impl SamplerKind {
     /// Every sampler, in display order.
-    pub const ALL: [SamplerKind; 15] = [
+    pub const ALL: [SamplerKind; 21] = [
         SamplerKind::Euler,
         SamplerKind::EulerA,
         SamplerKind::Heun,
@@ -133,14 +166,20 @@ impl SamplerKind {
         SamplerKind::Dpm2A,
         SamplerKind::Lms,
         SamplerKind::DpmPp2M,
+        SamplerKind::DpmPp2S,
         SamplerKind::DpmPp2SA,
         SamplerKind::DpmPpSde,
         SamplerKind::DpmPp2MSde,
         SamplerKind::DpmPp2MSdeHeun,
         SamplerKind::DpmPp3MSde,
         SamplerKind::Ipndm,
+        SamplerKind::UniPc,
+        SamplerKind::Deis,
         SamplerKind::Ddim,
         SamplerKind::Pndm,
+        SamplerKind::Ddpm,
+        SamplerKind::Lcm,
+        SamplerKind::Tcd,
     ];
 
     /// Whether A1111 marks this sampler second-order (two model evaluations per step): its
@@ -174,6 +213,12 @@ impl SamplerKind {
             SamplerKind::DpmPp2MSdeHeun => "dpmpp_2m_sde_heun",
             SamplerKind::DpmPp3MSde => "dpmpp_3m_sde",
             SamplerKind::Ipndm => "ipndm",
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Lcm => "lcm",
+            SamplerKind::Tcd => "tcd",
+            SamplerKind::UniPc => "unipc",
+            SamplerKind::Deis => "deis",
+            SamplerKind::DpmPp2S => "dpmpp_2s",
         }
     }
 
@@ -195,6 +240,12 @@ impl SamplerKind {
             SamplerKind::DpmPp2MSdeHeun => "DPM++ 2M SDE Heun",
             SamplerKind::DpmPp3MSde => "DPM++ 3M SDE",
             SamplerKind::Ipndm => "iPNDM",
+            SamplerKind::Ddpm => "DDPM",
+            SamplerKind::Lcm => "LCM",
+            SamplerKind::Tcd => "TCD",
+            SamplerKind::UniPc => "UniPC",
+            SamplerKind::Deis => "DEIS",
+            SamplerKind::DpmPp2S => "DPM++ 2S",
         }
     }
 
@@ -214,7 +265,14 @@ impl SamplerKind {
             SamplerKind::DpmPp2MSdeHeun => "k_dpmpp_2m_sde_heun",
             SamplerKind::DpmPp3MSde => "k_dpmpp_3m_sde",
             SamplerKind::Ipndm => "k_ipndm",
-            SamplerKind::Ddim | SamplerKind::Pndm => return None,
+            SamplerKind::Ddim
+            | SamplerKind::Pndm
+            | SamplerKind::Ddpm
+            | SamplerKind::Lcm
+            | SamplerKind::Tcd
+            | SamplerKind::UniPc
+            | SamplerKind::Deis
+            | SamplerKind::DpmPp2S => return None,
         })
     }
 
@@ -250,6 +308,14 @@ impl SamplerKind {
             SamplerKind::DpmPp2MSdeHeun => "DPM-Solver++ 2M SDE with the Heun-type correction",
             SamplerKind::DpmPp3MSde => "DPM-Solver++ 3M SDE: third-order multistep with SDE noise",
             SamplerKind::Ipndm => "Improved PNDM: fourth-order Adams-Bashforth on the sigma ODE",
+            SamplerKind::Ddpm => "DDPM: ancestral posterior steps with noise; needs many steps",
+            SamplerKind::Lcm => "LCM: consistency steps for LCM models/LoRAs (2-8 steps, CFG ~1-2)",
+            SamplerKind::Tcd => {
+                "TCD: trajectory consistency steps for TCD models/LoRAs; --eta is gamma (0.3)"
+            }
+            SamplerKind::UniPc => "UniPC: multistep predictor-corrector (bh2), good in 5-20 steps",
+            SamplerKind::Deis => "DEIS: exponential-integrator multistep in log rho (order 2)",
+            SamplerKind::DpmPp2S => "DPM-Solver++ 2S: single-step second order, steps in pairs",
         }
     }
 
@@ -260,9 +326,58 @@ impl SamplerKind {
             SamplerKind::Pndm => Some("PNDMScheduler"),
             SamplerKind::Euler => Some("EulerDiscreteScheduler"),
             SamplerKind::EulerA => Some("EulerAncestralDiscreteScheduler"),
-            SamplerKind::DpmPp2M => Some("DPMSolverMultistepScheduler"),
+            SamplerKind::DpmPp2M | SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun => {
+                Some("DPMSolverMultistepScheduler")
+            }
+            SamplerKind::Heun => Some("HeunDiscreteScheduler"),
+            SamplerKind::Lms => Some("LMSDiscreteScheduler"),
+            SamplerKind::Dpm2 => Some("KDPM2DiscreteScheduler"),
+            SamplerKind::Dpm2A => Some("KDPM2AncestralDiscreteScheduler"),
+            SamplerKind::Ddpm => Some("DDPMScheduler"),
+            SamplerKind::Lcm => Some("LCMScheduler"),
+            SamplerKind::Tcd => Some("TCDScheduler"),
+            SamplerKind::UniPc => Some("UniPCMultistepScheduler"),
+            SamplerKind::Deis => Some("DEISMultistepScheduler"),
+            SamplerKind::DpmPp2S => Some("DPMSolverSinglestepScheduler"),
+            SamplerKind::DpmPpSde => Some("DPMSolverSDEScheduler"),
             _ => None,
         }
+    }
+
+    /// Whether the diffusers flavor runs this sampler on Karras sigmas (the class reads
+    /// `use_karras_sigmas`; Euler a walks Euler's Karras sigmas).
+    pub fn diffusers_supports_karras(&self) -> bool {
+        self.diffusers_class().is_some() && !self.walks_own_timesteps()
+    }
+
+    /// Whether (and how) the diffusers class rescales the betas to zero terminal SNR
+    /// (`rescale_betas_zero_snr`); `None` for classes without the option.
+    pub fn zero_snr(&self) -> Option<ZeroSnr> {
+        match self {
+            SamplerKind::Ddim | SamplerKind::Ddpm | SamplerKind::Lcm | SamplerKind::Tcd => {
+                Some(ZeroSnr::Exact)
+            }
+            SamplerKind::Euler
+            | SamplerKind::EulerA
+            | SamplerKind::DpmPp2M
+            | SamplerKind::DpmPp2MSde
+            | SamplerKind::DpmPp2MSdeHeun
+            | SamplerKind::UniPc => Some(ZeroSnr::Floored),
+            _ => None,
+        }
+    }
+
+    /// Whether the sampler walks its own discrete timesteps and takes no sigma schedule
+    /// (DDIM, PNDM, DDPM, LCM, TCD).
+    pub fn walks_own_timesteps(&self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Ddim
+                | SamplerKind::Pndm
+                | SamplerKind::Ddpm
+                | SamplerKind::Lcm
+                | SamplerKind::Tcd
+        )
     }
 
     /// The k-diffusion function this sampler mirrors in the k-diffusion flavor, if any.
@@ -280,16 +395,20 @@ impl SamplerKind {
             SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun => "sample_dpmpp_2m_sde",
             SamplerKind::DpmPp3MSde => "sample_dpmpp_3m_sde",
             SamplerKind::Ipndm => "sample_ipndm",
-            SamplerKind::Ddim | SamplerKind::Pndm => return None,
+            SamplerKind::Ddim
+            | SamplerKind::Pndm
+            | SamplerKind::Ddpm
+            | SamplerKind::Lcm
+            | SamplerKind::Tcd
+            | SamplerKind::UniPc
+            | SamplerKind::Deis
+            | SamplerKind::DpmPp2S => return None,
         })
     }
 
     /// Whether the diffusers flavor can run on Karras sigmas (`use_karras_sigmas`).
     pub fn supports_karras(&self) -> bool {
-        matches!(
-            self,
-            SamplerKind::Euler | SamplerKind::EulerA | SamplerKind::DpmPp2M
-        ) || self.kdiffusion_function().is_some()
+        self.diffusers_supports_karras() || self.kdiffusion_function().is_some()
     }
 
     /// The schedule A1111's "Automatic" picks for this sampler (k-diffusion flavor).
@@ -587,6 +706,12 @@ pub struct SchedulerConfig {
     pub use_exponential_sigmas: Option<bool>,
     /// Beta sigmas (not supported when true).
     pub use_beta_sigmas: Option<bool>,
+    /// DDPM: "fixed_small" (default) or "fixed_large" noise variance.
+    pub variance_type: Option<String>,
+    /// LCM, TCD: the distillation's step grid (default 50).
+    pub original_inference_steps: Option<usize>,
+    /// LCM: the timestep scale of the boundary condition (default 10).
+    pub timestep_scaling: Option<f64>,
 }
 
 impl SchedulerConfig {
@@ -633,8 +758,21 @@ impl SchedulerConfig {
         if self.thresholding == Some(true) {
             return Err(bad("thresholding=true is not supported".into()));
         }
-        if self.rescale_betas_zero_snr == Some(true) {
-            return Err(bad("rescale_betas_zero_snr=true is not supported".into()));
+        let rescale_zero_snr = self.rescale_betas_zero_snr == Some(true);
+        if rescale_zero_snr && kind.zero_snr().is_none() {
+            return Err(Error::invalid(
+                "rescale_betas_zero_snr",
+                format!(
+                    "diffusers' {} has no zero terminal SNR rescaling; samplers that have it: {}",
+                    kind.diffusers_class().unwrap_or(kind.name()),
+                    SamplerKind::ALL
+                        .iter()
+                        .filter(|k| k.zero_snr().is_some())
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
         }
         if self.use_exponential_sigmas == Some(true) || self.use_beta_sigmas == Some(true) {
             return Err(bad(
@@ -651,9 +789,29 @@ impl SchedulerConfig {
                 return Err(bad(format!("timestep_type `{t}` is not supported")));
             }
         }
-        let (default_spacing, ddim_like) = match kind {
-            SamplerKind::Ddim | SamplerKind::Pndm => (TimestepSpacing::Leading, true),
-            _ => (TimestepSpacing::Linspace, false),
+        let ddim_like = kind.walks_own_timesteps();
+        let default_spacing = if ddim_like {
+            TimestepSpacing::Leading
+        } else {
+            TimestepSpacing::Linspace
+        };
+        // LCM and TCD default to Stable Diffusion's betas, the others to DDPM's linear ones.
+        let consistency = matches!(kind, SamplerKind::Lcm | SamplerKind::Tcd);
+        let (default_beta_start, default_beta_end, default_betas) = if consistency {
+            (0.00085, 0.012, "scaled_linear")
+        } else {
+            (0.0001, 0.02, "linear")
+        };
+        let ddpm_variance = match self.variance_type.as_deref() {
+            None | Some("fixed_small") => ddpm::DdpmVariance::FixedSmall,
+            Some("fixed_large") => ddpm::DdpmVariance::FixedLarge,
+            Some(other) => {
+                return Err(Error::Unsupported {
+                    what: "variance_type",
+                    value: other.to_string(),
+                    valid: vec!["fixed_small".into(), "fixed_large".into()],
+                })
+            }
         };
         let final_sigma_min = match self.final_sigmas_type.as_deref() {
             None | Some("zero") => false,
@@ -679,9 +837,13 @@ impl SchedulerConfig {
         };
         Ok(ResolvedConfig {
             num_train_timesteps: self.num_train_timesteps.unwrap_or(1000),
-            beta_start: self.beta_start.unwrap_or(0.0001),
-            beta_end: self.beta_end.unwrap_or(0.02),
-            beta_schedule: self.beta_schedule.as_deref().unwrap_or("linear").parse()?,
+            beta_start: self.beta_start.unwrap_or(default_beta_start),
+            beta_end: self.beta_end.unwrap_or(default_beta_end),
+            beta_schedule: self
+                .beta_schedule
+                .as_deref()
+                .unwrap_or(default_betas)
+                .parse()?,
             trained_betas: self.trained_betas.clone(),
             prediction_type: self
                 .prediction_type
@@ -695,7 +857,9 @@ impl SchedulerConfig {
             steps_offset: self.steps_offset.unwrap_or(0),
             // DDIM defaults to true, PNDM to false.
             set_alpha_to_one: self.set_alpha_to_one.unwrap_or(kind == SamplerKind::Ddim),
-            clip_sample: self.clip_sample.unwrap_or(kind == SamplerKind::Ddim),
+            clip_sample: self
+                .clip_sample
+                .unwrap_or(matches!(kind, SamplerKind::Ddim | SamplerKind::Ddpm)),
             clip_sample_range: self.clip_sample_range.unwrap_or(1.0),
             use_karras_sigmas: self.use_karras_sigmas.unwrap_or(false) && !ddim_like,
             sigma_min: self.sigma_min,
@@ -704,6 +868,14 @@ impl SchedulerConfig {
             lower_order_final: self.lower_order_final.unwrap_or(true),
             euler_at_final: self.euler_at_final.unwrap_or(false),
             heun,
+            ddpm_variance,
+            original_inference_steps: self.original_inference_steps.unwrap_or(50),
+            timestep_scaling: self.timestep_scaling.unwrap_or(10.0),
+            zero_snr: if rescale_zero_snr {
+                kind.zero_snr()
+            } else {
+                None
+            },
         })
     }
 }
@@ -747,18 +919,48 @@ pub struct ResolvedConfig {
     pub euler_at_final: bool,
     /// DPM-Solver: Heun-type second-order update (else midpoint).
     pub heun: bool,
+    /// DDPM: the noise variance.
+    pub ddpm_variance: ddpm::DdpmVariance,
+    /// LCM, TCD: the distillation's step grid.
+    pub original_inference_steps: usize,
+    /// LCM: the boundary condition's timestep scale.
+    pub timestep_scaling: f64,
+    /// Zero terminal SNR rescaling of the betas, if on.
+    pub zero_snr: Option<ZeroSnr>,
+}
+
+/// How a sampler that rescales the betas to zero terminal SNR treats the last timestep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroSnr {
+    /// ᾱ stays exactly 0 there (the ᾱ-based samplers: DDIM, DDPM, LCM, TCD).
+    Exact,
+    /// ᾱ is raised to 2⁻²⁴ there so the first sigma is finite (≈ 4096; the sigma-based
+    /// samplers: Euler, Euler a, DPM-Solver, UniPC).
+    Floored,
 }
 
 impl ResolvedConfig {
     /// The training noise schedule these settings describe.
     pub fn noise_schedule(&self) -> Result<NoiseSchedule> {
-        NoiseSchedule::new(
+        let schedule = NoiseSchedule::new(
             self.beta_schedule,
             self.beta_start,
             self.beta_end,
             self.num_train_timesteps,
             self.trained_betas.as_deref(),
-        )
+        )?;
+        Ok(match self.zero_snr {
+            None => schedule,
+            Some(mode) => {
+                let mut rescaled = schedule.rescaled_zero_terminal_snr();
+                if mode == ZeroSnr::Floored {
+                    if let Some(last) = rescaled.alphas_cumprod.last_mut() {
+                        *last = 2f32.powi(-24);
+                    }
+                }
+                rescaled
+            }
+        })
     }
 }
 
@@ -846,6 +1048,10 @@ pub struct SamplerOptions {
     pub flavor: Option<SamplerFlavor>,
     /// Use the SDXL Align Your Steps table instead of SD 1.5's.
     pub sdxl: bool,
+    /// Rescale the betas to zero terminal SNR (diffusers' `rescale_betas_zero_snr`) with
+    /// trailing timestep spacing, whatever the config says (for v-prediction models trained
+    /// that way).
+    pub rescale_zero_snr: bool,
 }
 
 impl SamplerOptions {
@@ -887,11 +1093,7 @@ impl SamplerOptions {
     ) -> Result<SamplerFlavor> {
         let diffusers_schedule = self.sigmas.is_none()
             && (schedule == SigmaSchedule::Default
-                || (schedule == SigmaSchedule::Karras
-                    && matches!(
-                        kind,
-                        SamplerKind::Euler | SamplerKind::EulerA | SamplerKind::DpmPp2M
-                    )));
+                || (schedule == SigmaSchedule::Karras && kind.diffusers_supports_karras()));
         let has_diffusers = kind.diffusers_class().is_some();
         let has_k = kind.kdiffusion_function().is_some();
         let what = if self.sigmas.is_some() {
@@ -964,14 +1166,40 @@ pub fn build_sampler_with(
     steps: usize,
     options: &SamplerOptions,
 ) -> Result<Box<dyn Sampler>> {
-    let default_eta = if kind == SamplerKind::Ddim { 0.0 } else { 1.0 };
+    let default_eta = match kind {
+        SamplerKind::Ddim => 0.0,
+        SamplerKind::Tcd => tcd::DEFAULT_GAMMA,
+        _ => 1.0,
+    };
     let eta = options.eta.unwrap_or(default_eta);
     if !eta.is_finite() || eta < 0.0 {
         return Err(Error::invalid("eta", format!("must be >= 0, got {eta}")));
     }
     let churn = options.churn()?;
     let flavor = options.resolve_flavor(kind, schedule)?;
+    let rescaled;
+    let config = if options.rescale_zero_snr {
+        // Zero terminal SNR needs the first step at the last training timestep: trailing.
+        rescaled = SchedulerConfig {
+            rescale_betas_zero_snr: Some(true),
+            timestep_spacing: Some("trailing".into()),
+            ..config.clone()
+        };
+        &rescaled
+    } else {
+        config
+    };
     let mut cfg = config.resolve(kind)?;
+    if cfg.zero_snr.is_some() && flavor == SamplerFlavor::KDiffusion {
+        return Err(Error::invalid(
+            "rescale_zero_snr",
+            format!(
+                "zero terminal SNR rescaling runs in the diffusers flavor only; \
+                 use --sampler {} --sampler-flavor diffusers",
+                kind.name()
+            ),
+        ));
+    }
     if steps == 0 {
         return Err(Error::invalid("steps", "must be at least 1"));
     }
@@ -1008,6 +1236,25 @@ pub fn build_sampler_with(
         SamplerKind::Euler => Box::new(euler::Euler::new(&cfg, steps)?.with_churn(churn)),
         SamplerKind::EulerA => Box::new(euler_a::EulerAncestral::new(&cfg, steps)?),
         SamplerKind::DpmPp2M => Box::new(dpmpp_2m::DpmPp2M::new(&cfg, steps)?),
+        SamplerKind::DpmPp2MSde => Box::new(dpmpp_2m::DpmPp2M::sde(
+            &ResolvedConfig { heun: false, ..cfg },
+            steps,
+        )?),
+        SamplerKind::DpmPp2MSdeHeun => Box::new(dpmpp_2m::DpmPp2M::sde(
+            &ResolvedConfig { heun: true, ..cfg },
+            steps,
+        )?),
+        SamplerKind::Heun => Box::new(heun::Heun::new(&cfg, steps)?),
+        SamplerKind::Lms => Box::new(lms::Lms::new(&cfg, steps)?),
+        SamplerKind::Dpm2 => Box::new(dpm2::Dpm2::new(&cfg, steps)?),
+        SamplerKind::Dpm2A => Box::new(dpm2::Dpm2::ancestral(&cfg, steps)?),
+        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(&cfg, steps, cfg.ddpm_variance)?),
+        SamplerKind::Lcm => Box::new(lcm::Lcm::new(&cfg, steps)?),
+        SamplerKind::Tcd => Box::new(tcd::Tcd::new(&cfg, steps, eta)?),
+        SamplerKind::UniPc => Box::new(unipc::UniPc::new(&cfg, steps)?),
+        SamplerKind::Deis => Box::new(deis::Deis::new(&cfg, steps)?),
+        SamplerKind::DpmPp2S => Box::new(dpmpp_2s::DpmPp2S::new(&cfg, steps)?),
+        SamplerKind::DpmPpSde => Box::new(dpmpp_sde::DpmPpSde::new(&cfg, steps, churn.s_noise)?),
         other => {
             return Err(Error::invalid(
                 "sampler",
@@ -1044,7 +1291,14 @@ fn build_kdiffusion(
         SamplerKind::DpmPp2MSde => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, false)),
         SamplerKind::DpmPp2MSdeHeun => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, true)),
         SamplerKind::DpmPp3MSde => Box::new(k_dpmpp::KDpmPp3MSde::new(eta, s_noise)),
-        SamplerKind::Ddim | SamplerKind::Pndm => {
+        SamplerKind::Ddim
+        | SamplerKind::Pndm
+        | SamplerKind::Ddpm
+        | SamplerKind::Lcm
+        | SamplerKind::Tcd
+        | SamplerKind::UniPc
+        | SamplerKind::Deis
+        | SamplerKind::DpmPp2S => {
             return Err(Error::invalid(
                 "sampler flavor",
                 format!("{} has no k-diffusion implementation", kind.name()),

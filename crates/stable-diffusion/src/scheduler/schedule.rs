@@ -124,6 +124,19 @@ fn cosine_betas(n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `cumprod(1 − β)` as torch computes it on f32: accumulated in f64, each partial product
+/// stored as f32.
+fn cumprod_alphas(betas: &[f32]) -> Vec<f32> {
+    let mut acc = 1.0f64;
+    betas
+        .iter()
+        .map(|&b| {
+            acc *= f64::from(1.0f32 - b);
+            acc as f32
+        })
+        .collect()
+}
+
 /// The training noise schedule: `alphas_cumprod[t]` for every training timestep `t`.
 #[derive(Debug, Clone)]
 pub struct NoiseSchedule {
@@ -162,16 +175,37 @@ impl NoiseSchedule {
                 .map(|b| b as f32)
                 .collect(),
         };
-        // torch.cumprod on f32 accumulates in f64 and stores each partial product as f32.
-        let mut acc = 1.0f64;
-        let alphas_cumprod = betas
+        Ok(Self {
+            alphas_cumprod: cumprod_alphas(&betas),
+        })
+    }
+
+    /// Rescales the schedule to zero terminal SNR (Lin et al. 2023, diffusers'
+    /// `rescale_zero_terminal_snr`): sqrt(ᾱ) is shifted so its last value is 0 and scaled so its
+    /// first is unchanged; the betas are recovered from it and the cumulative product taken
+    /// again, so ᾱ at the last timestep is exactly 0 (pure noise).
+    pub fn rescaled_zero_terminal_snr(&self) -> Self {
+        let sqrt: Vec<f32> = self.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+        let (first, last) = (sqrt[0], sqrt[sqrt.len() - 1]);
+        let scale = first / (first - last);
+        let alpha_bar: Vec<f32> = sqrt
             .iter()
-            .map(|&b| {
-                acc *= f64::from(1.0f32 - b);
-                acc as f32
+            .map(|&s| {
+                let shifted = (s - last) * scale;
+                shifted * shifted
             })
             .collect();
-        Ok(Self { alphas_cumprod })
+        let betas: Vec<f32> = alpha_bar
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let alpha = if i == 0 { a } else { a / alpha_bar[i - 1] };
+                1.0 - alpha
+            })
+            .collect();
+        Self {
+            alphas_cumprod: cumprod_alphas(&betas),
+        }
     }
 
     /// The number of training timesteps.

@@ -1,0 +1,172 @@
+//! DPM-Solver++(2S) (diffusers' `DPMSolverSinglestepScheduler`, `dpmsolver++`, order 2): the
+//! steps are grouped in pairs; the first of a pair is a first-order step to the intermediate
+//! sigma, the second uses both data predictions for a second-order step over the whole pair
+//! from the pair's starting sample. With the final sigma 0, the last step is first order.
+//!
+//! diffusers' class has no `timestep_spacing`: its timesteps are always linspace-spaced.
+
+use candle_core::Tensor;
+
+use super::dpmpp_2m::{alpha_sigma, dpm_solver_sigmas, lambda};
+use super::ops::{add, div, mul, sub};
+use super::schedule::TimestepSpacing;
+use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use crate::rng::NoiseSource;
+use crate::Result;
+
+/// The order of each step (diffusers' `get_order_list` for order 2 with lower-order final
+/// steps): `1, 2, 1, 2, …`, ending `1, 1` for an even count and `1` for an odd one.
+fn order_list(steps: usize) -> Vec<usize> {
+    let mut orders: Vec<usize> = if steps % 2 == 0 {
+        [1, 2]
+            .repeat((steps / 2).saturating_sub(1))
+            .into_iter()
+            .chain([1, 1])
+            .collect()
+    } else {
+        [1, 2].repeat(steps / 2).into_iter().chain([1]).collect()
+    };
+    orders.truncate(steps);
+    if let Some(last) = orders.last_mut() {
+        *last = 1;
+    }
+    orders
+}
+
+/// DPM-Solver++(2S) sampling.
+#[derive(Debug, Clone)]
+pub struct DpmPp2S {
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    sigmas_f64: Vec<f64>,
+    prediction: PredictionType,
+    orders: Vec<usize>,
+    /// The data prediction of the previous step.
+    previous: Option<Tensor>,
+    /// The sample the current pair started from.
+    pair_start: Option<Tensor>,
+}
+
+impl DpmPp2S {
+    /// Sets up `steps` steps with the resolved config.
+    pub fn new(cfg: &ResolvedConfig, steps: usize) -> Result<Self> {
+        let linspace = ResolvedConfig {
+            timestep_spacing: TimestepSpacing::Linspace,
+            ..cfg.clone()
+        };
+        let (timesteps, sigmas) = dpm_solver_sigmas(&linspace, steps, true)?;
+        Ok(Self {
+            orders: order_list(timesteps.len()),
+            timesteps,
+            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
+            sigmas,
+            prediction: cfg.prediction_type,
+            previous: None,
+            pair_start: None,
+        })
+    }
+
+    /// The data prediction x₀ at step `step`.
+    fn data_prediction(
+        &self,
+        model_output: &Tensor,
+        sample: &Tensor,
+        step: usize,
+    ) -> Result<Tensor> {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
+        match self.prediction {
+            PredictionType::Epsilon => div(&sub(sample, &mul(model_output, sigma)?)?, alpha),
+            PredictionType::Sample => Ok(model_output.clone()),
+            PredictionType::VPrediction => sub(&mul(sample, alpha)?, &mul(model_output, sigma)?),
+        }
+    }
+}
+
+impl Sampler for DpmPp2S {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas_f64)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(step, self.timesteps.len())?;
+        Ok(sample.clone())
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        _rng: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        check_step(step, self.timesteps.len())?;
+        let x0 = self.data_prediction(model_output, sample, step)?;
+        let previous = self.previous.replace(x0.clone());
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
+        match previous {
+            Some(m1) if self.orders[step] == 2 => {
+                // Second order over the pair, from its start at sigmas[step − 1].
+                let start = self.pair_start.clone().unwrap_or_else(|| sample.clone());
+                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
+                let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
+                let lambda_s1 = lambda(alpha_s1, sigma_s1);
+                let h = lambda(alpha_t, sigma_t) - lambda_s1;
+                let h_0 = lambda(alpha_s0, sigma_s0) - lambda_s1;
+                let r0 = h_0 / h;
+                let d1 = mul(&sub(&x0, &m1)?, 1.0 / r0)?;
+                let phi = alpha_t * ((-h).exp() - 1.0);
+                sub(
+                    &sub(&mul(&start, sigma_t / sigma_s1)?, &mul(&m1, phi)?)?,
+                    &mul(&d1, 0.5 * phi)?,
+                )
+            }
+            _ => {
+                self.pair_start = Some(sample.clone());
+                let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[step]);
+                let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
+                sub(
+                    &mul(sample, sigma_t / sigma_s)?,
+                    &mul(&x0, alpha_t * ((-h).exp() - 1.0))?,
+                )
+            }
+        }
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(step, self.timesteps.len())?;
+        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
+        add(&mul(original, alpha)?, &mul(noise, sigma)?)
+    }
+
+    fn start_at(&mut self, step: usize) -> Result<()> {
+        check_step(step, self.timesteps.len())?;
+        self.previous = None;
+        self.pair_start = None;
+        Ok(())
+    }
+
+    fn kind(&self) -> SamplerKind {
+        SamplerKind::DpmPp2S
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_list;
+
+    #[test]
+    fn pairs_end_with_first_order_steps() {
+        assert_eq!(order_list(1), vec![1]);
+        assert_eq!(order_list(4), vec![1, 2, 1, 1]);
+        assert_eq!(order_list(5), vec![1, 2, 1, 2, 1]);
+        assert_eq!(order_list(6), vec![1, 2, 1, 2, 1, 1]);
+    }
+}
