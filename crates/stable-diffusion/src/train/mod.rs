@@ -5,8 +5,9 @@
 //! 2. **diffusion**: CLIP text encoder and UNet together on the epsilon-prediction MSE over
 //!    SD's scaled-linear schedule (1000 steps, β 0.00085…0.012), on VAE latents scaled by
 //!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works,
-//!    offset noise, and each sample's error weighted by 1/ᾱ_t (as v-prediction's loss weighs
-//!    it): without these two the caption is never learned (see `stages.rs`).
+//!    offset noise, and each sample's error weighted by min(1/ᾱ_t, 5) (1/ᾱ_t is how
+//!    v-prediction's loss weighs it): without these two the caption is never learned (see
+//!    `stages.rs`).
 //!
 //! Both use AdamW with warm-up and cosine decay, gradient clipping by global norm and an EMA of
 //! the weights (the EMA weights are what gets exported). Every random choice (data, noise,
@@ -215,7 +216,7 @@ impl TrainOptions {
                 warmup_steps: 100,
             },
             diffusion: StageOptions {
-                steps: 3000,
+                steps: 4000,
                 batch_size: 16,
                 learning_rate: 1e-3,
                 warmup_steps: 200,

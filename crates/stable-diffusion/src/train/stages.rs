@@ -26,6 +26,9 @@ const DIFFUSION: &str = "diffusion";
 const SCALING_IMAGES: usize = 256;
 /// Captions of the sample grids written during the diffusion stage (the last two are
 /// held-out combinations).
+/// The largest per-sample loss weight of the diffusion stage (see [`train_diffusion`]).
+const LOSS_WEIGHT_CAP: f64 = 5.0;
+
 const SAMPLE_CAPTIONS: [&str; 8] = [
     "a large red circle in the center on a blue background",
     "a small yellow square in the top left corner on a black background",
@@ -433,14 +436,17 @@ fn train_diffusion(
     // t = 999 the noisy latent's per-channel mean still shows the colours (0.07·x₀ averaged
     // over 256 positions stands out of the noise), and the caption adds nothing. Two standard
     // remedies fix it: offset noise (a per-channel constant added to the noise) hides the mean,
-    // and each sample's squared error is weighted by 1/ᾱ_t (what the same error costs in
-    // v-prediction's loss, normalised to mean 1 over the schedule) so the high-noise steps,
-    // where only the caption tells the colours and layout, count. The model still predicts ε
-    // on SD's schedule, so it samples like any SD checkpoint.
+    // and each sample's squared error is weighted by min(1/ᾱ_t, 5) (1/ᾱ_t is what the same
+    // error costs in v-prediction's loss; capped as min-SNR weighting caps, and normalised to
+    // mean 1) so the high-noise steps, where only the caption tells the colours and layout,
+    // count more. Uncapped 1/ᾱ_t (up to 214) learned the backgrounds within 1000 steps but
+    // starved the low-noise steps that draw the shapes. The model still predicts ε on SD's
+    // schedule, so it samples like any SD checkpoint.
+    let weight_of = |alpha_bar: f64| (1.0 / alpha_bar).min(LOSS_WEIGHT_CAP);
     let mean_weight = schedule
         .alphas_cumprod
         .iter()
-        .map(|&a| 1.0 / a as f64)
+        .map(|&a| weight_of(a as f64))
         .sum::<f64>()
         / schedule.len() as f64;
     let tokenizer = ClipTokenizer::embedded()?;
@@ -472,7 +478,7 @@ fn train_diffusion(
             timesteps.push(t as f64);
             signal.push(alpha_bar.sqrt() as f32);
             noise_level.push((1.0 - alpha_bar).sqrt() as f32);
-            weights.push((1.0 / alpha_bar / mean_weight) as f32);
+            weights.push((weight_of(alpha_bar) / mean_weight) as f32);
         }
         let ids = Tensor::from_vec(ids, (batch, 77), &device)?;
         let context = text_encoder.forward(&ids, HiddenLayer::LAST)?.hidden;
