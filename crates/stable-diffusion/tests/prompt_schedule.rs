@@ -106,7 +106,10 @@ fn edited_and_alternating_prompts_match_diffusers_with_embeddings_swapped_per_st
         let actual = final_latents(&model, &request);
         let diff = common::max_abs_diff(&actual, expected);
         eprintln!("{name}: max |latent diff| {diff:e}");
-        assert!(diff <= 1e-4, "{name}: max |latent diff| {diff}");
+        // The whole-pipeline latent tolerance of the family tests (families_latents.rs): six
+        // UNet steps at CFG 7.5 carry f32 rounding (measured 7.9e-4 with euler_a); a switch one
+        // step off moves the latents by more than 1e-2 (next test).
+        assert!(diff <= 1e-3, "{name}: max |latent diff| {diff}");
     }
 }
 
