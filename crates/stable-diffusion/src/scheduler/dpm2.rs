@@ -115,7 +115,7 @@ impl Dpm2 {
     /// The sigma the model sees at evaluation `k`.
     fn eval_sigma(&self, k: usize) -> f32 {
         let step = &self.plan[k / 2];
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             step.sigma
         } else {
             step.mid
@@ -187,7 +187,7 @@ impl Sampler for Dpm2 {
     }
 
     fn is_step_start(&self, step: usize) -> bool {
-        step < self.timesteps.len() && step % 2 == 0
+        step < self.timesteps.len() && step.is_multiple_of(2)
     }
 
     fn kind(&self) -> SamplerKind {

@@ -17,7 +17,7 @@ use crate::Result;
 /// The order of each step (diffusers' `get_order_list` for order 2 with lower-order final
 /// steps): `1, 2, 1, 2, …`, ending `1, 1` for an even count and `1` for an odd one.
 fn order_list(steps: usize) -> Vec<usize> {
-    let mut orders: Vec<usize> = if steps % 2 == 0 {
+    let mut orders: Vec<usize> = if steps.is_multiple_of(2) {
         [1, 2]
             .repeat((steps / 2).saturating_sub(1))
             .into_iter()

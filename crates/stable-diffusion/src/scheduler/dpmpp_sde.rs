@@ -78,7 +78,7 @@ impl DpmPpSde {
 
     /// (σ, σ_next) of the step that evaluation `k` belongs to.
     fn step_sigmas(&self, k: usize) -> (f32, f32) {
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             (self.sigmas[k], self.sigmas[k + 1])
         } else {
             (self.sigmas[k - 1], self.sigmas[k])
@@ -168,7 +168,7 @@ impl Sampler for DpmPpSde {
     }
 
     fn is_step_start(&self, step: usize) -> bool {
-        step < self.timesteps.len() && step % 2 == 0
+        step < self.timesteps.len() && step.is_multiple_of(2)
     }
 
     fn kind(&self) -> SamplerKind {

@@ -122,7 +122,7 @@ impl Sampler for Heun {
         // Predictor at even evaluations (σ = sigmas[step]), corrector at odd ones, which sit at
         // σ_next = sigmas[step].
         let predictor = self.predictor.take();
-        let first_order = step % 2 == 0 || predictor.is_none();
+        let first_order = step.is_multiple_of(2) || predictor.is_none();
         let sigma_input = self.sigmas[step];
         let mut denoised = predict_original(self.prediction, model_output, sample, sigma_input)?;
         if let Some(range) = self.clip_sample {
@@ -162,7 +162,7 @@ impl Sampler for Heun {
     }
 
     fn is_step_start(&self, step: usize) -> bool {
-        step < self.timesteps.len() && step % 2 == 0
+        step < self.timesteps.len() && step.is_multiple_of(2)
     }
 
     fn kind(&self) -> SamplerKind {

@@ -31,8 +31,9 @@ pub(crate) fn solve_small(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
         b.swap(col, pivot);
         for row in col + 1..n {
             let factor = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= factor * a[col][k];
+            let (above, below) = a.split_at_mut(row);
+            for (target, pivot) in below[0][col..n].iter_mut().zip(&above[col][col..n]) {
+                *target -= factor * pivot;
             }
             b[row] -= factor * b[col];
         }
