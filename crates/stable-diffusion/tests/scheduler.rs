@@ -533,3 +533,44 @@ fn consistency_samplers_refuse_sigma_schedules_and_too_many_steps() {
         .to_string();
     assert!(err.contains("original_inference_steps"), "{err}");
 }
+
+#[test]
+fn diffusers_classes_without_eta_refuse_one_instead_of_ignoring_it() {
+    let config = SchedulerConfig::sd15();
+    let with_eta = |kind: SamplerKind, flavor| SamplerOptions {
+        eta: Some(0.5),
+        flavor: Some(flavor),
+        ..SamplerOptions::default()
+    };
+    for kind in [
+        SamplerKind::EulerA,
+        SamplerKind::DpmPp2MSde,
+        SamplerKind::Euler,
+    ] {
+        let err = build_sampler_with(
+            kind,
+            SigmaSchedule::Default,
+            &config,
+            10,
+            &with_eta(kind, SamplerFlavor::Diffusers),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{kind}: eta was accepted"));
+        assert!(err.to_string().contains("has no eta"), "{err}");
+    }
+    // DDIM's eta, TCD's gamma and the k-diffusion ancestral eta are real.
+    for (kind, flavor) in [
+        (SamplerKind::Ddim, SamplerFlavor::Diffusers),
+        (SamplerKind::Tcd, SamplerFlavor::Diffusers),
+        (SamplerKind::EulerA, SamplerFlavor::KDiffusion),
+    ] {
+        build_sampler_with(
+            kind,
+            SigmaSchedule::Default,
+            &config,
+            4,
+            &with_eta(kind, flavor),
+        )
+        .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+}

@@ -1224,6 +1224,16 @@ pub fn build_sampler_with(
             ),
         ));
     }
+    if options.eta.is_some() && !matches!(kind, SamplerKind::Ddim | SamplerKind::Tcd) {
+        return Err(Error::invalid(
+            "eta",
+            format!(
+                "diffusers' {} has no eta (only DDIM's eta and TCD's gamma exist there); for an \
+                 ancestral or SDE sampler's eta use the k-diffusion flavor",
+                kind.diffusers_class().unwrap_or(kind.name())
+            ),
+        ));
+    }
     if schedule == SigmaSchedule::Karras {
         cfg.use_karras_sigmas = true;
     } else if kind == SamplerKind::EulerA {
