@@ -537,7 +537,7 @@ fn consistency_samplers_refuse_sigma_schedules_and_too_many_steps() {
 #[test]
 fn diffusers_classes_without_eta_refuse_one_instead_of_ignoring_it() {
     let config = SchedulerConfig::sd15();
-    let with_eta = |kind: SamplerKind, flavor| SamplerOptions {
+    let with_eta = |flavor| SamplerOptions {
         eta: Some(0.5),
         flavor: Some(flavor),
         ..SamplerOptions::default()
@@ -552,7 +552,7 @@ fn diffusers_classes_without_eta_refuse_one_instead_of_ignoring_it() {
             SigmaSchedule::Default,
             &config,
             10,
-            &with_eta(kind, SamplerFlavor::Diffusers),
+            &with_eta(SamplerFlavor::Diffusers),
         )
         .err()
         .unwrap_or_else(|| panic!("{kind}: eta was accepted"));
