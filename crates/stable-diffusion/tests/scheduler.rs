@@ -564,13 +564,7 @@ fn diffusers_classes_without_eta_refuse_one_instead_of_ignoring_it() {
         (SamplerKind::Tcd, SamplerFlavor::Diffusers),
         (SamplerKind::EulerA, SamplerFlavor::KDiffusion),
     ] {
-        build_sampler_with(
-            kind,
-            SigmaSchedule::Default,
-            &config,
-            4,
-            &with_eta(kind, flavor),
-        )
-        .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        build_sampler_with(kind, SigmaSchedule::Default, &config, 4, &with_eta(flavor))
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
 }
