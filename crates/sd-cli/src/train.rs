@@ -35,31 +35,31 @@ pub struct TrainArgs {
     /// Seed of everything random (data, noise, timesteps, dropout, initial weights).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Optimizer steps of the VAE stage.
+    /// Optimizer steps of the VAE stage [default: 1000].
     #[arg(long)]
     vae_steps: Option<usize>,
-    /// Images per VAE step.
+    /// Images per VAE step [default: 8].
     #[arg(long)]
     vae_batch: Option<usize>,
-    /// Peak learning rate of the VAE stage.
+    /// Peak learning rate of the VAE stage [default: 0.001].
     #[arg(long)]
     vae_lr: Option<f64>,
-    /// Optimizer steps of the text encoder + UNet stage.
+    /// Optimizer steps of the text encoder + UNet stage [default: 4000].
     #[arg(long)]
     steps: Option<usize>,
-    /// Images per text encoder + UNet step.
+    /// Images per text encoder + UNet step [default: 16].
     #[arg(long)]
     batch: Option<usize>,
-    /// Peak learning rate of the text encoder + UNet stage.
+    /// Peak learning rate of the text encoder + UNet stage [default: 0.001].
     #[arg(long)]
     lr: Option<f64>,
     /// Standard deviation of the per-channel offset added to the training noise [default: 0.2].
     #[arg(long)]
     offset_noise: Option<f64>,
-    /// Steps between checkpoints (0: only at the end or on Ctrl-C).
+    /// Steps between checkpoints (0: only at the end or on Ctrl-C) [default: 100].
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Steps between sample grids (0: only at the end).
+    /// Steps between sample grids (0: only at the end) [default: 500].
     #[arg(long)]
     sample_every: Option<usize>,
     /// Print a log line every N steps (always, besides the progress bar on a terminal).

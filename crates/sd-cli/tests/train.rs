@@ -61,3 +61,31 @@ fn eval_rejects_a_missing_model() {
         stderr(&output)
     );
 }
+
+#[test]
+fn train_help_states_the_presets_actual_defaults() {
+    let help = String::from_utf8(sd(&["train", "--help"]).stdout).unwrap();
+    let preset = stable_diffusion::train::TrainOptions::shapes("unused");
+    let default_of = |flag: &str| -> String {
+        let start = help
+            .find(&format!("--{flag} <"))
+            .unwrap_or_else(|| panic!("no --{flag} in the help"));
+        let rest = &help[start..];
+        let at = rest.find("[default: ").expect("a default") + "[default: ".len();
+        rest[at..rest[at..].find(']').unwrap() + at].to_string()
+    };
+    assert_eq!(default_of("vae-steps"), preset.vae.steps.to_string());
+    assert_eq!(default_of("vae-batch"), preset.vae.batch_size.to_string());
+    assert_eq!(default_of("steps"), preset.diffusion.steps.to_string());
+    assert_eq!(default_of("batch"), preset.diffusion.batch_size.to_string());
+    assert_eq!(default_of("offset-noise"), preset.offset_noise.to_string());
+    assert_eq!(
+        default_of("checkpoint-every"),
+        preset.checkpoint_every.to_string()
+    );
+    assert_eq!(default_of("sample-every"), preset.sample_every.to_string());
+    let lr: f64 = default_of("lr").parse().unwrap();
+    assert_eq!(lr, preset.diffusion.learning_rate);
+    let vae_lr: f64 = default_of("vae-lr").parse().unwrap();
+    assert_eq!(vae_lr, preset.vae.learning_rate);
+}
