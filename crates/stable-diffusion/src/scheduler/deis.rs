@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use super::dpmpp_2m::{alpha_sigma, dpm_solver_sigmas, lambda};
+use super::dpmpp_2m::{alpha_sigma, data_prediction, dpm_solver_sigmas, lambda};
 use super::ops::{add, div, mul, sub};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
@@ -64,12 +64,8 @@ impl Deis {
         sample: &Tensor,
         step: usize,
     ) -> Result<Tensor> {
+        let x0 = data_prediction(self.prediction, self.sigmas[step], model_output, sample)?;
         let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        let x0 = match self.prediction {
-            PredictionType::Epsilon => div(&sub(sample, &mul(model_output, sigma)?)?, alpha)?,
-            PredictionType::Sample => model_output.clone(),
-            PredictionType::VPrediction => sub(&mul(sample, alpha)?, &mul(model_output, sigma)?)?,
-        };
         div(&sub(sample, &mul(&x0, alpha)?)?, sigma)
     }
 }

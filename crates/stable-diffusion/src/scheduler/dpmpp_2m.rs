@@ -20,6 +20,22 @@ pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
     (alpha, sigma * alpha)
 }
 
+/// The data prediction x₀ from a model output at `sigma` (DPM-Solver's
+/// `convert_model_output` for the data-prediction solvers: DPM++ 2M/2S, UniPC, DEIS).
+pub(crate) fn data_prediction(
+    prediction: PredictionType,
+    sigma: f32,
+    model_output: &Tensor,
+    sample: &Tensor,
+) -> Result<Tensor> {
+    let (alpha, sigma) = alpha_sigma(sigma);
+    match prediction {
+        PredictionType::Epsilon => div(&sub(sample, &mul(model_output, sigma)?)?, alpha),
+        PredictionType::Sample => Ok(model_output.clone()),
+        PredictionType::VPrediction => sub(&mul(sample, alpha)?, &mul(model_output, sigma)?),
+    }
+}
+
 /// λ = log α − log σ (+∞ at σ = 0).
 pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
@@ -134,12 +150,7 @@ impl DpmPp2M {
         sample: &Tensor,
         step: usize,
     ) -> Result<Tensor> {
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        match self.prediction {
-            PredictionType::Epsilon => div(&sub(sample, &mul(model_output, sigma)?)?, alpha),
-            PredictionType::Sample => Ok(model_output.clone()),
-            PredictionType::VPrediction => sub(&mul(sample, alpha)?, &mul(model_output, sigma)?),
-        }
+        data_prediction(self.prediction, self.sigmas[step], model_output, sample)
     }
 }
 

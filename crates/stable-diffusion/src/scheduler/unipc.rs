@@ -10,7 +10,7 @@
 
 use candle_core::Tensor;
 
-use super::dpmpp_2m::{alpha_sigma, dpm_solver_sigmas, lambda};
+use super::dpmpp_2m::{alpha_sigma, data_prediction, dpm_solver_sigmas, lambda};
 use super::ops::{add, div, mul, sub};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
@@ -105,12 +105,7 @@ impl UniPc {
         sample: &Tensor,
         step: usize,
     ) -> Result<Tensor> {
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        match self.prediction {
-            PredictionType::Epsilon => div(&sub(sample, &mul(model_output, sigma)?)?, alpha),
-            PredictionType::Sample => Ok(model_output.clone()),
-            PredictionType::VPrediction => sub(&mul(sample, alpha)?, &mul(model_output, sigma)?),
-        }
+        data_prediction(self.prediction, self.sigmas[step], model_output, sample)
     }
 
     /// λ at `sigmas[index]`.
