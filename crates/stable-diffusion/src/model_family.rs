@@ -463,11 +463,8 @@ pub fn detect_single_file(
             })
         }
     };
-    let (prediction, prediction_reason) = decide_prediction(family, inpainting, path, options)?;
-    let needs_probe = family == ModelFamily::Sd2
-        && !inpainting
-        && options.prediction.is_none()
-        && companion_yaml(path).is_none();
+    let (prediction, prediction_reason, needs_probe) =
+        decide_prediction(family, inpainting, path, options)?;
     Ok(Detected {
         family,
         inpainting,
@@ -515,14 +512,16 @@ pub fn describe_found(weights: &Weights) -> String {
     )
 }
 
+/// The prediction type, why, and whether it is only a guess from the file name (which a load
+/// replaces with AUTOMATIC1111's test).
 fn decide_prediction(
     family: ModelFamily,
     inpainting: bool,
     path: &Path,
     options: &DetectOptions,
-) -> Result<(PredictionType, String)> {
+) -> Result<(PredictionType, String, bool)> {
     if let Some(p) = options.prediction {
-        return Ok((p, "given by the user".into()));
+        return Ok((p, "given by the user".into(), false));
     }
     if let Some(yaml) = companion_yaml(path) {
         let text = std::fs::read_to_string(&yaml).map_err(|e| Error::io(&yaml, e))?;
@@ -539,18 +538,24 @@ fn decide_prediction(
         } else {
             PredictionType::Epsilon
         };
-        return Ok((p, format!("from {} (parameterization)", yaml.display())));
+        return Ok((
+            p,
+            format!("from {} (parameterization)", yaml.display()),
+            false,
+        ));
     }
     if family != ModelFamily::Sd2 {
         return Ok((
             PredictionType::Epsilon,
             format!("{} models predict ε", family.name()),
+            false,
         ));
     }
     if inpainting {
         return Ok((
             PredictionType::Epsilon,
             "SD 2.x inpainting models predict ε".into(),
+            false,
         ));
     }
     let stem = path
@@ -561,17 +566,20 @@ fn decide_prediction(
         return Ok((
             PredictionType::Epsilon,
             "file name says 512/base (SD 2.x ε model); loading runs A1111's test instead".into(),
+            true,
         ));
     }
     if stem.contains("768") {
         return Ok((
             PredictionType::VPrediction,
             "file name says 768 (SD 2.x v model); loading runs A1111's test instead".into(),
+            true,
         ));
     }
     Ok((
         PredictionType::VPrediction,
         "SD 2.x default (as diffusers); loading runs A1111's test instead".into(),
+        true,
     ))
 }
 
