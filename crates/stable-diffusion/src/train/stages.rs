@@ -24,11 +24,10 @@ const VAE: &str = "vae";
 const DIFFUSION: &str = "diffusion";
 /// Images used to measure the latents' standard deviation.
 const SCALING_IMAGES: usize = 256;
-/// Captions of the sample grids written during the diffusion stage (the last two are
-/// held-out combinations).
 /// The largest per-sample loss weight of the diffusion stage (see [`train_diffusion`]).
 const LOSS_WEIGHT_CAP: f64 = 5.0;
-
+/// Captions of the sample grids written during the diffusion stage (the last two are
+/// held-out combinations).
 const SAMPLE_CAPTIONS: [&str; 8] = [
     "a large red circle in the center on a blue background",
     "a small yellow square in the top left corner on a black background",
