@@ -60,53 +60,8 @@ fn assert_images_match(case: &str, actual: &Path, expected: &Path) -> (f64, f64)
 
 #[test]
 fn a1111_samplers_match_k_diffusion_end_to_end() {
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("pipeline_samplers/cases.json")).unwrap(),
-    )
-    .unwrap();
-    let cases = cases.as_array().unwrap();
-    assert!(cases.len() >= 25, "only {} cases", cases.len());
-    let dir = scratch("parity");
-    let model = tiny_model();
-    let mut worst = (0.0f64, 0.0f64);
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let output = dir.join(format!("{name}.png"));
-        let mut args: Vec<String> = vec![
-            "generate".into(),
-            "--model".into(),
-            model.display().to_string(),
-            "--output".into(),
-            output.display().to_string(),
-        ];
-        args.extend(
-            case["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string()),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = sd(&args);
-        assert!(
-            run.status.success(),
-            "{name}: sd failed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let image = case["images"][0].as_str().unwrap();
-        let (max, mean) = assert_images_match(
-            name,
-            &output,
-            &fixtures().join("pipeline_samplers").join(image),
-        );
-        worst = (worst.0.max(max), worst.1.max(mean));
-    }
-    println!(
-        "{} cases; worst channel max |diff| {} /255, worst mean {:.4}",
-        cases.len(),
-        worst.0,
-        worst.1
-    );
+    let (count, max, mean) = run_png_cases("cases.json", 25);
+    println!("{count} cases; worst channel max |diff| {max} /255, worst mean {mean:.4}");
 }
 
 /// Runs every case of a cases file through `sd generate` and compares the PNGs; returns the
