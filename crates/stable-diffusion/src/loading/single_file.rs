@@ -131,22 +131,10 @@ const VAE_FILE_PREFIXES: [&str; 3] = ["", "first_stage_model.", "vae."];
 pub fn open_vae_file(path: &Path) -> Result<(Weights, usize)> {
     let (store, _) = open_tensor_file(path)?;
     let raw = Weights::from_stores(vec![store])?;
-    let count_blocks = |prefixes: &[&str], block: &str| {
-        raw.names()
-            .into_iter()
-            .filter_map(|n| {
-                let rest = prefixes
-                    .iter()
-                    .find_map(|p| n.strip_prefix(p)?.strip_prefix(block))?;
-                rest.split_once('.')?.0.parse::<usize>().ok()
-            })
-            .max()
-            .map(|max| max + 1)
-    };
-    if let Some(blocks) = count_blocks(&[""], "decoder.up_blocks.") {
+    if let Some(blocks) = block_count(&raw, &[""], "decoder.up_blocks.") {
         return Ok((raw, blocks));
     }
-    let Some(blocks) = count_blocks(&VAE_FILE_PREFIXES, "decoder.up.") else {
+    let Some(blocks) = block_count(&raw, &VAE_FILE_PREFIXES, "decoder.up.") else {
         let mut names = raw.names();
         names.sort_unstable();
         names.truncate(5);
@@ -505,17 +493,22 @@ fn unet_layers_per_block(raw: &Weights) -> usize {
 
 /// The number of VAE decoder levels (`decoder.up.N`), 4 when none is found.
 fn vae_blocks(raw: &Weights) -> usize {
+    block_count(raw, ldm::VAE_PREFIXES, "decoder.up.").unwrap_or(4)
+}
+
+/// How many numbered blocks `{prefix}{block}N.…` the stored names hold (the largest N + 1),
+/// with `prefix` any of `prefixes`; `None` when there are none.
+fn block_count(raw: &Weights, prefixes: &[&str], block: &str) -> Option<usize> {
     raw.names()
         .into_iter()
         .filter_map(|n| {
-            let rest = ldm::VAE_PREFIXES
+            let rest = prefixes
                 .iter()
-                .find_map(|p| n.strip_prefix(p))?
-                .strip_prefix("decoder.up.")?;
+                .find_map(|p| n.strip_prefix(p)?.strip_prefix(block))?;
             rest.split_once('.')?.0.parse::<usize>().ok()
         })
         .max()
-        .map_or(4, |max| max + 1)
+        .map(|max| max + 1)
 }
 
 /// Finds how diffusers component `component` of a `family` model is stored.
