@@ -522,7 +522,7 @@ pub fn load_vae(
     base: &VaeConfig,
     options: &LoadOptions,
 ) -> Result<(AutoencoderKL, DType)> {
-    if path.is_file() {
+    let (weights, config) = if path.is_file() {
         let (weights, blocks) = crate::loading::open_vae_file(path)?;
         if blocks != base.block_out_channels.len() {
             return Err(Error::Checkpoint {
@@ -533,38 +533,35 @@ pub fn load_vae(
                 ),
             });
         }
-        let precision = options.vae_precision(base);
-        let vae = AutoencoderKL::new(precision.var_builder(weights, &options.device), base)?;
-        return Ok((vae, precision.compute));
-    }
-    let dir = if path.join("vae").join("config.json").is_file() {
-        path.join("vae")
+        (weights, base.clone())
     } else {
-        path.to_path_buf()
+        let dir = if path.join("vae").join("config.json").is_file() {
+            path.join("vae")
+        } else {
+            path.to_path_buf()
+        };
+        if !dir.join("config.json").is_file() {
+            return Err(Error::NotFound {
+                what: "VAE config (a diffusers AutoencoderKL folder)",
+                path: dir.join("config.json"),
+            });
+        }
+        let config = VaeConfig::from_file(dir.join("config.json"))?;
+        let names = [
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors",
+        ];
+        let weights_path = names
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::NotFound {
+                what: "VAE weights (diffusion_pytorch_model[.fp16].safetensors)",
+                path: dir.join(names[0]),
+            })?;
+        (Weights::open(weights_path)?, config)
     };
-    if !dir.join("config.json").is_file() {
-        return Err(Error::NotFound {
-            what: "VAE config (a diffusers AutoencoderKL folder)",
-            path: dir.join("config.json"),
-        });
-    }
-    let config = VaeConfig::from_file(dir.join("config.json"))?;
-    let names = [
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-    ];
-    let weights_path = names
-        .iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::NotFound {
-            what: "VAE weights (diffusion_pytorch_model[.fp16].safetensors)",
-            path: dir.join(names[0]),
-        })?;
     let precision = options.vae_precision(&config);
-    let vae = AutoencoderKL::new(
-        precision.var_builder(Weights::open(weights_path)?, &options.device),
-        &config,
-    )?;
+    let vae = AutoencoderKL::new(precision.var_builder(weights, &options.device), &config)?;
     Ok((vae, precision.compute))
 }
