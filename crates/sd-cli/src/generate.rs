@@ -171,6 +171,9 @@ pub struct GenerateArgs {
     /// The height for --seed-resize-from-w.
     #[arg(long, value_name = "H", requires = "seed_resize_from_w")]
     seed_resize_from_h: Option<usize>,
+    /// AUTOMATIC1111's eta noise seed delta (ENSD): after the initial noise, each image's stream restarts at its seed plus N (k-diffusion flavor) [default: 0].
+    #[arg(long, value_name = "N")]
+    ensd: Option<u64>,
     /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
     #[arg(long, value_name = "FILE.png")]
     from_png: Option<PathBuf>,
@@ -319,6 +322,9 @@ fn build_request(
     }
     if let (Some(w), Some(h)) = (args.seed_resize_from_w, args.seed_resize_from_h) {
         request.seed_resize_from = Some((w, h));
+    }
+    if let Some(v) = args.ensd {
+        request.eta_noise_seed_delta = v;
     }
     if let Some(scale) = args.hires_scale {
         let hires = request.hires.get_or_insert(HiresFix {

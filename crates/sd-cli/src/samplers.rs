@@ -17,8 +17,10 @@ with A1111's sampling. --sampler-flavor diffusers|k-diffusion forces one.
 Stochastic samplers draw their noise from the seed's generator (as A1111 with RNG=CPU, batch size
 1); DPM++ SDE / 2M SDE / 3M SDE use i.i.d. noise where A1111 and diffusers' DPMSolverSDE use a
 Brownian tree (same statistics, not the same images).
-ddim, pndm, ddpm, lcm and tcd walk their own timesteps and take no sigma schedule; lcm and tcd
-are for LCM/TCD-distilled models or LoRAs (few steps, low CFG); tcd's --eta is its gamma (0.3).
+ddim, pndm, ddpm and tcd walk their own timesteps and take no sigma schedule; so does lcm in
+diffusers' flavor, while A1111's \"LCM\" (the k-diffusion flavor) walks LCM's 50-step grid on any
+schedule. lcm and tcd are for LCM/TCD-distilled models or LoRAs (few steps, low CFG); tcd's
+--eta is its gamma (0.3).
 --rescale-zero-snr rescales the schedule to zero terminal SNR with trailing timesteps
 (ddim, ddpm, lcm, tcd, euler, euler_a, dpmpp_2m, dpmpp_2m_sde, unipc; v-prediction models).";
 

@@ -56,6 +56,9 @@ pub struct TrainArgs {
     /// Standard deviation of the per-channel offset added to the training noise [default: 0.2].
     #[arg(long)]
     offset_noise: Option<f64>,
+    /// Factor per level of the low-resolution noise added to the training noise [default: 0.7].
+    #[arg(long)]
+    pyramid_noise: Option<f64>,
     /// Steps between checkpoints (0: only at the end or on Ctrl-C) [default: 100].
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -108,6 +111,9 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(v) = args.offset_noise {
         options.offset_noise = v;
+    }
+    if let Some(v) = args.pyramid_noise {
+        options.pyramid_noise = v;
     }
     if let Some(v) = args.checkpoint_every {
         options.checkpoint_every = v;

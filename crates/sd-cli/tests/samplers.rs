@@ -314,11 +314,12 @@ fn nonsense_combinations_and_unknown_names_are_explained() {
     let (code, err) = run(&["--sampler", "ipndm", "--sampler-flavor", "diffusers"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("k-diffusion"), "{err}");
-    // LCM and TCD walk their own timesteps: a sigma schedule is explained, not ignored.
-    let (code, err) = run(&["--sampler", "lcm", "--schedule", "karras"]);
+    // TCD walks its own timesteps: a sigma schedule is explained, not ignored (LCM takes one
+    // in A1111's flavor, which the end-to-end cases check).
+    let (code, err) = run(&["--sampler", "tcd", "--schedule", "karras"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("lcm") && err.contains("karras") && err.contains("own timesteps"),
+        err.contains("tcd") && err.contains("karras") && err.contains("own timesteps"),
         "{err}"
     );
     // Zero terminal SNR exists only where diffusers' class has it.

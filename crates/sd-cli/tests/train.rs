@@ -80,6 +80,10 @@ fn train_help_states_the_presets_actual_defaults() {
     assert_eq!(default_of("batch"), preset.diffusion.batch_size.to_string());
     assert_eq!(default_of("offset-noise"), preset.offset_noise.to_string());
     assert_eq!(
+        default_of("pyramid-noise"),
+        preset.pyramid_noise.to_string()
+    );
+    assert_eq!(
         default_of("checkpoint-every"),
         preset.checkpoint_every.to_string()
     );

@@ -1,5 +1,5 @@
-//! A1111 extras at library level, one module each: variation seeds and seed resize,
-//! textual inversion from `.pt`/`.bin` pickles, kohya LoRA with LDM module names, and the
+//! A1111 extras at library level, one module each: variation seeds and seed resize, per-image
+//! batch seeds and ENSD, textual inversion from `.pt`/`.bin` pickles, kohya LoRA with LDM module names, and the
 //! hires fix's "Latent" upscaler.
 
 mod common;
@@ -13,7 +13,7 @@ mod variation {
 
     use stable_diffusion::candle_core::Device;
     use stable_diffusion::pipeline::{initial_noise, GenerationRequest, RngKind};
-    use stable_diffusion::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
+    use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
 
     fn request_of(case: &serde_json::Value) -> GenerationRequest {
         let resize = case.get("resize").map(|r| {
@@ -37,10 +37,7 @@ mod variation {
     }
 
     fn stream(request: &GenerationRequest) -> Box<dyn NoiseSource> {
-        match request.rng {
-            RngKind::Cpu => Box::new(TorchCpuRng::new(request.seed)),
-            RngKind::Cuda => Box::new(PhiloxRng::new(request.seed)),
-        }
+        request.rng.stream(request.seed)
     }
 
     #[test]
@@ -97,6 +94,157 @@ mod variation {
         };
         let err = resize.validate(8).unwrap_err().to_string();
         assert!(err.contains("seed resize from"), "{err}");
+    }
+}
+
+mod batch_seeds {
+    //! A1111's per-image streams for batches (its ImageRNG) with the k-diffusion flavor: the
+    //! initial noise and the next two draws against the reference's rules
+    //! (tools/reference/parts/image_rng.py), every image of a batch re-made alone from its
+    //! infotext seeds, and ENSD refused where diffusers' one stream is used.
+
+    use super::common;
+
+    use stable_diffusion::candle_core::{Device, Tensor};
+    use stable_diffusion::pipeline::{
+        Control, GenerationRequest, Inputs, LoadOptions, RunNoise, StableDiffusion,
+    };
+    use stable_diffusion::rng::NoiseSource;
+    use stable_diffusion::scheduler::{SamplerFlavor, SamplerOptions};
+
+    fn a1111(request: GenerationRequest) -> GenerationRequest {
+        GenerationRequest {
+            sampler: "Euler a".parse().unwrap(),
+            sampler_options: SamplerOptions {
+                flavor: Some(SamplerFlavor::KDiffusion),
+                ..Default::default()
+            },
+            ..request
+        }
+    }
+
+    fn request_of(case: &serde_json::Value) -> GenerationRequest {
+        let number = |key: &str| case.get(key).map(|v| v.as_u64().unwrap());
+        a1111(GenerationRequest {
+            seed: number("seed").unwrap(),
+            batch_size: number("batch").unwrap() as usize,
+            variation_seed: number("variation_seed"),
+            variation_strength: case.get("strength").map_or(0.0, |v| v.as_f64().unwrap()),
+            seed_resize_from: case.get("resize").map(|r| {
+                (
+                    r[0].as_u64().unwrap() as usize,
+                    r[1].as_u64().unwrap() as usize,
+                )
+            }),
+            eta_noise_seed_delta: number("ensd").unwrap_or(0),
+            rng: case
+                .get("rng")
+                .map_or(Default::default(), |v| v.as_str().unwrap().parse().unwrap()),
+            width: 64,
+            height: 64,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn per_image_streams_draw_as_a1111s_image_rng() {
+        let cases = common::load_json("image_rng/cases.json");
+        let expected = common::load_tensors("image_rng/noise.safetensors");
+        let cpu = Device::Cpu;
+        for case in cases.as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let request = request_of(case);
+            request.validate(8).unwrap();
+            let mut rng = request.noise_streams().unwrap();
+            assert!(matches!(rng, RunNoise::PerImage(_)), "{name}");
+            let shape = [request.batch_size, 4, 8, 8];
+            let first = rng.initial_noise(&request, &shape, 8, &cpu).unwrap();
+            let next1 = rng.randn(&shape, &cpu).unwrap();
+            let next2 = rng.randn(&shape, &cpu).unwrap();
+            for (what, ours) in [("first", first), ("next1", next1), ("next2", next2)] {
+                let diff = common::max_abs_diff(&ours, &expected[&format!("{name}.{what}")]);
+                eprintln!("{name}.{what}: max |diff| {diff:e}");
+                assert!(diff <= 1e-5, "{name}.{what}: max |diff| {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn diffusers_flavor_keeps_one_stream_and_refuses_ensd() {
+        let request = GenerationRequest {
+            batch_size: 2,
+            ..Default::default()
+        };
+        assert!(matches!(
+            request.noise_streams().unwrap(),
+            RunNoise::Shared(_)
+        ));
+        let err = GenerationRequest {
+            eta_noise_seed_delta: 31337,
+            ..request
+        }
+        .validate(8)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("eta noise seed delta"), "{err}");
+    }
+
+    /// The latents of image `i` of a batch, made alone from the seeds its infotext carries.
+    fn alone(model: &StableDiffusion, request: &GenerationRequest, i: usize) -> Tensor {
+        let info = request.to_infotext("", None, i);
+        let text = info.to_string();
+        assert!(!text.contains("Batch size"), "{text}");
+        let single = GenerationRequest::from_infotext(&info).unwrap();
+        assert_eq!(single.batch_size, 1, "{text}");
+        // The infotext names the A1111 sampler, so the flavor follows without being forced.
+        assert!(single.per_image_seeds().unwrap(), "{text}");
+        let generation = model
+            .generate(&single, &Inputs::default(), &mut |_| Control::Continue)
+            .unwrap();
+        generation.latents.get(0).unwrap()
+    }
+
+    #[test]
+    fn every_image_of_an_a1111_batch_is_remade_alone_from_its_infotext() {
+        let model = StableDiffusion::load(
+            &common::fixture("models/tiny-sd15"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        for (variation, ensd) in [(None, 0), (Some(500), 0), (None, 31337)] {
+            let request = a1111(GenerationRequest {
+                prompt: "a red circle".into(),
+                width: 32,
+                height: 32,
+                steps: 3,
+                seed: 40,
+                batch_size: 3,
+                variation_seed: variation,
+                variation_strength: if variation.is_some() { 0.4 } else { 0.0 },
+                eta_noise_seed_delta: ensd,
+                ..Default::default()
+            });
+            let batch = model
+                .generate(&request, &Inputs::default(), &mut |_| Control::Continue)
+                .unwrap();
+            for i in 0..3 {
+                // A batched UNet call rounds differently from a single one (measured: up to
+                // 3.3e-4 here); a wrong seed or stream is off by O(1).
+                let diff = common::max_abs_diff(
+                    &batch.latents.get(i).unwrap(),
+                    &alone(&model, &request, i),
+                );
+                assert!(
+                    diff <= 1e-3,
+                    "image {i} (variation {variation:?}, ENSD {ensd}): max |diff| {diff}"
+                );
+            }
+            let apart = common::max_abs_diff(
+                &batch.latents.get(0).unwrap(),
+                &batch.latents.get(1).unwrap(),
+            );
+            assert!(apart > 0.1, "images 0 and 1 alike: {apart}");
+        }
     }
 }
 

@@ -520,13 +520,21 @@ fn rescale_zero_snr_option_equals_the_config_key_with_trailing_spacing() {
 #[test]
 fn consistency_samplers_refuse_sigma_schedules_and_too_many_steps() {
     let config = SchedulerConfig::sd15();
-    for kind in [SamplerKind::Lcm, SamplerKind::Tcd, SamplerKind::Ddpm] {
+    for kind in [SamplerKind::Tcd, SamplerKind::Ddpm] {
         let err = build_sampler(kind, SigmaSchedule::Karras, &config, 4, 0.0)
             .err()
             .expect("karras must be refused")
             .to_string();
         assert!(err.contains("own timesteps"), "{kind}: {err}");
     }
+    // LCM on a sigma schedule is A1111's LCM (the k-diffusion flavor), on LCM's 50-step grid:
+    // every model timestep is one of 19, 39, ..., 999.
+    let sampler = build_sampler(SamplerKind::Lcm, SigmaSchedule::Karras, &config, 4, 0.0).unwrap();
+    assert_eq!(sampler.timesteps().len(), 4);
+    for &t in sampler.timesteps() {
+        assert!(t >= 19.0 && (t as usize + 1) % 20 == 0, "{t}");
+    }
+    assert_eq!(sampler.timesteps()[0], 999.0);
     let err = build_sampler(SamplerKind::Lcm, SigmaSchedule::Default, &config, 60, 0.0)
         .err()
         .expect("more steps than LCM's grid")

@@ -244,6 +244,21 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x_next
 
 
+@torch.no_grad()
+def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """A1111's LCM sampler: take the model's denoised estimate, then noise it to the next
+    sigma with fresh noise (none after the last step)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        x = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x})
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * torch.randn_like(x)
+    return x
+
+
 def sampler_fn(sampler, x, opts):
     """The k-diffusion call for our sampler name, with a randn noise sampler where needed."""
     randn_noise = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
@@ -264,6 +279,7 @@ def sampler_fn(sampler, x, opts):
         "dpmpp_2m_sde_heun": lambda m, x, s, cb: sampling.sample_dpmpp_2m_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise, solver_type="heun"),
         "dpmpp_3m_sde": lambda m, x, s, cb: sampling.sample_dpmpp_3m_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise),
         "ipndm": lambda m, x, s, cb: sample_ipndm(m, x, s, callback=cb, disable=True),
+        "lcm": lambda m, x, s, cb: sample_lcm(m, x, s, callback=cb, disable=True),
     }
     return table[sampler]
 

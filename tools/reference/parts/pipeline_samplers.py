@@ -30,7 +30,7 @@ A1111 = {
     "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "dpm2": "DPM2", "dpm2_a": "DPM2 a",
     "lms": "LMS", "dpmpp_2m": "DPM++ 2M", "dpmpp_2s_a": "DPM++ 2S a", "dpmpp_sde": "DPM++ SDE",
     "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
-    "dpmpp_3m_sde": "DPM++ 3M SDE", "ipndm": "iPNDM",
+    "dpmpp_3m_sde": "DPM++ 3M SDE", "ipndm": "iPNDM", "lcm": "LCM",
 }
 
 BASE = dict(
@@ -54,7 +54,11 @@ def case(name, **overrides):
 
 
 CASES = (
-    [case(f"{s}_karras", sampler=s, schedule="karras", seed=1000 + i) for i, s in enumerate(A1111)]
+    [
+        case(f"{s}_karras", sampler=s, schedule="karras", seed=1000 + i)
+        for i, s in enumerate(A1111)
+        if s != "lcm"
+    ]
     + [
         case("dpmpp_2m_automatic", sampler="dpmpp_2m"),
         case("euler_a_automatic", sampler="euler_a", seed=7),
@@ -65,6 +69,12 @@ CASES = (
         case("dpmpp_2m_align_your_steps", sampler="dpmpp_2m", schedule="align_your_steps"),
         case("euler_churn", sampler="euler", schedule="karras", options={"s_churn": 1.0}, seed=11),
         case("euler_a_cfg1", sampler="euler_a", cfg_scale=1.0, negative_prompt="", seed=12),
+        # A1111's own LCM (its LCMCompVisDenoiser), at LCM's usual few steps and low CFG.
+        case("lcm_automatic", sampler="lcm", steps=4, cfg_scale=1.5, seed=13),
+        case("lcm_karras", sampler="lcm", schedule="karras", steps=4, cfg_scale=1.5, seed=14),
+        case("lcm_cfg1", sampler="lcm", steps=4, cfg_scale=1.0, negative_prompt="", seed=15),
+        case("img2img_lcm", sampler="lcm", init_image="init.png", strength=0.6, steps=6,
+             cfg_scale=1.5, seed=16),
     ]
     + [
         case(f"img2img_{s}", sampler=s, init_image="init.png", strength=0.6, steps=8, seed=2000 + i)
@@ -81,6 +91,41 @@ class UNetDenoiser(external.DiscreteEpsDDPMDenoiser):
 
     def get_eps(self, x, t, cond=None):
         return self.inner_model(x, t, encoder_hidden_states=cond).sample
+
+
+class LCMDenoiser(UNetDenoiser):
+    """A1111's LCM model wrapper, in our words: the sigma table holds only LCM's original grid
+    (timesteps 19, 39, ..., 999), the UNet is called at the grid timestep nearest in
+    log-sigma, and the x0 estimate is blended with the input by LCM's boundary scalings at
+    10 * t (sigma_data = 0.5). Its own schedule spaces grid timesteps evenly."""
+
+    SKIP = 20
+
+    def __init__(self, unet, alphas_cumprod):
+        super().__init__(unet, alphas_cumprod[self.SKIP - 1::self.SKIP])
+
+    def sigma_to_t(self, sigma, quantize=None):
+        nearest = (sigma.log() - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+        return nearest * self.SKIP + (self.SKIP - 1)
+
+    def t_to_sigma(self, t):
+        index = ((t - (self.SKIP - 1)) / self.SKIP).float().clamp(0, len(self.sigmas) - 1)
+        return super().t_to_sigma(index)
+
+    def get_sigmas(self, n=None):
+        start = self.sigma_to_t(self.sigma_max)
+        end = self.sigma_to_t(self.sigma_min)
+        t = torch.linspace(float(start), float(end), n)
+        return torch.cat([self.t_to_sigma(t), t.new_zeros([1])])
+
+    def forward(self, x, sigma, **kwargs):
+        c_out, c_in = [v[:, None, None, None] for v in self.get_scalings(sigma)]
+        t = self.sigma_to_t(sigma)
+        x0 = x + self.get_eps(x * c_in, t, **kwargs) * c_out
+        s = (t * 10.0)[:, None, None, None]
+        c_skip = 0.25 / (s**2 + 0.25)
+        c_out = s / (s**2 + 0.25) ** 0.5
+        return c_out * x0 + c_skip * x
 
 
 class CFGDenoiser:
@@ -130,10 +175,12 @@ def make(root: Path) -> None:
     pipe = StableDiffusionPipeline.from_pretrained(
         str(MODEL), safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32
     )
-    denoiser = UNetDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod)
+    plain = UNetDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod)
+    lcm = LCMDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod)
     scaling = pipe.vae.config.scaling_factor
     cases = []
     for c in CASES:
+        denoiser = lcm if c["sampler"] == "lcm" else plain
         cond, uncond = pipe.encode_prompt(
             c["prompt"], "cpu", 1, c["cfg_scale"] > 1.0, c["negative_prompt"] or None
         )

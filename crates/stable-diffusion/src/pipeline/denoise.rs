@@ -10,10 +10,10 @@ use super::conditioning::ConditioningSchedule;
 use super::inpaint::{self, InpaintMode};
 use super::model::StableDiffusion;
 use super::refiner;
-use super::variation::initial_noise;
-use super::{Control, Generation, GenerationRequest, Progress, RngKind, Timings};
+use super::variation::RunNoise;
+use super::{Control, Generation, GenerationRequest, Progress, Timings};
 use crate::prompt::ScheduleSteps;
-use crate::rng::{NoiseSource, PhiloxRng, TorchCpuRng};
+use crate::rng::NoiseSource;
 use crate::scheduler::{build_sampler_with, Sampler};
 use crate::{Error, Result};
 
@@ -78,10 +78,7 @@ impl StableDiffusion {
         let conditioning = self.scheduled_conditioning(request, schedule_steps)?;
         timings.text_encoding = start.elapsed();
 
-        let mut rng: Box<dyn NoiseSource> = match request.rng {
-            RngKind::Cpu => Box::new(TorchCpuRng::new(request.seed)),
-            RngKind::Cuda => Box::new(PhiloxRng::new(request.seed)),
-        };
+        let mut rng = request.noise_streams()?;
         let mut sampler = self.sampler(request)?;
         let total_steps = sampler.timesteps().len();
         // The refiner takes the last steps: the base stops where it starts.
@@ -111,8 +108,7 @@ impl StableDiffusion {
         let image_start = Instant::now();
         let (latents, first, inpaint) = match (inputs.init_image, inputs.mask) {
             (None, _) if inputs.init_latents.is_none() => {
-                let noise =
-                    initial_noise(request, rng.as_mut(), &latent_shape, factor, &self.device)?;
+                let noise = rng.initial_noise(request, &latent_shape, factor, &self.device)?;
                 ((noise * sampler.init_noise_sigma())?, 0, InpaintMode::None)
             }
             (None, _) | (Some(_), None) => {
@@ -120,15 +116,18 @@ impl StableDiffusion {
                     (Some(latents), _) => latents.to_device(&self.device)?.to_dtype(self.dtype)?,
                     (None, Some(image)) => {
                         check(Progress::EncodingImage)?;
-                        self.encode_image(image, rng.as_mut())?
+                        self.encode_image(image, batch, &mut rng)?
                     }
                     (None, None) => unreachable!("txt2img is the arm above"),
                 };
-                let init = init.repeat((batch, 1, 1, 1))?;
+                let init = if init.dim(0)? == batch {
+                    init
+                } else {
+                    init.repeat((batch, 1, 1, 1))?
+                };
                 let first = sampler.img2img_start(request.steps, request.strength)?;
                 sampler.start_at(first)?;
-                let noise =
-                    initial_noise(request, rng.as_mut(), &latent_shape, factor, &self.device)?;
+                let noise = rng.initial_noise(request, &latent_shape, factor, &self.device)?;
                 (
                     sampler.add_noise(&init, &noise, first)?,
                     first,
@@ -143,7 +142,7 @@ impl StableDiffusion {
                     mask,
                     &latent_shape,
                     sampler.as_mut(),
-                    rng.as_mut(),
+                    &mut rng,
                 )?
             }
         };
@@ -169,7 +168,7 @@ impl StableDiffusion {
             (&conditioning, 0),
             request,
             &inpaint,
-            rng.as_mut(),
+            &mut rng,
             &mut step_done,
         )?;
         let decoder = match refiner_run {
@@ -183,7 +182,7 @@ impl StableDiffusion {
                     (&conditioning, end - first),
                     request,
                     &InpaintMode::None,
-                    rng.as_mut(),
+                    &mut rng,
                     &mut step_done,
                 )?;
                 refiner
@@ -312,12 +311,23 @@ impl StableDiffusion {
         )
     }
 
-    /// VAE-encodes an image `(1, 3, h, w)` to scaled latents in the compute dtype, sampling
-    /// the posterior from `rng` as diffusers' `retrieve_latents(..., generator)` does.
-    fn encode_image(&self, image: &Tensor, rng: &mut dyn NoiseSource) -> Result<Tensor> {
+    /// VAE-encodes an image `(1, 3, h, w)` to scaled latents `(batch, ...)` in the compute
+    /// dtype. The posterior is sampled from `rng` once and repeated, as diffusers'
+    /// `retrieve_latents(..., generator)` does; with per-image streams each image samples it
+    /// from its own stream.
+    fn encode_image(&self, image: &Tensor, batch: usize, rng: &mut RunNoise) -> Result<Tensor> {
         let image = image.to_device(&self.device)?.to_dtype(self.vae_dtype)?;
         let posterior = self.vae.encode(&image)?;
-        let latents = posterior.sample(rng)?;
+        let latents = match rng.per_image() {
+            Some(images) if images > 1 => {
+                let mean = posterior.mean.repeat((images, 1, 1, 1))?;
+                let noise = rng
+                    .randn(mean.dims(), mean.device())?
+                    .to_dtype(mean.dtype())?;
+                (mean + posterior.std()?.broadcast_mul(&noise)?)?
+            }
+            _ => posterior.sample(rng)?.repeat((batch, 1, 1, 1))?,
+        };
         self.scale_latents(&latents)?
             .to_dtype(self.dtype)
             .map_err(Into::into)
@@ -377,7 +387,7 @@ impl StableDiffusion {
         mask: &Tensor,
         latent_shape: &[usize],
         sampler: &mut dyn Sampler,
-        rng: &mut dyn NoiseSource,
+        rng: &mut RunNoise,
     ) -> Result<(Tensor, usize, InpaintMode)> {
         let batch = request.batch_size;
         let full_strength = request.strength >= 1.0;
@@ -385,11 +395,12 @@ impl StableDiffusion {
         sampler.start_at(first)?;
         let nine_channels = self.description.inpainting;
         let image_latents = if !nine_channels || !full_strength {
-            Some(self.encode_image(image, rng)?.repeat((batch, 1, 1, 1))?)
+            Some(self.encode_image(image, batch, rng)?)
         } else {
             None
         };
         let noise = rng.randn(latent_shape, &self.device)?;
+        rng.initial_noise_drawn(request);
         let latents = match &image_latents {
             Some(init) if !full_strength => sampler.add_noise(init, &noise, first)?,
             _ => (&noise * sampler.init_noise_sigma())?,
@@ -397,16 +408,17 @@ impl StableDiffusion {
         let small_mask = inpaint::latent_mask(mask, self.spatial_factor())?.to_dtype(self.dtype)?;
         let masked = inpaint::masked_image(image, mask)?;
         let mode = if nine_channels {
-            let masked_latents = self.encode_image(&masked, rng)?;
-            let copies = if request.uses_cfg() { 2 * batch } else { batch };
+            let masked_latents = self.encode_image(&masked, batch, rng)?;
+            let copies = if request.uses_cfg() { 2 } else { 1 };
             InpaintMode::Concat {
-                mask: small_mask.repeat((copies, 1, 1, 1))?,
+                mask: small_mask.repeat((copies * batch, 1, 1, 1))?,
                 masked_latents: masked_latents.repeat((copies, 1, 1, 1))?,
             }
         } else {
             // diffusers encodes the masked image for 4-channel UNets too, and does not use it:
             // only its draw from the generator matters.
-            let shape = [1, latent_shape[1], latent_shape[2], latent_shape[3]];
+            let images = rng.per_image().unwrap_or(1);
+            let shape = [images, latent_shape[1], latent_shape[2], latent_shape[3]];
             rng.randn(&shape, &self.device)?;
             InpaintMode::Blend {
                 mask: small_mask.repeat((batch, 1, 1, 1))?,

@@ -18,18 +18,23 @@ impl GenerationRequest {
             .with("Steps", self.steps)
             .with("Sampler", self.sampler.a1111_name())
             .with("Schedule type", self.schedule.a1111_name())
-            .with("CFG scale", format_float(self.cfg_scale))
-            .with("Seed", self.seed)
-            .with("Size", format!("{}x{}", self.width, self.height));
+            .with("CFG scale", format_float(self.cfg_scale));
+        // Under A1111's per-image seeds, image `batch_pos` is re-made alone from its own seeds
+        // (as A1111 writes them); under one stream for the batch, from the request's seeds
+        // with "Batch size" and "Batch pos".
+        let per_image = self.per_image_seeds().unwrap_or(false);
+        let (seed, variation_seed) = self
+            .image_seeds(batch_pos)
+            .unwrap_or((self.seed, self.variation_seed));
+        info.push("Seed", seed);
+        info.push("Size", format!("{}x{}", self.width, self.height));
         if let Some(hash) = model_hash {
             info.push("Model hash", hash);
         }
         if !model_name.is_empty() {
             info.push("Model", model_name);
         }
-        if let (true, Some(seed)) = (self.uses_variation(), self.variation_seed) {
-            // The request's value, as "Seed" is: with "Batch size"/"Batch pos" it re-makes
-            // the batch.
+        if let (true, Some(seed)) = (self.uses_variation(), variation_seed) {
             info.push("Variation seed", seed);
             info.push(
                 "Variation seed strength",
@@ -72,9 +77,12 @@ impl GenerationRequest {
         if self.sampler == SamplerKind::Ddim && self.eta != 0.0 {
             info.push("Eta DDIM", format_float(self.eta));
         }
-        if self.batch_size > 1 {
+        if self.batch_size > 1 && !per_image {
             info.push("Batch size", self.batch_size);
             info.push("Batch pos", batch_pos);
+        }
+        if self.eta_noise_seed_delta != 0 {
+            info.push("ENSD", self.eta_noise_seed_delta);
         }
         self.push_sampler_options(&mut info);
         info
@@ -249,6 +257,9 @@ impl GenerationRequest {
         }
         if let Some(v) = info.get("Batch size") {
             request.batch_size = number("Batch size", v)?;
+        }
+        if let Some(v) = info.get("ENSD") {
+            request.eta_noise_seed_delta = number("ENSD", v)?;
         }
         Ok(request)
     }

@@ -36,7 +36,7 @@ pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
 pub use request::{
     GenerationRequest, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
 };
-pub use variation::initial_noise;
+pub use variation::{initial_noise, ImageStreams, RunNoise};
 
 use std::time::Duration;
 

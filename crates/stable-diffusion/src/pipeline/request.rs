@@ -41,6 +41,14 @@ impl RngKind {
         }
     }
 
+    /// A fresh stream of this kind seeded with `seed`.
+    pub fn stream(self, seed: u64) -> Box<dyn crate::rng::NoiseSource> {
+        match self {
+            RngKind::Cpu => Box::new(crate::rng::TorchCpuRng::new(seed)),
+            RngKind::Cuda => Box::new(crate::rng::PhiloxRng::new(seed)),
+        }
+    }
+
     /// The value AUTOMATIC1111 writes in its `RNG` infotext field.
     pub fn a1111_name(self) -> &'static str {
         match self {
@@ -122,6 +130,9 @@ pub struct GenerationRequest {
     /// A1111's seed resize, (width, height) in pixels: the seed's noise is made at this size
     /// and its centre pasted into noise of the request's size.
     pub seed_resize_from: Option<(usize, usize)>,
+    /// A1111's eta noise seed delta (ENSD): after the initial noise, each image's stream
+    /// restarts at its seed plus this (k-diffusion flavor only; 0: no restart).
+    pub eta_noise_seed_delta: u64,
     /// A1111's hires fix: a second, enlarged img2img pass
     /// ([`StableDiffusion::generate_hires`](super::StableDiffusion::generate_hires) runs it;
     /// `generate` runs the first pass only).
@@ -159,6 +170,7 @@ impl Default for GenerationRequest {
             variation_seed: None,
             variation_strength: 0.0,
             seed_resize_from: None,
+            eta_noise_seed_delta: 0,
             hires: None,
         }
     }
@@ -269,6 +281,17 @@ impl GenerationRequest {
             return Err(Error::invalid(
                 "clip skip",
                 "0 is not allowed: 1 is the last layer, 2 the penultimate, ...",
+            ));
+        }
+        if self.eta_noise_seed_delta != 0 && !self.per_image_seeds()? {
+            return Err(Error::invalid(
+                "eta noise seed delta",
+                format!(
+                    "ENSD restarts A1111's per-image streams, which only the k-diffusion flavor \
+                     uses; {} here follows diffusers (use its A1111 name or \
+                     --sampler-flavor k-diffusion)",
+                    self.sampler.name()
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.variation_strength) {

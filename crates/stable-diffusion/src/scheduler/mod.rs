@@ -15,7 +15,7 @@
 //! | `lms` | `LMSDiscreteScheduler` | LMS |
 //! | `dpm2` / `dpm2_a` | `KDPM2DiscreteScheduler` / `KDPM2AncestralDiscreteScheduler` | DPM2 (a) |
 //! | `ddpm` | `DDPMScheduler` | — |
-//! | `lcm` | `LCMScheduler` | LCM |
+//! | `lcm` | `LCMScheduler` | LCM (A1111's own: `k_lcm`) |
 //! | `tcd` | `TCDScheduler` | — |
 //! | `unipc` | `UniPCMultistepScheduler` (`bh2`, order 2) | UniPC |
 //! | `deis` | `DEISMultistepScheduler` (order 2) | — |
@@ -61,6 +61,7 @@ pub mod heun;
 pub mod k_dpmpp;
 pub mod k_euler;
 pub mod k_heun;
+pub mod k_lcm;
 pub mod k_lms;
 pub mod kdiff;
 pub mod lcm;
@@ -395,10 +396,10 @@ impl SamplerKind {
             SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun => "sample_dpmpp_2m_sde",
             SamplerKind::DpmPp3MSde => "sample_dpmpp_3m_sde",
             SamplerKind::Ipndm => "sample_ipndm",
+            SamplerKind::Lcm => "sample_lcm (A1111)",
             SamplerKind::Ddim
             | SamplerKind::Pndm
             | SamplerKind::Ddpm
-            | SamplerKind::Lcm
             | SamplerKind::Tcd
             | SamplerKind::UniPc
             | SamplerKind::Deis
@@ -1284,7 +1285,12 @@ fn build_kdiffusion(
     eta: f32,
     churn: kdiff::Churn,
 ) -> Result<Box<dyn Sampler>> {
-    let model = sigmas::ModelSigmas::new(&cfg.noise_schedule()?);
+    let noise = cfg.noise_schedule()?;
+    let model = if kind == SamplerKind::Lcm {
+        sigmas::ModelSigmas::lcm(&noise)
+    } else {
+        sigmas::ModelSigmas::new(&noise)
+    };
     let list = kdiffusion_sigmas(kind, schedule, &model, steps, options)?;
     let s_noise = churn.s_noise;
     let algorithm: Box<dyn kdiff::KAlgorithm> = match kind {
@@ -1301,10 +1307,12 @@ fn build_kdiffusion(
         SamplerKind::DpmPp2MSde => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, false)),
         SamplerKind::DpmPp2MSdeHeun => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, true)),
         SamplerKind::DpmPp3MSde => Box::new(k_dpmpp::KDpmPp3MSde::new(eta, s_noise)),
+        SamplerKind::Lcm => Box::new(k_lcm::KLcm {
+            model: model.clone(),
+        }),
         SamplerKind::Ddim
         | SamplerKind::Pndm
         | SamplerKind::Ddpm
-        | SamplerKind::Lcm
         | SamplerKind::Tcd
         | SamplerKind::UniPc
         | SamplerKind::Deis
@@ -1345,6 +1353,9 @@ pub fn kdiffusion_sigmas(
     let n = steps + usize::from(discard);
     let (min, max) = (f64::from(model.sigma_min()), f64::from(model.sigma_max()));
     let mut list = match schedule {
+        SigmaSchedule::Default | SigmaSchedule::Discrete if model.lcm_skip.is_some() => {
+            sigmas::lcm(model, n)
+        }
         SigmaSchedule::Default | SigmaSchedule::Discrete => sigmas::discrete(model, n),
         SigmaSchedule::Karras => sigmas::karras(min, max, n),
         SigmaSchedule::Exponential => sigmas::exponential(min, max, n),

@@ -16,14 +16,38 @@ pub struct ModelSigmas {
     pub sigmas: Vec<f32>,
     /// Natural logs of `sigmas` (f32).
     pub log_sigmas: Vec<f32>,
+    /// For A1111's LCM table ([`ModelSigmas::lcm`]): entry `j` is timestep `skip·j + skip − 1`.
+    pub lcm_skip: Option<usize>,
 }
+
+/// The length of LCM's original timestep grid (every 20th of 1000 training steps).
+pub const LCM_ORIGINAL_STEPS: usize = 50;
 
 impl ModelSigmas {
     /// The table of a training noise schedule.
     pub fn new(noise: &NoiseSchedule) -> Self {
-        let sigmas = noise.train_sigmas();
+        Self::from_sigmas(noise.train_sigmas(), None)
+    }
+
+    /// A1111's LCM table (its `LCMCompVisDenoiser`): only the training sigmas of LCM's
+    /// original 50-step grid, t = 19, 39, ..., 999. [`ModelSigmas::sigma_to_t`] then gives the
+    /// nearest grid timestep and [`ModelSigmas::t_to_sigma`] takes timesteps on that grid.
+    pub fn lcm(noise: &NoiseSchedule) -> Self {
+        let all = noise.train_sigmas();
+        let skip = (all.len() / LCM_ORIGINAL_STEPS).max(1);
+        let sigmas = (0..all.len() / skip)
+            .map(|j| all[skip * j + skip - 1])
+            .collect();
+        Self::from_sigmas(sigmas, Some(skip))
+    }
+
+    fn from_sigmas(sigmas: Vec<f32>, lcm_skip: Option<usize>) -> Self {
         let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
-        Self { sigmas, log_sigmas }
+        Self {
+            sigmas,
+            log_sigmas,
+            lcm_skip,
+        }
     }
 
     /// The smallest training sigma (at t = 0).
@@ -38,8 +62,18 @@ impl ModelSigmas {
 
     /// The fractional timestep of `sigma`, by linear interpolation in log-sigma between the
     /// two neighbouring training sigmas (f32, as k-diffusion computes it).
+    /// On the LCM table: the grid timestep of the nearest table entry in log-sigma.
     pub fn sigma_to_t(&self, sigma: f32) -> f32 {
         let log_sigma = sigma.ln();
+        if let Some(skip) = self.lcm_skip {
+            let mut nearest = 0;
+            for (j, l) in self.log_sigmas.iter().enumerate() {
+                if (log_sigma - l).abs() < (log_sigma - self.log_sigmas[nearest]).abs() {
+                    nearest = j;
+                }
+            }
+            return (nearest * skip + skip - 1) as f32;
+        }
         let count = self
             .log_sigmas
             .iter()
@@ -52,8 +86,15 @@ impl ModelSigmas {
         (1.0 - w) * low_idx as f32 + w * high_idx as f32
     }
 
-    /// The sigma at fractional timestep `t`: log-linear interpolation of the table.
+    /// The sigma at fractional timestep `t`: log-linear interpolation of the table (on the LCM
+    /// table, `t` is first mapped to its grid position, clamped to the table).
     pub fn t_to_sigma(&self, t: f32) -> f32 {
+        let t = match self.lcm_skip {
+            Some(skip) => {
+                ((t - (skip - 1) as f32) / skip as f32).clamp(0.0, (self.sigmas.len() - 1) as f32)
+            }
+            None => t,
+        };
         let low = t.floor();
         let (low_idx, high_idx) = (low as usize, t.ceil() as usize);
         let w = t - low;
@@ -79,6 +120,19 @@ pub const BETA_SCHEDULE_ALPHA: f64 = 0.6;
 pub fn discrete(model: &ModelSigmas, n: usize) -> Vec<f32> {
     let t_max = (model.sigmas.len() - 1) as f64;
     let mut sigmas: Vec<f32> = torch_linspace_f32(t_max, 0.0, n)
+        .into_iter()
+        .map(|t| model.t_to_sigma(t))
+        .collect();
+    sigmas.push(0.0);
+    sigmas
+}
+
+/// A1111's LCM "Automatic" / "Uniform" (its `LCMCompVisDenoiser.get_sigmas`): `n` grid
+/// timesteps evenly spaced from that of σ_max down to that of σ_min, mapped to sigmas, then 0.
+pub fn lcm(model: &ModelSigmas, n: usize) -> Vec<f32> {
+    let start = model.sigma_to_t(model.sigma_max());
+    let end = model.sigma_to_t(model.sigma_min());
+    let mut sigmas: Vec<f32> = torch_linspace_f32(f64::from(start), f64::from(end), n)
         .into_iter()
         .map(|t| model.t_to_sigma(t))
         .collect();

@@ -5,8 +5,8 @@
 //! 2. **diffusion**: CLIP text encoder and UNet together on the epsilon-prediction MSE over
 //!    SD's scaled-linear schedule (1000 steps, β 0.00085…0.012), on VAE latents scaled by
 //!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works,
-//!    offset noise, and each sample's error weighted by min(1/ᾱ_t, 5) (1/ᾱ_t is how
-//!    v-prediction's loss weighs it): without these two the caption is never learned (see
+//!    offset and pyramid noise, and each sample's error weighted by min(1/ᾱ_t, 5) (1/ᾱ_t is
+//!    how v-prediction's loss weighs it): without these the caption is never learned (see
 //!    `stages.rs`).
 //!
 //! Both use AdamW with warm-up and cosine decay, gradient clipping by global norm and an EMA of
@@ -193,6 +193,11 @@ pub struct TrainOptions {
     /// deviation, so the noisy latent no longer reveals the image's mean colours at high noise
     /// and only the caption can tell them (0: plain noise).
     pub offset_noise: f64,
+    /// Pyramid noise: each sample's noise also gets white noise drawn at 1/2, 1/4, ... of the
+    /// latent size (down to 2x2), upsampled bilinearly and scaled by this factor to the power
+    /// of the level, so the noisy latent no longer reveals where the shapes are at high noise
+    /// and only the caption can tell the layout (0: none).
+    pub pyramid_noise: f64,
     /// Steps between checkpoints (0: only at the end and when stopped).
     pub checkpoint_every: usize,
     /// Steps between sample images (0: only at the end).
@@ -226,6 +231,7 @@ impl TrainOptions {
             kl_weight: 1e-4,
             caption_dropout: 0.1,
             offset_noise: 0.2,
+            pyramid_noise: 0.7,
             checkpoint_every: 100,
             sample_every: 500,
             resume: false,
@@ -278,6 +284,15 @@ impl TrainOptions {
                 format!(
                     "offset noise must be a finite number ≥ 0, got {}",
                     self.offset_noise
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.pyramid_noise) {
+            return Err(Error::invalid(
+                "training settings",
+                format!(
+                    "pyramid noise must be in [0, 1), got {}",
+                    self.pyramid_noise
                 ),
             ));
         }

@@ -453,6 +453,7 @@ fn train_diffusion(
     let seed = options.seed;
     let dropout = options.caption_dropout;
     let offset_noise = options.offset_noise;
+    let pyramid = options.pyramid_noise;
     let mut loss_at = |step: usize| -> Result<Tensor> {
         let (images, captions) = data.batch((step * batch) as u64, batch, &device)?;
         let mut choices = SplitMix64::new(step_seed(seed, 2, step));
@@ -486,6 +487,11 @@ fn train_diffusion(
             let (b, c) = (latents.dim(0)?, latents.dim(1)?);
             let offset = (noise_rng.randn(&[b, c, 1, 1], &device)? * offset_noise)?;
             noise.broadcast_add(&offset)?
+        } else {
+            noise
+        };
+        let noise = if pyramid > 0.0 {
+            (noise + pyramid_noise(&mut noise_rng, latents.dims(), pyramid, &device)?)?
         } else {
             noise
         };
@@ -528,6 +534,45 @@ fn train_diffusion(
     Ok(())
 }
 
+/// Low-frequency noise of shape `dims` (`b, c, h, w`): white noise drawn at `h/2 x w/2`,
+/// `h/4 x w/4`, ... down to 2 pixels, each upsampled bilinearly and scaled by `factor^level`.
+fn pyramid_noise(
+    rng: &mut TorchCpuRng,
+    dims: &[usize],
+    factor: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let (b, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
+    let mut total = Tensor::zeros((b, c, h, w), DType::F32, device)?;
+    let mut level = 1;
+    while h >> level >= 2 && w >> level >= 2 {
+        let (lh, lw) = (h >> level, w >> level);
+        let low = rng.randn(&[b, c, lh, lw], device)?;
+        let rows = bilinear_matrix(lh, h, device)?;
+        let columns = bilinear_matrix(lw, w, device)?.t()?;
+        let up = rows.broadcast_matmul(&low)?.broadcast_matmul(&columns)?;
+        total = (total + (up * factor.powi(level))?)?;
+        level += 1;
+    }
+    Ok(total)
+}
+
+/// The `(to, from)` matrix of bilinear upsampling along one axis (pixel centres aligned, edges
+/// clamped, as torch's `align_corners=False`).
+fn bilinear_matrix(from: usize, to: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; to * from];
+    let scale = from as f64 / to as f64;
+    for i in 0..to {
+        let x = ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, (from - 1) as f64);
+        let lo = x.floor() as usize;
+        let hi = (lo + 1).min(from - 1);
+        let t = (x - lo as f64) as f32;
+        m[i * from + lo] += 1.0 - t;
+        m[i * from + hi] += t;
+    }
+    Ok(Tensor::from_vec(m, (to, from), device)?)
+}
+
 /// Generates [`SAMPLE_CAPTIONS`] with the exported model and saves them as one grid.
 fn sample_grid(model_dir: &Path, out_dir: &Path, step: usize) -> Result<PathBuf> {
     let model = StableDiffusion::load(model_dir, &LoadOptions::default())?;
@@ -550,4 +595,61 @@ fn sample_grid(model_dir: &Path, out_dir: &Path, step: usize) -> Result<PathBuf>
         .join(format!("diffusion-{step:06}.png"));
     crate::image::save_png(&path, &crate::image::grid(&images, 4), &[])?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bilinear_matrix_interpolates_like_torch() {
+        // torch: F.interpolate(arange(2.).view(1,1,1,2), size=(1,4), mode="bilinear",
+        // align_corners=False) = [0, 0.25, 0.75, 1].
+        let m = bilinear_matrix(2, 4, &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[0f32], [1.0]], &Device::Cpu).unwrap();
+        let y: Vec<f32> = m
+            .matmul(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(y, vec![0.0, 0.25, 0.75, 1.0]);
+        let rows: Vec<f32> = m.sum(1).unwrap().to_vec1().unwrap();
+        assert!(rows.iter().all(|&r| (r - 1.0).abs() < 1e-6), "{rows:?}");
+    }
+
+    #[test]
+    fn pyramid_noise_is_smooth_deterministic_and_scaled() {
+        let dims = [64, 4, 16, 16];
+        let draw = |seed| {
+            let mut rng = TorchCpuRng::new(seed);
+            pyramid_noise(&mut rng, &dims, 0.7, &Device::Cpu).unwrap()
+        };
+        let a = draw(7);
+        let b = draw(7);
+        let diff: f32 = (&a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+        // Levels 8x8, 4x4 and 2x2 with variances 0.49, 0.24, 0.12 before the (variance-
+        // reducing) bilinear upsampling: the total lies well inside (0.3, 0.85).
+        let var: f32 = a.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap();
+        assert!(var > 0.3 && var < 0.85, "variance {var}");
+        // Low frequency: neighbouring pixels are strongly correlated (white noise: 0).
+        let left = a.narrow(3, 0, 15).unwrap();
+        let right = a.narrow(3, 1, 15).unwrap();
+        let corr: f32 = (left * right)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(corr / var > 0.6, "neighbour correlation {}", corr / var);
+    }
 }

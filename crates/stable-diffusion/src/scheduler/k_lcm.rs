@@ -1,0 +1,57 @@
+//! AUTOMATIC1111's "LCM" sampler (`sample_lcm` with its `LCMCompVisDenoiser`): each step
+//! jumps to the consistency model's estimate of the clean sample, then noises it afresh to
+//! the next sigma.
+//!
+//! The model sees the nearest timestep of LCM's 50-step grid (see
+//! [`ModelSigmas::lcm`]); its x₀ estimate `x − σ·ε` is blended with the sample by LCM's
+//! boundary-condition scalings at `s = 10·t` (σ_data = 0.5):
+//!
+//! ```text
+//! c_skip = σ_data² / (s² + σ_data²)     c_out = s / sqrt(s² + σ_data²)
+//! x ← c_out · x₀ + c_skip · x,   then   x ← x + σ_next · z   when σ_next > 0
+//! ```
+//! (A1111 blends with the unscaled k-diffusion sample x; at s ≥ 190, c_skip < 1e-5.)
+
+use candle_core::Tensor;
+
+use super::kdiff::{add_noise_scaled, KAlgorithm};
+use super::ops::{add, mul};
+use super::sigmas::ModelSigmas;
+use crate::rng::NoiseSource;
+use crate::Result;
+
+/// LCM's σ_data².
+const SIGMA_DATA_SQ: f32 = 0.25;
+
+/// A1111's LCM steps on the LCM table `model`.
+pub(crate) struct KLcm {
+    pub model: ModelSigmas,
+}
+
+impl KAlgorithm for KLcm {
+    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
+        vec![sigmas[i]]
+    }
+
+    fn advance(
+        &mut self,
+        sigmas: &[f32],
+        i: usize,
+        _stage: usize,
+        x: &Tensor,
+        denoised: &Tensor,
+        rng: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let s = self.model.sigma_to_t(sigmas[i]) * 10.0;
+        let c_skip = SIGMA_DATA_SQ / (s * s + SIGMA_DATA_SQ);
+        let c_out = s / (s * s + SIGMA_DATA_SQ).sqrt();
+        let x = add(&mul(denoised, c_out)?, &mul(x, c_skip)?)?;
+        if sigmas[i + 1] > 0.0 {
+            add_noise_scaled(&x, rng, sigmas[i + 1])
+        } else {
+            Ok(x)
+        }
+    }
+
+    fn reset(&mut self) {}
+}
