@@ -349,6 +349,9 @@ fn class_case_sampler(case: &serde_json::Value) -> Box<dyn Sampler> {
     let options = SamplerOptions {
         eta: options.get("eta").and_then(|v| v.as_f64()),
         s_noise: options.get("s_noise").and_then(|v| v.as_f64()),
+        s_churn: options.get("s_churn").and_then(|v| v.as_f64()),
+        s_tmin: options.get("s_tmin").and_then(|v| v.as_f64()),
+        s_tmax: options.get("s_tmax").and_then(|v| v.as_f64()),
         flavor: Some(SamplerFlavor::Diffusers),
         ..SamplerOptions::default()
     };

@@ -341,6 +341,12 @@ def make_classes(out):
     add("deis_default_eps_20", "deis", "default", SD15, 20)
     add("dpmpp_2s_default_eps_7", "dpmpp_2s", "default", SD15, 7)
     add("dpmpp_2s_img2img_9", "dpmpp_2s", "default", SD15, 9, strength=0.6)
+    # Euler's churn as diffusers' step() applies it; the window leaves some steps unchurned
+    # (and diffusers draws no noise for those).
+    add("euler_churn_6", "euler", "default", SD15, 6, step_kwargs={"s_churn": 1.0})
+    add("euler_churn_window_karras_6", "euler", "karras", SD15, 6,
+        step_kwargs={"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 5.0, "s_noise": 1.003})
+    add("euler_churn_v_6", "euler", "default", SD21_V, 6, step_kwargs={"s_churn": 0.5})
 
     save_tensors(out / "classes.safetensors", tensors)
     save_json(out / "classes.json", {"shape": list(CLASS_SHAPE), "cases": cases})
