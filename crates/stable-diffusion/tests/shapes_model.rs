@@ -1,0 +1,35 @@
+//! The shipped shapes model (models/shapes): a small version of the evaluation that `sd eval`
+//! runs, on the same pipeline code as real checkpoints. It checks meaning, not numbers: the
+//! colours read back from the generated pixels must be the captions'. (The shipped weights do
+//! not follow the position yet; see models/shapes/README.md. Raise these bars with the model.)
+
+use stable_diffusion::pipeline::{LoadOptions, StableDiffusion};
+use stable_diffusion::scheduler::SamplerKind;
+use stable_diffusion::shapes::{
+    default_model_path, evaluate, evaluation_scenes, Attribute, EvalOptions,
+};
+
+#[test]
+fn shipped_shapes_model_draws_what_small_evaluation_captions_ask_for() {
+    let path = default_model_path().expect("models/shapes is committed with the repository");
+    let model = StableDiffusion::load(&path, &LoadOptions::default()).expect("model loads");
+    // 24 held-out combinations come first; 32 captions take all of them plus 8 seen ones.
+    let scenes = evaluation_scenes(32, 0);
+    let options = EvalOptions {
+        steps: 20,
+        cfg_scale: 7.5,
+        sampler: SamplerKind::EulerA,
+        seed: 0,
+    };
+    let report = evaluate(&model, &scenes, &options, &mut |_, _, _, _| {
+        stable_diffusion::pipeline::Control::Continue
+    })
+    .expect("evaluation runs");
+    let accuracy = |a: Attribute| report.tally(a).accuracy();
+    let summary = format!("{report}");
+    // The full evaluation (120 captions) is what the model card reports (92.5% backgrounds,
+    // 55.8% shape colours); on this smaller sample the bars sit lower so that one unlucky
+    // image does not fail the suite, and well above chance (1 in 7 colours).
+    assert!(accuracy(Attribute::Background) >= 0.8, "{summary}");
+    assert!(accuracy(Attribute::Colour) >= 0.35, "{summary}");
+}
