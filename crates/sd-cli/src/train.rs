@@ -59,6 +59,9 @@ pub struct TrainArgs {
     /// Factor per level of the low-resolution noise added to the training noise [default: 0.7].
     #[arg(long)]
     pyramid_noise: Option<f64>,
+    /// Fraction of samples trained at the top 15% of the noise schedule (t ≥ 850) [default: 0].
+    #[arg(long)]
+    high_noise: Option<f64>,
     /// Steps between checkpoints (0: only at the end or on Ctrl-C) [default: 100].
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -114,6 +117,9 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(v) = args.pyramid_noise {
         options.pyramid_noise = v;
+    }
+    if let Some(v) = args.high_noise {
+        options.high_noise_fraction = v;
     }
     if let Some(v) = args.checkpoint_every {
         options.checkpoint_every = v;

@@ -535,7 +535,7 @@ fn consistency_samplers_refuse_sigma_schedules_and_too_many_steps() {
     let sampler = build_sampler(SamplerKind::Lcm, SigmaSchedule::Karras, &config, 4, 0.0).unwrap();
     assert_eq!(sampler.timesteps().len(), 4);
     for &t in sampler.timesteps() {
-        assert!(t >= 19.0 && (t as usize + 1) % 20 == 0, "{t}");
+        assert!(t >= 19.0 && (t as usize + 1).is_multiple_of(20), "{t}");
     }
     assert_eq!(sampler.timesteps()[0], 999.0);
     let err = build_sampler(SamplerKind::Lcm, SigmaSchedule::Default, &config, 60, 0.0)

@@ -198,6 +198,9 @@ pub struct TrainOptions {
     /// of the level, so the noisy latent no longer reveals where the shapes are at high noise
     /// and only the caption can tell the layout (0: none).
     pub pyramid_noise: f64,
+    /// Fraction of samples whose timestep is drawn from the top 15% of the schedule (t ≥ 850)
+    /// instead of uniformly, where only the caption tells the layout (0: all uniform).
+    pub high_noise_fraction: f64,
     /// Steps between checkpoints (0: only at the end and when stopped).
     pub checkpoint_every: usize,
     /// Steps between sample images (0: only at the end).
@@ -232,6 +235,7 @@ impl TrainOptions {
             caption_dropout: 0.1,
             offset_noise: 0.2,
             pyramid_noise: 0.7,
+            high_noise_fraction: 0.0,
             checkpoint_every: 100,
             sample_every: 500,
             resume: false,
@@ -293,6 +297,15 @@ impl TrainOptions {
                 format!(
                     "pyramid noise must be in [0, 1), got {}",
                     self.pyramid_noise
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.high_noise_fraction) {
+            return Err(Error::invalid(
+                "training settings",
+                format!(
+                    "the high-noise fraction must be in [0, 1), got {}",
+                    self.high_noise_fraction
                 ),
             ));
         }

@@ -24,6 +24,8 @@ const VAE: &str = "vae";
 const DIFFUSION: &str = "diffusion";
 /// Images used to measure the latents' standard deviation.
 const SCALING_IMAGES: usize = 256;
+/// Where the high-noise timesteps of [`TrainOptions::high_noise_fraction`] start, per 1000.
+const HIGH_NOISE_START: usize = 850;
 /// The largest per-sample loss weight of the diffusion stage (see [`train_diffusion`]).
 const LOSS_WEIGHT_CAP: f64 = 5.0;
 /// Captions of the sample grids written during the diffusion stage (the last two are
@@ -454,6 +456,7 @@ fn train_diffusion(
     let dropout = options.caption_dropout;
     let offset_noise = options.offset_noise;
     let pyramid = options.pyramid_noise;
+    let high_noise = options.high_noise_fraction;
     let mut loss_at = |step: usize| -> Result<Tensor> {
         let (images, captions) = data.batch((step * batch) as u64, batch, &device)?;
         let mut choices = SplitMix64::new(step_seed(seed, 2, step));
@@ -473,7 +476,12 @@ fn train_diffusion(
                 caption
             };
             ids.extend(tokenizer.encode_padded(text, 77, PadStyle::EndOfText)?);
-            let t = choices.below(schedule.len());
+            let t = if high_noise > 0.0 && choices.unit() < high_noise {
+                let start = schedule.len() * HIGH_NOISE_START / 1000;
+                start + choices.below(schedule.len() - start)
+            } else {
+                choices.below(schedule.len())
+            };
             let alpha_bar = schedule.alphas_cumprod[t] as f64;
             timesteps.push(t as f64);
             signal.push(alpha_bar.sqrt() as f32);
