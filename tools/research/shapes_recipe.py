@@ -1,0 +1,219 @@
+"""Torch prototype of `sd train`'s diffusion stage, for trying recipes on the shapes model fast.
+
+Not part of the project's build or tests. It re-implements the stage in torch (diffusers' UNet
+and transformers' CLIP from the shipped model's configs, randomly initialised; the same loss,
+loss weights, offset noise and caption variety; latents from the shipped VAE, encoded once)
+and prints a small pixel evaluation (background, shape colour, position on 36 captions) every
+1000 steps. Torch trains this model about 7x faster than candle on the CPU (0.13 s/step), so a
+recipe can be screened in minutes before the Rust trainer spends an hour on it.
+
+usage: shapes_recipe.py VARIANT STEPS     (in the reference venv, see tools/reference/README.md)
+VARIANT is a name containing any of: allattn (cross-attention at every UNet level), wide
+(128 channels at the lowest level), l2 (two layers per block), lr2 (peak lr 2e-3), pyr /
+pyrstrong (pyramid noise 0.7 / 1.0 per level), hight (half the timesteps from t >= 850),
+ztsnr (zero terminal SNR with v-prediction); "base" is the shipped recipe without pyramid noise.
+"""
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = str(ROOT / "models" / "shapes")
+TOK = str(ROOT / "fixtures" / "models" / "tiny-sd15" / "tokenizer")
+PALETTE = {
+    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "yellow": (245, 225, 40),
+    "orange": (250, 140, 20), "purple": (140, 40, 180), "white": (245, 245, 245), "black": (15, 15, 15),
+}
+COLOURS = list(PALETTE)
+SHAPES = ["circle", "square", "triangle"]
+POS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
+PHRASE = {"top left": "in the top left corner", "top": "at the top", "top right": "in the top right corner",
+          "left": "on the left", "center": "in the center", "right": "on the right",
+          "bottom left": "in the bottom left corner", "bottom": "at the bottom",
+          "bottom right": "in the bottom right corner"}
+
+
+def render(colour, bg, shape, size, pos, jx, jy, scale):
+    r = (7.0 if size == "small" else 14.0) * scale
+    off = 20.0 if size == "small" else 15.0
+    row, col = divmod(POS.index(pos), 3)
+    cx, cy = 32 + (col - 1) * off + jx, 32 + (row - 1) * off + jy
+    ys, xs = np.mgrid[0:64, 0:64]
+    sub = (np.arange(4) + 0.5) / 4
+    px = (xs[..., None, None] + sub[None, None, None, :]) - cx
+    py = (ys[..., None, None] + sub[None, None, :, None]) - cy
+    if shape == "circle":
+        inside = px**2 + py**2 <= r * r
+    elif shape == "square":
+        inside = (np.abs(px) <= 0.9 * r) & (np.abs(py) <= 0.9 * r)
+    else:
+        inside = (py >= -r) & (py <= r / 2) & (np.abs(px) <= (py + r) / 1.5)
+    a = inside.mean(axis=(2, 3))[..., None]
+    img = np.array(PALETTE[bg]) * (1 - a) + np.array(PALETTE[colour]) * a
+    return img
+
+
+def scene(rng):
+    colour = COLOURS[rng.integers(8)]
+    bg = colour
+    while bg == colour:
+        bg = COLOURS[rng.integers(8)]
+    return (colour, bg, SHAPES[rng.integers(3)], ["small", "large"][rng.integers(2)],
+            POS[rng.integers(9)], 4 * rng.random() - 2, 4 * rng.random() - 2, 0.85 + 0.3 * rng.random())
+
+
+def caption(s, rng):
+    colour, bg, shape, size, pos = s[:5]
+    p = PHRASE[pos]
+    k = rng.integers(10)
+    if k <= 2:
+        return f"a {size} {colour} {shape} {p} on a {bg} background"
+    if k == 3:
+        return f"{size} {colour} {shape} {p}, {bg} background"
+    if k == 4:
+        return f"{colour} {shape}, {bg} background"
+    if k == 5:
+        return f"a {colour} {shape} {p} on a {bg} background"
+    if k == 6:
+        return f"{bg} background with a {size} {colour} {shape} {p}"
+    if k == 7:
+        return f"a {size} {colour} {shape} {p}"
+    if k == 8:
+        return f"a {colour} {shape} on a {bg} background"
+    return f"{p}: a {size} {colour} {shape} on {bg}"
+
+
+def unet_config(variant):
+    cfg = json.load(open(f"{MODEL}/unet/config.json"))
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    if "allattn" in variant:
+        cfg["down_block_types"] = ["CrossAttnDownBlock2D"] * 3
+        cfg["up_block_types"] = ["CrossAttnUpBlock2D"] * 3
+    if "wide" in variant:
+        cfg["block_out_channels"] = [32, 64, 128]
+    if "l2" in variant:
+        cfg["layers_per_block"] = 2
+    return cfg
+
+
+def main():
+    variant, steps = sys.argv[1], int(sys.argv[2])
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    vae = AutoencoderKL.from_pretrained(f"{MODEL}/vae").eval()
+    sf = vae.config.scaling_factor
+    tok = CLIPTokenizer.from_pretrained(TOK)
+    N = int(__import__("os").environ.get("PROTO_N", 8192))
+    scenes = [scene(rng) for _ in range(N)]
+    t0 = time.time()
+    with torch.no_grad():
+        lat = []
+        for i in range(0, N, 256):
+            imgs = np.stack([render(*s) for s in scenes[i:i + 256]]) / 127.5 - 1
+            x = torch.tensor(imgs, dtype=torch.float32).permute(0, 3, 1, 2)
+            lat.append(vae.encode(x).latent_dist.mean * sf)
+        lat = torch.cat(lat)
+    print(f"encoded {N} in {time.time() - t0:.0f}s, latent std {lat.std():.3f}", flush=True)
+    tcfg = CLIPTextConfig.from_pretrained(f"{MODEL}/text_encoder")
+    te = CLIPTextModel(tcfg)
+    unet = UNet2DConditionModel(**unet_config(variant))
+    params = list(te.parameters()) + list(unet.parameters())
+    print("unet params", sum(p.numel() for p in unet.parameters()), flush=True)
+    lr = 2e-3 if "lr2" in variant else 1e-3
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    zt = "ztsnr" in variant
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                          rescale_betas_zero_snr=zt, prediction_type="v_prediction" if zt else "epsilon",
+                          timestep_spacing="trailing" if zt else "leading")
+    ac = sched.alphas_cumprod
+    w_all = torch.ones_like(ac) if zt else torch.clamp(1 / ac, max=5.0)
+    w_mean = w_all.mean()
+    B = 16
+    t0 = time.time()
+    for step in range(steps):
+        warm = min(1.0, (step + 1) / 200)
+        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.1 + 0.9 * cos)
+        idx = rng.integers(N, size=B)
+        x0 = lat[idx]
+        caps = [("" if rng.random() < 0.1 else caption(scenes[i], rng)) for i in idx]
+        ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        t = torch.randint(0, 1000, (B,))
+        if "hight" in variant:
+            t = torch.where(torch.rand(B) < 0.5, torch.randint(850, 1000, (B,)), t)
+        noise = torch.randn_like(x0) + 0.2 * torch.randn(B, 4, 1, 1)
+        if "pyr" in variant:
+            f = 1.0 if "pyrstrong" in variant else 0.7
+            for lvl, s in enumerate([8, 4, 2], 1):
+                noise = noise + F.interpolate(torch.randn(B, 4, s, s), size=16, mode="bilinear") * f**lvl
+        a = ac[t].view(B, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        ctx = te(ids).last_hidden_state
+        pred = unet(noisy, t, encoder_hidden_states=ctx).sample
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if zt else noise
+        per = ((pred - target) ** 2).flatten(1).mean(1)
+        loss = (per * w_all[t] / w_mean).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if (step + 1) % 250 == 0:
+            print(f"step {step + 1} loss {loss.item():.4f} {(time.time() - t0) / (step + 1):.3f}s/step", flush=True)
+        if (step + 1) % 1000 == 0 or step + 1 == steps:
+            evaluate(te, unet, vae, tok, sched, sf)
+
+
+@torch.no_grad()
+def evaluate(te, unet, vae, tok, sched, sf):
+    erng = np.random.default_rng(123)
+    ok_pos = ok_col = ok_bg = 0
+    n = 36
+    caps, truth = [], []
+    for i in range(n):
+        s = scene(erng)
+        caps.append(f"a {s[3]} {s[0]} {s[2]} {PHRASE[s[4]]} on a {s[1]} background")
+        truth.append(s)
+    ids = tok(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    un = tok([""] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    c, u = te(ids).last_hidden_state, te(un).last_hidden_state
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn((n, 4, 16, 16), generator=g)
+    sched.set_timesteps(20)
+    for t in sched.timesteps:
+        e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u])).sample
+        ec, eu = e.chunk(2)
+        x = sched.step(eu + 7.5 * (ec - eu), t, x).prev_sample
+    img = ((vae.decode(x / sf).sample.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+    pal = np.array(list(PALETTE.values()), dtype=float)
+    for k in range(n):
+        im = img[k]
+        colour, bg = truth[k][0], truth[k][1]
+        border = np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]])
+        bmean = border.mean(0)
+        bg_guess = COLOURS[int(np.argmin(((pal - bmean) ** 2).sum(1)))]
+        ok_bg += bg_guess == bg
+        d = ((im - np.array(PALETTE[bg])) ** 2).sum(-1)
+        mask = d > 60**2
+        if mask.sum() > 5:
+            ys, xs = np.nonzero(mask)
+            cy, cx = ys.mean() + 0.5, xs.mean() + 0.5
+            cell = min(2, int(3 * cy / 64)) * 3 + min(2, int(3 * cx / 64))
+            ok_pos += POS[cell] == truth[k][4]
+            mean = im[mask].mean(0)
+            ok_col += COLOURS[int(np.argmin(((pal - mean) ** 2).sum(1)))] == colour
+    print(f"  eval: background {ok_bg}/{n}, shape colour {ok_col}/{n}, position {ok_pos}/{n}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
