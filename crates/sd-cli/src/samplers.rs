@@ -14,9 +14,11 @@ AUTOMATIC1111 runs it (the `k-diffusion` column), on the sigma schedule chosen. 
 `default` means A1111's \"Automatic\" (Karras for DPM++ 2M, DPM++ SDE, DPM++ 2S a, DPM2 (a);
 Exponential for the 2M/3M SDE samplers; Uniform otherwise), so infotext written by A1111 re-runs
 with A1111's sampling. --sampler-flavor diffusers|k-diffusion forces one.
-Stochastic samplers draw their noise from the seed's generator (as A1111 with RNG=CPU, batch size
-1); DPM++ SDE / 2M SDE / 3M SDE use i.i.d. noise where A1111 and diffusers' DPMSolverSDE use a
-Brownian tree (same statistics, not the same images).
+Stochastic samplers draw their noise from the seed's generator. In the k-diffusion flavor each
+image of a batch has its own (A1111's seeds: image i uses seed + i and re-makes alone from it;
+--ensd N restarts them at seed + N after the initial noise); the diffusers flavor draws the whole
+batch from one generator, as diffusers does. DPM++ SDE / 2M SDE / 3M SDE use i.i.d. noise where
+A1111 and diffusers' DPMSolverSDE use a Brownian tree (same statistics, not the same images).
 ddim, pndm, ddpm and tcd walk their own timesteps and take no sigma schedule; so does lcm in
 diffusers' flavor, while A1111's \"LCM\" (the k-diffusion flavor) walks LCM's 50-step grid on any
 schedule. lcm and tcd are for LCM/TCD-distilled models or LoRAs (few steps, low CFG); tcd's
