@@ -11,7 +11,8 @@ usage: shapes_recipe.py VARIANT STEPS     (in the reference venv, see tools/refe
 VARIANT is a name containing any of: allattn (cross-attention at every UNet level), wide
 (128 channels at the lowest level), l2 (two layers per block), lr2 (peak lr 2e-3), pyr /
 pyrstrong (pyramid noise 0.7 / 1.0 per level), hight (half the timesteps from t >= 850),
-ztsnr (zero terminal SNR with v-prediction); "base" is the shipped recipe without pyramid noise.
+ztsnr (zero terminal SNR with v-prediction), posonly (captions name only the position; the
+evaluation still reads the full captions); "base" is the shipped recipe without pyramid noise.
 """
 import json
 import math
@@ -147,7 +148,10 @@ def main():
             g["lr"] = lr * warm * (0.1 + 0.9 * cos)
         idx = rng.integers(N, size=B)
         x0 = lat[idx]
-        caps = [("" if rng.random() < 0.1 else caption(scenes[i], rng)) for i in idx]
+        if "posonly" in variant:
+            caps = [("" if rng.random() < 0.1 else PHRASE[scenes[i][4]]) for i in idx]
+        else:
+            caps = [("" if rng.random() < 0.1 else caption(scenes[i], rng)) for i in idx]
         ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         t = torch.randint(0, 1000, (B,))
         if "hight" in variant:
