@@ -23,9 +23,11 @@ impl GenerationRequest {
         // (as A1111 writes them); under one stream for the batch, from the request's seeds
         // with "Batch size" and "Batch pos".
         let per_image = self.per_image_seeds().unwrap_or(false);
-        let (seed, variation_seed) = self
-            .image_seeds(batch_pos)
-            .unwrap_or((self.seed, self.variation_seed));
+        let (seed, variation_seed) = if per_image {
+            self.a1111_image_seeds(batch_pos)
+        } else {
+            (self.seed, self.variation_seed)
+        };
         info.push("Seed", seed);
         info.push("Size", format!("{}x{}", self.width, self.height));
         if let Some(hash) = model_hash {

@@ -47,24 +47,31 @@ impl GenerationRequest {
     /// per-image seeds these re-make image `i` alone (batch size 1); under one stream for the
     /// batch they are the request's own.
     pub fn image_seeds(&self, i: usize) -> Result<(u64, Option<u64>)> {
-        if !self.per_image_seeds()? {
-            return Ok((self.seed, self.variation_seed));
+        if self.per_image_seeds()? {
+            Ok(self.a1111_image_seeds(i))
+        } else {
+            Ok((self.seed, self.variation_seed))
         }
+    }
+
+    /// A1111's seed and variation seed of image `i`: seed + i (the seed itself with a
+    /// variation seed in effect) and variation seed + i.
+    pub(super) fn a1111_image_seeds(&self, i: usize) -> (u64, Option<u64>) {
         let i = i as u64;
         let seed = if self.uses_variation() {
             self.seed
         } else {
             self.seed.wrapping_add(i)
         };
-        Ok((seed, self.variation_seed.map(|v| v.wrapping_add(i))))
+        (seed, self.variation_seed.map(|v| v.wrapping_add(i)))
     }
 
     /// The random streams of a run of this request.
     pub fn noise_streams(&self) -> Result<RunNoise> {
         if self.per_image_seeds()? {
             let seeds = (0..self.batch_size)
-                .map(|i| Ok(self.image_seeds(i)?.0))
-                .collect::<Result<Vec<_>>>()?;
+                .map(|i| self.a1111_image_seeds(i).0)
+                .collect();
             Ok(RunNoise::PerImage(ImageStreams::new(self.rng, seeds)))
         } else {
             Ok(RunNoise::Shared(self.rng.stream(self.seed)))
@@ -100,6 +107,17 @@ impl ImageStreams {
         self.streams.is_empty()
     }
 
+    /// Checks that a draw for `batch` images has one stream per image.
+    fn check_batch(&self, batch: usize) -> Result<()> {
+        if batch == self.len() {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "noise shape",
+            format!("{batch} images, but {} per-image streams", self.len()),
+        ))
+    }
+
     /// Restarts image `i`'s stream at `seeds[i] + delta` (A1111's eta noise seed delta, after
     /// the initial noise); a delta of 0 leaves the streams as they are.
     pub fn restart(&mut self, delta: u64) {
@@ -121,18 +139,13 @@ impl ImageStreams {
         device: &Device,
     ) -> Result<Tensor> {
         let (batch, image) = split_batch(shape)?;
-        if batch != self.len() {
-            return Err(Error::invalid(
-                "noise shape",
-                format!("{batch} images, but {} per-image streams", self.len()),
-            ));
-        }
+        self.check_batch(batch)?;
         let small = resize_shape(request, image, factor)?;
         let resized = small != image;
         let cpu = Device::Cpu;
         let mut images = Vec::with_capacity(batch);
         for i in 0..batch {
-            let (seed, variation_seed) = request.image_seeds(i)?;
+            let (seed, variation_seed) = request.a1111_image_seeds(i);
             let mut noise = if resized {
                 request.rng.stream(seed).randn(&small, &cpu)?
             } else {
@@ -159,12 +172,7 @@ impl NoiseSource for ImageStreams {
         let (batch, image) = shape.split_first().ok_or_else(|| {
             Error::invalid("noise shape", "a per-image draw needs a batch dimension")
         })?;
-        if *batch != self.len() {
-            return Err(Error::invalid(
-                "noise shape",
-                format!("{batch} images, but {} per-image streams", self.len()),
-            ));
-        }
+        self.check_batch(*batch)?;
         let images = self
             .streams
             .iter_mut()

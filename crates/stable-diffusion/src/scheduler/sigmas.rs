@@ -130,14 +130,21 @@ pub fn discrete(model: &ModelSigmas, n: usize) -> Vec<f32> {
 /// A1111's LCM "Automatic" / "Uniform" (its `LCMCompVisDenoiser.get_sigmas`): `n` grid
 /// timesteps evenly spaced from that of σ_max down to that of σ_min, mapped to sigmas, then 0.
 pub fn lcm(model: &ModelSigmas, n: usize) -> Vec<f32> {
-    let start = model.sigma_to_t(model.sigma_max());
-    let end = model.sigma_to_t(model.sigma_min());
-    let mut sigmas: Vec<f32> = torch_linspace_f32(f64::from(start), f64::from(end), n)
-        .into_iter()
-        .map(|t| model.t_to_sigma(t))
-        .collect();
+    let mut sigmas = spaced_timesteps(model, n, n);
     sigmas.push(0.0);
     sigmas
+}
+
+/// The sigmas of the first `take` of `count` timesteps evenly spaced from that of σ_max down
+/// to that of σ_min.
+fn spaced_timesteps(model: &ModelSigmas, count: usize, take: usize) -> Vec<f32> {
+    let start = model.sigma_to_t(model.sigma_max());
+    let end = model.sigma_to_t(model.sigma_min());
+    torch_linspace_f32(f64::from(start), f64::from(end), count)
+        .into_iter()
+        .take(take)
+        .map(|t| model.t_to_sigma(t))
+        .collect()
 }
 
 /// Karras et al. (2022): `n` sigmas evenly spaced in σ^(1/7), then 0.
@@ -167,13 +174,7 @@ pub fn exponential(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f32> {
 /// "SGM Uniform": `n + 1` timesteps evenly spaced between those of σ_max and σ_min, the last
 /// dropped, mapped to sigmas, then 0.
 pub fn sgm_uniform(model: &ModelSigmas, n: usize) -> Vec<f32> {
-    let start = model.sigma_to_t(model.sigma_max());
-    let end = model.sigma_to_t(model.sigma_min());
-    let mut sigmas: Vec<f32> = torch_linspace_f32(f64::from(start), f64::from(end), n + 1)
-        .into_iter()
-        .take(n)
-        .map(|t| model.t_to_sigma(t))
-        .collect();
+    let mut sigmas = spaced_timesteps(model, n + 1, n);
     sigmas.push(0.0);
     sigmas
 }
