@@ -48,6 +48,9 @@ use serde::Deserialize;
 use crate::rng::NoiseSource;
 use crate::{Error, Result};
 
+pub mod a1111_ddim;
+pub mod a1111_timesteps;
+pub mod a1111_unipc;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis;
@@ -381,7 +384,17 @@ impl SamplerKind {
         )
     }
 
-    /// The k-diffusion function this sampler mirrors in the k-diffusion flavor, if any.
+    /// Whether the k-diffusion flavor runs A1111's own timestep sampler (DDIM, PLMS, UniPC),
+    /// which walks integer timesteps and takes no sigma schedule.
+    pub fn a1111_timesteps(&self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Ddim | SamplerKind::Pndm | SamplerKind::UniPc
+        )
+    }
+
+    /// The k-diffusion function (or A1111 sampler) this sampler mirrors in the k-diffusion
+    /// flavor, if any.
     pub fn kdiffusion_function(&self) -> Option<&'static str> {
         Some(match self {
             SamplerKind::Euler => "sample_euler",
@@ -397,19 +410,19 @@ impl SamplerKind {
             SamplerKind::DpmPp3MSde => "sample_dpmpp_3m_sde",
             SamplerKind::Ipndm => "sample_ipndm",
             SamplerKind::Lcm => "sample_lcm (A1111)",
-            SamplerKind::Ddim
-            | SamplerKind::Pndm
-            | SamplerKind::Ddpm
-            | SamplerKind::Tcd
-            | SamplerKind::UniPc
-            | SamplerKind::Deis
-            | SamplerKind::DpmPp2S => return None,
+            SamplerKind::Ddim => "ddim (A1111 timesteps)",
+            SamplerKind::Pndm => "plms (A1111 timesteps)",
+            SamplerKind::UniPc => "unipc (A1111, bh1 order 3)",
+            SamplerKind::Ddpm | SamplerKind::Tcd | SamplerKind::Deis | SamplerKind::DpmPp2S => {
+                return None
+            }
         })
     }
 
     /// Whether the diffusers flavor can run on Karras sigmas (`use_karras_sigmas`).
     pub fn supports_karras(&self) -> bool {
-        self.diffusers_supports_karras() || self.kdiffusion_function().is_some()
+        self.diffusers_supports_karras()
+            || (self.kdiffusion_function().is_some() && !self.a1111_timesteps())
     }
 
     /// The schedule A1111's "Automatic" picks for this sampler (k-diffusion flavor).
@@ -1086,6 +1099,33 @@ impl SamplerOptions {
         Ok(churn)
     }
 
+    /// The k-diffusion flavor of A1111's timestep samplers, which take no sigma schedule.
+    fn a1111_timesteps_flavor(
+        &self,
+        kind: SamplerKind,
+        schedule: SigmaSchedule,
+        what: &str,
+    ) -> Result<SamplerFlavor> {
+        if self.sigmas.is_some() || schedule != SigmaSchedule::Default {
+            return Err(Error::invalid(
+                "sigma schedule",
+                format!(
+                    "A1111's {} walks its own integer timesteps, so {what} does not apply to it \
+                     (A1111 ignores schedule types for DDIM, PLMS and UniPC); drop the schedule, \
+                     or use a sampler that takes one: {}",
+                    kind.a1111_name(),
+                    SamplerKind::ALL
+                        .iter()
+                        .filter(|k| k.kdiffusion_function().is_some() && !k.a1111_timesteps())
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Ok(SamplerFlavor::KDiffusion)
+    }
+
     /// Which flavor runs `kind` on `schedule`; combinations that cannot run are explained.
     pub fn resolve_flavor(
         &self,
@@ -1121,6 +1161,12 @@ impl SamplerOptions {
                 "sampler flavor",
                 format!("{} exists only as a diffusers scheduler class", kind.name()),
             )),
+            Some(SamplerFlavor::KDiffusion) if kind.a1111_timesteps() => {
+                self.a1111_timesteps_flavor(kind, schedule, &what)
+            }
+            None if kind.a1111_timesteps() && !(has_diffusers && diffusers_schedule) => {
+                self.a1111_timesteps_flavor(kind, schedule, &what)
+            }
             Some(flavor) => Ok(flavor),
             None if has_diffusers && diffusers_schedule => Ok(SamplerFlavor::Diffusers),
             None if has_k => Ok(SamplerFlavor::KDiffusion),
@@ -1286,6 +1332,21 @@ fn build_kdiffusion(
     churn: kdiff::Churn,
 ) -> Result<Box<dyn Sampler>> {
     let noise = cfg.noise_schedule()?;
+    if kind.a1111_timesteps() {
+        let table = noise.alphas_cumprod.clone();
+        let algorithm: Box<dyn a1111_timesteps::TimestepAlgorithm> = match kind {
+            SamplerKind::Ddim => Box::new(a1111_ddim::A1111Ddim::new(table.clone(), eta)),
+            SamplerKind::Pndm => Box::new(a1111_ddim::A1111Plms::new(table.clone())),
+            _ => Box::new(a1111_unipc::A1111UniPc::new(&table)),
+        };
+        return Ok(Box::new(a1111_timesteps::A1111Timesteps::new(
+            kind,
+            algorithm,
+            table,
+            cfg.prediction_type,
+            steps,
+        )?));
+    }
     let model = if kind == SamplerKind::Lcm {
         sigmas::ModelSigmas::lcm(&noise)
     } else {
@@ -1312,9 +1373,9 @@ fn build_kdiffusion(
         }),
         SamplerKind::Ddim
         | SamplerKind::Pndm
+        | SamplerKind::UniPc
         | SamplerKind::Ddpm
         | SamplerKind::Tcd
-        | SamplerKind::UniPc
         | SamplerKind::Deis
         | SamplerKind::DpmPp2S => {
             return Err(Error::invalid(

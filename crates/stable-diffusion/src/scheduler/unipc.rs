@@ -50,11 +50,12 @@ pub(crate) fn solve_small(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Vec<f32> {
 }
 
 /// The coefficients of one UniP/UniC update of `order` from λ_s to λ_t (h = λ_t − λ_s, data
-/// prediction): hφ₁ = e^{−h} − 1, B(h) = e^{−h} − 1 and the right-hand sides b_k.
-fn unipc_coefficients(h: f32, order: usize) -> (f32, f32, Vec<f32>) {
+/// prediction): hφ₁ = e^{−h} − 1, B(h) (variant bh2: e^{−h} − 1; bh1: −h) and the right-hand
+/// sides b_k.
+pub(crate) fn unipc_coefficients(h: f32, order: usize, bh1: bool) -> (f32, f32, Vec<f32>) {
     let hh = -h;
     let h_phi_1 = hh.exp_m1();
-    let b_h = hh.exp_m1();
+    let b_h = if bh1 { hh } else { hh.exp_m1() };
     let mut h_phi_k = h_phi_1 / hh - 1.0;
     let mut factorial = 1.0f32;
     let mut rhs = Vec::with_capacity(order);
@@ -130,7 +131,7 @@ impl UniPc {
         let (_, sigma_s0) = alpha_sigma(self.sigmas[from]);
         let lambda_s0 = self.lambda_at(from);
         let h = lambda(alpha_t, sigma_t) - lambda_s0;
-        let (h_phi_1, b_h, rhs) = unipc_coefficients(h, order);
+        let (h_phi_1, b_h, rhs) = unipc_coefficients(h, order, false);
         let base = sub(&mul(x, sigma_t / sigma_s0)?, &mul(m0, alpha_t * h_phi_1)?)?;
         // The earlier prediction's scaled difference D₁ = (m₁ − m₀) / r₁.
         let (r1, d1) = match m1 {

@@ -1,0 +1,160 @@
+//! Parity of A1111's own timestep samplers ("DDIM", "PLMS", "UniPC"; the k-diffusion flavor of
+//! ddim, pndm and unipc) with a transcription of A1111's loops (fixtures/scheduler_a1111/, made by
+//! tools/reference/parts/a1111_timesteps.py): the model timesteps, the sample at every model
+//! call and the final sample, with the k-diffusion fixtures' stand-in model.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
+use stable_diffusion::scheduler::{
+    build_sampler_with, SamplerFlavor, SamplerKind, SamplerOptions, SchedulerConfig, SigmaSchedule,
+};
+
+/// The reference's stand-in for the UNet: `0.9 * tanh(x) + 0.05 * t / 1000`.
+fn fake_model(x: &Tensor, t: f64) -> Tensor {
+    x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
+}
+
+/// Samples must match to this (times max(1, |reference|)).
+const TOLERANCE: f32 = 1e-4;
+
+fn relative_diff(ours: &Tensor, expected: &Tensor) -> f32 {
+    let scale = expected
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1.0);
+    common::max_abs_diff(ours, expected) / scale
+}
+
+#[test]
+fn a1111_timestep_samplers_match_a1111_call_by_call() {
+    let fixture = common::load_json("scheduler_a1111/cases.json");
+    let tensors = common::load_tensors("scheduler_a1111/loops.safetensors");
+    let shape: Vec<usize> = serde_json::from_value(fixture["shape"].clone()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20, "only {} cases", cases.len());
+    let mut worst = (0f32, String::new());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let kind: SamplerKind = case["sampler"].as_str().unwrap().parse().unwrap();
+        let config_text = serde_json::to_string(&case["config"]).unwrap();
+        let config = SchedulerConfig::from_json(&config_text, "case config".as_ref()).unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let options = SamplerOptions {
+            eta: case.get("eta").and_then(|v| v.as_f64()),
+            flavor: Some(SamplerFlavor::KDiffusion),
+            ..SamplerOptions::default()
+        };
+        let mut sampler =
+            build_sampler_with(kind, SigmaSchedule::Default, &config, steps, &options)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut rng = TorchCpuRng::new(case["seed"].as_u64().unwrap());
+        let (mut latents, first) = if let Some(strength) = case.get("strength") {
+            let start = sampler
+                .img2img_start(steps, strength.as_f64().unwrap())
+                .unwrap();
+            sampler.start_at(start).unwrap();
+            let original = rng.randn(&shape, &Device::Cpu).unwrap();
+            common::assert_close(name, &original, &tensors[&format!("{name}.original")], 0.0);
+            let noise = rng.randn(&shape, &Device::Cpu).unwrap();
+            (sampler.add_noise(&original, &noise, start).unwrap(), start)
+        } else {
+            let initial = rng.randn(&shape, &Device::Cpu).unwrap();
+            common::assert_close(name, &initial, &tensors[&format!("{name}.initial")], 0.0);
+            ((initial * sampler.init_noise_sigma()).unwrap(), 0)
+        };
+        let expected: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+        let ours = &sampler.timesteps()[first..];
+        assert_eq!(
+            ours.len(),
+            expected.len(),
+            "{name}: model calls\nours {ours:?}\nreference {expected:?}"
+        );
+        for (a, e) in ours.iter().zip(&expected) {
+            assert!((a - e).abs() <= 1e-3, "{name}: timestep {a} vs {e}");
+        }
+        let timesteps = sampler.timesteps().to_vec();
+        for (call, i) in (first..timesteps.len()).enumerate() {
+            let reference = &tensors[&format!("{name}.call{call}")];
+            let diff = relative_diff(&latents, reference);
+            if diff > worst.0 {
+                worst = (diff, format!("{name} call {call}"));
+            }
+            assert!(diff <= TOLERANCE, "{name}: call {call} differs by {diff}");
+            let input = sampler.scale_model_input(&latents, i).unwrap();
+            let output = fake_model(&input, timesteps[i]);
+            latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
+        }
+        let diff = relative_diff(&latents, &tensors[&format!("{name}.final")]);
+        if diff > worst.0 {
+            worst = (diff, format!("{name} final"));
+        }
+        assert!(diff <= TOLERANCE, "{name}: final sample differs by {diff}");
+    }
+    println!(
+        "{} runs; worst diff (relative to max(1, |ref|)) {:e} ({})",
+        cases.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn a1111_timestep_samplers_refuse_schedules_they_ignore() {
+    let config = SchedulerConfig::sd15();
+    for kind in [SamplerKind::Ddim, SamplerKind::Pndm, SamplerKind::UniPc] {
+        let options = SamplerOptions {
+            flavor: Some(SamplerFlavor::KDiffusion),
+            ..SamplerOptions::default()
+        };
+        let err = build_sampler_with(kind, SigmaSchedule::Karras, &config, 10, &options)
+            .err()
+            .unwrap_or_else(|| panic!("{kind} accepted karras"))
+            .to_string();
+        assert!(err.contains("own integer timesteps"), "{kind}: {err}");
+        assert!(err.contains(kind.a1111_name()), "{kind}: {err}");
+    }
+    // Our names keep diffusers' classes, including diffusers' Karras UniPC.
+    let plain = SamplerOptions::default();
+    let unipc = build_sampler_with(
+        SamplerKind::UniPc,
+        SigmaSchedule::Karras,
+        &config,
+        10,
+        &plain,
+    );
+    assert!(unipc.is_ok());
+    // A1111's UniPC needs as many steps as its order.
+    let options = SamplerOptions {
+        flavor: Some(SamplerFlavor::KDiffusion),
+        ..SamplerOptions::default()
+    };
+    let mut sampler = build_sampler_with(
+        SamplerKind::UniPc,
+        SigmaSchedule::Default,
+        &config,
+        10,
+        &options,
+    )
+    .unwrap();
+    let err = sampler.img2img_start(10, 0.25).unwrap_err().to_string();
+    assert!(err.contains("at least 3 steps"), "{err}");
+    assert!(build_sampler_with(
+        SamplerKind::UniPc,
+        SigmaSchedule::Default,
+        &config,
+        2,
+        &options
+    )
+    .is_err());
+    // They run whole: no start in the middle of a txt2img run.
+    let err = sampler.start_at(4).unwrap_err().to_string();
+    assert!(err.contains("runs whole"), "{err}");
+}
