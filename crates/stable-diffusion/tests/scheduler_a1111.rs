@@ -158,3 +158,42 @@ fn a1111_timestep_samplers_refuse_schedules_they_ignore() {
     let err = sampler.start_at(4).unwrap_err().to_string();
     assert!(err.contains("runs whole"), "{err}");
 }
+
+#[test]
+fn a1111_names_select_a1111_timestep_samplers_and_ours_keep_diffusers() {
+    use stable_diffusion::scheduler::parse_sampler_name;
+    let config = SchedulerConfig::sd15();
+    for (name, kind) in [
+        ("DDIM", SamplerKind::Ddim),
+        ("PLMS", SamplerKind::Pndm),
+        ("UniPC", SamplerKind::UniPc),
+    ] {
+        let (parsed, flavor) = parse_sampler_name(name).unwrap();
+        assert_eq!((parsed, flavor), (kind, Some(SamplerFlavor::KDiffusion)));
+        let options = SamplerOptions {
+            flavor,
+            ..SamplerOptions::default()
+        };
+        let a1111 = build_sampler_with(kind, SigmaSchedule::Default, &config, 7, &options).unwrap();
+        // A1111 plans 8 timesteps for 7 steps; UniPC calls the model at all of them from
+        // t = 999, DDIM skips the lowest, PLMS adds its warm-up call.
+        let calls = a1111.timesteps();
+        let expected = match kind {
+            SamplerKind::Ddim => 7,
+            _ => 8,
+        };
+        assert_eq!(calls.len(), expected, "{name}: {calls:?}");
+        let (ours, flavor) =
+            parse_sampler_name(&name.to_lowercase().replace("plms", "pndm")).unwrap();
+        assert_eq!((ours, flavor), (kind, None));
+        let diffusers = build_sampler_with(
+            kind,
+            SigmaSchedule::Default,
+            &config,
+            7,
+            &SamplerOptions::default(),
+        )
+        .unwrap();
+        assert_ne!(diffusers.timesteps(), calls, "{name}");
+    }
+}

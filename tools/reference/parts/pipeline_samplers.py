@@ -10,6 +10,11 @@ initial latents torch.randn * sigmas[0]; img2img as A1111: t_enc = int(min(stren
 steps), sigmas[steps - t_enc - 1:], x = init + noise * sigma. Brownian-tree samplers get a randn
 noise sampler (see parts/kdiffusion.py).
 
+A1111's own timestep samplers ("DDIM", "PLMS", "UniPC") run the loops of
+parts/a1111_timesteps.py on the same UNet (called at A1111's fractional timesteps, CFG on eps):
+initial latents torch.randn unscaled; img2img noised to the cumulative alpha of
+timesteps[t_enc].
+
 Every case is one `sd generate` command line, using A1111's sampler names so that `sd` picks the
 k-diffusion flavor.
 """
@@ -21,6 +26,7 @@ import torch
 from PIL import Image
 
 import common
+from parts import a1111_timesteps as timesteps_samplers
 from parts.kdiffusion import a1111_sigmas, external, sampler_fn
 from parts.pipeline import init_image
 
@@ -31,7 +37,10 @@ A1111 = {
     "lms": "LMS", "dpmpp_2m": "DPM++ 2M", "dpmpp_2s_a": "DPM++ 2S a", "dpmpp_sde": "DPM++ SDE",
     "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_2m_sde_heun": "DPM++ 2M SDE Heun",
     "dpmpp_3m_sde": "DPM++ 3M SDE", "ipndm": "iPNDM", "lcm": "LCM",
+    "ddim": "DDIM", "pndm": "PLMS", "unipc": "UniPC",
 }
+# A1111's own samplers on integer timesteps (no sigma schedule).
+TIMESTEP_SAMPLERS = {"ddim", "pndm", "unipc"}
 
 BASE = dict(
     prompt="a red circle on a blue background",
@@ -57,7 +66,7 @@ CASES = (
     [
         case(f"{s}_karras", sampler=s, schedule="karras", seed=1000 + i)
         for i, s in enumerate(A1111)
-        if s != "lcm"
+        if s != "lcm" and s not in TIMESTEP_SAMPLERS
     ]
     + [
         case("dpmpp_2m_automatic", sampler="dpmpp_2m"),
@@ -75,6 +84,20 @@ CASES = (
         case("lcm_cfg1", sampler="lcm", steps=4, cfg_scale=1.0, negative_prompt="", seed=15),
         case("img2img_lcm", sampler="lcm", init_image="init.png", strength=0.6, steps=6,
              cfg_scale=1.5, seed=16),
+    ]
+    + [
+        # A1111's DDIM, PLMS and UniPC: 7 steps plan 8 timesteps.
+        case("a1111_ddim", sampler="ddim", steps=7, seed=3001),
+        case("a1111_plms", sampler="pndm", steps=7, seed=3002),
+        case("a1111_unipc", sampler="unipc", steps=7, seed=3003),
+        case("a1111_unipc_cfg1", sampler="unipc", steps=10, cfg_scale=1.0, negative_prompt="",
+             seed=3004),
+        case("a1111_ddim_eta", sampler="ddim", steps=8, options={"eta": 0.7}, seed=3005),
+    ]
+    + [
+        case(f"img2img_a1111_{s}", sampler=s, init_image="init.png", strength=0.6, steps=10,
+             seed=3100 + i)
+        for i, s in enumerate(["ddim", "pndm", "unipc"])
     ]
     + [
         case(f"img2img_{s}", sampler=s, init_image="init.png", strength=0.6, steps=8, seed=2000 + i)
@@ -180,6 +203,9 @@ def make(root: Path) -> None:
     scaling = pipe.vae.config.scaling_factor
     cases = []
     for c in CASES:
+        if c["sampler"] in TIMESTEP_SAMPLERS:
+            cases.append(make_timesteps_case(pipe, out, c))
+            continue
         denoiser = lcm if c["sampler"] == "lcm" else plain
         cond, uncond = pipe.encode_prompt(
             c["prompt"], "cpu", 1, c["cfg_scale"] > 1.0, c["negative_prompt"] or None
@@ -208,3 +234,46 @@ def make(root: Path) -> None:
         print(f"  {c['name']}: {len(sigmas) - 1} steps")
         cases.append(dict(c, args=args_for(c), images=[name]))
     common.save_json(out / "cases.json", cases)
+
+
+def make_timesteps_case(pipe, out, c):
+    """One case of A1111's DDIM, PLMS or UniPC."""
+    scaling = pipe.vae.config.scaling_factor
+    ac = pipe.scheduler.alphas_cumprod
+    use_cfg = c["cfg_scale"] > 1.0
+    cond, uncond = pipe.encode_prompt(c["prompt"], "cpu", 1, use_cfg, c["negative_prompt"] or None)
+
+    def guided_eps(x, t):
+        if not use_cfg:
+            return pipe.unet(x, t, encoder_hidden_states=cond).sample
+        both = pipe.unet(torch.cat([x, x]), torch.cat([t, t]),
+                         encoder_hidden_states=torch.cat([cond, uncond])).sample
+        e_cond, e_uncond = both.chunk(2)
+        return e_uncond + (e_cond - e_uncond) * c["cfg_scale"]
+
+    model = timesteps_samplers.EpsModel(guided_eps, ac, False)
+    grid = timesteps_samplers.a1111_timesteps(c["steps"])
+    torch.manual_seed(c["seed"])
+    shape = (1, 4, c["height"] // 8, c["width"] // 8)
+    kwargs = {}
+    if c["sampler"] == "ddim":
+        kwargs["eta"] = c["options"].get("eta", 0.0)
+    if c.get("init_image"):
+        image = pipe.image_processor.preprocess(Image.open(out / c["init_image"]).convert("RGB"))
+        init = pipe.vae.encode(image).latent_dist.sample() * scaling
+        t_enc = int(min(c["strength"], 0.999) * c["steps"])
+        noise = torch.randn(shape)
+        a = ac[grid[t_enc]]
+        x = (init * a.sqrt() + noise * (1 - a).sqrt()).contiguous()
+        grid = grid[:t_enc]
+        if c["sampler"] == "unipc":
+            kwargs["img2img"] = True
+    else:
+        x = torch.randn(shape)
+    latents = timesteps_samplers.SAMPLERS[c["sampler"]](model, x, grid, ac, **kwargs)
+    decoded = pipe.vae.decode(latents / scaling).sample
+    image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    name = f"{c['name']}.png"
+    image.save(out / name)
+    print(f"  {c['name']}: {len(model.calls)} model calls")
+    return dict(c, args=args_for(c), images=[name])

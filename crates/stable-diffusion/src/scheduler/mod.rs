@@ -5,8 +5,8 @@
 //!
 //! | [`SamplerKind`] | diffusers class | A1111 name |
 //! |---|---|---|
-//! | `ddim` | `DDIMScheduler` | DDIM |
-//! | `pndm` / `plms` | `PNDMScheduler` with `skip_prk_steps=True` | PLMS |
+//! | `ddim` | `DDIMScheduler` | DDIM (A1111's own: `a1111_ddim`) |
+//! | `pndm` / `plms` | `PNDMScheduler` with `skip_prk_steps=True` | PLMS (A1111's own: `a1111_ddim`) |
 //! | `euler` | `EulerDiscreteScheduler` | Euler |
 //! | `euler_a` | `EulerAncestralDiscreteScheduler` | Euler a |
 //! | `dpmpp_2m` | `DPMSolverMultistepScheduler` (`dpmsolver++`, order 2) | DPM++ 2M |
@@ -17,10 +17,14 @@
 //! | `ddpm` | `DDPMScheduler` | — |
 //! | `lcm` | `LCMScheduler` | LCM (A1111's own: `k_lcm`) |
 //! | `tcd` | `TCDScheduler` | — |
-//! | `unipc` | `UniPCMultistepScheduler` (`bh2`, order 2) | UniPC |
+//! | `unipc` | `UniPCMultistepScheduler` (`bh2`, order 2) | UniPC (A1111's own: `a1111_unipc`) |
 //! | `deis` | `DEISMultistepScheduler` (order 2) | — |
 //! | `dpmpp_2s` | `DPMSolverSinglestepScheduler` (`dpmsolver++`, order 2) | — |
 //! | `dpmpp_sde` | `DPMSolverSDEScheduler` (i.i.d. noise for the Brownian tree) | DPM++ SDE |
+//!
+//! The k-diffusion flavor ([`SamplerFlavor::KDiffusion`], what A1111's names select) runs
+//! k-diffusion's `sample_*` functions on a sigma list ([`kdiff`], `k_*.rs`), and for DDIM, PLMS
+//! and UniPC A1111's own timestep samplers ([`a1111_timesteps`]).
 //!
 //! A [`SchedulerConfig`] is a diffusers `scheduler_config.json`; as with diffusers'
 //! `XScheduler.from_config(pipe.scheduler.config)`, the keys in the file win and the chosen
@@ -317,7 +321,9 @@ impl SamplerKind {
             SamplerKind::Tcd => {
                 "TCD: trajectory consistency steps for TCD models/LoRAs; --eta is gamma (0.3)"
             }
-            SamplerKind::UniPc => "UniPC: multistep predictor-corrector (bh2), good in 5-20 steps",
+            SamplerKind::UniPc => {
+                "UniPC: predictor-corrector multistep (bh2 order 2; A1111: bh1 order 3)"
+            }
             SamplerKind::Deis => "DEIS: exponential-integrator multistep in log rho (order 2)",
             SamplerKind::DpmPp2S => "DPM-Solver++ 2S: single-step second order, steps in pairs",
         }
@@ -412,7 +418,7 @@ impl SamplerKind {
             SamplerKind::Lcm => "sample_lcm (A1111)",
             SamplerKind::Ddim => "ddim (A1111 timesteps)",
             SamplerKind::Pndm => "plms (A1111 timesteps)",
-            SamplerKind::UniPc => "unipc (A1111, bh1 order 3)",
+            SamplerKind::UniPc => "uni_pc bh1 (A1111)",
             SamplerKind::Ddpm | SamplerKind::Tcd | SamplerKind::Deis | SamplerKind::DpmPp2S => {
                 return None
             }
@@ -1110,9 +1116,11 @@ impl SamplerOptions {
             return Err(Error::invalid(
                 "sigma schedule",
                 format!(
-                    "A1111's {} walks its own integer timesteps, so {what} does not apply to it \
+                    "{} in A1111's flavor (its \"{}\") walks its own integer timesteps, so {what} \
+                     does not apply to it \
                      (A1111 ignores schedule types for DDIM, PLMS and UniPC); drop the schedule, \
                      or use a sampler that takes one: {}",
+                    kind.name(),
                     kind.a1111_name(),
                     SamplerKind::ALL
                         .iter()
