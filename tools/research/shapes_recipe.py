@@ -12,7 +12,9 @@ VARIANT is a name containing any of: allattn (cross-attention at every UNet leve
 (128 channels at the lowest level), l2 (two layers per block), lr2 (peak lr 2e-3), pyr /
 pyrstrong (pyramid noise 0.7 / 1.0 per level), hight (half the timesteps from t >= 850),
 ztsnr (zero terminal SNR with v-prediction), posonly (captions name only the position; the
-evaluation still reads the full captions); "base" is the shipped recipe without pyramid noise.
+evaluation still reads the full captions), posclass (the position also enters as a class label
+through the time embedding, a probe of whether the UNet can place shapes from a global signal);
+"base" is the shipped recipe without pyramid noise.
 """
 import json
 import math
@@ -103,6 +105,8 @@ def unet_config(variant):
         cfg["block_out_channels"] = [32, 64, 128]
     if "l2" in variant:
         cfg["layers_per_block"] = 2
+    if "posclass" in variant:
+        cfg["num_class_embeds"] = len(POS)
     return cfg
 
 
@@ -164,7 +168,8 @@ def main():
         a = ac[t].view(B, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         ctx = te(ids).last_hidden_state
-        pred = unet(noisy, t, encoder_hidden_states=ctx).sample
+        labels = torch.tensor([POS.index(scenes[i][4]) for i in idx]) if "posclass" in variant else None
+        pred = unet(noisy, t, encoder_hidden_states=ctx, class_labels=labels).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if zt else noise
         per = ((pred - target) ** 2).flatten(1).mean(1)
         loss = (per * w_all[t] / w_mean).mean()
@@ -175,11 +180,11 @@ def main():
         if (step + 1) % 250 == 0:
             print(f"step {step + 1} loss {loss.item():.4f} {(time.time() - t0) / (step + 1):.3f}s/step", flush=True)
         if (step + 1) % 1000 == 0 or step + 1 == steps:
-            evaluate(te, unet, vae, tok, sched, sf, "posonly" in variant)
+            evaluate(te, unet, vae, tok, sched, sf, "posonly" in variant, "posclass" in variant)
 
 
 @torch.no_grad()
-def evaluate(te, unet, vae, tok, sched, sf, position_only=False):
+def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=False):
     erng = np.random.default_rng(123)
     ok_pos = ok_col = ok_bg = 0
     n = 36
@@ -194,11 +199,14 @@ def evaluate(te, unet, vae, tok, sched, sf, position_only=False):
     ids = tok(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
     un = tok([""] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
     c, u = te(ids).last_hidden_state, te(un).last_hidden_state
+    labels = None
+    if position_class:
+        labels = torch.tensor([POS.index(s[4]) for s in truth] * 2)
     g = torch.Generator().manual_seed(7)
     x = torch.randn((n, 4, 16, 16), generator=g)
     sched.set_timesteps(20)
     for t in sched.timesteps:
-        e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u])).sample
+        e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u]), class_labels=labels).sample
         ec, eu = e.chunk(2)
         x = sched.step(eu + 7.5 * (ec - eu), t, x).prev_sample
     img = ((vae.decode(x / sf).sample.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
