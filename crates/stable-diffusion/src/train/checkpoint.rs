@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Ema};
+use crate::image::write_atomically;
 use crate::{Error, Result};
 
 /// What a checkpoint's JSON file records.
@@ -35,13 +36,6 @@ pub fn checkpoint_paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// Saves variables, optimizer and EMA state under `dir/<stem>.{safetensors,json}`.
 pub fn save(
     dir: &Path,
@@ -64,15 +58,12 @@ pub fn save(
         "adam_t".to_string(),
         Tensor::new(&[adam.t as i64], &Device::Cpu)?,
     );
-    write_atomically(&tensors_path, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp)?;
-        Ok(())
-    })?;
+    let bytes = safetensors::serialize(&tensors, None)
+        .map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
+    write_atomically(&tensors_path, &bytes)?;
     let json = serde_json::to_string_pretty(info)
         .map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
-    write_atomically(&info_path, |tmp| {
-        std::fs::write(tmp, json).map_err(|e| Error::io(tmp, e))
-    })
+    write_atomically(&info_path, json.as_bytes())
 }
 
 /// Reads a checkpoint's JSON file.
