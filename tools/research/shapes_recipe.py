@@ -9,11 +9,16 @@ recipe can be screened in minutes before the Rust trainer spends an hour on it.
 
 usage: shapes_recipe.py VARIANT STEPS     (in the reference venv, see tools/reference/README.md)
 VARIANT is a name containing any of: allattn (cross-attention at every UNet level), wide
-(128 channels at the lowest level), l2 (two layers per block), lr2 (peak lr 2e-3), pyr /
+(128 channels at the lowest level), l2 (two layers per block), lr2 (peak lr 2e-3), telr (the
+text encoder's lr 10x the UNet's), pyr /
 pyrstrong (pyramid noise 0.7 / 1.0 per level), hight (half the timesteps from t >= 850),
 ztsnr (zero terminal SNR with v-prediction), posonly (captions name only the position; the
 evaluation still reads the full captions), posclass (the position also enters as a class label
-through the time embedding, a probe of whether the UNet can place shapes from a global signal);
+through the time embedding, a probe of whether the UNet can place shapes from a global signal),
+addtext (diffusers' addition_embed_type "text": attention-pooled text added to the time
+embedding), sdxl (SDXL's conditioning: pooled projected text + size ids into the time
+embedding, addition_embed_type "text_time"), fgw (the loss weighs the shape's latent pixels FG_WEIGHT (10) times more), tinit (the text
+encoder initialised TINIT (10) times larger);
 "base" is the shipped recipe without pyramid noise.
 """
 import json
@@ -26,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 torch.set_num_threads(2)
+CFG = 7.5  # the evaluation's guidance scale
+FG_WEIGHT = float(__import__("os").environ.get("FG_WEIGHT", 10))
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = str(ROOT / "models" / "shapes")
 TOK = str(ROOT / "fixtures" / "models" / "tiny-sd15" / "tokenizer")
@@ -45,7 +52,7 @@ PHRASE = {"top left": "in the top left corner", "top": "at the top", "top right"
           "bottom right": "in the bottom right corner"}
 
 
-def render(colour, bg, shape, size, pos, jx, jy, scale):
+def render(colour, bg, shape, size, pos, jx, jy, scale, coverage=False):
     r = (7.0 if size == "small" else 14.0) * scale
     off = 20.0 if size == "small" else 15.0
     row, col = divmod(POS.index(pos), 3)
@@ -61,6 +68,8 @@ def render(colour, bg, shape, size, pos, jx, jy, scale):
     else:
         inside = (py >= -r) & (py <= r / 2) & (np.abs(px) <= (py + r) / 1.5)
     a = inside.mean(axis=(2, 3))[..., None]
+    if coverage:
+        return a[..., 0]
     img = np.array(PALETTE[bg]) * (1 - a) + np.array(PALETTE[colour]) * a
     return img
 
@@ -107,6 +116,15 @@ def unet_config(variant):
         cfg["layers_per_block"] = 2
     if "posclass" in variant:
         cfg["num_class_embeds"] = len(POS)
+    if "sdxl" in variant:
+        # SDXL's conditioning: the pooled, projected text and the size/crop ids join the time
+        # embedding (addition_embed_type "text_time").
+        cfg["addition_embed_type"] = "text_time"
+        cfg["addition_time_embed_dim"] = 8
+        cfg["projection_class_embeddings_input_dim"] = 32 + 6 * 8
+    if "addtext" in variant:
+        cfg["addition_embed_type"] = "text"
+        cfg["addition_embed_type_num_heads"] = 2
     return cfg
 
 
@@ -127,14 +145,24 @@ def main():
             x = torch.tensor(imgs, dtype=torch.float32).permute(0, 3, 1, 2)
             lat.append(vae.encode(x).latent_dist.mean * sf)
         lat = torch.cat(lat)
+        # The shape's coverage of each latent pixel (for the fgw variant's loss weights).
+        cover = torch.tensor(np.stack([render(*s, coverage=True) for s in scenes]), dtype=torch.float32)
+        cover = F.avg_pool2d(cover[:, None], 64 // lat.shape[-1])
     print(f"encoded {N} in {time.time() - t0:.0f}s, latent std {lat.std():.3f}", flush=True)
     tcfg = CLIPTextConfig.from_pretrained(f"{MODEL}/text_encoder")
-    te = CLIPTextModel(tcfg)
+    if "tinit" in variant:
+        # A larger initialisation of the text encoder (token/position tables, projections), so
+        # that different captions start far apart.
+        tcfg.initializer_factor = float(__import__("os").environ.get("TINIT", 10))
+    te = CLIPTextModelWithProjection(tcfg) if "sdxl" in variant else CLIPTextModel(tcfg)
     unet = UNet2DConditionModel(**unet_config(variant))
     params = list(te.parameters()) + list(unet.parameters())
     print("unet params", sum(p.numel() for p in unet.parameters()), flush=True)
     lr = 2e-3 if "lr2" in variant else 1e-3
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    te_scale = 10.0 if "telr" in variant else 1.0
+    opt = torch.optim.AdamW([{"params": list(te.parameters()), "scale": te_scale},
+                             {"params": list(unet.parameters()), "scale": 1.0}],
+                            lr=lr, weight_decay=0.01)
     zt = "ztsnr" in variant
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           clip_sample=False, set_alpha_to_one=False, steps_offset=1,
@@ -149,7 +177,7 @@ def main():
         warm = min(1.0, (step + 1) / 200)
         cos = 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
         for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.1 + 0.9 * cos)
+            g["lr"] = lr * g["scale"] * warm * (0.1 + 0.9 * cos)
         idx = rng.integers(N, size=B)
         x0 = lat[idx]
         if "posonly" in variant:
@@ -167,11 +195,20 @@ def main():
                 noise = noise + F.interpolate(torch.randn(B, 4, s, s), size=16, mode="bilinear") * f**lvl
         a = ac[t].view(B, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        ctx = te(ids).last_hidden_state
+        out = te(ids)
+        ctx = out.last_hidden_state
+        added = sdxl_added(out, B) if "sdxl" in variant else None
         labels = torch.tensor([POS.index(scenes[i][4]) for i in idx]) if "posclass" in variant else None
-        pred = unet(noisy, t, encoder_hidden_states=ctx, class_labels=labels).sample
+        pred = unet(noisy, t, encoder_hidden_states=ctx, class_labels=labels,
+                    added_cond_kwargs=added).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if zt else noise
-        per = ((pred - target) ** 2).flatten(1).mean(1)
+        if "fgw" in variant:
+            # Shape pixels weigh FG_WEIGHT times more (normalised so each image's weights average 1).
+            w = 1 + FG_WEIGHT * cover[idx]
+            w = w / w.mean(dim=(2, 3), keepdim=True)
+            per = (w * (pred - target) ** 2).flatten(1).mean(1)
+        else:
+            per = ((pred - target) ** 2).flatten(1).mean(1)
         loss = (per * w_all[t] / w_mean).mean()
         opt.zero_grad()
         loss.backward()
@@ -181,12 +218,21 @@ def main():
             print(f"step {step + 1} loss {loss.item():.4f} {(time.time() - t0) / (step + 1):.3f}s/step", flush=True)
         if (step + 1) % 1000 == 0 or step + 1 == steps:
             evaluate(te, unet, vae, tok, sched, sf, "posonly" in variant, "posclass" in variant)
+    out = __import__("os").environ.get("PROTO_SAVE")
+    if out:
+        torch.save({"te": te.state_dict(), "unet": unet.state_dict(), "variant": variant}, out)
+
+
+def sdxl_added(out, n):
+    """SDXL's added conditions: the pooled text and the (64, 64, 0, 0, 64, 64) size ids."""
+    ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(n, 1)
+    return {"text_embeds": out.text_embeds, "time_ids": ids}
 
 
 @torch.no_grad()
 def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=False):
     erng = np.random.default_rng(123)
-    ok_pos = ok_col = ok_bg = 0
+    ok_pos = ok_col = ok_bg = found = 0
     n = 36
     caps, truth = [], []
     for i in range(n):
@@ -198,7 +244,12 @@ def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=
         truth.append(s)
     ids = tok(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
     un = tok([""] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    c, u = te(ids).last_hidden_state, te(un).last_hidden_state
+    oc, ou = te(ids), te(un)
+    c, u = oc.last_hidden_state, ou.last_hidden_state
+    added = None
+    if hasattr(oc, "text_embeds"):
+        both = {"text_embeds": torch.cat([oc.text_embeds, ou.text_embeds])}
+        added = dict(sdxl_added(oc, 2 * n), **both)
     labels = None
     if position_class:
         labels = torch.tensor([POS.index(s[4]) for s in truth] * 2)
@@ -206,9 +257,10 @@ def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=
     x = torch.randn((n, 4, 16, 16), generator=g)
     sched.set_timesteps(20)
     for t in sched.timesteps:
-        e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u]), class_labels=labels).sample
+        e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u]), class_labels=labels,
+                 added_cond_kwargs=added).sample
         ec, eu = e.chunk(2)
-        x = sched.step(eu + 7.5 * (ec - eu), t, x).prev_sample
+        x = sched.step(eu + CFG * (ec - eu), t, x).prev_sample
     img = ((vae.decode(x / sf).sample.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).numpy()
     pal = np.array(list(PALETTE.values()), dtype=float)
     for k in range(n):
@@ -222,13 +274,15 @@ def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=
         d = ((im - bmean) ** 2).sum(-1)
         mask = d > 60**2
         if mask.sum() > 5:
+            found += 1
             ys, xs = np.nonzero(mask)
             cy, cx = ys.mean() + 0.5, xs.mean() + 0.5
             cell = min(2, int(3 * cy / 64)) * 3 + min(2, int(3 * cx / 64))
             ok_pos += POS[cell] == truth[k][4]
             mean = im[mask].mean(0)
             ok_col += COLOURS[int(np.argmin(((pal - mean) ** 2).sum(1)))] == colour
-    print(f"  eval: background {ok_bg}/{n}, shape colour {ok_col}/{n}, position {ok_pos}/{n}", flush=True)
+    print(f"  eval: background {ok_bg}/{n}, shape colour {ok_col}/{n}, position {ok_pos}/{n} "
+          f"(a shape found in {found})", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ pub struct TrainArgs {
     /// Fraction of samples trained at the top 15% of the noise schedule (t ≥ 850) [default: 0].
     #[arg(long)]
     high_noise: Option<f64>,
+    /// Extra loss weight on the latent pixels the shape covers (1 + W x coverage) [default: 0].
+    #[arg(long)]
+    foreground_weight: Option<f64>,
     /// Steps between checkpoints (0: only at the end or on Ctrl-C) [default: 100].
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -120,6 +123,9 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(v) = args.high_noise {
         options.high_noise_fraction = v;
+    }
+    if let Some(v) = args.foreground_weight {
+        options.foreground_weight = v;
     }
     if let Some(v) = args.checkpoint_every {
         options.checkpoint_every = v;

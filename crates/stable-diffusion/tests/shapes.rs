@@ -114,3 +114,32 @@ fn canonical_caption_reads_like_the_issue() {
         "a small orange circle in the top left corner on a black background"
     );
 }
+
+#[test]
+fn coverage_marks_the_shape_and_pools_to_latent_cells() {
+    let data = Dataset::new(3);
+    let full = data.coverage(10, 4, 1, &candle_core::Device::Cpu).unwrap();
+    let pooled = data.coverage(10, 4, 4, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(full.dims(), &[4, 1, 64, 64]);
+    assert_eq!(pooled.dims(), &[4, 1, 16, 16]);
+    let full = full.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+    let pooled = pooled.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+    for (n, (f, p)) in full.iter().zip(&pooled).enumerate() {
+        let (scene, _) = data.item(10 + n as u64);
+        let pixels = scene.render();
+        let bg = scene.background.rgb();
+        // Covered pixels are exactly the ones not of the background's colour.
+        for (i, &c) in f.iter().enumerate() {
+            let px = [pixels[3 * i], pixels[3 * i + 1], pixels[3 * i + 2]];
+            assert!((0.0..=1.0).contains(&c));
+            if c == 0.0 {
+                assert_eq!(px, bg, "item {n} pixel {i}");
+            }
+        }
+        // Pooling keeps the covered area (in pixels) and the shape is neither empty nor all.
+        let area: f32 = f.iter().sum();
+        let pooled_area: f32 = p.iter().sum::<f32>() * 16.0;
+        assert!((area - pooled_area).abs() < 1e-2, "{area} vs {pooled_area}");
+        assert!(area > 50.0 && area < 64.0 * 64.0 / 2.0, "area {area}");
+    }
+}

@@ -112,3 +112,45 @@ fn resuming_a_checkpoint_of_another_shape_is_an_error() {
     assert!(err.contains("shape"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The diffusion stage's first loss with `foreground_weight`.
+fn first_diffusion_loss(name: &str, foreground_weight: f64) -> f64 {
+    let out = scratch(name);
+    let mut options = tiny_vae_options(&out, 1);
+    options.stages = Stages::All;
+    options.diffusion.steps = 1;
+    options.diffusion.batch_size = 2;
+    options.diffusion.warmup_steps = 1;
+    options.foreground_weight = foreground_weight;
+    let mut loss = None;
+    train(&options, &mut |event| {
+        if let TrainEvent::Step {
+            stage: "diffusion",
+            loss: l,
+            ..
+        } = event
+        {
+            loss = Some(l);
+        }
+        Control::Continue
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    loss.expect("a diffusion step")
+}
+
+#[test]
+fn foreground_weight_reweights_the_diffusion_loss() {
+    let plain = first_diffusion_loss("fg0", 0.0);
+    let weighted = first_diffusion_loss("fg10", 10.0);
+    assert!(plain.is_finite() && weighted.is_finite());
+    // Same data, noise and weights: only the per-pixel weighting differs.
+    assert!(
+        (plain - weighted).abs() > 1e-6 * plain,
+        "{plain} vs {weighted}"
+    );
+    let mut options = TrainOptions::shapes(std::env::temp_dir());
+    options.foreground_weight = -1.0;
+    let err = options.validate().unwrap_err().to_string();
+    assert!(err.contains("foreground weight"), "{err}");
+}

@@ -440,14 +440,12 @@ impl Scene {
         )
     }
 
-    /// Draws the scene: RGB8 pixels, row-major, anti-aliased by 4x4 supersampling.
-    pub fn render(&self) -> Vec<u8> {
+    /// The fraction of each pixel the shape covers (row-major, 4x4 supersampling).
+    pub fn coverage(&self) -> Vec<f64> {
         const SUB: usize = 4;
         let (cx, cy) = self.centre();
         let r = self.size.half_extent() * self.scale;
-        let fg = self.colour.rgb();
-        let bg = self.background.rgb();
-        let mut pixels = Vec::with_capacity(IMAGE_SIZE * IMAGE_SIZE * 3);
+        let mut cover = Vec::with_capacity(IMAGE_SIZE * IMAGE_SIZE);
         for y in 0..IMAGE_SIZE {
             for x in 0..IMAGE_SIZE {
                 let mut hits = 0;
@@ -460,11 +458,21 @@ impl Scene {
                         }
                     }
                 }
-                let alpha = hits as f64 / (SUB * SUB) as f64;
-                for c in 0..3 {
-                    let v = bg[c] as f64 * (1.0 - alpha) + fg[c] as f64 * alpha;
-                    pixels.push(v.round() as u8);
-                }
+                cover.push(hits as f64 / (SUB * SUB) as f64);
+            }
+        }
+        cover
+    }
+
+    /// Draws the scene: RGB8 pixels, row-major, anti-aliased by 4x4 supersampling.
+    pub fn render(&self) -> Vec<u8> {
+        let fg = self.colour.rgb();
+        let bg = self.background.rgb();
+        let mut pixels = Vec::with_capacity(IMAGE_SIZE * IMAGE_SIZE * 3);
+        for alpha in self.coverage() {
+            for c in 0..3 {
+                let v = bg[c] as f64 * (1.0 - alpha) + fg[c] as f64 * alpha;
+                pixels.push(v.round() as u8);
             }
         }
         pixels
@@ -502,6 +510,34 @@ impl Dataset {
         };
         let caption = scene.varied_caption(&mut rng);
         (scene, caption)
+    }
+
+    /// How much of each `factor x factor` cell the shape covers, for items
+    /// `start..start + count`: `(count, 1, 64 / factor, 64 / factor)` in `[0, 1]`.
+    pub fn coverage(
+        &self,
+        start: u64,
+        count: usize,
+        factor: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let side = IMAGE_SIZE / factor;
+        let mut data = Vec::with_capacity(count * side * side);
+        for i in 0..count as u64 {
+            let cover = self.item(start + i).0.coverage();
+            for row in 0..side {
+                for column in 0..side {
+                    let mut sum = 0.0;
+                    for y in row * factor..(row + 1) * factor {
+                        for x in column * factor..(column + 1) * factor {
+                            sum += cover[y * IMAGE_SIZE + x];
+                        }
+                    }
+                    data.push((sum / (factor * factor) as f64) as f32);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(data, (count, 1, side, side), device)?)
     }
 
     /// Items `start..start + count` as images `(count, 3, 64, 64)` in `[-1, 1]` and captions.

@@ -201,6 +201,11 @@ pub struct TrainOptions {
     /// Fraction of samples whose timestep is drawn from the top 15% of the schedule (t ≥ 850)
     /// instead of uniformly, where only the caption tells the layout (0: all uniform).
     pub high_noise_fraction: f64,
+    /// Foreground weight: each latent pixel's squared error is weighted by 1 + this times the
+    /// fraction of it the shape covers (normalised to mean 1 per image), so the small shape,
+    /// whose colour and place only the caption tells, is not drowned by the background
+    /// (0: uniform).
+    pub foreground_weight: f64,
     /// Steps between checkpoints (0: only at the end and when stopped).
     pub checkpoint_every: usize,
     /// Steps between sample images (0: only at the end).
@@ -236,6 +241,7 @@ impl TrainOptions {
             offset_noise: 0.2,
             pyramid_noise: 0.7,
             high_noise_fraction: 0.0,
+            foreground_weight: 0.0,
             checkpoint_every: 100,
             sample_every: 500,
             resume: false,
@@ -306,6 +312,15 @@ impl TrainOptions {
                 format!(
                     "the high-noise fraction must be in [0, 1), got {}",
                     self.high_noise_fraction
+                ),
+            ));
+        }
+        if !(self.foreground_weight >= 0.0 && self.foreground_weight.is_finite()) {
+            return Err(Error::invalid(
+                "training settings",
+                format!(
+                    "the foreground weight must be a finite number ≥ 0, got {}",
+                    self.foreground_weight
                 ),
             ));
         }

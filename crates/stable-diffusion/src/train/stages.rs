@@ -12,7 +12,7 @@ use super::{export, init, step_seed, StageOptions, Stages, TrainEvent, TrainOpti
 use crate::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
 use crate::rng::{NoiseSource, TorchCpuRng};
 use crate::scheduler::{BetaSchedule, NoiseSchedule};
-use crate::shapes::{Dataset, Scene, SplitMix64};
+use crate::shapes::{Dataset, Scene, SplitMix64, IMAGE_SIZE};
 use crate::text_encoder::{ClipTextModel, HiddenLayer};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
 use crate::unet::UNet2DConditionModel;
@@ -457,6 +457,7 @@ fn train_diffusion(
     let offset_noise = options.offset_noise;
     let pyramid = options.pyramid_noise;
     let high_noise = options.high_noise_fraction;
+    let foreground = options.foreground_weight;
     let mut loss_at = |step: usize| -> Result<Tensor> {
         let (images, captions) = data.batch((step * batch) as u64, batch, &device)?;
         let mut choices = SplitMix64::new(step_seed(seed, 2, step));
@@ -507,7 +508,18 @@ fn train_diffusion(
         let noise_level = Tensor::from_vec(noise_level, (batch, 1, 1, 1), &device)?;
         let noisy = (latents.broadcast_mul(&signal)? + noise.broadcast_mul(&noise_level)?)?;
         let prediction = unet.forward_per_sample(&noisy, &timesteps, &context, None)?;
-        let per_sample = (prediction - noise)?.sqr()?.flatten_from(1)?.mean(1)?;
+        let error = (prediction - noise)?.sqr()?;
+        let error = if foreground > 0.0 {
+            let factor = IMAGE_SIZE / latents.dim(3)?;
+            let cover = data.coverage((step * batch) as u64, batch, factor, &device)?;
+            let pixel_weights = ((cover * foreground)? + 1.0)?;
+            let pixel_weights =
+                pixel_weights.broadcast_div(&pixel_weights.mean_keepdim((2, 3))?)?;
+            error.broadcast_mul(&pixel_weights)?
+        } else {
+            error
+        };
+        let per_sample = error.flatten_from(1)?.mean(1)?;
         let weights = Tensor::from_vec(weights, batch, &device)?;
         Ok((per_sample * weights)?.mean_all()?)
     };
