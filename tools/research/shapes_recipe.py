@@ -18,7 +18,7 @@ through the time embedding, a probe of whether the UNet can place shapes from a 
 addtext (diffusers' addition_embed_type "text": attention-pooled text added to the time
 embedding), sdxl (SDXL's conditioning: pooled projected text + size ids into the time
 embedding, addition_embed_type "text_time"), fgw (the loss weighs the shape's latent pixels FG_WEIGHT (10) times more), tinit (the text
-encoder initialised TINIT (10) times larger);
+encoder initialised TINIT (10) times larger), tefrozen / teslow (the text encoder's lr 0 / 0.1x);
 "base" is the shipped recipe without pyramid noise.
 """
 import json
@@ -160,6 +160,10 @@ def main():
     print("unet params", sum(p.numel() for p in unet.parameters()), flush=True)
     lr = 2e-3 if "lr2" in variant else 1e-3
     te_scale = 10.0 if "telr" in variant else 1.0
+    if "tefrozen" in variant:
+        te_scale = 0.0
+    if "teslow" in variant:
+        te_scale = 0.1
     opt = torch.optim.AdamW([{"params": list(te.parameters()), "scale": te_scale},
                              {"params": list(unet.parameters()), "scale": 1.0}],
                             lr=lr, weight_decay=0.01)
