@@ -154,7 +154,7 @@ def main():
         # A larger initialisation of the text encoder (token/position tables, projections), so
         # that different captions start far apart.
         tcfg.initializer_factor = float(__import__("os").environ.get("TINIT", 10))
-    te = CLIPTextModelWithProjection(tcfg) if "sdxl" in variant else CLIPTextModel(tcfg)
+    te = (CLIPTextModelWithProjection(tcfg) if "sdxl" in variant else CLIPTextModel(tcfg)).float()
     unet = UNet2DConditionModel(**unet_config(variant))
     params = list(te.parameters()) + list(unet.parameters())
     print("unet params", sum(p.numel() for p in unet.parameters()), flush=True)
