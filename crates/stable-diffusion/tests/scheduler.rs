@@ -12,11 +12,6 @@ use stable_diffusion::scheduler::{
     SamplerFlavor, SamplerKind, SamplerOptions, SchedulerConfig, SigmaSchedule, TimestepSpacing,
 };
 
-/// The reference's stand-in for the UNet: `0.9 * tanh(x) + 0.05 * t / 1000`.
-fn fake_model(x: &Tensor, t: f64) -> Tensor {
-    x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
-}
-
 fn relative_diff(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)
 }
@@ -27,17 +22,6 @@ fn relative_diff(a: f64, b: f64) -> f64 {
 const STEP_TOLERANCE: f32 = 1e-5;
 
 /// The largest absolute value of a tensor.
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn samplers_match_diffusers_step_by_step() {
     let fixture = common::load_json("scheduler/cases.json");
@@ -135,10 +119,10 @@ fn samplers_match_diffusers_step_by_step() {
         for i in start..sampler.timesteps().len() {
             let t = sampler.timesteps()[i];
             let input = sampler.scale_model_input(&latents, i).unwrap();
-            let output = fake_model(&input, t);
+            let output = common::fake_model(&input, t);
             latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
             let expected = &tensors[&format!("{name}.step{}", i - start)];
-            let scale = max_abs(expected).max(1.0);
+            let scale = common::max_abs(expected).max(1.0);
             let diff = common::max_abs_diff(&latents, expected) / scale;
             if diff > worst_step.0 {
                 worst_step = (diff, format!("{name} step {}", i - start));
@@ -423,12 +407,12 @@ fn diffusers_classes_match_step_by_step() {
         for i in start..sampler.timesteps().len() {
             let t = sampler.timesteps()[i];
             let input = sampler.scale_model_input(&latents, i).unwrap();
-            let output = fake_model(&input, t);
+            let output = common::fake_model(&input, t);
             latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
             let expected = &tensors[&format!("{name}.step{}", i - start)];
             // Latents of order 1 (order σ_max ≈ 4096 in the first zero-SNR Euler steps, where
             // one f32 ulp is already ~5e-4): the bound is relative to max(1, |reference|).
-            let scale = max_abs(expected).max(1.0);
+            let scale = common::max_abs(expected).max(1.0);
             let diff = common::max_abs_diff(&latents, expected) / scale;
             let entry = worst.entry(sampler_name.clone()).or_default();
             if diff > entry.0 {

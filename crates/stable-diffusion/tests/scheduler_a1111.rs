@@ -5,33 +5,14 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
 use stable_diffusion::scheduler::{
     build_sampler_with, SamplerFlavor, SamplerKind, SamplerOptions, SchedulerConfig, SigmaSchedule,
 };
 
-/// The reference's stand-in for the UNet: `0.9 * tanh(x) + 0.05 * t / 1000`.
-fn fake_model(x: &Tensor, t: f64) -> Tensor {
-    x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
-}
-
 /// Samples must match to this (times max(1, |reference|)).
 const TOLERANCE: f32 = 1e-4;
-
-fn relative_diff(ours: &Tensor, expected: &Tensor) -> f32 {
-    let scale = expected
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1.0);
-    common::max_abs_diff(ours, expected) / scale
-}
 
 #[test]
 fn a1111_timestep_samplers_match_a1111_call_by_call() {
@@ -83,16 +64,16 @@ fn a1111_timestep_samplers_match_a1111_call_by_call() {
         let timesteps = sampler.timesteps().to_vec();
         for (call, i) in (first..timesteps.len()).enumerate() {
             let reference = &tensors[&format!("{name}.call{call}")];
-            let diff = relative_diff(&latents, reference);
+            let diff = common::relative_diff(&latents, reference);
             if diff > worst.0 {
                 worst = (diff, format!("{name} call {call}"));
             }
             assert!(diff <= TOLERANCE, "{name}: call {call} differs by {diff}");
             let input = sampler.scale_model_input(&latents, i).unwrap();
-            let output = fake_model(&input, timesteps[i]);
+            let output = common::fake_model(&input, timesteps[i]);
             latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
         }
-        let diff = relative_diff(&latents, &tensors[&format!("{name}.final")]);
+        let diff = common::relative_diff(&latents, &tensors[&format!("{name}.final")]);
         if diff > worst.0 {
             worst = (diff, format!("{name} final"));
         }

@@ -6,17 +6,12 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
 use stable_diffusion::scheduler::{
     build_sampler_with, kdiffusion_sigmas, sigmas::ModelSigmas, SamplerFlavor, SamplerKind,
     SamplerOptions, SchedulerConfig, SigmaSchedule,
 };
-
-/// The reference's stand-in for the UNet: `0.9 * tanh(x) + 0.05 * t / 1000`.
-fn fake_model(x: &Tensor, t: f64) -> Tensor {
-    x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
-}
 
 /// Latents after each step must match to this (times max(1, |reference|)).
 const STEP_TOLERANCE: f32 = 1e-4;
@@ -37,17 +32,6 @@ fn options_of(case: &serde_json::Value) -> SamplerOptions {
         sdxl: false,
         rescale_zero_snr: false,
     }
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -116,8 +100,7 @@ fn kdiffusion_samplers_match_k_diffusion_step_by_step() {
             // Only the first evaluation of a step is recorded (k-diffusion's callback).
             if sampler.is_step_start(i) {
                 if let Some(expected) = tensors.get(&format!("{name}.start{step_index}")) {
-                    let scale = max_abs(expected).max(1.0);
-                    let diff = common::max_abs_diff(&x, expected) / scale;
+                    let diff = common::relative_diff(&x, expected);
                     if diff > worst.0 {
                         worst = (diff, format!("{name} step {step_index}"));
                     }
@@ -130,7 +113,7 @@ fn kdiffusion_samplers_match_k_diffusion_step_by_step() {
             }
             let t = sampler.timesteps()[i];
             let input = sampler.scale_model_input(&x, i).unwrap();
-            let output = fake_model(&input, t);
+            let output = common::fake_model(&input, t);
             latents.0 = sampler.step(&output, i, &x, &mut rng).unwrap();
         }
         assert_eq!(
@@ -139,8 +122,7 @@ fn kdiffusion_samplers_match_k_diffusion_step_by_step() {
             "{name}: steps"
         );
         let expected = &tensors[&format!("{name}.final")];
-        let scale = max_abs(expected).max(1.0);
-        let diff = common::max_abs_diff(&latents.0, expected) / scale;
+        let diff = common::relative_diff(&latents.0, expected);
         if diff > worst.0 {
             worst = (diff, format!("{name} final"));
         }

@@ -58,6 +58,28 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The largest absolute value in `t`.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// [`max_abs_diff`] relative to max(1, |expected|): how the sampler tests compare samples.
+pub fn relative_diff(actual: &Tensor, expected: &Tensor) -> f32 {
+    max_abs_diff(actual, expected) / max_abs(expected).max(1.0)
+}
+
+/// The sampler fixtures' stand-in for the UNet: `0.9 * tanh(x) + 0.05 * t / 1000`.
+pub fn fake_model(x: &Tensor, t: f64) -> Tensor {
+    x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
+}
+
 /// Asserts that `actual` equals `expected` (whole tensors, same shape) within `tol` max abs diff.
 #[track_caller]
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) {
