@@ -17,6 +17,7 @@
 use candle_core::Tensor;
 
 use super::a1111_timesteps::{Call, TimestepAlgorithm};
+use super::check_step;
 use super::kdiff::noise_like;
 use super::ops::{add, div, mul, sub};
 use crate::rng::NoiseSource;
@@ -35,17 +36,6 @@ fn alphas(table: &[f32], grid: &[usize], k: usize) -> (f32, f32) {
 /// The estimate of the clean sample, `(x − sqrt(1 − ᾱ)·ε) / sqrt(ᾱ)`.
 fn clean(x: &Tensor, eps: &Tensor, alpha: f32) -> Result<Tensor> {
     div(&sub(x, &mul(eps, (1.0 - alpha).sqrt())?)?, alpha.sqrt())
-}
-
-/// Checks that `call` is a call of the run (`calls` long).
-fn check_call(call: usize, calls: usize) -> Result<()> {
-    if call >= calls {
-        return Err(Error::invalid(
-            "step",
-            format!("call {call} is beyond the run's {calls} calls"),
-        ));
-    }
-    Ok(())
 }
 
 /// A1111's DDIM with noise amount `eta`.
@@ -88,7 +78,7 @@ impl TimestepAlgorithm for A1111Ddim {
         eps: &Tensor,
         rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_call(call, self.grid.len().saturating_sub(1))?;
+        check_step(call, self.grid.len().saturating_sub(1))?;
         let k = self.grid.len() - 1 - call;
         let (a_t, a_prev) = alphas(&self.alphas_cumprod, &self.grid, k);
         let (a64, prev64) = (f64::from(a_t), f64::from(a_prev));
@@ -195,7 +185,7 @@ impl TimestepAlgorithm for A1111Plms {
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         let m = self.grid.len();
-        check_call(call, m.saturating_sub(1) + usize::from(m > 1))?;
+        check_step(call, m.saturating_sub(1) + usize::from(m > 1))?;
         let top = m - 1;
         match call {
             0 => {

@@ -107,18 +107,26 @@ impl A1111Timesteps {
         let grid = a1111_grid(steps, alphas_cumprod.len());
         let calls = algorithm.plan(&grid, false)?;
         algorithm.start(&grid, false)?;
-        Ok(Self {
+        let mut sampler = Self {
             kind,
             algorithm,
             alphas_cumprod,
             prediction,
-            timesteps: calls.iter().map(|c| c.timestep).collect(),
-            calls,
+            timesteps: Vec::new(),
+            calls: Vec::new(),
             grid,
             offset: 0,
             pending: Cell::new(None),
             img2img: None,
-        })
+        };
+        sampler.set_calls(calls);
+        Ok(sampler)
+    }
+
+    /// Sets the planned calls and the timesteps the model sees at them.
+    fn set_calls(&mut self, calls: Vec<Call>) {
+        self.timesteps = calls.iter().map(|c| c.timestep).collect();
+        self.calls = calls;
     }
 
     /// ᾱ at integer timestep `t` (clamped to the table).
@@ -197,8 +205,8 @@ impl Sampler for A1111Timesteps {
         if step == 0 {
             self.offset = 0;
             self.img2img = None;
-            self.calls = self.algorithm.plan(&self.grid, false)?;
-            self.timesteps = self.calls.iter().map(|c| c.timestep).collect();
+            let calls = self.algorithm.plan(&self.grid, false)?;
+            self.set_calls(calls);
             return self.algorithm.start(&self.grid, false);
         }
         let run = match self.pending.get() {
@@ -215,11 +223,10 @@ impl Sampler for A1111Timesteps {
             }
         };
         let grid = &self.grid[..run.t_enc];
-        let planned = self.algorithm.plan(grid, true)?;
-        self.calls.truncate(run.first);
-        self.calls.extend(planned);
-        self.timesteps = self.calls.iter().map(|c| c.timestep).collect();
+        let mut calls = self.calls[..run.first].to_vec();
+        calls.extend(self.algorithm.plan(grid, true)?);
         self.algorithm.start(grid, true)?;
+        self.set_calls(calls);
         self.offset = run.first;
         self.img2img = Some(run);
         Ok(())
@@ -231,8 +238,8 @@ impl Sampler for A1111Timesteps {
         img2img_start_step(steps, strength)?;
         let t_enc = ((strength.min(0.999) * steps as f64) as usize).min(self.grid.len() - 1);
         let calls = self.algorithm.plan(&self.grid[..t_enc], true)?.len();
-        let total = self.algorithm.plan(&self.grid, false)?.len();
-        let first = total.checked_sub(calls).ok_or_else(|| {
+        // Every plan keeps the txt2img run's length (an img2img run takes its last calls).
+        let first = self.calls.len().checked_sub(calls).ok_or_else(|| {
             Error::invalid(
                 "strength",
                 format!("{strength} plans more calls than the whole run"),
