@@ -1,7 +1,8 @@
 //! The shapes data set and the pixel evaluator, without any model.
 
 use stable_diffusion::shapes::{
-    evaluation_scenes, measure, Attribute, Colour, Dataset, EvalReport, Position, Scene, Shape,
+    coverage_to_tensor, evaluation_scenes, measure, Attribute, Colour, Dataset, EvalReport,
+    Position, Scene, Shape,
 };
 
 fn image_of(scene: &Scene) -> image::RgbImage {
@@ -118,14 +119,15 @@ fn canonical_caption_reads_like_the_issue() {
 #[test]
 fn coverage_marks_the_shape_and_pools_to_latent_cells() {
     let data = Dataset::new(3);
-    let full = data.coverage(10, 4, 1, &candle_core::Device::Cpu).unwrap();
-    let pooled = data.coverage(10, 4, 4, &candle_core::Device::Cpu).unwrap();
+    let (scenes, _) = data.items(10, 4);
+    let full = coverage_to_tensor(&scenes, 1, &candle_core::Device::Cpu).unwrap();
+    let pooled = coverage_to_tensor(&scenes, 4, &candle_core::Device::Cpu).unwrap();
     assert_eq!(full.dims(), &[4, 1, 64, 64]);
     assert_eq!(pooled.dims(), &[4, 1, 16, 16]);
     let full = full.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
     let pooled = pooled.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
     for (n, (f, p)) in full.iter().zip(&pooled).enumerate() {
-        let (scene, _) = data.item(10 + n as u64);
+        let scene = &scenes[n];
         let pixels = scene.render();
         let bg = scene.background.rgb();
         // Covered pixels are exactly the ones not of the background's colour.

@@ -512,32 +512,9 @@ impl Dataset {
         (scene, caption)
     }
 
-    /// How much of each `factor x factor` cell the shape covers, for items
-    /// `start..start + count`: `(count, 1, 64 / factor, 64 / factor)` in `[0, 1]`.
-    pub fn coverage(
-        &self,
-        start: u64,
-        count: usize,
-        factor: usize,
-        device: &Device,
-    ) -> Result<Tensor> {
-        let side = IMAGE_SIZE / factor;
-        let mut data = Vec::with_capacity(count * side * side);
-        for i in 0..count as u64 {
-            let cover = self.item(start + i).0.coverage();
-            for row in 0..side {
-                for column in 0..side {
-                    let mut sum = 0.0;
-                    for y in row * factor..(row + 1) * factor {
-                        for x in column * factor..(column + 1) * factor {
-                            sum += cover[y * IMAGE_SIZE + x];
-                        }
-                    }
-                    data.push((sum / (factor * factor) as f64) as f32);
-                }
-            }
-        }
-        Ok(Tensor::from_vec(data, (count, 1, side, side), device)?)
+    /// Items `start..start + count`: their scenes and captions.
+    pub fn items(&self, start: u64, count: usize) -> (Vec<Scene>, Vec<String>) {
+        (0..count as u64).map(|i| self.item(start + i)).unzip()
     }
 
     /// Items `start..start + count` as images `(count, 3, 64, 64)` in `[-1, 1]` and captions.
@@ -547,15 +524,21 @@ impl Dataset {
         count: usize,
         device: &Device,
     ) -> Result<(Tensor, Vec<String>)> {
-        let mut scenes = Vec::with_capacity(count);
-        let mut captions = Vec::with_capacity(count);
-        for i in 0..count as u64 {
-            let (scene, caption) = self.item(start + i);
-            scenes.push(scene);
-            captions.push(caption);
-        }
+        let (scenes, captions) = self.items(start, count);
         Ok((scenes_to_tensor(&scenes, device)?, captions))
     }
+}
+
+/// How much of each `factor x factor` cell the shape of each scene covers:
+/// `(n, 1, 64 / factor, 64 / factor)` in `[0, 1]`.
+pub fn coverage_to_tensor(scenes: &[Scene], factor: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = scenes
+        .iter()
+        .flat_map(|scene| scene.coverage())
+        .map(|c| c as f32)
+        .collect();
+    let full = Tensor::from_vec(data, (scenes.len(), 1, IMAGE_SIZE, IMAGE_SIZE), device)?;
+    Ok(full.avg_pool2d(factor)?)
 }
 
 /// Renders scenes into one `(n, 3, 64, 64)` tensor in `[-1, 1]`.

@@ -12,7 +12,7 @@ use super::{export, init, step_seed, StageOptions, Stages, TrainEvent, TrainOpti
 use crate::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
 use crate::rng::{NoiseSource, TorchCpuRng};
 use crate::scheduler::{BetaSchedule, NoiseSchedule};
-use crate::shapes::{Dataset, Scene, SplitMix64, IMAGE_SIZE};
+use crate::shapes::{coverage_to_tensor, scenes_to_tensor, Dataset, Scene, SplitMix64, IMAGE_SIZE};
 use crate::text_encoder::{ClipTextModel, HiddenLayer};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
 use crate::unet::UNet2DConditionModel;
@@ -332,7 +332,7 @@ fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Contr
     };
     let out_dir = options.out_dir.clone();
     let mut sample = |step: usize, _t: &Trainable| -> Result<Option<TrainEvent>> {
-        let images = crate::shapes::scenes_to_tensor(&fixed, &device)?;
+        let images = scenes_to_tensor(&fixed, &device)?;
         let recon = vae.decode(&vae.encode(&images)?.mode()?)?;
         let mut all = crate::image::tensor_to_images(&images)?;
         all.extend(crate::image::tensor_to_images(&recon)?);
@@ -459,7 +459,8 @@ fn train_diffusion(
     let high_noise = options.high_noise_fraction;
     let foreground = options.foreground_weight;
     let mut loss_at = |step: usize| -> Result<Tensor> {
-        let (images, captions) = data.batch((step * batch) as u64, batch, &device)?;
+        let (scenes, captions) = data.items((step * batch) as u64, batch);
+        let images = scenes_to_tensor(&scenes, &device)?;
         let mut choices = SplitMix64::new(step_seed(seed, 2, step));
         let mut noise_rng = TorchCpuRng::new(step_seed(seed, 3, step));
         let posterior = vae.encode(&images)?;
@@ -511,7 +512,7 @@ fn train_diffusion(
         let error = (prediction - noise)?.sqr()?;
         let error = if foreground > 0.0 {
             let factor = IMAGE_SIZE / latents.dim(3)?;
-            let cover = data.coverage((step * batch) as u64, batch, factor, &device)?;
+            let cover = coverage_to_tensor(&scenes, factor, &device)?;
             let pixel_weights = ((cover * foreground)? + 1.0)?;
             let pixel_weights =
                 pixel_weights.broadcast_div(&pixel_weights.mean_keepdim((2, 3))?)?;
