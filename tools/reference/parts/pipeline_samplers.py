@@ -200,7 +200,6 @@ def make(root: Path) -> None:
     )
     plain = UNetDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod)
     lcm = LCMDenoiser(pipe.unet, pipe.scheduler.alphas_cumprod)
-    scaling = pipe.vae.config.scaling_factor
     cases = []
     for c in CASES:
         if c["sampler"] in TIMESTEP_SAMPLERS:
@@ -215,9 +214,7 @@ def make(root: Path) -> None:
         torch.manual_seed(c["seed"])
         shape = (1, 4, c["height"] // 8, c["width"] // 8)
         if c.get("init_image"):
-            image = pipe.image_processor.preprocess(Image.open(out / c["init_image"]).convert("RGB"))
-            init = pipe.vae.encode(image).latent_dist.sample() * scaling
-            t_enc = int(min(c["strength"], 0.999) * c["steps"])
+            init, t_enc = encode_init(pipe, out, c)
             sigmas = sigmas[c["steps"] - t_enc - 1:]
             noise = torch.randn(shape)
             # The VAE's output is channels-last here; A1111 draws step noise with torch.randn of
@@ -227,18 +224,29 @@ def make(root: Path) -> None:
             x = torch.randn(shape) * sigmas[0]
         fn = sampler_fn(c["sampler"], x, c["options"])
         latents = fn(model, x, sigmas, None)
-        decoded = pipe.vae.decode(latents / scaling).sample
-        image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
-        name = f"{c['name']}.png"
-        image.save(out / name)
-        print(f"  {c['name']}: {len(sigmas) - 1} steps")
-        cases.append(dict(c, args=args_for(c), images=[name]))
+        cases.append(save_case(pipe, out, c, latents, f"{len(sigmas) - 1} steps"))
     common.save_json(out / "cases.json", cases)
+
+
+def encode_init(pipe, out, c):
+    """The case's init image as scaled latents (a posterior sample) and A1111's t_enc."""
+    image = pipe.image_processor.preprocess(Image.open(out / c["init_image"]).convert("RGB"))
+    init = pipe.vae.encode(image).latent_dist.sample() * pipe.vae.config.scaling_factor
+    return init, int(min(c["strength"], 0.999) * c["steps"])
+
+
+def save_case(pipe, out, c, latents, what):
+    """Decodes the case's final latents to its PNG and returns the case's cases.json entry."""
+    decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    name = f"{c['name']}.png"
+    image.save(out / name)
+    print(f"  {c['name']}: {what}")
+    return dict(c, args=args_for(c), images=[name])
 
 
 def make_timesteps_case(pipe, out, c):
     """One case of A1111's DDIM, PLMS or UniPC."""
-    scaling = pipe.vae.config.scaling_factor
     ac = pipe.scheduler.alphas_cumprod
     use_cfg = c["cfg_scale"] > 1.0
     cond, uncond = pipe.encode_prompt(c["prompt"], "cpu", 1, use_cfg, c["negative_prompt"] or None)
@@ -259,9 +267,7 @@ def make_timesteps_case(pipe, out, c):
     if c["sampler"] == "ddim":
         kwargs["eta"] = c["options"].get("eta", 0.0)
     if c.get("init_image"):
-        image = pipe.image_processor.preprocess(Image.open(out / c["init_image"]).convert("RGB"))
-        init = pipe.vae.encode(image).latent_dist.sample() * scaling
-        t_enc = int(min(c["strength"], 0.999) * c["steps"])
+        init, t_enc = encode_init(pipe, out, c)
         noise = torch.randn(shape)
         a = ac[grid[t_enc]]
         x = (init * a.sqrt() + noise * (1 - a).sqrt()).contiguous()
@@ -271,9 +277,4 @@ def make_timesteps_case(pipe, out, c):
     else:
         x = torch.randn(shape)
     latents = timesteps_samplers.SAMPLERS[c["sampler"]](model, x, grid, ac, **kwargs)
-    decoded = pipe.vae.decode(latents / scaling).sample
-    image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
-    name = f"{c['name']}.png"
-    image.save(out / name)
-    print(f"  {c['name']}: {len(model.calls)} model calls")
-    return dict(c, args=args_for(c), images=[name])
+    return save_case(pipe, out, c, latents, f"{len(model.calls)} model calls")
