@@ -34,6 +34,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 torch.set_num_threads(2)
+CTX = 77  # the text window (the short variant: 16)
 CFG = 7.5  # the evaluation's guidance scale
 FG_WEIGHT = float(__import__("os").environ.get("FG_WEIGHT", 10))
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,8 +155,21 @@ def main():
         # A larger initialisation of the text encoder (token/position tables, projections), so
         # that different captions start far apart.
         tcfg.initializer_factor = float(__import__("os").environ.get("TINIT", 10))
+    global CTX
+    if "short" in variant:
+        CTX = 16
+        tcfg.max_position_embeddings = CTX
     te = (CLIPTextModelWithProjection(tcfg) if "sdxl" in variant else CLIPTextModel(tcfg)).float()
+    if "bag" in variant:
+        te = Bag(tcfg)
+    heads = None
+    if "tepre" in variant:
+        heads = pretrain_text(te, tok, rng)
     unet = UNet2DConditionModel(**unet_config(variant))
+    global POSCTX
+    POSCTX = torch.nn.Parameter(torch.randn(10, tcfg.hidden_size))
+    if "posctx" in variant:
+        te.extra = torch.nn.ParameterList([POSCTX])
     params = list(te.parameters()) + list(unet.parameters())
     print("unet params", sum(p.numel() for p in unet.parameters()), flush=True)
     lr = 2e-3 if "lr2" in variant else 1e-3
@@ -164,7 +178,8 @@ def main():
         te_scale = 0.0
     if "teslow" in variant:
         te_scale = 0.1
-    opt = torch.optim.AdamW([{"params": list(te.parameters()), "scale": te_scale},
+    te_params = list(te.parameters()) + (list(heads.parameters()) if heads is not None else [])
+    opt = torch.optim.AdamW([{"params": te_params, "scale": te_scale},
                              {"params": list(unet.parameters()), "scale": 1.0}],
                             lr=lr, weight_decay=0.01)
     zt = "ztsnr" in variant
@@ -188,7 +203,7 @@ def main():
             caps = [("" if rng.random() < 0.1 else PHRASE[scenes[i][4]]) for i in idx]
         else:
             caps = [("" if rng.random() < 0.1 else caption(scenes[i], rng)) for i in idx]
-        ids = tok(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = tok(caps, padding="max_length", max_length=CTX, truncation=True, return_tensors="pt").input_ids
         t = torch.randint(0, 1000, (B,))
         if "hight" in variant:
             t = torch.where(torch.rand(B) < 0.5, torch.randint(850, 1000, (B,)), t)
@@ -201,6 +216,10 @@ def main():
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         out = te(ids)
         ctx = out.last_hidden_state
+        if "posctx" in variant:
+            # Diagnostic: the context is a free table row for the position, on every token.
+            lab = torch.tensor([9 if c == "" else POS.index(scenes[i][4]) for i, c in zip(idx, caps)])
+            ctx = POSCTX[lab][:, None, :].expand(-1, CTX, -1)
         added = sdxl_added(out, B) if "sdxl" in variant else None
         labels = torch.tensor([POS.index(scenes[i][4]) for i in idx]) if "posclass" in variant else None
         pred = unet(noisy, t, encoder_hidden_states=ctx, class_labels=labels,
@@ -214,6 +233,9 @@ def main():
         else:
             per = ((pred - target) ** 2).flatten(1).mean(1)
         loss = (per * w_all[t] / w_mean).mean()
+        if "aux" in variant:
+            aux = attribute_loss(heads, ctx, [scenes[i] for i in idx], caps)
+            loss = loss + 0.1 * aux
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -227,6 +249,79 @@ def main():
         torch.save({"te": te.state_dict(), "unet": unet.state_dict(), "variant": variant}, out)
 
 
+def attribute_labels(s, cap):
+    """What a caption names: colour, background, shape, size, position (the last index: not named)."""
+    words = cap.replace(",", " ").replace(":", " ").split()
+    colour, bg, shape, size, pos = s[:5]
+    named_bg = "background" in words or " on " + bg in cap
+    return [COLOURS.index(colour) if colour in words else 8,
+            COLOURS.index(bg) if named_bg else 8,
+            SHAPES.index(shape) if shape in words else 3,
+            ["small", "large"].index(size) if size in words else 2,
+            POS.index(pos) if PHRASE[pos] in cap else 9]
+
+
+def pretrain_text(te, tok, rng, steps=int(__import__("os").environ.get("TEPRE_STEPS", 1500))):
+    """A CLIP-like stage before the diffusion: the text encoder learns to keep every attribute
+    of the caption readable (linear heads on the mean of all its output tokens, pads included)."""
+    sizes = [9, 9, 4, 3, 10]
+    heads = torch.nn.Linear(te.config.hidden_size, sum(sizes))
+    opt = torch.optim.AdamW(list(te.parameters()) + list(heads.parameters()), lr=1e-3, weight_decay=0.01)
+    t0 = time.time()
+    for step in range(steps):
+        ss = [scene(rng) for _ in range(64)]
+        caps = [caption(x, rng) for x in ss]
+        ids = tok(caps, padding="max_length", max_length=CTX, truncation=True, return_tensors="pt").input_ids
+        h = te(ids).last_hidden_state
+        logits = heads(h.mean(1)).split(sizes, dim=1)
+        y = torch.tensor([attribute_labels(x, c) for x, c in zip(ss, caps)])
+        loss = sum(F.cross_entropy(l, y[:, k]) for k, l in enumerate(logits))
+        acc = [(l.argmax(1) == y[:, k]).float().mean().item() for k, l in enumerate(logits)]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (step + 1) % 250 == 0:
+            print(f"text pretrain {step + 1} loss {loss.item():.3f} acc {[round(a, 2) for a in acc]} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+    context_spread(te, tok)
+    return heads
+
+
+@torch.no_grad()
+def context_spread(te, tok):
+    """How far the context moves (relative, over all tokens) when one attribute of a caption changes."""
+    base = "a large red square in the center on a blue background"
+    swaps = {"position": ("in the center", "on the left"), "colour": ("red", "green"),
+             "background": ("blue", "yellow"), "shape": ("square", "circle")}
+    ids = lambda c: tok([c], padding="max_length", max_length=CTX, return_tensors="pt").input_ids
+    h0 = te(ids(base)).last_hidden_state
+    out = {k: round(((te(ids(base.replace(a, b))).last_hidden_state - h0).norm() / h0.norm()).item(), 3)
+           for k, (a, b) in swaps.items()}
+    print("context spread", out, flush=True)
+
+
+def attribute_loss(heads, h, ss, caps):
+    """Cross-entropy of the attribute heads on the mean of the text encoder's output tokens."""
+    sizes = [9, 9, 4, 3, 10]
+    logits = heads(h.mean(1)).split(sizes, dim=1)
+    y = torch.tensor([attribute_labels(x, c) for x, c in zip(ss, caps)])
+    return sum(F.cross_entropy(l, y[:, k]) for k, l in enumerate(logits))
+
+
+class Bag(torch.nn.Module):
+    """Diagnostic text encoder: token + position embeddings, layer-normed, no attention."""
+
+    def __init__(self, tcfg):
+        super().__init__()
+        self.tok = torch.nn.Embedding(tcfg.vocab_size, tcfg.hidden_size)
+        self.pos = torch.nn.Embedding(tcfg.max_position_embeddings, tcfg.hidden_size)
+        self.norm = torch.nn.LayerNorm(tcfg.hidden_size)
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))[None]
+        return __import__("types").SimpleNamespace(last_hidden_state=self.norm(h))
+
+
 def sdxl_added(out, n):
     """SDXL's added conditions: the pooled text and the (64, 64, 0, 0, 64, 64) size ids."""
     ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(n, 1)
@@ -235,6 +330,8 @@ def sdxl_added(out, n):
 
 @torch.no_grad()
 def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=False):
+    if hasattr(te, "config"):
+        context_spread(te, tok)
     erng = np.random.default_rng(123)
     ok_pos = ok_col = ok_bg = found = 0
     n = 36
@@ -246,10 +343,13 @@ def evaluate(te, unet, vae, tok, sched, sf, position_only=False, position_class=
         else:
             caps.append(f"a {s[3]} {s[0]} {s[2]} {PHRASE[s[4]]} on a {s[1]} background")
         truth.append(s)
-    ids = tok(caps, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    un = tok([""] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = tok(caps, padding="max_length", max_length=CTX, return_tensors="pt").input_ids
+    un = tok([""] * n, padding="max_length", max_length=CTX, return_tensors="pt").input_ids
     oc, ou = te(ids), te(un)
     c, u = oc.last_hidden_state, ou.last_hidden_state
+    if hasattr(te, "extra"):
+        c = POSCTX[torch.tensor([POS.index(s[4]) for s in truth])][:, None, :].expand(-1, CTX, -1)
+        u = POSCTX[torch.full((n,), 9)][:, None, :].expand(-1, CTX, -1)
     added = None
     if hasattr(oc, "text_embeds"):
         both = {"text_embeds": torch.cat([oc.text_embeds, ou.text_embeds])}

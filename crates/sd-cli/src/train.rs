@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// created if missing, but its parent must exist.
     #[arg(long, short)]
     out: PathBuf,
-    /// Which stages to run: `all` (VAE, then text encoder + UNet), `vae` or `diffusion`.
+    /// Which stages to run: `all` (VAE, text encoder, then UNet), `vae`, `text` or `diffusion`.
     #[arg(long, default_value = "all")]
     stage: String,
     /// The architecture preset: `shapes` (the shipped model) or `tiny` (for quick checks).
@@ -44,25 +44,31 @@ pub struct TrainArgs {
     /// Peak learning rate of the VAE stage [default: 0.001].
     #[arg(long)]
     vae_lr: Option<f64>,
-    /// Optimizer steps of the text encoder + UNet stage [default: 4000].
+    /// Optimizer steps of the text encoder stage [default: 1500].
+    #[arg(long)]
+    text_steps: Option<usize>,
+    /// Captions per text encoder step [default: 64].
+    #[arg(long)]
+    text_batch: Option<usize>,
+    /// Optimizer steps of the UNet (diffusion) stage [default: 4000].
     #[arg(long)]
     steps: Option<usize>,
-    /// Images per text encoder + UNet step [default: 16].
+    /// Images per UNet step [default: 16].
     #[arg(long)]
     batch: Option<usize>,
-    /// Peak learning rate of the text encoder + UNet stage [default: 0.001].
+    /// Peak learning rate of the UNet stage [default: 0.001].
     #[arg(long)]
     lr: Option<f64>,
     /// Standard deviation of the per-channel offset added to the training noise [default: 0.2].
     #[arg(long)]
     offset_noise: Option<f64>,
-    /// Factor per level of the low-resolution noise added to the training noise [default: 0.7].
+    /// Factor per level of the low-resolution noise added to the training noise [default: 0].
     #[arg(long)]
     pyramid_noise: Option<f64>,
     /// Fraction of samples trained at the top 15% of the noise schedule (t ≥ 850) [default: 0].
     #[arg(long)]
     high_noise: Option<f64>,
-    /// Extra loss weight on the latent pixels the shape covers (1 + W x coverage) [default: 0].
+    /// Extra loss weight on the latent pixels the shape covers (1 + W x coverage) [default: 10].
     #[arg(long)]
     foreground_weight: Option<f64>,
     /// Steps between checkpoints (0: only at the end or on Ctrl-C) [default: 100].
@@ -86,10 +92,11 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     options.stages = match args.stage.as_str() {
         "all" => Stages::All,
         "vae" => Stages::Vae,
+        "text" => Stages::Text,
         "diffusion" => Stages::Diffusion,
         other => {
             return Err(usage(format!(
-                "unknown stage `{other}`: use all, vae or diffusion"
+                "unknown stage `{other}`: use all, vae, text or diffusion"
             )))
         }
     };
@@ -104,6 +111,13 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(v) = args.vae_lr {
         options.vae.learning_rate = v;
+    }
+    if let Some(v) = args.text_steps {
+        options.text.steps = v;
+        options.text.warmup_steps = options.text.warmup_steps.min(v / 10);
+    }
+    if let Some(v) = args.text_batch {
+        options.text.batch_size = v;
     }
     if let Some(v) = args.steps {
         options.diffusion.steps = v;

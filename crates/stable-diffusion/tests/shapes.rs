@@ -145,3 +145,54 @@ fn coverage_marks_the_shape_and_pools_to_latent_cells() {
         assert!(area > 50.0 && area < 64.0 * 64.0 / 2.0, "area {area}");
     }
 }
+
+#[test]
+fn caption_labels_name_exactly_what_the_caption_says() {
+    use stable_diffusion::shapes::{Size, SplitMix64, CAPTION_CLASSES};
+    let scene = Scene::new(
+        Colour::Red,
+        Colour::Blue,
+        Shape::Square,
+        Size::Large,
+        Position::TopLeft,
+    );
+    let all = [
+        Colour::Red.index(),
+        Colour::Blue.index(),
+        Shape::Square.index(),
+        Size::Large.index(),
+        Position::TopLeft.index(),
+    ];
+    assert_eq!(scene.caption_labels(&scene.caption()), all);
+    // "not named" is each attribute's last class.
+    let none = CAPTION_CLASSES.map(|n| n - 1);
+    assert_eq!(scene.caption_labels(""), none);
+    assert_eq!(
+        scene.caption_labels("red square, blue background"),
+        [all[0], all[1], all[2], none[3], none[4]]
+    );
+    assert_eq!(
+        scene.caption_labels("top left: a large red square on blue"),
+        all
+    );
+    assert_eq!(
+        scene.caption_labels("a large red square at the top left corner"),
+        [all[0], none[1], all[2], all[3], all[4]]
+    );
+    // Every varied caption names the shape's colour and the shape, and whatever else it names
+    // is this scene's.
+    let mut rng = SplitMix64::new(5);
+    let mut named_position = 0;
+    for _ in 0..200 {
+        let caption = scene.varied_caption(&mut rng);
+        let labels = scene.caption_labels(&caption);
+        for (k, label) in labels.iter().enumerate() {
+            assert!(
+                *label == all[k] || (k >= 1 && k != 2 && *label == none[k]),
+                "{caption}: {labels:?}"
+            );
+        }
+        named_position += (labels[4] == all[4]) as usize;
+    }
+    assert!((100..200).contains(&named_position), "{named_position}");
+}

@@ -19,6 +19,9 @@ fn tiny_vae_options(out: &Path, steps: usize) -> TrainOptions {
     options.vae.steps = steps;
     options.vae.batch_size = 2;
     options.vae.warmup_steps = 1;
+    options.text.steps = 1;
+    options.text.batch_size = 2;
+    options.text.warmup_steps = 1;
     options.checkpoint_every = 1;
     options.sample_every = 0;
     options
@@ -153,4 +156,85 @@ fn foreground_weight_reweights_the_diffusion_loss() {
     options.foreground_weight = -1.0;
     let err = options.validate().unwrap_err().to_string();
     assert!(err.contains("foreground weight"), "{err}");
+}
+
+#[test]
+fn text_stage_learns_the_caption_attributes_and_the_unet_stage_keeps_it_fixed() {
+    let out = scratch("text");
+    let mut options = tiny_vae_options(&out, 1);
+    options.stages = Stages::Diffusion;
+    let err = train(&options, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vae stage first"), "{err}");
+    options.stages = Stages::Vae;
+    train(&options, &mut |_| Control::Continue).unwrap();
+    options.stages = Stages::Diffusion;
+    options.resume = true;
+    let err = train(&options, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("text stage first"), "{err}");
+
+    options.stages = Stages::Text;
+    options.text.steps = 60;
+    options.text.batch_size = 16;
+    options.text.learning_rate = 3e-3;
+    options.checkpoint_every = 0;
+    let mut losses = Vec::new();
+    train(&options, &mut |event| {
+        if let TrainEvent::Step { loss, .. } = event {
+            losses.push(loss);
+        }
+        Control::Continue
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 60);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&losses[..5]), mean(&losses[55..]));
+    assert!(last < 0.85 * first, "text loss {first} -> {last}");
+
+    options.stages = Stages::Diffusion;
+    options.diffusion.steps = 2;
+    options.diffusion.batch_size = 2;
+    options.diffusion.warmup_steps = 1;
+    train(&options, &mut |_| Control::Continue).unwrap();
+    // The exported text encoder is the text stage's (EMA) result, untouched by the UNet stage.
+    let device = candle_core::Device::Cpu;
+    let stage = candle_core::safetensors::load(out.join("text.safetensors"), &device).unwrap();
+    let exported = candle_core::safetensors::load(
+        out.join("model/text_encoder/model.safetensors"),
+        &device,
+    )
+    .unwrap();
+    let mut compared = 0;
+    for (name, tensor) in &exported {
+        let Some(trained) = stage.get(&format!("ema/text_encoder.{name}")) else {
+            continue;
+        };
+        let a = tensor.to_dtype(candle_core::DType::F32).unwrap();
+        let diff = (a - trained)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = trained
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-3 * scale.max(1.0), "{name}: {diff}");
+        compared += 1;
+    }
+    assert!(compared > 10, "only {compared} text encoder tensors compared");
+    let _ = std::fs::remove_dir_all(&out);
 }

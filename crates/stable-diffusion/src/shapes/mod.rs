@@ -14,7 +14,7 @@ pub use eval::{
     evaluate, evaluation_scenes, measure, Attribute, EvalOptions, EvalReport, Measured, Tally,
 };
 pub use scene::{
-    coverage_to_tensor, scenes_to_tensor, vocabulary, Colour, Dataset, Position, Scene, Shape,
+    coverage_to_tensor, scenes_to_tensor, CAPTION_CLASSES, vocabulary, Colour, Dataset, Position, Scene, Shape,
     Size, SplitMix64, IMAGE_SIZE,
 };
 

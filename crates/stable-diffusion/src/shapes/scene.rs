@@ -188,6 +188,14 @@ impl Size {
         }
     }
 
+    /// The position in [`Size::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Size::Small => 0,
+            Size::Large => 1,
+        }
+    }
+
     /// Half the shape's extent in pixels, before jitter.
     fn half_extent(self) -> f64 {
         match self {
@@ -310,6 +318,10 @@ impl Position {
     }
 }
 
+/// The number of classes of each of [`Scene::caption_labels`]' attributes (each attribute's
+/// values plus "not named").
+pub const CAPTION_CLASSES: [usize; 5] = [9, 9, 4, 3, 10];
+
 /// What one picture shows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scene {
@@ -427,6 +439,37 @@ impl Scene {
             8 => format!("{a_colour} {shape} on {a_bg} background"),
             _ => format!("{pos}: {a_size} {colour} {shape} on {bg}"),
         }
+    }
+
+    /// What `caption` (one of this scene's captions, or the empty one) names, as class indices
+    /// in the order of [`CAPTION_CLASSES`]: shape colour, background colour, shape, size,
+    /// position, each with a last class "not named".
+    pub fn caption_labels(&self, caption: &str) -> [usize; 5] {
+        let words: Vec<&str> = caption
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ':')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let named = |word: &str| words.contains(&word);
+        let or_none = |is_named: bool, index: usize, none: usize| {
+            if is_named {
+                index
+            } else {
+                none
+            }
+        };
+        let spaced = format!(" {} ", words.join(" "));
+        let position_named = self
+            .position
+            .phrases()
+            .iter()
+            .any(|p| spaced.contains(&format!(" {p} ")));
+        [
+            or_none(named(self.colour.name()), self.colour.index(), 8),
+            or_none(named(self.background.name()), self.background.index(), 8),
+            or_none(named(self.shape.name()), self.shape.index(), 3),
+            or_none(named(self.size.name()), self.size.index(), 2),
+            or_none(position_named, self.position.index(), 9),
+        ]
     }
 
     /// The centre of the shape in pixels `(x, y)`.

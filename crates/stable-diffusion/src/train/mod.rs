@@ -1,15 +1,18 @@
 //! Training a small Stable Diffusion model from scratch on the captioned shapes data set.
 //!
-//! Two stages share one output folder:
+//! Three stages share one output folder:
 //! 1. **vae**: AutoencoderKL on reconstruction (L1 + L2) plus a small KL term;
-//! 2. **diffusion**: CLIP text encoder and UNet together on the epsilon-prediction MSE over
+//! 2. **text**: the CLIP text encoder learns to keep what each caption names readable from its
+//!    output tokens (cross-entropy of linear heads on their mean; a stand-in for CLIP's
+//!    pretraining, without which position words were never learned, see `stages.rs`);
+//! 3. **diffusion**: the UNet, conditioned on the fixed text encoder, on the epsilon-prediction MSE over
 //!    SD's scaled-linear schedule (1000 steps, β 0.00085…0.012), on VAE latents scaled by
 //!    `scaling_factor = 1 / std`, with caption dropout so classifier-free guidance works,
-//!    offset and pyramid noise, and each sample's error weighted by min(1/ᾱ_t, 5) (1/ᾱ_t is
+//!    offset noise, the shape's pixels weighted more, and each sample's error weighted by min(1/ᾱ_t, 5) (1/ᾱ_t is
 //!    how v-prediction's loss weighs it): without these the caption is never learned (see
 //!    `stages.rs`).
 //!
-//! Both use AdamW with warm-up and cosine decay, gradient clipping by global norm and an EMA of
+//! All use AdamW with warm-up and cosine decay, gradient clipping by global norm and an EMA of
 //! the weights (the EMA weights are what gets exported). Every random choice (data, noise,
 //! timesteps, dropout, initial weights) derives from one seed and the step number, so a run
 //! resumed from a checkpoint continues exactly as if it had not stopped. The result is a
@@ -158,11 +161,13 @@ impl StageOptions {
 /// Which stages a run performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stages {
-    /// The VAE, then the text encoder and UNet.
+    /// The VAE, the text encoder, then the UNet.
     All,
     /// Only the VAE.
     Vae,
-    /// Only the text encoder and UNet (needs a finished VAE stage in the same folder).
+    /// Only the text encoder.
+    Text,
+    /// Only the UNet (needs finished VAE and text stages in the same folder).
     Diffusion,
 }
 
@@ -179,7 +184,9 @@ pub struct TrainOptions {
     pub stages: Stages,
     /// The VAE stage.
     pub vae: StageOptions,
-    /// The text encoder + UNet stage.
+    /// The text encoder stage.
+    pub text: StageOptions,
+    /// The UNet stage.
     pub diffusion: StageOptions,
     /// EMA decay (with warm-up).
     pub ema_decay: f64,
@@ -228,6 +235,12 @@ impl TrainOptions {
                 learning_rate: 1e-3,
                 warmup_steps: 100,
             },
+            text: StageOptions {
+                steps: 1500,
+                batch_size: 64,
+                learning_rate: 1e-3,
+                warmup_steps: 100,
+            },
             diffusion: StageOptions {
                 steps: 4000,
                 batch_size: 16,
@@ -239,9 +252,9 @@ impl TrainOptions {
             kl_weight: 1e-4,
             caption_dropout: 0.1,
             offset_noise: 0.2,
-            pyramid_noise: 0.7,
+            pyramid_noise: 0.0,
             high_noise_fraction: 0.0,
-            foreground_weight: 0.0,
+            foreground_weight: 10.0,
             checkpoint_every: 100,
             sample_every: 500,
             resume: false,
@@ -250,7 +263,11 @@ impl TrainOptions {
 
     /// Checks the settings, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        for (name, stage) in [("vae", &self.vae), ("diffusion", &self.diffusion)] {
+        for (name, stage) in [
+            ("vae", &self.vae),
+            ("text", &self.text),
+            ("diffusion", &self.diffusion),
+        ] {
             if stage.batch_size == 0 {
                 return Err(Error::invalid(
                     "training settings",
@@ -362,7 +379,7 @@ impl TrainOptions {
 pub enum TrainEvent {
     /// A stage begins (or resumes) at `step` of `total`.
     StageStarted {
-        /// `vae` or `diffusion`.
+        /// `vae`, `text` or `diffusion`.
         stage: &'static str,
         /// Steps already done.
         step: usize,
@@ -371,12 +388,12 @@ pub enum TrainEvent {
     },
     /// A stage was already finished by an earlier run and is skipped.
     StageSkipped {
-        /// `vae` or `diffusion`.
+        /// `vae`, `text` or `diffusion`.
         stage: &'static str,
     },
     /// One optimizer step finished.
     Step {
-        /// `vae` or `diffusion`.
+        /// `vae`, `text` or `diffusion`.
         stage: &'static str,
         /// Steps done (1-based).
         step: usize,

@@ -12,7 +12,9 @@ use super::{export, init, step_seed, StageOptions, Stages, TrainEvent, TrainOpti
 use crate::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
 use crate::rng::{NoiseSource, TorchCpuRng};
 use crate::scheduler::{BetaSchedule, NoiseSchedule};
-use crate::shapes::{coverage_to_tensor, scenes_to_tensor, Dataset, Scene, SplitMix64, IMAGE_SIZE};
+use crate::shapes::{
+    coverage_to_tensor, scenes_to_tensor, Dataset, Scene, SplitMix64, CAPTION_CLASSES, IMAGE_SIZE,
+};
 use crate::text_encoder::{ClipTextModel, HiddenLayer};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
 use crate::unet::UNet2DConditionModel;
@@ -21,6 +23,7 @@ use crate::{Error, Result};
 
 /// Stage names, as used in file names and events.
 const VAE: &str = "vae";
+const TEXT: &str = "text";
 const DIFFUSION: &str = "diffusion";
 /// Images used to measure the latents' standard deviation.
 const SCALING_IMAGES: usize = 256;
@@ -104,6 +107,9 @@ fn run_stages(
 ) -> Result<PathBuf> {
     if matches!(options.stages, Stages::All | Stages::Vae) {
         train_vae(options, events)?;
+    }
+    if matches!(options.stages, Stages::All | Stages::Text) {
+        train_text(options, events)?;
     }
     if matches!(options.stages, Stages::All | Stages::Diffusion) {
         train_diffusion(options, events)?;
@@ -352,30 +358,123 @@ fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Contr
     )
 }
 
-/// The VAE weights (EMA) of the finished VAE stage, without the `vae.` prefix.
-fn finished_vae(options: &TrainOptions) -> Result<HashMap<String, Tensor>> {
-    let (tensors_path, info_path) = checkpoint::checkpoint_paths(&options.out_dir, VAE);
+/// The EMA weights under `prefix` (removed) of the finished stage `stage`.
+fn finished_stage(
+    options: &TrainOptions,
+    stage: &str,
+    prefix: &str,
+) -> Result<HashMap<String, Tensor>> {
+    let (tensors_path, info_path) = checkpoint::checkpoint_paths(&options.out_dir, stage);
     if !info_path.exists() {
         return Err(Error::NotFound {
-            what: "VAE stage checkpoint (run the vae stage first)",
+            what: if stage == VAE {
+                "VAE stage checkpoint (run the vae stage first)"
+            } else {
+                "text stage checkpoint (run the text stage first)"
+            },
             path: info_path,
         });
     }
     let info = checkpoint::read_info(&info_path)?;
     if info.step < info.total_steps {
         return Err(Error::invalid(
-            "VAE stage",
+            "training stages",
             format!(
-                "the VAE stage stopped at step {} of {}; resume it first",
+                "the {stage} stage stopped at step {} of {}; resume it first",
                 info.step, info.total_steps
             ),
         ));
     }
     let tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)?;
+    let prefix = format!("ema/{prefix}");
     Ok(tensors
         .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("ema/vae.").map(|n| (n.to_string(), v)))
+        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|n| (n.to_string(), v)))
         .collect())
+}
+
+/// The text stage: the CLIP text encoder learns to keep every attribute a caption names
+/// readable from its output, before the UNet ever sees it.
+///
+/// Why: trained only through the UNet's ε loss (together with it, from scratch), the text
+/// encoder kept the colours apart but let the position phrases collapse (their contexts moved
+/// 0.05 relative to each other, the padding tokens attended to the start token), so the UNet
+/// never learned positions from text, while it learned them in 1000 steps from a strong, free
+/// signal (a class table, or a table row as the whole context). Real SD gets such features from
+/// CLIP's pretraining on images and captions; this stage is that pretraining in miniature: linear
+/// heads read the mean of all 77 output tokens (padding included, so the padding that the UNet
+/// attends to carries the whole caption) and are trained with cross-entropy on the caption's
+/// colour, background, shape, size and position (each with a class "not named"). The heads are
+/// discarded; the diffusion stage keeps the text encoder fixed.
+fn train_text(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Control) -> Result<()> {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let text_encoder = ClipTextModel::new(vb.pp("text_encoder"), &options.model.text)?;
+    let classes: usize = CAPTION_CLASSES.iter().sum();
+    let width = options.model.text.hidden_size;
+    let heads_weight = vb.pp("heads").get((classes, width), "weight")?;
+    let heads_bias = vb.pp("heads").get(classes, "bias")?;
+    let (mut trainable, info) = prepare(options, TEXT, &varmap, options.seed ^ 0x7465_7874)?;
+    if info.step >= options.text.steps && info.total_steps == options.text.steps {
+        events(TrainEvent::StageSkipped { stage: TEXT });
+        return Ok(());
+    }
+    let data = Dataset::new(options.seed ^ 0x0074_6578);
+    let tokenizer = ClipTokenizer::embedded()?;
+    let batch = options.text.batch_size;
+    let seed = options.seed;
+    let dropout = options.caption_dropout;
+    let mut loss_at = |step: usize| -> Result<Tensor> {
+        let (scenes, captions) = data.items((step * batch) as u64, batch);
+        let mut choices = SplitMix64::new(step_seed(seed, 4, step));
+        let mut ids = Vec::with_capacity(batch * 77);
+        let mut targets = vec![0f32; batch * classes];
+        for (n, (scene, caption)) in scenes.iter().zip(&captions).enumerate() {
+            let text = if choices.unit() < dropout {
+                ""
+            } else {
+                caption.as_str()
+            };
+            ids.extend(tokenizer.encode_padded(text, 77, PadStyle::EndOfText)?);
+            let mut start = 0;
+            for (label, count) in scene.caption_labels(text).iter().zip(CAPTION_CLASSES) {
+                targets[n * classes + start + label] = 1.0;
+                start += count;
+            }
+        }
+        let ids = Tensor::from_vec(ids, (batch, 77), &device)?;
+        let hidden = text_encoder.forward(&ids, HiddenLayer::LAST)?.hidden;
+        let logits = hidden
+            .mean(1)?
+            .matmul(&heads_weight.t()?)?
+            .broadcast_add(&heads_bias)?;
+        let targets = Tensor::from_vec(targets, (batch, classes), &device)?;
+        let mut loss = Tensor::zeros((), DType::F32, &device)?;
+        let mut start = 0;
+        for count in CAPTION_CLASSES {
+            let part = logits.narrow(1, start, count)?;
+            let max = part.max_keepdim(1)?.detach();
+            let shifted = part.broadcast_sub(&max)?;
+            let log_sum = shifted.exp()?.sum_keepdim(1)?.log()?;
+            let log_probs = shifted.broadcast_sub(&log_sum)?;
+            let picked = (log_probs * targets.narrow(1, start, count)?)?.sum_all()?;
+            loss = (loss - (picked / batch as f64)?)?;
+            start += count;
+        }
+        Ok(loss)
+    };
+    let mut sample = |_step: usize, _t: &Trainable| -> Result<Option<TrainEvent>> { Ok(None) };
+    run_loop(
+        options,
+        TEXT,
+        &options.text,
+        &mut trainable,
+        info,
+        &mut loss_at,
+        &mut sample,
+        events,
+    )
 }
 
 /// `1 / std` of VAE latent samples over [`SCALING_IMAGES`] training images.
@@ -404,14 +503,18 @@ fn train_diffusion(
     events: &mut dyn FnMut(TrainEvent) -> Control,
 ) -> Result<()> {
     let device = Device::Cpu;
-    let vae_weights = finished_vae(options)?;
+    let vae_weights = finished_stage(options, VAE, "vae.")?;
+    let text_weights = finished_stage(options, TEXT, "text_encoder.")?;
     let vae = AutoencoderKL::new(
         VarBuilder::from_tensors(vae_weights.clone(), DType::F32, &device),
         &options.model.vae,
     )?;
+    let text_encoder = ClipTextModel::new(
+        VarBuilder::from_tensors(text_weights.clone(), DType::F32, &device),
+        &options.model.text,
+    )?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let text_encoder = ClipTextModel::new(vb.pp("text_encoder"), &options.model.text)?;
     let unet = UNet2DConditionModel::new(vb.pp("unet"), &options.model.unet)?;
     let (mut trainable, mut info) =
         prepare(options, DIFFUSION, &varmap, options.seed ^ 0x756e_6574)?;
@@ -491,7 +594,11 @@ fn train_diffusion(
             weights.push((weight_of(alpha_bar) / mean_weight) as f32);
         }
         let ids = Tensor::from_vec(ids, (batch, 77), &device)?;
-        let context = text_encoder.forward(&ids, HiddenLayer::LAST)?.hidden;
+        // The text encoder is fixed here: no graph for it.
+        crate::nn::set_differentiable(false);
+        let context = text_encoder.forward(&ids, HiddenLayer::LAST);
+        crate::nn::set_differentiable(true);
+        let context = context?.hidden;
         let noise = noise_rng.randn(latents.dims(), &device)?;
         let noise = if offset_noise > 0.0 {
             let (b, c) = (latents.dim(0)?, latents.dim(1)?);
@@ -532,7 +639,7 @@ fn train_diffusion(
             &model_dir,
             &model_config,
             scaling,
-            &trainable.ema_with_prefix("text_encoder."),
+            &text_weights,
             &trainable.ema_with_prefix("unet."),
             &vae_weights,
         )?;
