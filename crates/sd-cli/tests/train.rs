@@ -76,12 +76,18 @@ fn train_help_states_the_presets_actual_defaults() {
     };
     assert_eq!(default_of("vae-steps"), preset.vae.steps.to_string());
     assert_eq!(default_of("vae-batch"), preset.vae.batch_size.to_string());
+    assert_eq!(default_of("text-steps"), preset.text.steps.to_string());
+    assert_eq!(default_of("text-batch"), preset.text.batch_size.to_string());
     assert_eq!(default_of("steps"), preset.diffusion.steps.to_string());
     assert_eq!(default_of("batch"), preset.diffusion.batch_size.to_string());
     assert_eq!(default_of("offset-noise"), preset.offset_noise.to_string());
     assert_eq!(
         default_of("pyramid-noise"),
         preset.pyramid_noise.to_string()
+    );
+    assert_eq!(
+        default_of("foreground-weight"),
+        preset.foreground_weight.to_string()
     );
     assert_eq!(
         default_of("checkpoint-every"),

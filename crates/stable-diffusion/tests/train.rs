@@ -202,11 +202,9 @@ fn text_stage_learns_the_caption_attributes_and_the_unet_stage_keeps_it_fixed() 
     // The exported text encoder is the text stage's (EMA) result, untouched by the UNet stage.
     let device = candle_core::Device::Cpu;
     let stage = candle_core::safetensors::load(out.join("text.safetensors"), &device).unwrap();
-    let exported = candle_core::safetensors::load(
-        out.join("model/text_encoder/model.safetensors"),
-        &device,
-    )
-    .unwrap();
+    let exported =
+        candle_core::safetensors::load(out.join("model/text_encoder/model.safetensors"), &device)
+            .unwrap();
     let mut compared = 0;
     for (name, tensor) in &exported {
         let Some(trained) = stage.get(&format!("ema/text_encoder.{name}")) else {
@@ -235,6 +233,9 @@ fn text_stage_learns_the_caption_attributes_and_the_unet_stage_keeps_it_fixed() 
         assert!(diff <= 1e-3 * scale.max(1.0), "{name}: {diff}");
         compared += 1;
     }
-    assert!(compared > 10, "only {compared} text encoder tensors compared");
+    assert!(
+        compared > 10,
+        "only {compared} text encoder tensors compared"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

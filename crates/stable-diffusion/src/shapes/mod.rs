@@ -14,8 +14,8 @@ pub use eval::{
     evaluate, evaluation_scenes, measure, Attribute, EvalOptions, EvalReport, Measured, Tally,
 };
 pub use scene::{
-    coverage_to_tensor, scenes_to_tensor, CAPTION_CLASSES, vocabulary, Colour, Dataset, Position, Scene, Shape,
-    Size, SplitMix64, IMAGE_SIZE,
+    coverage_to_tensor, scenes_to_tensor, vocabulary, Colour, Dataset, Position, Scene, Shape,
+    Size, SplitMix64, CAPTION_CLASSES, IMAGE_SIZE,
 };
 
 use std::path::PathBuf;
