@@ -44,6 +44,10 @@ pub struct TrainArgs {
     /// Peak learning rate of the VAE stage [default: 0.001].
     #[arg(long)]
     vae_lr: Option<f64>,
+    /// Extra reconstruction weight on the pixels the shape covers (1 + W x coverage) in the VAE
+    /// stage [default: 0].
+    #[arg(long)]
+    vae_foreground_weight: Option<f64>,
     /// Optimizer steps of the text encoder stage [default: 1500].
     #[arg(long)]
     text_steps: Option<usize>,
@@ -111,6 +115,9 @@ fn options_from(args: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(v) = args.vae_lr {
         options.vae.learning_rate = v;
+    }
+    if let Some(v) = args.vae_foreground_weight {
+        options.vae_foreground_weight = v;
     }
     if let Some(v) = args.text_steps {
         options.text.steps = v;

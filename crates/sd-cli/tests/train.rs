@@ -86,6 +86,10 @@ fn train_help_states_the_presets_actual_defaults() {
         preset.pyramid_noise.to_string()
     );
     assert_eq!(
+        default_of("vae-foreground-weight"),
+        preset.vae_foreground_weight.to_string()
+    );
+    assert_eq!(
         default_of("foreground-weight"),
         preset.foreground_weight.to_string()
     );

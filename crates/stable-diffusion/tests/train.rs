@@ -239,3 +239,34 @@ fn text_stage_learns_the_caption_attributes_and_the_unet_stage_keeps_it_fixed() 
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn vae_foreground_weight_reweights_the_reconstruction_loss() {
+    let first_loss = |name: &str, weight: f64| -> f64 {
+        let out = scratch(name);
+        let mut options = tiny_vae_options(&out, 1);
+        options.vae_foreground_weight = weight;
+        let mut loss = None;
+        train(&options, &mut |event| {
+            if let TrainEvent::Step { loss: l, .. } = event {
+                loss = Some(l);
+            }
+            Control::Continue
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&out);
+        loss.expect("a VAE step")
+    };
+    let plain = first_loss("vfg0", 0.0);
+    let weighted = first_loss("vfg10", 10.0);
+    assert!(plain.is_finite() && weighted.is_finite());
+    // Same images, noise and initial weights: only the per-pixel weighting differs.
+    assert!(
+        (plain - weighted).abs() > 1e-6 * plain,
+        "{plain} vs {weighted}"
+    );
+    let mut options = TrainOptions::shapes(std::env::temp_dir());
+    options.vae_foreground_weight = f64::NAN;
+    let err = options.validate().unwrap_err().to_string();
+    assert!(err.contains("VAE foreground weight"), "{err}");
+}

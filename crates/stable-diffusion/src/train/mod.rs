@@ -194,6 +194,10 @@ pub struct TrainOptions {
     pub max_grad_norm: f64,
     /// Weight of the KL term of the VAE loss.
     pub kl_weight: f64,
+    /// The VAE's foreground weight: each pixel's reconstruction error is weighted by 1 + this
+    /// times the fraction of it the shape covers (normalised to mean 1 per image), so the small
+    /// shape's colour is kept as well as the background's (0: uniform).
+    pub vae_foreground_weight: f64,
     /// Fraction of captions replaced by the empty caption.
     pub caption_dropout: f64,
     /// Offset noise: each sample's noise gets an extra per-channel constant with this standard
@@ -250,6 +254,7 @@ impl TrainOptions {
             ema_decay: 0.999,
             max_grad_norm: 1.0,
             kl_weight: 1e-4,
+            vae_foreground_weight: 0.0,
             caption_dropout: 0.1,
             offset_noise: 0.2,
             pyramid_noise: 0.0,
@@ -332,14 +337,16 @@ impl TrainOptions {
                 ),
             ));
         }
-        if !(self.foreground_weight >= 0.0 && self.foreground_weight.is_finite()) {
-            return Err(Error::invalid(
-                "training settings",
-                format!(
-                    "the foreground weight must be a finite number ≥ 0, got {}",
-                    self.foreground_weight
-                ),
-            ));
+        for (name, value) in [
+            ("foreground weight", self.foreground_weight),
+            ("VAE foreground weight", self.vae_foreground_weight),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(Error::invalid(
+                    "training settings",
+                    format!("the {name} must be a finite number ≥ 0, got {value}"),
+                ));
+            }
         }
         if self.max_grad_norm < 0.0 || self.kl_weight < 0.0 {
             return Err(Error::invalid(

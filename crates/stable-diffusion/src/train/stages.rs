@@ -317,17 +317,26 @@ fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Contr
     let data = Dataset::new(options.seed ^ 0x0076_6165);
     let batch = options.vae.batch_size;
     let kl_weight = options.kl_weight;
+    let foreground = options.vae_foreground_weight;
     let seed = options.seed;
     let mut loss_at = |step: usize| -> Result<Tensor> {
-        let (images, _) = data.batch((step * batch) as u64, batch, &device)?;
+        let (scenes, _) = data.items((step * batch) as u64, batch);
+        let images = scenes_to_tensor(&scenes, &device)?;
         let posterior = vae.encode(&images)?;
         let mut rng = TorchCpuRng::new(step_seed(seed, 1, step));
         let noise = rng.randn(posterior.mean.dims(), &device)?;
         let z = posterior.sample_with_noise(&noise)?;
         let recon = vae.decode(&z)?;
         let diff = (recon - &images)?;
-        let l1 = diff.abs()?.mean_all()?;
-        let l2 = diff.sqr()?.mean_all()?;
+        let (l1, l2) = if foreground > 0.0 {
+            let weights = foreground_weights(&scenes, 1, foreground, &device)?;
+            (
+                diff.abs()?.broadcast_mul(&weights)?.mean_all()?,
+                diff.sqr()?.broadcast_mul(&weights)?.mean_all()?,
+            )
+        } else {
+            (diff.abs()?.mean_all()?, diff.sqr()?.mean_all()?)
+        };
         let kl = ((posterior.mean.sqr()? + posterior.logvar.exp()?)? - 1.0)?;
         let kl = ((kl - &posterior.logvar)?.mean_all()? * 0.5)?;
         Ok(((l1 + l2)? + (kl * kl_weight)?)?)
@@ -619,11 +628,7 @@ fn train_diffusion(
         let error = (prediction - noise)?.sqr()?;
         let error = if foreground > 0.0 {
             let factor = IMAGE_SIZE / latents.dim(3)?;
-            let cover = coverage_to_tensor(&scenes, factor, &device)?;
-            let pixel_weights = ((cover * foreground)? + 1.0)?;
-            let pixel_weights =
-                pixel_weights.broadcast_div(&pixel_weights.mean_keepdim((2, 3))?)?;
-            error.broadcast_mul(&pixel_weights)?
+            error.broadcast_mul(&foreground_weights(&scenes, factor, foreground, &device)?)?
         } else {
             error
         };
@@ -660,6 +665,18 @@ fn train_diffusion(
         path: super::model_dir(&options.out_dir),
     });
     Ok(())
+}
+
+/// Per-pixel loss weights `(n, 1, 64 / factor, 64 / factor)`: 1 + `weight` times the fraction of
+/// each `factor x factor` cell the scene's shape covers, normalised to mean 1 per image.
+fn foreground_weights(
+    scenes: &[Scene],
+    factor: usize,
+    weight: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let weights = ((coverage_to_tensor(scenes, factor, device)? * weight)? + 1.0)?;
+    Ok(weights.broadcast_div(&weights.mean_keepdim((2, 3))?)?)
 }
 
 /// Low-frequency noise of shape `dims` (`b, c, h, w`): white noise drawn at `h/2 x w/2`,
