@@ -32,7 +32,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// List every sampler and sigma schedule with a one-line description.
     Samplers,
-    /// Train the small shapes model from scratch (VAE, then text encoder + UNet).
+    /// Train the small shapes model from scratch (VAE, text encoder, then UNet).
     Train(Box<train::TrainArgs>),
     /// Score a model on shapes captions: colours, position, size and shape read from pixels.
     Eval(train::EvalArgs),
