@@ -1,5 +1,7 @@
 //! The trainer: settings validation, checkpoints and exact resumption (tiny model, few steps).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use stable_diffusion::pipeline::Control;
@@ -210,26 +212,8 @@ fn text_stage_learns_the_caption_attributes_and_the_unet_stage_keeps_it_fixed() 
         let Some(trained) = stage.get(&format!("ema/text_encoder.{name}")) else {
             continue;
         };
-        let a = tensor.to_dtype(candle_core::DType::F32).unwrap();
-        let diff = (a - trained)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = trained
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = common::max_abs_diff(tensor, trained);
+        let scale = common::max_abs(trained);
         assert!(diff <= 1e-3 * scale.max(1.0), "{name}: {diff}");
         compared += 1;
     }
