@@ -118,6 +118,26 @@ fn resuming_a_checkpoint_of_another_shape_is_an_error() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// Runs `options` (writing to `out`, removed afterwards) and returns the last loss `stage`
+/// reported.
+fn last_loss(options: &TrainOptions, out: &Path, stage: &str) -> f64 {
+    let mut loss = None;
+    train(options, &mut |event| {
+        if let TrainEvent::Step {
+            stage: s, loss: l, ..
+        } = event
+        {
+            if s == stage {
+                loss = Some(l);
+            }
+        }
+        Control::Continue
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(out);
+    loss.unwrap_or_else(|| panic!("no {stage} step"))
+}
+
 /// The diffusion stage's first loss with `foreground_weight`.
 fn first_diffusion_loss(name: &str, foreground_weight: f64) -> f64 {
     let out = scratch(name);
@@ -127,21 +147,7 @@ fn first_diffusion_loss(name: &str, foreground_weight: f64) -> f64 {
     options.diffusion.batch_size = 2;
     options.diffusion.warmup_steps = 1;
     options.foreground_weight = foreground_weight;
-    let mut loss = None;
-    train(&options, &mut |event| {
-        if let TrainEvent::Step {
-            stage: "diffusion",
-            loss: l,
-            ..
-        } = event
-        {
-            loss = Some(l);
-        }
-        Control::Continue
-    })
-    .unwrap();
-    let _ = std::fs::remove_dir_all(&out);
-    loss.expect("a diffusion step")
+    last_loss(&options, &out, "diffusion")
 }
 
 #[test]
@@ -230,16 +236,7 @@ fn vae_foreground_weight_reweights_the_reconstruction_loss() {
         let out = scratch(name);
         let mut options = tiny_vae_options(&out, 1);
         options.vae_foreground_weight = weight;
-        let mut loss = None;
-        train(&options, &mut |event| {
-            if let TrainEvent::Step { loss: l, .. } = event {
-                loss = Some(l);
-            }
-            Control::Continue
-        })
-        .unwrap();
-        let _ = std::fs::remove_dir_all(&out);
-        loss.expect("a VAE step")
+        last_loss(&options, &out, "vae")
     };
     let plain = first_loss("vfg0", 0.0);
     let weighted = first_loss("vfg10", 10.0);
