@@ -45,7 +45,7 @@ pub struct TrainArgs {
     #[arg(long)]
     vae_lr: Option<f64>,
     /// Extra reconstruction weight on the pixels the shape covers (1 + W x coverage) in the VAE
-    /// stage [default: 0].
+    /// stage [default: 10].
     #[arg(long)]
     vae_foreground_weight: Option<f64>,
     /// Optimizer steps of the text encoder stage [default: 1500].

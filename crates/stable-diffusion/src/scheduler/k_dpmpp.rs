@@ -39,10 +39,6 @@ impl KDpmPp2M {
 }
 
 impl KAlgorithm for KDpmPp2M {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],
@@ -243,10 +239,6 @@ impl KDpmPp2MSde {
 }
 
 impl KAlgorithm for KDpmPp2MSde {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],
@@ -312,10 +304,6 @@ impl KDpmPp3MSde {
 }
 
 impl KAlgorithm for KDpmPp3MSde {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],

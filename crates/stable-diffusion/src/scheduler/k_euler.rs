@@ -52,10 +52,6 @@ pub(crate) struct KEulerAncestral {
 }
 
 impl KAlgorithm for KEulerAncestral {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],

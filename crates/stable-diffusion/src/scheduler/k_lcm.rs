@@ -29,10 +29,6 @@ pub(crate) struct KLcm {
 }
 
 impl KAlgorithm for KLcm {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],

@@ -65,10 +65,6 @@ impl KLms {
 }
 
 impl KAlgorithm for KLms {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],
@@ -116,10 +112,6 @@ impl KIpndm {
 }
 
 impl KAlgorithm for KIpndm {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
     fn advance(
         &mut self,
         sigmas: &[f32],

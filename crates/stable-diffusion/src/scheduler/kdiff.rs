@@ -136,8 +136,11 @@ impl Default for Churn {
 /// One k-diffusion sampling algorithm, fed one denoised prediction at a time. `sigmas` is the
 /// run's sigma list (for img2img, the part from the start); `i` indexes its steps.
 pub(crate) trait KAlgorithm: Send {
-    /// The sigmas at which step `i` evaluates the model, in order.
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32>;
+    /// The sigmas at which step `i` evaluates the model, in order (by default one evaluation,
+    /// at the step's own sigma).
+    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
+        vec![sigmas[i]]
+    }
 
     /// Called before the first evaluation of step `i`; may change the sample (churn).
     fn begin_step(

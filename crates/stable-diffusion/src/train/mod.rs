@@ -254,7 +254,7 @@ impl TrainOptions {
             ema_decay: 0.999,
             max_grad_norm: 1.0,
             kl_weight: 1e-4,
-            vae_foreground_weight: 0.0,
+            vae_foreground_weight: 10.0,
             caption_dropout: 0.1,
             offset_noise: 0.2,
             pyramid_noise: 0.0,
