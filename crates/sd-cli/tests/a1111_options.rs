@@ -4,22 +4,14 @@
 //! vectors from `.safetensors`, and "TI hashes" names it with A1111's short hash: the first 12
 //! hex digits of the file's SHA-256), and `--hires-upscaler latent` re-made from its PNG.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::path::Path;
 
-fn sd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{assert_success, fixtures, rgb, scratch, sd, sd_command, tiny_model};
 
 fn generate(output: &Path, args: &[&str]) {
-    let model = fixtures().join("models/tiny-sd15");
+    let model = tiny_model();
     let mut all = vec![
         "generate",
         "--model",
@@ -28,22 +20,7 @@ fn generate(output: &Path, args: &[&str]) {
         output.to_str().unwrap(),
     ];
     all.extend_from_slice(args);
-    let out = sd(&all);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-a1111-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rgb(path: &Path) -> image::RgbImage {
-    image::open(path).unwrap().to_rgb8()
+    assert_success(&sd(&all), &format!("{args:?}"));
 }
 
 const BASE: [&str; 12] = [
@@ -105,9 +82,9 @@ fn variation_seed_and_seed_resize_are_written_and_read_back() {
 #[test]
 fn variation_strength_without_a_variation_seed_is_a_usage_error() {
     let dir = scratch("usage");
-    let model = fixtures().join("models/tiny-sd15");
+    let model = tiny_model();
     let out_path = dir.join("x.png");
-    let out = sd(&[
+    let out = sd([
         "generate",
         "--model",
         model.to_str().unwrap(),
@@ -154,10 +131,10 @@ fn latent_hires_is_written_and_re_made_from_the_png() {
 }
 
 fn generate_with_embedding(output: &Path, embedding: &Path, prompt: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sd"))
+    let out = sd_command()
         .arg("generate")
         .arg("--model")
-        .arg(fixtures().join("models/tiny-sd15"))
+        .arg(tiny_model())
         .arg("--output")
         .arg(output)
         .arg("--embedding")
@@ -182,11 +159,7 @@ fn generate_with_embedding(output: &Path, embedding: &Path, prompt: &str) {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, prompt);
 }
 
 #[test]

@@ -1,15 +1,15 @@
 //! `sd generate` with no `--model` runs the built-in shapes model (models/shapes).
 
-use std::process::Command;
+mod common;
 
+use common::{assert_success, scratch, sd_command};
 use stable_diffusion::shapes::{measure, Colour};
 
 #[test]
 fn generate_without_a_model_draws_the_caption_with_the_shapes_model() {
-    let dir = std::env::temp_dir().join(format!("sd-cli-default-model-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("default-model");
     let out = dir.join("out.png");
-    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+    let output = sd_command()
         .args([
             "generate",
             "a red circle in the center on a blue background",
@@ -21,11 +21,7 @@ fn generate_without_a_model_draws_the_caption_with_the_shapes_model() {
         .env_remove("SD_DEFAULT_MODEL")
         .output()
         .expect("sd runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output, "sd generate");
     let image = image::open(&out).expect("a PNG was written").to_rgb8();
     assert_eq!(
         image.dimensions(),

@@ -1,24 +1,16 @@
 //! `sd generate --device` / `--dtype`: bad values are usage errors (exit 2) that name the
 //! problem, and `--device cpu` is the default.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::process::Output;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-device-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{scratch, sd_command, tiny_model};
 
 /// Runs `sd generate` on the tiny model (64×64, 2 steps) with `extra` arguments.
 fn generate(output: &std::path::Path, extra: &[&str]) -> Output {
-    let model = fixtures().join("models/tiny-sd15");
-    Command::new(env!("CARGO_BIN_EXE_sd"))
+    let model = tiny_model();
+    sd_command()
         .args(["generate", "--model", model.to_str().unwrap()])
         .args(["--prompt", "a red circle", "-W", "64", "-H", "64"])
         .args([

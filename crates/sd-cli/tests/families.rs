@@ -2,12 +2,12 @@
 //! inpainting models must give diffusers' images. The cases and reference PNGs come from
 //! tools/reference/parts/pipeline_families.py; each case names its model folder.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::{assert_images_match, assert_success, fixtures, rgb, scratch, sd_in};
 
 fn cases_dir() -> PathBuf {
     fixtures().join("pipeline_families")
@@ -17,57 +17,8 @@ fn model(name: &str) -> PathBuf {
     fixtures().join("models").join(name)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-families-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn sd(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .current_dir(cases_dir())
-        .output()
-        .expect("sd runs")
-}
-
-fn rgb(path: &Path) -> image::RgbImage {
-    image::open(path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-        .to_rgb8()
-}
-
-/// Per channel max and mean |diff| in 0..=255 units.
-fn image_diffs(actual: &Path, expected: &Path) -> Vec<(f64, f64)> {
-    let (a, b) = (rgb(actual), rgb(expected));
-    assert_eq!(
-        a.dimensions(),
-        b.dimensions(),
-        "{}: image size",
-        actual.display()
-    );
-    (0..3)
-        .map(|channel| {
-            let diffs: Vec<f64> = a
-                .pixels()
-                .zip(b.pixels())
-                .map(|(p, q)| (p.0[channel] as f64 - q.0[channel] as f64).abs())
-                .collect();
-            let max = diffs.iter().cloned().fold(0.0, f64::max);
-            (max, diffs.iter().sum::<f64>() / diffs.len() as f64)
-        })
-        .collect()
-}
-
-/// Per channel: max |diff| <= 2 of 255 and mean |diff| <= 0.02.
-fn assert_images_match(case: &str, actual: &Path, expected: &Path) {
-    for (channel, (max, mean)) in image_diffs(actual, expected).into_iter().enumerate() {
-        assert!(
-            max <= 2.0 && mean <= 0.02,
-            "{case}: channel {channel} max |diff| {max}, mean {mean:.4}"
-        );
-    }
+    sd_in(&cases_dir(), args)
 }
 
 fn case_list() -> Vec<serde_json::Value> {
@@ -106,18 +57,13 @@ fn check_cases(prefix: &str, extra: &[&str]) {
                 .map(|a| a.as_str().unwrap().to_string()),
         );
         args.extend(extra.iter().map(|s| s.to_string()));
-        let run = sd(&args);
-        assert!(
-            run.status.success(),
-            "{name}: sd failed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        assert_success(&sd(&args), name);
         for image in case["images"].as_array().unwrap() {
             let image = image.as_str().unwrap();
             let actual = dir.join(image);
             let expected = cases_dir().join(image);
-            eprintln!("{name}/{image}: {:?}", image_diffs(&actual, &expected));
-            assert_images_match(&format!("{name}/{image}"), &actual, &expected);
+            let worst = assert_images_match(&format!("{name}/{image}"), &actual, &expected);
+            eprintln!("{name}/{image}: worst channel (max, mean) |diff| {worst:?}");
         }
     }
 }
@@ -184,11 +130,7 @@ fn bf16_weights_run_and_stay_close() {
         "--output".into(),
         output.display().to_string(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     assert_eq!(
         rgb(&output).dimensions(),
         (64, 64),
@@ -274,11 +216,7 @@ fn refiner_handoff_is_written_to_the_infotext() {
         "--output".into(),
         output.display().to_string(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let info = sd(&["info".into(), output.display().to_string()]);
     let text = String::from_utf8(info.stdout).unwrap();
     assert!(

@@ -2,17 +2,14 @@
 //! match diffusers' `output_type="latent"` within 1e-3, through the public pipeline API
 //! (`StableDiffusion::load`, `Inputs`, `generate`), not the command line.
 
-use std::path::PathBuf;
+mod common;
 
+use common::fixtures;
 use stable_diffusion::candle_core::{Device, Tensor};
 use stable_diffusion::image::{image_to_tensor, load_image};
 use stable_diffusion::pipeline::{
     mask_to_tensor, Control, GenerationRequest, Inputs, LoadOptions, StableDiffusion,
 };
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 fn load(name: &str) -> StableDiffusion {
     StableDiffusion::load(

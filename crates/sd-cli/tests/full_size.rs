@@ -3,15 +3,13 @@
 //! Run: `cargo test --release -p sd-cli --test full_size -- --ignored` (needs ~8 GB of disk
 //! in the temp folder and ~16 GB of memory for SDXL).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::{fixtures, scratch, sd_in};
 use safetensors::{Dtype, View};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 /// One stored tensor: raw little-endian bytes.
 struct Stored {
@@ -86,8 +84,7 @@ fn write_random_checkpoint(manifest: &str, path: &Path) {
 }
 
 fn one_step(manifest: &str, extra: &[&str]) {
-    let dir = std::env::temp_dir().join(format!("sd-full-size-{}-{manifest}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch(manifest);
     let checkpoint = dir.join(format!("{manifest}.safetensors"));
     write_random_checkpoint(manifest, &checkpoint);
     let output = dir.join("out.png");
@@ -111,11 +108,7 @@ fn one_step(manifest: &str, extra: &[&str]) {
         output.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let run = Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(&args)
-        .current_dir(fixtures().join("pipeline_families"))
-        .output()
-        .unwrap();
+    let run = sd_in(&fixtures().join("pipeline_families"), &args);
     let ok = run.status.success() && output.is_file();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(ok, "{manifest}: {}", String::from_utf8_lossy(&run.stderr));

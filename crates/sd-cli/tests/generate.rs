@@ -1,56 +1,19 @@
 //! End-to-end: `sd generate` on the tiny SD 1.5-shaped model must give diffusers' images.
 //! The cases and the reference PNGs come from tools/reference/parts/pipeline.py.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn tiny_model() -> PathBuf {
-    fixtures().join("models/tiny-sd15")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{assert_images_match, assert_success, fixtures, scratch, sd_command, tiny_model};
 
 fn sd(args: &[&str], threads: Option<usize>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+    let mut command = sd_command();
     command.args(args).current_dir(fixtures().join("pipeline"));
     if let Some(threads) = threads {
         command.env("RAYON_NUM_THREADS", threads.to_string());
     }
     command.output().expect("sd runs")
-}
-
-fn rgb(path: &Path) -> image::RgbImage {
-    image::open(path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-        .to_rgb8()
-}
-
-/// Per channel: max |diff| <= 2 of 255 and mean |diff| <= 0.02.
-fn assert_images_match(case: &str, actual: &Path, expected: &Path) {
-    let (a, b) = (rgb(actual), rgb(expected));
-    assert_eq!(a.dimensions(), b.dimensions(), "{case}: image size");
-    for channel in 0..3 {
-        let diffs: Vec<f64> = a
-            .pixels()
-            .zip(b.pixels())
-            .map(|(p, q)| (p.0[channel] as f64 - q.0[channel] as f64).abs())
-            .collect();
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        assert!(
-            max <= 2.0 && mean <= 0.02,
-            "{case}: channel {channel} max |diff| {max}, mean {mean:.4}"
-        );
-    }
 }
 
 #[test]
@@ -79,12 +42,7 @@ fn generate_matches_diffusers_for_every_reference_case() {
                 .map(|a| a.as_str().unwrap().to_string()),
         );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = sd(&args, None);
-        assert!(
-            run.status.success(),
-            "{name}: sd failed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        assert_success(&sd(&args, None), name);
         for image in case["images"].as_array().unwrap() {
             let image = image.as_str().unwrap();
             assert_images_match(
@@ -125,11 +83,7 @@ fn same_command_gives_byte_identical_pngs_with_any_thread_count() {
             ],
             Some(threads),
         );
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        assert_success(&result, "sd");
         outputs.push(std::fs::read(&output).unwrap());
     }
     assert_eq!(outputs[0], outputs[1], "two runs with 1 thread differ");
@@ -169,11 +123,7 @@ fn png_carries_a1111_parameters_and_from_png_reruns_them() {
         ],
         None,
     );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let info = sd(&["info", first.to_str().unwrap()], None);
     assert!(info.status.success());
     let text = String::from_utf8(info.stdout).unwrap();
@@ -202,11 +152,7 @@ fn png_carries_a1111_parameters_and_from_png_reruns_them() {
         ],
         None,
     );
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    assert_success(&rerun, "sd");
     assert_eq!(
         std::fs::read(&first).unwrap(),
         std::fs::read(&second).unwrap()
@@ -239,11 +185,7 @@ fn batch_writes_numbered_files_beside_the_output() {
         ],
         None,
     );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     assert!(
         !output.exists(),
         "a batch must not write the plain output path"
@@ -335,7 +277,7 @@ fn tokenize_prints_untruncated_ids_as_json() {
 fn ctrl_c_stops_the_run_and_leaves_no_png() {
     let dir = scratch("interrupt");
     let output = dir.join("interrupted.png");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
+    let mut child = sd_command()
         .args([
             "generate",
             "--model",

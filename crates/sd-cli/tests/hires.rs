@@ -1,18 +1,17 @@
 //! Hires fix: `sd generate --hires-scale` makes the enlarged image, and it equals running
 //! img2img by hand on the Lanczos-enlarged first pass. Also `--rng cuda` end to end.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::path::Path;
+
+use common::{assert_success, scratch, sd_command, tiny_model};
 
 fn sd(args: &[&str], output: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sd"))
+    let out = sd_command()
         .arg("generate")
         .arg("--model")
-        .arg(fixtures().join("models/tiny-sd15"))
+        .arg(tiny_model())
         .arg("--output")
         .arg(output)
         .args([
@@ -26,18 +25,7 @@ fn sd(args: &[&str], output: &Path) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-cli-hires-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    assert_success(&out, &format!("{args:?}"))
 }
 
 #[test]

@@ -1,30 +1,20 @@
 //! `sd inspect`: single files and folders, text and JSON, and refusals of bad files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{assert_success, fixtures, sd};
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(rel)
-}
-
-fn sd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .output()
-        .expect("sd runs")
+    fixtures().join(rel)
 }
 
 fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["inspect", path.to_str().unwrap(), "--json"];
     args.extend_from_slice(extra);
     let out = sd(&args);
-    assert!(
-        out.status.success(),
-        "sd inspect failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "sd inspect");
     serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
 }
 
@@ -84,7 +74,7 @@ fn inspect_overrides_family_and_prediction() {
 
 #[test]
 fn inspect_text_output_names_family_and_components() {
-    let out = sd(&[
+    let out = sd([
         "inspect",
         fixture("single_file/tiny_sdxl.safetensors")
             .to_str()
@@ -99,7 +89,7 @@ fn inspect_text_output_names_family_and_components() {
 
 #[test]
 fn inspect_refuses_a_pickle_that_runs_code() {
-    let out = sd(&[
+    let out = sd([
         "inspect",
         fixture("single_file/malicious_os_system.ckpt")
             .to_str()
@@ -113,9 +103,9 @@ fn inspect_refuses_a_pickle_that_runs_code() {
 
 #[test]
 fn inspect_of_a_missing_path_or_bad_family_is_a_usage_error() {
-    let out = sd(&["inspect", "/nonexistent/model.safetensors"]);
+    let out = sd(["inspect", "/nonexistent/model.safetensors"]);
     assert_eq!(out.status.code(), Some(2));
-    let out = sd(&[
+    let out = sd([
         "inspect",
         fixture("single_file/tiny_sd15.safetensors")
             .to_str()

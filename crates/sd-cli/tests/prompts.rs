@@ -1,68 +1,27 @@
 //! Prompt control end to end: `--clip-skip` and `--embedding` against diffusers' images
 //! (tools/reference/parts/prompts.py), and `--prompt-syntax a1111` on a long weighted prompt.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::path::Path;
+use std::process::Output;
 
-fn tiny_model() -> String {
-    fixtures().join("models/tiny-sd15").display().to_string()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-prompts-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{assert_success, channel_diffs, fixtures, rgb, scratch, sd_in, tiny_model};
 
 fn sd(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .current_dir(fixtures().join("prompts"))
-        .output()
-        .expect("sd runs")
-}
-
-fn rgb(path: &Path) -> image::RgbImage {
-    image::open(path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-        .to_rgb8()
-}
-
-/// Per channel (max |diff|, mean |diff|) in 0..255 units.
-fn channel_diffs(a: &image::RgbImage, b: &image::RgbImage) -> [(f64, f64); 3] {
-    assert_eq!(a.dimensions(), b.dimensions());
-    std::array::from_fn(|channel| {
-        let diffs: Vec<f64> = a
-            .pixels()
-            .zip(b.pixels())
-            .map(|(p, q)| (p.0[channel] as f64 - q.0[channel] as f64).abs())
-            .collect();
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        (max, diffs.iter().sum::<f64>() / diffs.len() as f64)
-    })
+    sd_in(&fixtures().join("prompts"), args)
 }
 
 fn generate(output: &Path, args: &[String]) {
     let mut all: Vec<String> = vec![
         "generate".into(),
         "--model".into(),
-        tiny_model(),
+        tiny_model().display().to_string(),
         "--output".into(),
         output.display().to_string(),
     ];
     all.extend_from_slice(args);
-    let run = sd(&all);
-    assert!(
-        run.status.success(),
-        "{:?}: {}",
-        args,
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&sd(&all), &format!("{args:?}"));
 }
 
 #[test]
@@ -165,7 +124,7 @@ fn long_weighted_a1111_prompt_runs_and_differs_from_plain() {
     let mut all: Vec<String> = vec![
         "generate".into(),
         "--model".into(),
-        tiny_model(),
+        tiny_model().display().to_string(),
         "--output".into(),
         bad.display().to_string(),
     ];

@@ -3,59 +3,14 @@
 //! its A1111 sampler name and compared with the reference PNG; plus `sd samplers` and the
 //! errors for nonsense combinations.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::process::Output;
 
-fn tiny_model() -> PathBuf {
-    fixtures().join("models/tiny-sd15")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-samplers-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{assert_images_match, assert_success, fixtures, rgb, scratch, sd_in, tiny_model};
 
 fn sd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .current_dir(fixtures().join("pipeline_samplers"))
-        .output()
-        .expect("sd runs")
-}
-
-fn rgb(path: &Path) -> image::RgbImage {
-    image::open(path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-        .to_rgb8()
-}
-
-/// Per channel: max |diff| <= 2/255 and mean |diff| <= 0.02 (in 0..255 units). Returns the
-/// worst (max, mean).
-fn assert_images_match(case: &str, actual: &Path, expected: &Path) -> (f64, f64) {
-    let (a, b) = (rgb(actual), rgb(expected));
-    assert_eq!(a.dimensions(), b.dimensions(), "{case}: image size");
-    let mut worst = (0.0f64, 0.0f64);
-    for channel in 0..3 {
-        let diffs: Vec<f64> = a
-            .pixels()
-            .zip(b.pixels())
-            .map(|(p, q)| (f64::from(p.0[channel]) - f64::from(q.0[channel])).abs())
-            .collect();
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        assert!(
-            max <= 2.0 && mean <= 0.02,
-            "{case}: channel {channel} max |diff| {max}, mean {mean:.4}"
-        );
-        worst = (worst.0.max(max), worst.1.max(mean));
-    }
-    worst
+    sd_in(&fixtures().join("pipeline_samplers"), args)
 }
 
 #[test]
@@ -94,12 +49,7 @@ fn run_png_cases(file: &str, min_cases: usize) -> (usize, f64, f64) {
                 .map(|a| a.as_str().unwrap().to_string()),
         );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = sd(&args);
-        assert!(
-            run.status.success(),
-            "{name}: sd failed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        assert_success(&sd(&args), name);
         let image = case["images"][0].as_str().unwrap();
         let (max, mean) = assert_images_match(
             name,
@@ -147,11 +97,7 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
         "--output",
         first.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let info = String::from_utf8(sd(&["info", first.to_str().unwrap()]).stdout).unwrap();
     assert!(
         info.contains("Sampler: DPM++ 2M SDE, Schedule type: Karras")
@@ -169,11 +115,7 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
         "--output",
         second.to_str().unwrap(),
     ]);
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    assert_success(&rerun, "sd");
     assert_eq!(
         std::fs::read(&first).unwrap(),
         std::fs::read(&second).unwrap()
@@ -200,11 +142,7 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
         "--output",
         third.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let info = String::from_utf8(sd(&["info", third.to_str().unwrap()]).stdout).unwrap();
     assert!(info.contains("Sampler flavor: diffusers"), "{info}");
     // The same request in the k-diffusion flavor gives a different image.
@@ -228,11 +166,7 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
         "--output",
         fourth.to_str().unwrap(),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     assert_ne!(rgb(&third), rgb(&fourth));
 }
 

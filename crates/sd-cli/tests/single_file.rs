@@ -1,26 +1,12 @@
 //! `sd generate` on single-file checkpoints: the same weights as a diffusers folder give the
 //! same image; detection overrides are validated.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use std::path::Path;
+use std::process::Output;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sd-single-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn sd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .output()
-        .expect("sd runs")
-}
+use common::{assert_success, fixtures, scratch, sd, sd_command};
 
 fn generate(model: &Path, extra: &[&str], output: &Path) -> Output {
     let mut args = vec![
@@ -56,18 +42,10 @@ fn single_file_and_diffusers_folder_give_identical_pixels() {
     let from_folder = dir.join("folder.png");
     let from_file = dir.join("file.png");
     let run = generate(&folder, &[], &from_folder);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let config = folder.to_str().unwrap();
     let run = generate(&file, &["--config", config], &from_file);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let a = image::open(&from_folder).unwrap().to_rgb8();
     let b = image::open(&from_file).unwrap().to_rgb8();
     assert_eq!(a.dimensions(), b.dimensions());
@@ -113,7 +91,7 @@ fn infotext_of_a_single_file_carries_a1111_model_hash() {
     let file = fixtures().join("single_file/tiny_sd15.safetensors");
     let folder = fixtures().join("models/tiny-sd15");
     let output = dir.join("hashed.png");
-    let run = Command::new(env!("CARGO_BIN_EXE_sd"))
+    let run = sd_command()
         .env("SD_CACHE_DIR", &cache)
         .args([
             "generate",
@@ -136,13 +114,9 @@ fn infotext_of_a_single_file_carries_a1111_model_hash() {
         ])
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run, "sd");
     let expected = stable_diffusion::loading::sha256_file(&file).unwrap();
-    let info = sd(&["info", output.to_str().unwrap()]);
+    let info = sd(["info", output.to_str().unwrap()]);
     let text = String::from_utf8(info.stdout).unwrap();
     assert!(
         text.contains(&format!(
@@ -179,11 +153,7 @@ fn single_vae_files_in_ldm_or_diffusers_names_replace_the_models_vae() {
     let run = |extra: &[&str], name: &str| {
         let out = dir.join(name);
         let output = generate(&folder, extra, &out);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output, "sd");
         out
     };
     // The VAE of the LDM single file (the same weights as the folder's), as A1111 users keep a
@@ -204,7 +174,7 @@ fn single_vae_files_in_ldm_or_diffusers_names_replace_the_models_vae() {
         pixels(&own) == pixels(&from_ldm),
         "the LDM-named VAE file is not the same VAE"
     );
-    let info = String::from_utf8(sd(&["info", from_ldm.to_str().unwrap()]).stdout).unwrap();
+    let info = String::from_utf8(sd(["info", from_ldm.to_str().unwrap()]).stdout).unwrap();
     assert!(info.contains("VAE: vae-ldm.safetensors"), "{info}");
     // A pickle checkpoint that holds the VAE under `first_stage_model.` (read by the
     // restricted reader) serves as a VAE file too.

@@ -1,13 +1,10 @@
 //! `sd train` and `sd eval` reject bad settings before any work starts.
 
-use std::process::{Command, Output};
+mod common;
 
-fn sd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd"))
-        .args(args)
-        .output()
-        .expect("sd runs")
-}
+use std::process::Output;
+
+use common::sd;
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -16,7 +13,7 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn train_rejects_a_zero_batch_size() {
     let out = std::env::temp_dir().join(format!("sd-cli-train-{}", std::process::id()));
-    let output = sd(&["train", "--out", out.to_str().unwrap(), "--batch", "0"]);
+    let output = sd(["train", "--out", out.to_str().unwrap(), "--batch", "0"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("batch size is 0"),
@@ -28,7 +25,7 @@ fn train_rejects_a_zero_batch_size() {
 
 #[test]
 fn train_rejects_an_output_folder_whose_parent_is_missing() {
-    let output = sd(&["train", "--out", "/no/such/parent/run"]);
+    let output = sd(["train", "--out", "/no/such/parent/run"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("/no/such/parent"),
@@ -39,10 +36,10 @@ fn train_rejects_an_output_folder_whose_parent_is_missing() {
 
 #[test]
 fn train_requires_an_output_folder_and_a_known_stage() {
-    let output = sd(&["train"]);
+    let output = sd(["train"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--out"), "{}", stderr(&output));
-    let output = sd(&["train", "--out", "/tmp/x", "--stage", "everything"]);
+    let output = sd(["train", "--out", "/tmp/x", "--stage", "everything"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("unknown stage"),
@@ -53,7 +50,7 @@ fn train_requires_an_output_folder_and_a_known_stage() {
 
 #[test]
 fn eval_rejects_a_missing_model() {
-    let output = sd(&["eval", "--model", "/no/such/model", "--count", "1"]);
+    let output = sd(["eval", "--model", "/no/such/model", "--count", "1"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("model not found"),
@@ -64,7 +61,7 @@ fn eval_rejects_a_missing_model() {
 
 #[test]
 fn train_help_states_the_presets_actual_defaults() {
-    let help = String::from_utf8(sd(&["train", "--help"]).stdout).unwrap();
+    let help = String::from_utf8(sd(["train", "--help"]).stdout).unwrap();
     let preset = stable_diffusion::train::TrainOptions::shapes("unused");
     let default_of = |flag: &str| -> String {
         let start = help
