@@ -7,7 +7,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Output;
 
-use common::{assert_images_match, assert_success, fixtures, rgb, scratch, sd_in};
+use common::{
+    assert_images_match, assert_success, case_args, fixtures, read_cases, rgb, scratch, sd_in,
+};
 
 fn cases_dir() -> PathBuf {
     fixtures().join("pipeline_families")
@@ -21,20 +23,11 @@ fn sd(args: &[String]) -> Output {
     sd_in(&cases_dir(), args)
 }
 
-fn case_list() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(cases_dir().join("cases.json")).unwrap();
-    serde_json::from_str::<serde_json::Value>(&text)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// Runs every case whose name starts with `prefix` (at least one must) plus `extra` arguments,
 /// and compares its images with diffusers'.
 fn check_cases(prefix: &str, extra: &[&str]) {
     let dir = scratch(&format!("{prefix}{}", extra.join("")));
-    let cases: Vec<_> = case_list()
+    let cases: Vec<_> = read_cases(&cases_dir().join("cases.json"))
         .into_iter()
         .filter(|c| c["name"].as_str().unwrap().starts_with(prefix))
         .collect();
@@ -42,20 +35,7 @@ fn check_cases(prefix: &str, extra: &[&str]) {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let output = dir.join(format!("{name}.png"));
-        let mut args: Vec<String> = vec![
-            "generate".into(),
-            "--model".into(),
-            model(case["model"].as_str().unwrap()).display().to_string(),
-            "--output".into(),
-            output.display().to_string(),
-        ];
-        args.extend(
-            case["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string()),
-        );
+        let mut args = case_args(&model(case["model"].as_str().unwrap()), &output, &case);
         args.extend(extra.iter().map(|s| s.to_string()));
         assert_success(&sd(&args), name);
         for image in case["images"].as_array().unwrap() {

@@ -5,7 +5,10 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{assert_images_match, assert_success, fixtures, scratch, sd_command, tiny_model};
+use common::{
+    assert_images_match, assert_success, case_args, fixtures, read_cases, scratch, sd_command,
+    tiny_model,
+};
 
 fn sd(args: &[&str], threads: Option<usize>) -> Output {
     let mut command = sd_command();
@@ -18,29 +21,13 @@ fn sd(args: &[&str], threads: Option<usize>) -> Output {
 
 #[test]
 fn generate_matches_diffusers_for_every_reference_case() {
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("pipeline/cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases = read_cases(&fixtures().join("pipeline/cases.json"));
     let dir = scratch("parity");
     let model = tiny_model();
-    for case in cases.as_array().unwrap() {
+    for case in &cases {
         let name = case["name"].as_str().unwrap();
         let output = dir.join(format!("{name}.png"));
-        let mut args: Vec<String> = vec![
-            "generate".into(),
-            "--model".into(),
-            model.display().to_string(),
-            "--output".into(),
-            output.display().to_string(),
-        ];
-        args.extend(
-            case["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string()),
-        );
+        let args = case_args(&model, &output, case);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         assert_success(&sd(&args, None), name);
         for image in case["images"].as_array().unwrap() {

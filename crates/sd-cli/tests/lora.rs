@@ -4,29 +4,19 @@
 
 mod common;
 
-use common::{assert_images_match, assert_success, fixtures, scratch, sd_command, tiny_model};
+use common::{
+    assert_images_match, assert_success, case_args, fixtures, read_cases, scratch, sd_command,
+    sd_in, tiny_model,
+};
 
 #[test]
 fn lora_generate_matches_diffusers_fused_loras() {
     let dir = scratch("lora");
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora/cases.json")).unwrap())
-            .unwrap();
-    for case in cases.as_array().unwrap() {
+    for case in &read_cases(&fixtures().join("lora/cases.json")) {
         let name = case["name"].as_str().unwrap();
         let output = dir.join(format!("{name}.png"));
-        let mut command = sd_command();
-        command
-            .current_dir(fixtures().join("lora"))
-            .arg("generate")
-            .arg("--model")
-            .arg(tiny_model())
-            .arg("--output")
-            .arg(&output);
-        for arg in case["args"].as_array().unwrap() {
-            command.arg(arg.as_str().unwrap());
-        }
-        assert_success(&command.output().unwrap(), name);
+        let args = case_args(&tiny_model(), &output, case);
+        assert_success(&sd_in(&fixtures().join("lora"), &args), name);
         let expected = fixtures()
             .join("lora")
             .join(case["image"].as_str().unwrap());

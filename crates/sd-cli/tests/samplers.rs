@@ -5,9 +5,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Output;
 
-use common::{assert_images_match, assert_success, fixtures, rgb, scratch, sd_in, tiny_model};
+use common::{
+    assert_images_match, assert_success, case_args, fixtures, read_cases, rgb, scratch, sd_in,
+    tiny_model,
+};
 
 fn sd(args: &[&str]) -> Output {
     sd_in(&fixtures().join("pipeline_samplers"), args)
@@ -22,34 +26,16 @@ fn a1111_samplers_match_k_diffusion_end_to_end() {
 /// Runs every case of a cases file through `sd generate` and compares the PNGs; returns the
 /// worst (max, mean) channel difference.
 fn run_png_cases(file: &str, min_cases: usize) -> (usize, f64, f64) {
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("pipeline_samplers").join(file)).unwrap(),
-    )
-    .unwrap();
-    let cases = cases.as_array().unwrap();
+    let cases = read_cases(&fixtures().join("pipeline_samplers").join(file));
     assert!(cases.len() >= min_cases, "only {} cases", cases.len());
     let dir = scratch(file.trim_end_matches(".json"));
     let model = tiny_model();
     let mut worst = (0.0f64, 0.0f64);
-    for case in cases {
+    for case in &cases {
         let name = case["name"].as_str().unwrap();
         let output = dir.join(format!("{name}.png"));
-        let mut args: Vec<String> = vec![
-            "generate".into(),
-            "--model".into(),
-            model.display().to_string(),
-            "--output".into(),
-            output.display().to_string(),
-        ];
-        args.extend(
-            case["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_string()),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_success(&sd(&args), name);
+        let args = case_args(&model, &output, case);
+        assert_success(&sd_in(&fixtures().join("pipeline_samplers"), &args), name);
         let image = case["images"][0].as_str().unwrap();
         let (max, mean) = assert_images_match(
             name,
@@ -72,38 +58,38 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
     let dir = scratch("infotext");
     let model = tiny_model();
     let model = model.to_str().unwrap();
+    // A red circle, 64x64, 4 steps, seed 5, with `extra` arguments, written to `output`.
+    let generate = |output: &Path, extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model, "--prompt", "a red circle"];
+        args.extend([
+            "--width", "64", "--height", "64", "--steps", "4", "--seed", "5",
+        ]);
+        args.extend(extra);
+        args.extend(["--output", output.to_str().unwrap()]);
+        assert_success(&sd(&args), &format!("{extra:?}"));
+    };
+    let info =
+        |path: &Path| String::from_utf8(sd(&["info", path.to_str().unwrap()]).stdout).unwrap();
+
     // A PNG made with A1111's name carries no flavor key and re-runs identically.
     let first = dir.join("first.png");
-    let run = sd(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "a red circle",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--steps",
-        "4",
-        "--sampler",
-        "DPM++ 2M SDE",
-        "--schedule",
-        "Karras",
-        "--seed",
-        "5",
-        "--s-noise",
-        "0.9",
-        "--output",
-        first.to_str().unwrap(),
-    ]);
-    assert_success(&run, "sd");
-    let info = String::from_utf8(sd(&["info", first.to_str().unwrap()]).stdout).unwrap();
+    generate(
+        &first,
+        &[
+            "--sampler",
+            "DPM++ 2M SDE",
+            "--schedule",
+            "Karras",
+            "--s-noise",
+            "0.9",
+        ],
+    );
+    let text = info(&first);
     assert!(
-        info.contains("Sampler: DPM++ 2M SDE, Schedule type: Karras")
-            && info.contains("Sigma noise: 0.9")
-            && !info.contains("Sampler flavor"),
-        "{info}"
+        text.contains("Sampler: DPM++ 2M SDE, Schedule type: Karras")
+            && text.contains("Sigma noise: 0.9")
+            && !text.contains("Sampler flavor"),
+        "{text}"
     );
     let second = dir.join("second.png");
     let rerun = sd(&[
@@ -115,7 +101,7 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
         "--output",
         second.to_str().unwrap(),
     ]);
-    assert_success(&rerun, "sd");
+    assert_success(&rerun, "sd --from-png");
     assert_eq!(
         std::fs::read(&first).unwrap(),
         std::fs::read(&second).unwrap()
@@ -123,50 +109,12 @@ fn a1111_infotext_reruns_with_k_diffusion_and_ours_round_trips() {
 
     // Our name with the default schedule runs diffusers and says so.
     let third = dir.join("third.png");
-    let run = sd(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "a red circle",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--steps",
-        "4",
-        "--sampler",
-        "euler",
-        "--seed",
-        "5",
-        "--output",
-        third.to_str().unwrap(),
-    ]);
-    assert_success(&run, "sd");
-    let info = String::from_utf8(sd(&["info", third.to_str().unwrap()]).stdout).unwrap();
-    assert!(info.contains("Sampler flavor: diffusers"), "{info}");
+    generate(&third, &["--sampler", "euler"]);
+    let text = info(&third);
+    assert!(text.contains("Sampler flavor: diffusers"), "{text}");
     // The same request in the k-diffusion flavor gives a different image.
     let fourth = dir.join("fourth.png");
-    let run = sd(&[
-        "generate",
-        "--model",
-        model,
-        "--prompt",
-        "a red circle",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--steps",
-        "4",
-        "--sampler",
-        "Euler",
-        "--seed",
-        "5",
-        "--output",
-        fourth.to_str().unwrap(),
-    ]);
-    assert_success(&run, "sd");
+    generate(&fourth, &["--sampler", "Euler"]);
     assert_ne!(rgb(&third), rgb(&fourth));
 }
 

@@ -96,3 +96,33 @@ pub fn assert_images_match(case: &str, actual: &Path, expected: &Path) -> (f64, 
     }
     worst
 }
+
+/// The cases of a reference `cases.json` (each with a `name`, `args` and its `images`).
+pub fn read_cases(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    match serde_json::from_str(&text).expect("cases are JSON") {
+        serde_json::Value::Array(cases) => cases,
+        other => panic!("{}: not a list of cases: {other}", path.display()),
+    }
+}
+
+/// `sd generate` arguments that run a reference `case` (its `args`) on `model`, writing to
+/// `output`.
+pub fn case_args(model: &Path, output: &Path, case: &serde_json::Value) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "generate".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--output".into(),
+        output.display().to_string(),
+    ];
+    args.extend(
+        case["args"]
+            .as_array()
+            .expect("a case has `args`")
+            .iter()
+            .map(|a| a.as_str().expect("arguments are strings").to_string()),
+    );
+    args
+}
