@@ -13,6 +13,30 @@ fn missing_first_stage() -> Error {
     Error::invalid("step", "a second evaluation came without the first")
 }
 
+/// One stage of a DPM2 step from σ `from` to σ `to` through their log midpoint: stage 0 takes
+/// the Euler step to the midpoint (straight to `to` when it is 0, a one-stage step) and keeps
+/// the start in `start`; stage 1 steps from the start to `to` with the midpoint's direction.
+fn dpm2_stage(
+    start: &mut Option<Tensor>,
+    stage: usize,
+    x: &Tensor,
+    denoised: &Tensor,
+    from: f32,
+    to: f32,
+) -> Result<Tensor> {
+    if stage == 0 {
+        let d = to_d(x, denoised, from)?;
+        if to == 0.0 {
+            return add(x, &mul(&d, to - from)?);
+        }
+        *start = Some(x.clone());
+        return add(x, &mul(&d, log_midpoint(from, to) - from)?);
+    }
+    let first = start.take().ok_or_else(missing_first_stage)?;
+    let d_2 = to_d(x, denoised, log_midpoint(from, to))?;
+    add(&first, &mul(&d_2, to - from)?)
+}
+
 /// What the first evaluation of a two-stage step leaves for the second.
 struct FirstStage {
     /// The sample at the step's start.
@@ -129,20 +153,14 @@ impl KAlgorithm for KDpm2 {
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         let sigma_hat = self.churn.sigma_hat(sigmas, i);
-        let sigma_next = sigmas[i + 1];
-        if stage == 0 {
-            let d = to_d(x, denoised, sigma_hat)?;
-            if sigma_next == 0.0 {
-                return add(x, &mul(&d, sigma_next - sigma_hat)?);
-            }
-            let sigma_mid = log_midpoint(sigma_hat, sigma_next);
-            self.start = Some(x.clone());
-            return add(x, &mul(&d, sigma_mid - sigma_hat)?);
-        }
-        let start = self.start.take().ok_or_else(missing_first_stage)?;
-        let sigma_mid = log_midpoint(sigma_hat, sigma_next);
-        let d_2 = to_d(x, denoised, sigma_mid)?;
-        add(&start, &mul(&d_2, sigma_next - sigma_hat)?)
+        dpm2_stage(
+            &mut self.start,
+            stage,
+            x,
+            denoised,
+            sigma_hat,
+            sigmas[i + 1],
+        )
     }
 
     fn reset(&mut self) {
@@ -189,19 +207,11 @@ impl KAlgorithm for KDpm2Ancestral {
     ) -> Result<Tensor> {
         let sigma = sigmas[i];
         let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigmas[i + 1], self.eta);
+        let x = dpm2_stage(&mut self.start, stage, x, denoised, sigma, sigma_down)?;
         if stage == 0 {
-            let d = to_d(x, denoised, sigma)?;
-            if sigma_down == 0.0 {
-                return add(x, &mul(&d, sigma_down - sigma)?);
-            }
-            let sigma_mid = log_midpoint(sigma, sigma_down);
-            self.start = Some(x.clone());
-            return add(x, &mul(&d, sigma_mid - sigma)?);
+            // The midpoint, or (σ_down = 0, so σ_up = 0 too) the finished sample.
+            return Ok(x);
         }
-        let start = self.start.take().ok_or_else(missing_first_stage)?;
-        let sigma_mid = log_midpoint(sigma, sigma_down);
-        let d_2 = to_d(x, denoised, sigma_mid)?;
-        let x = add(&start, &mul(&d_2, sigma_down - sigma)?)?;
         add_noise_scaled(&x, rng, self.s_noise * sigma_up)
     }
 
