@@ -2,7 +2,7 @@
 //! a prompt.
 //!
 //! Formats read (safetensors, and `torch.save` pickles `.pt`/`.bin` through the restricted
-//! reader of [`super::ckpt`], which runs no code from the file):
+//! reader of `loading::ckpt`, which runs no code from the file):
 //! - AUTOMATIC1111: `emb_params`, `(vectors, width)` or `(width)`; its `.pt` files keep the
 //!   vectors in `string_to_param` as `{"*": (vectors, width)}`;
 //! - SDXL (A1111 / kohya): `clip_l` `(vectors, 768)` for the first text encoder and `clip_g`

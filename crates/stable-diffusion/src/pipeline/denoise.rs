@@ -262,7 +262,7 @@ impl StableDiffusion {
                 inpaint::check_mask(mask, image)?;
             }
         }
-        if self.description.inpainting && inputs.mask.is_none() {
+        if self.kind.inpainting && inputs.mask.is_none() {
             return Err(Error::invalid(
                 "mask",
                 format!(
@@ -272,7 +272,7 @@ impl StableDiffusion {
             ));
         }
         if let Some(refiner) = inputs.refiner {
-            if refiner.description.inpainting {
+            if refiner.kind.inpainting {
                 return Err(Error::invalid(
                     "refiner",
                     "an inpainting model cannot be a refiner",
@@ -393,7 +393,7 @@ impl StableDiffusion {
         let full_strength = request.strength >= 1.0;
         let first = sampler.img2img_start(request.steps, request.strength)?;
         sampler.start_at(first)?;
-        let nine_channels = self.description.inpainting;
+        let nine_channels = self.kind.inpainting;
         let image_latents = if !nine_channels || !full_strength {
             Some(self.encode_image(image, batch, rng)?)
         } else {

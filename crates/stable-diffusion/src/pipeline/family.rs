@@ -3,16 +3,15 @@
 use std::collections::BTreeMap;
 
 use crate::loading::{read_json, DiffusersFolder};
-use crate::nn::Activation;
-use crate::text_encoder::ClipTextConfig;
-use crate::unet::UNetConfig;
+use crate::model_family::{DetectOptions, ModelDescription};
 use crate::{Error, Result};
 
 pub use crate::model_family::ModelFamily;
 
-/// The one description of a loaded model: its family and the options its pipeline applies.
+/// What the pipeline needs to know about a loaded model: its family and the options its
+/// conditioning applies. (The full configuration is [`ModelDescription`].)
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ModelDescription {
+pub struct ModelKind {
     /// The family.
     pub family: ModelFamily,
     /// Whether the UNet is an inpainting one (9 input channels: latents, mask, masked image).
@@ -23,7 +22,7 @@ pub struct ModelDescription {
     pub requires_aesthetics_score: bool,
 }
 
-impl ModelDescription {
+impl ModelKind {
     /// diffusers' defaults for `family`: zero negative embeddings for SDXL base, aesthetic
     /// scores for the refiner (as the published model_index.json files set them).
     pub fn for_family(family: ModelFamily, inpainting: bool) -> Self {
@@ -35,31 +34,19 @@ impl ModelDescription {
         }
     }
 
-    /// Decides the description of a diffusers folder: the family from the components present
-    /// and the text encoder's config, inpainting from the UNet's input channels, the SDXL
-    /// options from `model_index.json` (their diffusers defaults when absent).
+    /// Decides the kind of a diffusers folder: the family and inpainting as
+    /// [`ModelDescription::from_folder`] decides them (so `sd inspect` and the loader agree), the
+    /// SDXL options from `model_index.json` (their diffusers defaults when absent).
     pub fn detect(folder: &DiffusersFolder) -> Result<Self> {
-        let has_first = folder.has_component("text_encoder");
-        let has_second = folder.has_component("text_encoder_2");
-        let family = match (has_first, has_second) {
-            (true, true) => ModelFamily::Sdxl,
-            (false, true) => ModelFamily::SdxlRefiner,
-            (true, false) => {
-                let config: ClipTextConfig = folder.config("text_encoder")?;
-                match config.hidden_act {
-                    Activation::QuickGelu => ModelFamily::Sd1,
-                    _ => ModelFamily::Sd2,
-                }
-            }
-            (false, false) => {
-                return Err(Error::config(
-                    folder.root().join("model_index.json"),
-                    "no text encoder (neither `text_encoder` nor `text_encoder_2` is listed)",
-                ))
-            }
-        };
-        let unet: UNetConfig = folder.config("unet")?;
-        let inpainting = match unet.in_channels {
+        let described = ModelDescription::from_folder(folder, &DetectOptions::default())?;
+        let family = described.family;
+        if described.text_encoders.is_empty() {
+            return Err(Error::config(
+                folder.root().join("model_index.json"),
+                "no text encoder (neither `text_encoder` nor `text_encoder_2` is listed)",
+            ));
+        }
+        let inpainting = match described.unet.in_channels {
             4 => false,
             9 => true,
             other => {
@@ -70,26 +57,19 @@ impl ModelDescription {
                 })
             }
         };
-        let mut description = Self::for_family(family, inpainting);
+        let mut kind = Self::for_family(family, inpainting);
         let index: BTreeMap<String, serde_json::Value> =
             read_json(&folder.root().join("model_index.json"), "model_index.json")?;
-        if let Some(value) = index
-            .get("force_zeros_for_empty_prompt")
-            .and_then(|v| v.as_bool())
-        {
-            description.force_zeros_for_empty_prompt = value;
+        if family.is_sdxl() {
+            let flag = |key: &str| index.get(key).and_then(|v| v.as_bool());
+            if let Some(value) = flag("force_zeros_for_empty_prompt") {
+                kind.force_zeros_for_empty_prompt = value;
+            }
+            if let Some(value) = flag("requires_aesthetics_score") {
+                kind.requires_aesthetics_score = value;
+            }
         }
-        if let Some(value) = index
-            .get("requires_aesthetics_score")
-            .and_then(|v| v.as_bool())
-        {
-            description.requires_aesthetics_score = value;
-        }
-        if !family.is_sdxl() {
-            description.force_zeros_for_empty_prompt = false;
-            description.requires_aesthetics_score = false;
-        }
-        Ok(description)
+        Ok(kind)
     }
 
     /// A short human name: the family, with "inpainting" when it is one.

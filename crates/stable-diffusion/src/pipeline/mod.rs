@@ -28,7 +28,7 @@ mod variation;
 
 pub use conditioning::{Conditioning, ConditioningSchedule, PromptEmbedding, TextOptions};
 pub use denoise::Inputs;
-pub use family::{ModelDescription, ModelFamily};
+pub use family::{ModelFamily, ModelKind};
 pub use hires::{upscale_latents_bilinear, HiresFix, HiresUpscaler};
 pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};

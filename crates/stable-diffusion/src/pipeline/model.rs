@@ -1,11 +1,11 @@
-//! A loaded model: its description, text encoder(s), UNet, VAE and noise schedule, assembled
+//! A loaded model: its kind, text encoder(s), UNet, VAE and noise schedule, assembled
 //! from parts so that any source (a diffusers folder, a single-file checkpoint) can build one.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use super::family::{ModelDescription, ModelFamily};
+use super::family::{ModelFamily, ModelKind};
 use super::precision::Precision;
 use crate::loading::{
     attach_networks, open_networks, DiffusersFolder, LoraFile, LoraSpec, LoraTarget,
@@ -93,7 +93,7 @@ pub struct TextEncoderPart {
 /// Everything a [`StableDiffusion`] is made of; any loader can fill one.
 pub struct ModelParts {
     /// What the model is.
-    pub description: ModelDescription,
+    pub kind: ModelKind,
     /// The file or folder it came from (its stem is the model's name in the infotext).
     pub path: PathBuf,
     /// `text_encoder`: CLIP ViT-L (SD 1.x, SDXL) or OpenCLIP ViT-H (SD 2.x); absent for the
@@ -119,7 +119,7 @@ pub struct ModelParts {
 
 /// A loaded Stable Diffusion model, ready to generate.
 pub struct StableDiffusion {
-    pub(super) description: ModelDescription,
+    pub(super) kind: ModelKind,
     pub(super) path: PathBuf,
     pub(super) text_encoder: Option<TextEncoderPart>,
     pub(super) text_encoder_2: Option<TextEncoderPart>,
@@ -134,11 +134,11 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Assembles a model from its parts, checking that they fit the description: the text
+    /// Assembles a model from its parts, checking that they fit its kind: the text
     /// encoders the family needs (the second one with a projection), the UNet's input
     /// channels (9 for inpainting, 4 otherwise), the UNet's added conditions (SDXL only).
     pub fn from_parts(parts: ModelParts) -> Result<Self> {
-        let family = parts.description.family;
+        let family = parts.kind.family;
         let wrong = |msg: String| Err(Error::invalid("model parts", msg));
         if family.has_first_text_encoder() != parts.text_encoder.is_some() {
             return wrong(format!(
@@ -168,12 +168,12 @@ impl StableDiffusion {
             }
         }
         let unet = parts.unet.config();
-        let channels = if parts.description.inpainting { 9 } else { 4 };
+        let channels = if parts.kind.inpainting { 9 } else { 4 };
         if unet.in_channels != channels {
             return wrong(format!(
                 "the UNet takes {} input channels, a {} model {channels}",
                 unet.in_channels,
-                parts.description.name()
+                parts.kind.name()
             ));
         }
         if unet.needs_added_conditions() != family.is_sdxl() {
@@ -191,7 +191,7 @@ impl StableDiffusion {
             ));
         }
         Ok(Self {
-            description: parts.description,
+            kind: parts.kind,
             path: parts.path,
             text_encoder: parts.text_encoder,
             text_encoder_2: parts.text_encoder_2,
@@ -213,14 +213,11 @@ impl StableDiffusion {
             return Self::load_single_file(path, options);
         }
         let folder = DiffusersFolder::open(path)?;
-        let mut description = ModelDescription::detect(&folder)?;
+        let mut kind = ModelKind::detect(&folder)?;
         if let Some(family) = options.family {
-            description = ModelDescription {
-                family,
-                ..description
-            };
+            kind = ModelKind { family, ..kind };
         }
-        let family = description.family;
+        let family = kind.family;
         let variant = options.variant.as_deref();
         let precision = options.precision();
         let device = &options.device;
@@ -269,7 +266,7 @@ impl StableDiffusion {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
         Self::from_parts(ModelParts {
-            description,
+            kind,
             path: path.to_path_buf(),
             text_encoder,
             text_encoder_2,
@@ -311,7 +308,7 @@ impl StableDiffusion {
             None => checkpoint.describe().clone(),
         };
         let family = described.family;
-        let description = ModelDescription::for_family(family, described.inpainting);
+        let kind = ModelKind::for_family(family, described.inpainting);
         let precision = options.precision();
         let device = &options.device;
         let mut text_encoder = None;
@@ -361,7 +358,7 @@ impl StableDiffusion {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
         Self::from_parts(ModelParts {
-            description,
+            kind,
             path: path.to_path_buf(),
             text_encoder,
             text_encoder_2,
@@ -397,14 +394,14 @@ impl StableDiffusion {
         Ok(self)
     }
 
-    /// The model description decided at load time.
-    pub fn description(&self) -> &ModelDescription {
-        &self.description
+    /// The kind of model decided at load time.
+    pub fn kind(&self) -> &ModelKind {
+        &self.kind
     }
 
     /// The model family decided at load time.
     pub fn family(&self) -> ModelFamily {
-        self.description.family
+        self.kind.family
     }
 
     /// Where the model was loaded from.
