@@ -625,3 +625,80 @@ fn key_map_sources_split_fused_tensors_and_reshape_conv_weights() {
     let err = Error::from(vb.get((2, 2), "out_strict.weight").unwrap_err());
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }
+
+/// Copies the tiny SD 1.5 folder into `scratch` under `name`, with `edit` applied to the JSON
+/// of each config file it names (relative path).
+fn edited_tiny_model(
+    scratch: &Scratch,
+    name: &str,
+    edit: &[(&str, &dyn Fn(&mut serde_json::Value))],
+) -> PathBuf {
+    let source = common::fixture("models/tiny-sd15");
+    let root = scratch.0.join(name);
+    for entry in [
+        "model_index.json",
+        "unet",
+        "vae",
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+    ] {
+        let from = source.join(entry);
+        if from.is_file() {
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::copy(&from, root.join(entry)).unwrap();
+            continue;
+        }
+        std::fs::create_dir_all(root.join(entry)).unwrap();
+        for file in std::fs::read_dir(&from).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, root.join(entry).join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    for (rel, change) in edit {
+        let path = root.join(rel);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        change(&mut json);
+        std::fs::write(&path, json.to_string()).unwrap();
+    }
+    root
+}
+
+#[test]
+fn models_of_no_known_kind_are_clear_errors() {
+    use stable_diffusion::pipeline::{LoadOptions, ModelFamily, StableDiffusion};
+    let scratch = Scratch::new("kinds");
+    let load = |root: &Path| StableDiffusion::load(root, &LoadOptions::default());
+
+    let root = edited_tiny_model(&scratch, "plain", &[]);
+    assert_eq!(load(&root).unwrap().family(), ModelFamily::Sd1);
+
+    let five_channels = |unet: &mut serde_json::Value| unet["in_channels"] = 5.into();
+    let root = edited_tiny_model(
+        &scratch,
+        "channels",
+        &[("unet/config.json", &five_channels)],
+    );
+    let err = load(&root).err().expect("5 input channels are refused");
+    assert!(
+        matches!(&err, Error::Unsupported { what: "UNet input channels", value, .. } if value == "5"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("9 (inpainting)"), "{err}");
+
+    let no_text = |index: &mut serde_json::Value| {
+        index.as_object_mut().unwrap().remove("text_encoder");
+    };
+    let root = edited_tiny_model(&scratch, "no-text", &[("model_index.json", &no_text)]);
+    let err = load(&root)
+        .err()
+        .expect("a model without a text encoder is refused");
+    match &err {
+        Error::Config { path, msg } => {
+            assert!(path.ends_with("model_index.json"), "{err}");
+            assert!(msg.contains("no text encoder"), "{err}");
+        }
+        other => panic!("expected Config, got {other}"),
+    }
+}
