@@ -626,13 +626,12 @@ fn key_map_sources_split_fused_tensors_and_reshape_conv_weights() {
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }
 
+/// A change to one config file: its path in the model folder and what to do to its JSON.
+type ConfigEdit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value));
+
 /// Copies the tiny SD 1.5 folder into `scratch` under `name`, with `edit` applied to the JSON
 /// of each config file it names (relative path).
-fn edited_tiny_model(
-    scratch: &Scratch,
-    name: &str,
-    edit: &[(&str, &dyn Fn(&mut serde_json::Value))],
-) -> PathBuf {
+fn edited_tiny_model(scratch: &Scratch, name: &str, edit: &[ConfigEdit]) -> PathBuf {
     let source = common::fixture("models/tiny-sd15");
     let root = scratch.0.join(name);
     for entry in [
