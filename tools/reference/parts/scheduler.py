@@ -88,6 +88,41 @@ def build(sampler, schedule, config, steps):
     return sched
 
 
+def run_loop(name, sched, gen, shape, steps, strength, case, step_kwargs):
+    """The sampling loop of a pipeline with `fake_model` as the UNet: txt2img from
+    `init_noise_sigma`-scaled noise, or (with `strength`) img2img as
+    StableDiffusionImg2ImgPipeline does it: get_timesteps, then the clean latents (a stand-in for
+    the VAE posterior draw), then the noise, then add_noise at the first remaining timestep.
+    Records the start and every step's latents; adds the loop's facts to `case`."""
+    tensors = {}
+    timesteps = sched.timesteps
+    if strength is None:
+        latents = torch.randn(shape, generator=gen, dtype=torch.float32)
+        tensors[f"{name}.initial"] = latents
+        latents = latents * sched.init_noise_sigma
+        start = 0
+    else:
+        init_timestep = min(int(steps * strength), steps)
+        start = max(steps - init_timestep, 0) * sched.order
+        timesteps = sched.timesteps[start:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        original = torch.randn(shape, generator=gen, dtype=torch.float32)
+        noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+        latents = sched.add_noise(original, noise, timesteps[:1])
+        tensors[f"{name}.original"] = original
+        tensors[f"{name}.noisy"] = latents
+        case["strength"] = strength
+    case["start_step"] = start
+    for i, t in enumerate(timesteps):
+        x_in = sched.scale_model_input(latents, t)
+        eps = fake_model(x_in, t)
+        latents = sched.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        tensors[f"{name}.step{i}"] = latents
+    case["num_loop_steps"] = len(timesteps)
+    return tensors
+
+
 def run_case(name, sampler, schedule, config, steps, seed, eta=0.0, strength=None):
     sched = build(sampler, schedule, config, steps)
     gen = torch.Generator("cpu").manual_seed(seed)
@@ -104,41 +139,12 @@ def run_case(name, sampler, schedule, config, steps, seed, eta=0.0, strength=Non
     }
     if hasattr(sched, "sigmas") and sampler in ("euler", "euler_a", "dpmpp_2m"):
         case["sigmas"] = [float(s) for s in sched.sigmas]
-    tensors = {}
-    timesteps = sched.timesteps
-    if strength is None:
-        latents = torch.randn(SHAPE, generator=gen, dtype=torch.float32)
-        tensors[f"{name}.initial"] = latents
-        latents = latents * sched.init_noise_sigma
-        start = 0
-    else:
-        # img2img as StableDiffusionImg2ImgPipeline: get_timesteps, then the clean latents (a
-        # stand-in for the VAE posterior draw), then the noise, then add_noise at the first
-        # remaining timestep.
-        init_timestep = min(int(steps * strength), steps)
-        start = max(steps - init_timestep, 0) * sched.order
-        timesteps = sched.timesteps[start:]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(start)
-        original = torch.randn(SHAPE, generator=gen, dtype=torch.float32)
-        noise = torch.randn(SHAPE, generator=gen, dtype=torch.float32)
-        latents = sched.add_noise(original, noise, timesteps[:1])
-        tensors[f"{name}.original"] = original
-        tensors[f"{name}.noisy"] = latents
-        case["strength"] = strength
-    case["start_step"] = start
     extra = {}
     if sampler == "ddim":
         extra = {"eta": eta, "generator": gen}
     elif sampler in ("euler", "euler_a", "dpmpp_2m"):
         extra = {"generator": gen}
-    for i, t in enumerate(timesteps):
-        x_in = sched.scale_model_input(latents, t)
-        eps = fake_model(x_in, t)
-        latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
-        tensors[f"{name}.step{i}"] = latents
-    case["num_loop_steps"] = len(timesteps)
-    return case, tensors
+    return case, run_loop(name, sched, gen, SHAPE, steps, strength, case, extra)
 
 
 def make(root):
@@ -263,33 +269,7 @@ def run_class_case(name, sampler, schedule, config, steps, seed, strength=None, 
         # (what sd does; each increment has the same distribution).
         sched.noise_sampler = lambda sigma, sigma_next: torch.randn(
             CLASS_SHAPE, generator=gen, dtype=torch.float32)
-    tensors = {}
-    timesteps = sched.timesteps
-    if strength is None:
-        latents = torch.randn(CLASS_SHAPE, generator=gen, dtype=torch.float32)
-        tensors[f"{name}.initial"] = latents
-        latents = latents * sched.init_noise_sigma
-        start = 0
-    else:
-        init_timestep = min(int(steps * strength), steps)
-        start = max(steps - init_timestep, 0) * sched.order
-        timesteps = sched.timesteps[start:]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(start)
-        original = torch.randn(CLASS_SHAPE, generator=gen, dtype=torch.float32)
-        noise = torch.randn(CLASS_SHAPE, generator=gen, dtype=torch.float32)
-        latents = sched.add_noise(original, noise, timesteps[:1])
-        tensors[f"{name}.original"] = original
-        tensors[f"{name}.noisy"] = latents
-        case["strength"] = strength
-    case["start_step"] = start
-    for i, t in enumerate(timesteps):
-        x_in = sched.scale_model_input(latents, t)
-        eps = fake_model(x_in, t)
-        latents = sched.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-        tensors[f"{name}.step{i}"] = latents
-    case["num_loop_steps"] = len(timesteps)
-    return case, tensors
+    return case, run_loop(name, sched, gen, CLASS_SHAPE, steps, strength, case, step_kwargs)
 
 
 def make_classes(out):
