@@ -16,6 +16,17 @@ MODELS = FIXTURES / "models"
 # The width of the tiny text encoders; the tiny UNets cross-attend to it.
 TINY_TEXT_HIDDEN = 32
 
+# The request every end-to-end case starts from (a part adds its own keys and overrides).
+BASE_REQUEST = dict(
+    prompt="a red circle on a blue background",
+    negative_prompt="blurry, low quality",
+    width=64,
+    height=64,
+    steps=6,
+    cfg_scale=7.5,
+    seed=1234,
+)
+
 
 def seed_everything(seed: int) -> None:
     """Seeds every random source the reference uses."""

@@ -27,13 +27,7 @@ LONG_PROMPT = ", ".join(
 )
 
 BASE = dict(
-    prompt="a red circle on a blue background",
-    negative_prompt="blurry, low quality",
-    width=64,
-    height=64,
-    steps=6,
-    cfg_scale=7.5,
-    seed=1234,
+    common.BASE_REQUEST,
     batch_size=1,
     schedule="default",
     eta=0.0,

@@ -43,13 +43,7 @@ A1111 = {
 TIMESTEP_SAMPLERS = {"ddim", "pndm", "unipc"}
 
 BASE = dict(
-    prompt="a red circle on a blue background",
-    negative_prompt="blurry, low quality",
-    width=64,
-    height=64,
-    steps=6,
-    cfg_scale=7.5,
-    seed=1234,
+    common.BASE_REQUEST,
     schedule="default",
     options={},
 )

@@ -31,12 +31,7 @@ from parts.pipeline import init_image
 MODEL = common.MODELS / "tiny-sd15"
 
 BASE = dict(
-    prompt="a red circle on a blue background",
-    negative_prompt="blurry, low quality",
-    width=64,
-    height=64,
-    steps=6,
-    cfg_scale=7.5,
+    common.BASE_REQUEST,
     seed=4321,
     schedule="default",
     step_kwargs={},

@@ -185,13 +185,7 @@ def encode_a1111(pieces, tokenizer, text_encoder, clip_skip=1):
 
 
 BASE = dict(
-    prompt="a red circle on a blue background",
-    negative_prompt="blurry, low quality",
-    width=64,
-    height=64,
-    steps=6,
-    cfg_scale=7.5,
-    seed=1234,
+    common.BASE_REQUEST,
     sampler="euler_a",
 )
 
