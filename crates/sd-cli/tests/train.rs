@@ -1,4 +1,5 @@
-//! `sd train` and `sd eval` reject bad settings before any work starts.
+//! `sd train` and `sd eval` reject bad settings before any work starts; training gives the same
+//! weights with any thread count.
 
 mod common;
 
@@ -99,4 +100,40 @@ fn train_help_states_the_presets_actual_defaults() {
     assert_eq!(lr, preset.diffusion.learning_rate);
     let vae_lr: f64 = default_of("vae-lr").parse().unwrap();
     assert_eq!(vae_lr, preset.vae.learning_rate);
+}
+
+#[test]
+fn training_gives_byte_identical_weights_with_any_thread_count() {
+    let run = |threads: &str| {
+        let out = common::scratch(&format!("train-threads-{threads}"));
+        let output = common::sd_command()
+            .args(["train", "--out"])
+            .arg(&out)
+            .args(["--preset", "tiny", "--vae-steps", "3", "--text-steps", "3"])
+            .args([
+                "--steps",
+                "3",
+                "--vae-batch",
+                "2",
+                "--text-batch",
+                "4",
+                "--batch",
+                "2",
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("sd runs");
+        common::assert_success(&output, &format!("sd train with {threads} threads"));
+        out.join("model")
+    };
+    let (one, two) = (run("1"), run("2"));
+    for file in [
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ] {
+        let (a, b) = (std::fs::read(one.join(file)), std::fs::read(two.join(file)));
+        let (a, b) = (a.expect("1-thread weights"), b.expect("2-thread weights"));
+        assert!(a == b, "{file} differs between 1 and 2 threads");
+    }
 }
