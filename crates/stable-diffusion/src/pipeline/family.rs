@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::loading::{read_json, DiffusersFolder};
-use crate::model_family::{DetectOptions, ModelDescription};
+use crate::model_family::ModelDescription;
 use crate::{Error, Result};
 
 pub use crate::model_family::ModelFamily;
@@ -34,11 +34,10 @@ impl ModelKind {
         }
     }
 
-    /// Decides the kind of a diffusers folder: the family and inpainting as
-    /// [`ModelDescription::from_folder`] decides them (so `sd inspect` and the loader agree), the
-    /// SDXL options from `model_index.json` (their diffusers defaults when absent).
-    pub fn detect(folder: &DiffusersFolder) -> Result<Self> {
-        let described = ModelDescription::from_folder(folder, &DetectOptions::default())?;
+    /// Decides the kind of a diffusers folder from its description (made by
+    /// [`ModelDescription::from_folder`], as `sd inspect` makes it): its family and inpainting,
+    /// and the SDXL options from `model_index.json` (their diffusers defaults when absent).
+    pub fn detect(folder: &DiffusersFolder, described: &ModelDescription) -> Result<Self> {
         let family = described.family;
         if described.text_encoders.is_empty() {
             return Err(Error::config(

@@ -18,7 +18,7 @@ use crate::model_family::{
 use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::text_encoder::{ClipTextConfig, ClipTextModel};
 use crate::tokenizer::{ClipTokenizer, PadStyle};
-use crate::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
+use crate::unet::{PerBlock, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::{Error, Result};
 
@@ -213,7 +213,8 @@ impl StableDiffusion {
             return Self::load_single_file(path, options);
         }
         let folder = DiffusersFolder::open(path)?;
-        let mut kind = ModelKind::detect(&folder)?;
+        let described = FullDescription::from_folder(&folder, &DetectOptions::default())?;
+        let mut kind = ModelKind::detect(&folder, &described)?;
         if let Some(family) = options.family {
             kind = ModelKind { family, ..kind };
         }
@@ -246,7 +247,7 @@ impl StableDiffusion {
         } else {
             None
         };
-        let unet_config: UNetConfig = folder.config("unet")?;
+        let unet_config = &described.unet;
         let (unet_weights, unmatched) = attach_networks(
             folder.open_weights("unet", variant)?,
             &networks,
@@ -254,12 +255,12 @@ impl StableDiffusion {
         )?;
         lora_warnings.extend(unmatched);
         let unet =
-            UNet2DConditionModel::new(precision.var_builder(unet_weights, device), &unet_config)?;
-        let vae_config: VaeConfig = folder.config("vae")?;
-        let vae_precision = options.vae_precision(&vae_config);
+            UNet2DConditionModel::new(precision.var_builder(unet_weights, device), unet_config)?;
+        let vae_config = &described.vae;
+        let vae_precision = options.vae_precision(vae_config);
         let vae = AutoencoderKL::new(
             vae_precision.var_builder(folder.open_weights("vae", variant)?, device),
-            &vae_config,
+            vae_config,
         )?;
         let mut scheduler_config: SchedulerConfig = folder.config("scheduler")?;
         if let Some(prediction) = options.prediction {
