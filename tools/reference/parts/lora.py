@@ -19,15 +19,7 @@ from safetensors.torch import save_file
 import common
 from parts.pipeline import MODEL
 
-BASE = dict(
-    prompt="a red circle on a blue background",
-    negative_prompt="blurry",
-    width=64,
-    height=64,
-    steps=4,
-    cfg_scale=7.5,
-    seed=4321,
-)
+BASE = dict(common.BASE_REQUEST, negative_prompt="blurry", steps=4, seed=4321)
 
 UNET_MODULES = [
     "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",

@@ -88,6 +88,22 @@ def build(sampler, schedule, config, steps):
     return sched
 
 
+def case_header(name, sampler, schedule, config, steps, seed, sched, **settings):
+    """What a case records before its loop runs: how it was made (`settings` are the sampler's
+    own, e.g. eta), and the scheduler's timesteps and initial noise sigma."""
+    return {
+        "name": name,
+        "sampler": sampler,
+        "schedule": schedule,
+        "config": config,
+        "steps": steps,
+        "seed": seed,
+        **settings,
+        "timesteps": [float(t) for t in sched.timesteps],
+        "init_noise_sigma": float(sched.init_noise_sigma),
+    }
+
+
 def run_loop(name, sched, gen, shape, steps, strength, case, step_kwargs):
     """The sampling loop of a pipeline with `fake_model` as the UNet: txt2img from
     `init_noise_sigma`-scaled noise, or (with `strength`) img2img as
@@ -126,17 +142,7 @@ def run_loop(name, sched, gen, shape, steps, strength, case, step_kwargs):
 def run_case(name, sampler, schedule, config, steps, seed, eta=0.0, strength=None):
     sched = build(sampler, schedule, config, steps)
     gen = torch.Generator("cpu").manual_seed(seed)
-    case = {
-        "name": name,
-        "sampler": sampler,
-        "schedule": schedule,
-        "config": config,
-        "steps": steps,
-        "seed": seed,
-        "eta": eta,
-        "timesteps": [float(t) for t in sched.timesteps],
-        "init_noise_sigma": float(sched.init_noise_sigma),
-    }
+    case = case_header(name, sampler, schedule, config, steps, seed, sched, eta=eta)
     if hasattr(sched, "sigmas") and sampler in ("euler", "euler_a", "dpmpp_2m"):
         case["sigmas"] = [float(s) for s in sched.sigmas]
     extra = {}
@@ -250,17 +256,9 @@ def run_class_case(name, sampler, schedule, config, steps, seed, strength=None, 
     sched = cls.from_config(config, **overrides)
     sched.set_timesteps(steps)
     step_kwargs = dict(step_kwargs or {})
-    case = {
-        "name": name,
-        "sampler": sampler,
-        "schedule": schedule,
-        "config": config,
-        "steps": steps,
-        "seed": seed,
-        "options": dict(step_kwargs),
-        "timesteps": [float(t) for t in sched.timesteps],
-        "init_noise_sigma": float(sched.init_noise_sigma),
-    }
+    case = case_header(
+        name, sampler, schedule, config, steps, seed, sched, options=dict(step_kwargs)
+    )
     gen = torch.Generator("cpu").manual_seed(seed)
     if "generator" in inspect.signature(sched.step).parameters:
         step_kwargs["generator"] = gen
