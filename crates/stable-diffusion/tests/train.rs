@@ -138,6 +138,23 @@ fn last_loss(options: &TrainOptions, out: &Path, stage: &str) -> f64 {
     loss.unwrap_or_else(|| panic!("no {stage} step"))
 }
 
+/// Asserts that two losses of the same step, made from the same data, noise and initial weights
+/// with only the per-pixel weighting changed, are finite and differ.
+fn assert_weighting_changes_the_loss(plain: f64, weighted: f64) {
+    assert!(plain.is_finite() && weighted.is_finite());
+    assert!(
+        (plain - weighted).abs() > 1e-6 * plain,
+        "{plain} vs {weighted}"
+    );
+}
+
+/// The error `validate` gives for the shapes preset changed by `edit`.
+fn shapes_options_error(edit: impl FnOnce(&mut TrainOptions)) -> String {
+    let mut options = TrainOptions::shapes(std::env::temp_dir());
+    edit(&mut options);
+    options.validate().unwrap_err().to_string()
+}
+
 /// The diffusion stage's first loss with `foreground_weight`.
 fn first_diffusion_loss(name: &str, foreground_weight: f64) -> f64 {
     let out = scratch(name);
@@ -154,15 +171,8 @@ fn first_diffusion_loss(name: &str, foreground_weight: f64) -> f64 {
 fn foreground_weight_reweights_the_diffusion_loss() {
     let plain = first_diffusion_loss("fg0", 0.0);
     let weighted = first_diffusion_loss("fg10", 10.0);
-    assert!(plain.is_finite() && weighted.is_finite());
-    // Same data, noise and weights: only the per-pixel weighting differs.
-    assert!(
-        (plain - weighted).abs() > 1e-6 * plain,
-        "{plain} vs {weighted}"
-    );
-    let mut options = TrainOptions::shapes(std::env::temp_dir());
-    options.foreground_weight = -1.0;
-    let err = options.validate().unwrap_err().to_string();
+    assert_weighting_changes_the_loss(plain, weighted);
+    let err = shapes_options_error(|options| options.foreground_weight = -1.0);
     assert!(err.contains("foreground weight"), "{err}");
 }
 
@@ -240,14 +250,7 @@ fn vae_foreground_weight_reweights_the_reconstruction_loss() {
     };
     let plain = first_loss("vfg0", 0.0);
     let weighted = first_loss("vfg10", 10.0);
-    assert!(plain.is_finite() && weighted.is_finite());
-    // Same images, noise and initial weights: only the per-pixel weighting differs.
-    assert!(
-        (plain - weighted).abs() > 1e-6 * plain,
-        "{plain} vs {weighted}"
-    );
-    let mut options = TrainOptions::shapes(std::env::temp_dir());
-    options.vae_foreground_weight = f64::NAN;
-    let err = options.validate().unwrap_err().to_string();
+    assert_weighting_changes_the_loss(plain, weighted);
+    let err = shapes_options_error(|options| options.vae_foreground_weight = f64::NAN);
     assert!(err.contains("VAE foreground weight"), "{err}");
 }
