@@ -1,0 +1,255 @@
+use super::*;
+use crate::cpu::{with_level, Level};
+use crate::testutil::{assert_close, round_bf16, with_threads, Rng};
+
+struct Case {
+    batch: usize,
+    geometry: ConvGeometry,
+    height: usize,
+    width: usize,
+}
+
+/// The plain convolution in f64 plus bias, batch bias and residual, with magnitudes.
+fn reference(
+    case: &Case,
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    batch_bias: &[f32],
+    residual: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    let g = case.geometry;
+    let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+    let (h, w, k) = (case.height, case.width, g.kernel);
+    let mut want = vec![0f64; case.batch * g.out_channels * oh * ow];
+    let mut scale = vec![0f64; want.len()];
+    for b in 0..case.batch {
+        for co in 0..g.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let at = ((b * g.out_channels + co) * oh + oy) * ow + ox;
+                    let extra = bias[co] + batch_bias[b * g.out_channels + co] + residual[at];
+                    let (mut sum, mut mag) = (extra as f64, extra.abs() as f64);
+                    for ci in 0..g.in_channels {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let x = input[((b * g.in_channels + ci) * h + iy as usize) * w
+                                    + ix as usize];
+                                let wt = weight[((co * g.in_channels + ci) * k + ky) * k + kx];
+                                let t = x as f64 * wt as f64;
+                                sum += t;
+                                mag += t.abs();
+                            }
+                        }
+                    }
+                    want[at] = sum;
+                    scale[at] = mag;
+                }
+            }
+        }
+    }
+    (want, scale)
+}
+
+fn cases() -> Vec<Case> {
+    let geometry = |in_channels, out_channels, kernel, stride, padding| ConvGeometry {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+    };
+    vec![
+        Case {
+            batch: 1,
+            geometry: geometry(3, 5, 3, 1, 1),
+            height: 7,
+            width: 9,
+        },
+        Case {
+            batch: 2,
+            geometry: geometry(17, 19, 3, 1, 1),
+            height: 11,
+            width: 13,
+        },
+        Case {
+            batch: 2,
+            geometry: geometry(8, 33, 1, 1, 0),
+            height: 5,
+            width: 7,
+        },
+        Case {
+            batch: 1,
+            geometry: geometry(6, 7, 3, 2, 1),
+            height: 9,
+            width: 8,
+        },
+        Case {
+            batch: 2,
+            geometry: geometry(5, 4, 3, 2, 0),
+            height: 10,
+            width: 7,
+        },
+        Case {
+            batch: 1,
+            geometry: geometry(30, 40, 3, 1, 1),
+            height: 1,
+            width: 1,
+        },
+        Case {
+            batch: 2,
+            geometry: geometry(32, 20, 3, 1, 1),
+            height: 16,
+            width: 16,
+        },
+        Case {
+            batch: 1,
+            geometry: geometry(4, 3, 3, 1, 0),
+            height: 3,
+            width: 3,
+        },
+    ]
+}
+
+#[test]
+fn every_level_matches_the_plain_convolution() {
+    for &level in &Level::available() {
+        for (seed, case) in cases().iter().enumerate() {
+            let g = case.geometry;
+            let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+            let out_len = case.batch * g.out_channels * oh * ow;
+            let mut rng = Rng::new(seed as u64 + 100);
+            let input = rng.vec(case.batch * g.in_channels * case.height * case.width);
+            let weight = rng.vec(g.out_channels * g.depth());
+            let bias = rng.vec(g.out_channels);
+            let batch_bias = rng.vec(case.batch * g.out_channels);
+            let residual = rng.vec(out_len);
+            let packed = PackedConv::new(&weight, g, Storage::F32);
+            let (want, scale) = reference(case, &input, &weight, &bias, &batch_bias, &residual);
+            let mut out = vec![f32::NAN; out_len];
+            with_level(level, || {
+                packed.forward(
+                    &input,
+                    case.batch,
+                    case.height,
+                    case.width,
+                    Some(&bias),
+                    Some(&batch_bias),
+                    Some(&residual),
+                    &mut out,
+                )
+            });
+            assert_close(
+                &format!("{level} case {seed} {g:?}"),
+                &out,
+                &want,
+                &scale,
+                1e-6,
+            );
+            // Without the extras.
+            let zeros_c = vec![0f32; g.out_channels];
+            let zeros_b = vec![0f32; case.batch * g.out_channels];
+            let zeros_r = vec![0f32; out_len];
+            let (want, scale) = reference(case, &input, &weight, &zeros_c, &zeros_b, &zeros_r);
+            with_level(level, || {
+                packed.forward(
+                    &input,
+                    case.batch,
+                    case.height,
+                    case.width,
+                    None,
+                    None,
+                    None,
+                    &mut out,
+                )
+            });
+            assert_close(
+                &format!("{level} case {seed} plain"),
+                &out,
+                &want,
+                &scale,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_weights_convolve_as_their_rounded_values() {
+    let case = &cases()[1];
+    let g = case.geometry;
+    let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+    let mut rng = Rng::new(5);
+    let input = rng.vec(case.batch * g.in_channels * case.height * case.width);
+    let weight = rng.vec(g.out_channels * g.depth());
+    let rounded: Vec<f32> = weight.iter().map(|&w| round_bf16(w)).collect();
+    let zeros = vec![0f32; case.batch * g.out_channels * oh * ow];
+    let (want, scale) = reference(case, &input, &rounded, &zeros, &zeros, &zeros);
+    let packed = PackedConv::new(&weight, g, Storage::Bf16);
+    for &level in &Level::available() {
+        let mut out = vec![0f32; zeros.len()];
+        with_level(level, || {
+            packed.forward(
+                &input,
+                case.batch,
+                case.height,
+                case.width,
+                None,
+                None,
+                None,
+                &mut out,
+            )
+        });
+        assert_close(&format!("{level} bf16"), &out, &want, &scale, 1e-6);
+    }
+}
+
+#[test]
+fn convolution_does_not_depend_on_the_thread_count() {
+    let case = &cases()[6];
+    let g = case.geometry;
+    let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+    let mut rng = Rng::new(9);
+    let input = rng.vec(case.batch * g.in_channels * case.height * case.width);
+    let weight = rng.vec(g.out_channels * g.depth());
+    let packed = PackedConv::new(&weight, g, Storage::F32);
+    for &level in &Level::available() {
+        let run = |threads| {
+            with_threads(threads, || {
+                with_level(level, || {
+                    let mut out = vec![0f32; case.batch * g.out_channels * oh * ow];
+                    packed.forward(
+                        &input,
+                        case.batch,
+                        case.height,
+                        case.width,
+                        None,
+                        None,
+                        None,
+                        &mut out,
+                    );
+                    out
+                })
+            })
+        };
+        assert_eq!(run(1), run(2), "{level}");
+    }
+}
+
+#[test]
+fn output_size_refuses_kernels_larger_than_the_padded_input() {
+    let g = ConvGeometry {
+        in_channels: 1,
+        out_channels: 1,
+        kernel: 3,
+        stride: 1,
+        padding: 0,
+    };
+    assert_eq!(g.output_size(2, 5), None);
+    assert_eq!(g.output_size(3, 5), Some((1, 3)));
+}

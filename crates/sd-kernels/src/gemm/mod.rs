@@ -1,0 +1,289 @@
+//! Blocked GEMM, `C = A · B`, with B packed once (the weights) and A packed block by block as
+//! the product runs (activations, convolution patches, attention probabilities).
+//!
+//! Every level shares one packed layout and one blocking driver; only the micro-kernel that
+//! multiplies an `MR x KC` panel of A by a `KC x NR` panel of B differs. Each element of C sums
+//! its `K` products in the same order whatever the thread count, so results do not depend on
+//! how the work is split.
+
+mod avx2;
+mod generic;
+mod pack;
+
+pub use pack::{Element, PackedB, Storage};
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::cpu::{self, Level};
+
+/// Rows of A (and C) one micro-kernel call computes.
+pub const MR: usize = 6;
+/// Columns of B (and C) one micro-kernel call computes.
+pub const NR: usize = 16;
+/// Depth of one block of the product: a packed A panel of `MR x KC` stays in L1.
+pub const KC: usize = 256;
+/// Rows of A packed at once (a multiple of `MR`).
+pub const MC: usize = 96;
+/// Columns of C one task computes (a multiple of `NR`).
+pub const NC: usize = 256;
+
+/// Fills packed panels of the left operand A (`M x K`) for the driver.
+pub trait PackA: Sync {
+    /// Rows of A.
+    fn rows(&self) -> usize;
+    /// Columns of A (the product's depth).
+    fn depth(&self) -> usize;
+    /// Packs rows `m0 .. m0 + mc` and columns `k0 .. k0 + kc` into `dst` as consecutive
+    /// `MR`-row panels: panel `p` holds, for each `k`, the `MR` values of rows
+    /// `m0 + p·MR ..`, zero past `mc`. `dst` holds `mc.div_ceil(MR) · MR · kc` values.
+    fn pack(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]);
+}
+
+/// Receives finished blocks of C.
+pub trait Sink: Sync {
+    /// Takes rows `m0 .. m0 + mc`, columns `n0 .. n0 + nc` of C from `tile` (row stride `ld`).
+    fn write(&self, m0: usize, n0: usize, mc: usize, nc: usize, tile: &[f32], ld: usize);
+}
+
+/// A row-major matrix as the left operand.
+pub struct RowMajor<'a> {
+    /// The values, row `i` at `data[i * ld ..]`.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Distance between rows.
+    pub ld: usize,
+}
+
+impl PackA for RowMajor<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn depth(&self) -> usize {
+        self.cols
+    }
+
+    fn pack(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+        for (p, panel) in dst.chunks_exact_mut(MR * kc).enumerate() {
+            let row0 = m0 + p * MR;
+            for i in 0..MR {
+                if p * MR + i < mc {
+                    let row = &self.data[(row0 + i) * self.ld + k0..][..kc];
+                    for (k, &v) in row.iter().enumerate() {
+                        panel[k * MR + i] = v;
+                    }
+                } else {
+                    for k in 0..kc {
+                        panel[k * MR + i] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+
+// SAFETY: every user writes disjoint elements and the buffer outlives the parallel region.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// Writes C into a row-major buffer, adding a bias per column and a residual, when given.
+pub struct RowMajorSink<'a> {
+    out: SharedMut,
+    len: usize,
+    ld: usize,
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+}
+
+impl<'a> RowMajorSink<'a> {
+    /// A sink over `out` (row stride `ld`), with `bias` (one per column) and `residual` (same
+    /// shape as `out`) added to the product.
+    pub fn new(
+        out: &'a mut [f32],
+        ld: usize,
+        bias: Option<&'a [f32]>,
+        residual: Option<&'a [f32]>,
+    ) -> Self {
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "residual and output sizes differ");
+        }
+        Self {
+            len: out.len(),
+            out: SharedMut(out.as_mut_ptr()),
+            ld,
+            bias,
+            residual,
+        }
+    }
+}
+
+impl Sink for RowMajorSink<'_> {
+    fn write(&self, m0: usize, n0: usize, mc: usize, nc: usize, tile: &[f32], ld: usize) {
+        for i in 0..mc {
+            let start = (m0 + i) * self.ld + n0;
+            assert!(start + nc <= self.len);
+            // SAFETY: in bounds (checked above); tasks write disjoint blocks.
+            let out = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(start), nc) };
+            let src = &tile[i * ld..][..nc];
+            out.copy_from_slice(src);
+            if let Some(bias) = self.bias {
+                for (o, b) in out.iter_mut().zip(&bias[n0..n0 + nc]) {
+                    *o += b;
+                }
+            }
+            if let Some(residual) = self.residual {
+                for (o, r) in out.iter_mut().zip(&residual[start..start + nc]) {
+                    *o += r;
+                }
+            }
+        }
+    }
+}
+
+/// The micro-kernel of one level: `c[MR x NR] (+)= a_panel · b_panel` over `kc` steps, `c`
+/// with row stride `ldc`; `accumulate` false overwrites `c`.
+type MicroKernel =
+    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool);
+
+fn micro_kernel(level: Level) -> MicroKernel {
+    match level {
+        Level::Generic => generic::kernel,
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => avx2::kernel,
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => generic::kernel,
+    }
+}
+
+/// Reusable per-thread buffers: a packed A block, a converted B panel, a C tile.
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    tile: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+}
+
+/// `C = A · B` on the current thread's kernel level; each finished block goes to `sink`.
+pub fn gemm(a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
+    gemm_at(cpu::level(), a, b, sink)
+}
+
+/// [`gemm`] at a given level.
+pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
+    let (m, k, n) = (a.rows(), a.depth(), b.cols());
+    assert_eq!(
+        k,
+        b.depth(),
+        "GEMM depths differ: A has {k} columns, B {} rows",
+        b.depth()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = micro_kernel(level);
+    let m_blocks = m.div_ceil(MC);
+    let n_blocks = n.div_ceil(NC);
+    (0..m_blocks * n_blocks).into_par_iter().for_each(|task| {
+        let (mb, nb) = (task / n_blocks, task % n_blocks);
+        let (m0, n0) = (mb * MC, nb * NC);
+        let (mc, nc) = (MC.min(m - m0), NC.min(n - n0));
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            block(kernel, a, b, (m0, mc), (n0, nc), k, scratch);
+            let ld = nc.div_ceil(NR) * NR;
+            sink.write(m0, n0, mc, nc, &scratch.tile, ld);
+        });
+    });
+}
+
+/// Computes one `mc x nc` block of C into `scratch.tile` (row stride `nc` rounded up to `NR`).
+fn block(
+    kernel: MicroKernel,
+    a: &dyn PackA,
+    b: &PackedB,
+    (m0, mc): (usize, usize),
+    (n0, nc): (usize, usize),
+    k: usize,
+    scratch: &mut Scratch,
+) {
+    let m_panels = mc.div_ceil(MR);
+    let n_panels = nc.div_ceil(NR);
+    let ld = n_panels * NR;
+    grow(&mut scratch.tile, m_panels * MR * ld);
+    if k == 0 {
+        scratch.tile[..m_panels * MR * ld].fill(0.0);
+        return;
+    }
+    grow(&mut scratch.a, m_panels * MR * KC.min(k));
+    grow(&mut scratch.b, NR * KC.min(k));
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let a_block = &mut scratch.a[..m_panels * MR * kc];
+        a.pack(m0, mc, k0, kc, a_block);
+        for jp in 0..n_panels {
+            let panel = n0 / NR + jp;
+            let b_panel = b.panel(k0, kc, panel, &mut scratch.b);
+            for ip in 0..m_panels {
+                let a_panel = &a_block[ip * MR * kc..][..MR * kc];
+                let c = &mut scratch.tile[ip * MR * ld + jp * NR..];
+                debug_assert!(c.len() >= (MR - 1) * ld + NR);
+                // SAFETY: a_panel holds MR·kc values, b_panel kc·NR, c an MR x NR tile at
+                // row stride ld (the tile buffer was sized for it).
+                unsafe {
+                    kernel(
+                        kc,
+                        a_panel.as_ptr(),
+                        b_panel.as_ptr(),
+                        c.as_mut_ptr(),
+                        ld,
+                        k0 > 0,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// `out (m x n, row-major) = a (m x k, row-major) · b + bias + residual`: the plain entry
+/// point for linear layers.
+pub fn matmul(
+    a: &[f32],
+    m: usize,
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (k, n) = (b.depth(), b.cols());
+    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    assert_eq!(out.len(), m * n, "C is not {m} x {n}");
+    let a = RowMajor {
+        data: a,
+        rows: m,
+        cols: k,
+        ld: k,
+    };
+    gemm(&a, b, &RowMajorSink::new(out, n, bias, residual));
+}
+
+#[cfg(test)]
+mod tests;

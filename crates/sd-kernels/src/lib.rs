@@ -1,0 +1,17 @@
+//! CPU kernels for stable-diffusion-rs: plain Rust on slices, no tensor library.
+//!
+//! - [`cpu`]: which instruction-set level runs (detected once, `SD_CPU_KERNELS` forces one);
+//! - [`gemm`]: blocked GEMM with B packed once (weights) and A packed as the product runs;
+//! - [`conv`]: 2-D convolution as implicit GEMM (patches packed on the fly, no im2col matrix).
+//!
+//! Every level is tested against the generic one on odd shapes; results never depend on the
+//! thread count.
+
+pub mod conv;
+pub mod cpu;
+pub mod gemm;
+
+pub use cpu::Level;
+
+#[cfg(test)]
+mod testutil;
