@@ -2,7 +2,8 @@
 //!
 //! - [`cpu`]: which instruction-set level runs (detected once, `SD_CPU_KERNELS` forces one);
 //! - [`gemm`]: blocked GEMM with B packed once (weights) and A packed as the product runs;
-//! - [`conv`]: 2-D convolution as implicit GEMM (patches packed on the fly, no im2col matrix).
+//! - [`conv`]: 2-D convolution as implicit GEMM (patches packed on the fly, no im2col matrix);
+//! - [`math`]: vectorized `exp` and activations (SiLU, GELU erf/tanh, quick GELU) in place.
 //!
 //! Every level is tested against the generic one on odd shapes; results never depend on the
 //! thread count.
@@ -10,6 +11,7 @@
 pub mod conv;
 pub mod cpu;
 pub mod gemm;
+pub mod math;
 
 pub use cpu::Level;
 
