@@ -3,7 +3,8 @@
 //! - [`cpu`]: which instruction-set level runs (detected once, `SD_CPU_KERNELS` forces one);
 //! - [`gemm`]: blocked GEMM with B packed once (weights) and A packed as the product runs;
 //! - [`conv`]: 2-D convolution as implicit GEMM (patches packed on the fly, no im2col matrix);
-//! - [`math`]: vectorized `exp` and activations (SiLU, GELU erf/tanh, quick GELU) in place.
+//! - [`math`]: vectorized `exp` and activations (SiLU, GELU erf/tanh, quick GELU) in place;
+//! - [`norm`]: GroupNorm (fused with SiLU), LayerNorm and GEGLU, one pass over the output.
 //!
 //! Every level is tested against the generic one on odd shapes; results never depend on the
 //! thread count.
@@ -12,6 +13,7 @@ pub mod conv;
 pub mod cpu;
 pub mod gemm;
 pub mod math;
+pub mod norm;
 
 pub use cpu::Level;
 
