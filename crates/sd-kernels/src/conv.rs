@@ -63,6 +63,13 @@ impl PackedConv {
         }
     }
 
+    /// A convolution whose weights are already packed as the `in·k² x out` right operand.
+    pub fn from_packed(weights: PackedB, geometry: ConvGeometry) -> Self {
+        assert_eq!(weights.depth(), geometry.depth(), "packed conv depth");
+        assert_eq!(weights.cols(), geometry.out_channels, "packed conv outputs");
+        Self { geometry, weights }
+    }
+
     /// The geometry.
     pub fn geometry(&self) -> ConvGeometry {
         self.geometry

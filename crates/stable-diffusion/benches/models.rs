@@ -7,8 +7,10 @@
 
 use std::time::Instant;
 
+use candle_core::Shape;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
 use stable_diffusion::nn::flops;
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::vae::{AutoencoderKL, VaeConfig};
@@ -36,10 +38,34 @@ fn gemm_gflops(device: &Device) -> f64 {
     2.0 * (n * n * n) as f64 / seconds / 1e9
 }
 
-fn random_vb(device: &Device) -> (VarMap, VarBuilder<'static>) {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    (varmap, vb)
+/// Hands out fresh random tensors (plain tensors, not trainable variables, so the CPU
+/// kernels pack them as they would a loaded checkpoint's).
+struct RandomWeights;
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        _: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights: {name} requested without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Random f32 weights.
+fn random_vb(device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone())
 }
 
 fn main() {
@@ -54,15 +80,18 @@ fn main() {
         sizes
     };
     let threads = candle_core::utils::get_num_threads();
-    println!("threads: {threads}");
+    println!(
+        "threads: {threads}, CPU kernels: {}",
+        stable_diffusion::nn::kernels::cpu_backend_name()
+    );
     let peak = gemm_gflops(&device);
     println!("baseline: f32 GEMM 2048^3: {peak:.1} GFLOP/s");
 
     let unet_config = UNetConfig::sd15();
-    let (_unet_vars, vb) = random_vb(&device);
+    let vb = random_vb(&device);
     let unet = UNet2DConditionModel::new(vb, &unet_config).expect("build SD 1.5 UNet");
     let vae_config = VaeConfig::sd15();
-    let (_vae_vars, vb) = random_vb(&device);
+    let vb = random_vb(&device);
     let vae = AutoencoderKL::new(vb, &vae_config).expect("build SD 1.5 VAE");
 
     for size in sizes {

@@ -151,10 +151,10 @@ impl Sink for RowMajorSink<'_> {
 
 /// The micro-kernel of one level: `c[MR x NR] (+)= a_panel · b_panel` over `kc` steps, `c`
 /// with row stride `ldc`; `accumulate` false overwrites `c`.
-type MicroKernel =
+pub(crate) type MicroKernel =
     unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool);
 
-fn micro_kernel(level: Level) -> MicroKernel {
+pub(crate) fn micro_kernel(level: Level) -> MicroKernel {
     match level {
         Level::Generic => generic::kernel,
         #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,10 @@
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use sd_kernels::conv::{ConvGeometry, PackedConv};
 
+use super::kernels;
 use crate::Result;
 
 /// Padding and stride of a 2-D convolution.
@@ -24,7 +28,18 @@ impl Default for Conv2dOptions {
 /// A 2-D convolution with square kernel, weight `(out, in, k, k)` and bias `(out)`.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    inner: candle_nn::Conv2d,
+    weights: ConvWeights,
+    geometry: ConvGeometry,
+}
+
+/// Where a convolution's weights live: packed for the CPU kernels, or candle's tensors.
+#[derive(Debug, Clone)]
+enum ConvWeights {
+    Packed {
+        weight: Arc<PackedConv>,
+        bias: Arc<Vec<f32>>,
+    },
+    Candle(candle_nn::Conv2d),
 }
 
 impl Conv2d {
@@ -38,29 +53,110 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
         let bias = vb.get(out_channels, "bias")?;
-        let config = candle_nn::Conv2dConfig {
-            padding: options.padding,
+        let geometry = ConvGeometry {
+            in_channels,
+            out_channels,
+            kernel,
             stride: options.stride,
-            ..Default::default()
+            padding: options.padding,
         };
-        Ok(Self {
-            inner: candle_nn::Conv2d::new(weight, Some(bias), config),
-        })
+        let weights = if kernels::packs(&weight) {
+            // (out, in, k, k) is the (n, k) layout of the product's right operand.
+            let depth = geometry.depth();
+            let packed = kernels::pack_transposed(&weight, depth, out_channels)?;
+            ConvWeights::Packed {
+                weight: Arc::new(PackedConv::from_packed(packed, geometry)),
+                bias: Arc::new(kernels::vector(&bias)?),
+            }
+        } else {
+            let config = candle_nn::Conv2dConfig {
+                padding: options.padding,
+                stride: options.stride,
+                ..Default::default()
+            };
+            ConvWeights::Candle(candle_nn::Conv2d::new(weight, Some(bias), config))
+        };
+        Ok(Self { weights, geometry })
     }
 
     /// Applies the convolution to `x` of shape `(batch, in, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let output = if self.inner.weight().dtype() != x.dtype() {
-            // Weights stored in half precision are converted for this call only.
-            let cast = |t: &Tensor| t.to_dtype(x.dtype());
-            let bias = self.inner.bias().map(cast).transpose()?;
-            candle_nn::Conv2d::new(cast(self.inner.weight())?, bias, *self.inner.config())
-                .forward(x)?
-        } else {
-            self.inner.forward(x)?
-        };
-        let (_, in_channels, kh, kw) = self.inner.weight().dims4()?;
-        super::flops::add(2 * (output.elem_count() * in_channels * kh * kw) as u64);
-        Ok(output)
+        self.forward_with(x, None, None)
     }
+
+    /// The convolution plus `channel_bias` `(batch, out)` broadcast over the pixels and a
+    /// `residual` shaped like the output, added in the same pass when the kernels run it.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        channel_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (batch, _, height, width) = x.dims4()?;
+        let g = self.geometry;
+        let output = match &self.weights {
+            ConvWeights::Packed { weight, bias } => {
+                let (oh, ow) =
+                    g.output_size(height, width)
+                        .ok_or_else(|| crate::Error::InvalidArgument {
+                            what: "convolution input",
+                            msg: format!(
+                                "a {height}x{width} map is smaller than the {k}x{k} kernel",
+                                k = g.kernel
+                            ),
+                        })?;
+                let mut out = vec![0f32; batch * g.out_channels * oh * ow];
+                let mut run = |channel_bias: Option<&[f32]>, residual: Option<&[f32]>| {
+                    kernels::with_f32(x, |x| {
+                        weight.forward(
+                            x,
+                            batch,
+                            height,
+                            width,
+                            Some(bias),
+                            channel_bias,
+                            residual,
+                            &mut out,
+                        )
+                    })
+                };
+                match (channel_bias, residual) {
+                    (None, None) => run(None, None)?,
+                    (Some(c), None) => kernels::with_f32(c, |c| run(Some(c), None))??,
+                    (None, Some(r)) => kernels::with_f32(r, |r| run(None, Some(r)))??,
+                    (Some(c), Some(r)) => {
+                        kernels::with_f32(c, |c| kernels::with_f32(r, |r| run(Some(c), Some(r))))???
+                    }
+                }
+                let out = kernels::tensor(out, (batch, g.out_channels, oh, ow))?;
+                super::flops::add(2 * (out.elem_count() * g.depth()) as u64);
+                return Ok(if out.dtype() == x.dtype() {
+                    out
+                } else {
+                    out.to_dtype(x.dtype())?
+                });
+            }
+            ConvWeights::Candle(conv) => candle_forward(conv, x)?,
+        };
+        super::flops::add(2 * (output.elem_count() * g.depth()) as u64);
+        let output = match channel_bias {
+            Some(c) => output.broadcast_add(&c.unsqueeze(2)?.unsqueeze(3)?)?,
+            None => output,
+        };
+        match residual {
+            Some(r) => Ok((output + r)?),
+            None => Ok(output),
+        }
+    }
+}
+
+/// candle's path (GPU tensors, trainable weights): half weights are converted for the call.
+fn candle_forward(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
+    if conv.weight().dtype() != x.dtype() {
+        // Weights stored in half precision are converted for this call only.
+        let cast = |t: &Tensor| t.to_dtype(x.dtype());
+        let bias = conv.bias().map(cast).transpose()?;
+        return Ok(candle_nn::Conv2d::new(cast(conv.weight())?, bias, *conv.config()).forward(x)?);
+    }
+    Ok(conv.forward(x)?)
 }

@@ -1,12 +1,26 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use sd_kernels::gemm::PackedB;
 
+use super::kernels;
 use crate::Result;
 
 /// A dense layer `y = x Wᵀ + b` with weight `(out, in)`; works on inputs of any rank.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weights: LinearWeights,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+/// Where a layer's weights live: packed for the CPU kernels, or candle's tensors.
+#[derive(Debug, Clone)]
+enum LinearWeights {
+    Packed {
+        weight: std::sync::Arc<PackedB>,
+        bias: Option<std::sync::Arc<Vec<f32>>>,
+    },
+    Candle(candle_nn::Linear),
 }
 
 impl Linear {
@@ -18,30 +32,83 @@ impl Linear {
         } else {
             None
         };
+        let weights = if kernels::packs(&weight) {
+            LinearWeights::Packed {
+                weight: std::sync::Arc::new(kernels::pack_transposed(&weight, in_dim, out_dim)?),
+                bias: bias
+                    .map(|b| kernels::vector(&b).map(std::sync::Arc::new))
+                    .transpose()?,
+            }
+        } else {
+            LinearWeights::Candle(candle_nn::Linear::new(weight, bias))
+        };
         Ok(Self {
-            inner: candle_nn::Linear::new(weight, bias),
+            weights,
+            in_dim,
+            out_dim,
         })
-    }
-
-    /// The weight matrix, `(out, in)`.
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
     }
 
     /// Applies the layer to `x` of shape `(..., in)`, giving `(..., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (out_dim, _) = self.inner.weight().dims2()?;
-        super::flops::add(2 * (x.elem_count() * out_dim) as u64);
-        // candle 0.11.1's batched matmul gives wrong results for some strided (transposed)
-        // 3-D inputs with batch > 1; a contiguous input is free when it already is one.
-        let x = x.contiguous()?;
-        if self.inner.weight().dtype() != x.dtype() {
-            // Weights stored in half precision are converted for this call only.
-            let cast = |t: &Tensor| t.to_dtype(x.dtype());
-            let bias = self.inner.bias().map(cast).transpose()?;
-            let layer = candle_nn::Linear::new(cast(self.inner.weight())?, bias);
-            return Ok(layer.forward(&x)?);
-        }
-        Ok(self.inner.forward(&x)?)
+        self.forward_residual(x, None)
     }
+
+    /// `x Wᵀ + b + residual`: the layer with a residual (shaped like the output) added in the
+    /// same pass when the kernels run it.
+    pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        super::flops::add(2 * (x.elem_count() / self.in_dim.max(1) * self.out_dim) as u64);
+        let mut out_shape = x.dims().to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = self.out_dim;
+        }
+        let out = match &self.weights {
+            LinearWeights::Packed { weight, bias } => {
+                let rows = x.elem_count() / self.in_dim.max(1);
+                let mut out = vec![0f32; rows * self.out_dim];
+                let mut apply = |residual: Option<&[f32]>| {
+                    kernels::with_f32(x, |x| {
+                        sd_kernels::gemm::matmul(
+                            x,
+                            rows,
+                            weight,
+                            bias.as_ref().map(|b| b.as_slice()),
+                            residual,
+                            &mut out,
+                        )
+                    })
+                };
+                match residual {
+                    Some(r) => kernels::with_f32(r, |r| apply(Some(r)))??,
+                    None => apply(None)?,
+                }
+                let out = kernels::tensor(out, out_shape)?;
+                return Ok(if x.dtype() == out.dtype() {
+                    out
+                } else {
+                    out.to_dtype(x.dtype())?
+                });
+            }
+            LinearWeights::Candle(layer) => candle_forward(layer, x)?,
+        };
+        match residual {
+            Some(r) => Ok((out + r)?),
+            None => Ok(out),
+        }
+    }
+}
+
+/// candle's path (GPU tensors, trainable weights): half weights are converted for the call.
+fn candle_forward(layer: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    // candle 0.11.1's batched matmul gives wrong results for some strided (transposed)
+    // 3-D inputs with batch > 1; a contiguous input is free when it already is one.
+    let x = x.contiguous()?;
+    if layer.weight().dtype() != x.dtype() {
+        // Weights stored in half precision are converted for this call only.
+        let cast = |t: &Tensor| t.to_dtype(x.dtype());
+        let bias = layer.bias().map(cast).transpose()?;
+        let layer = candle_nn::Linear::new(cast(layer.weight())?, bias);
+        return Ok(layer.forward(&x)?);
+    }
+    Ok(layer.forward(&x)?)
 }

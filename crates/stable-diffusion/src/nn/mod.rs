@@ -5,6 +5,7 @@ mod activation;
 mod attention;
 mod conv;
 pub mod flops;
+pub mod kernels;
 mod linear;
 mod norm;
 mod training;

@@ -1,0 +1,138 @@
+//! The adapter between candle tensors and the CPU kernel layer (`sd-kernels`).
+//!
+//! Weights of layers that run on the CPU are packed once, when the model is built, into the
+//! kernels' layout (f32, or bf16 when they are stored in bf16); the candle copy is dropped.
+//! Layers on a GPU, trainable weights (candle `Var`s, which change under the optimizer) and
+//! `SD_CPU_KERNELS=candle` keep candle's ops.
+
+use candle_core::{DType, Device, Shape, Storage, Tensor};
+use sd_kernels::gemm::{Element, PackedB, Storage as Packing};
+
+use crate::{Error, Result};
+
+/// The `SD_CPU_KERNELS` value that turns the kernel layer off (candle's ops run instead).
+pub const CANDLE: &str = "candle";
+
+/// Whether the kernel layer is on (`SD_CPU_KERNELS` is not `candle`).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var(sd_kernels::cpu::ENV_VAR)
+            .map(|v| !v.trim().eq_ignore_ascii_case(CANDLE))
+            .unwrap_or(true)
+    })
+}
+
+/// Checks `SD_CPU_KERNELS`: an unknown level, or one this CPU cannot run, is an error.
+pub fn check_level() -> Result<()> {
+    if !enabled() {
+        return Ok(());
+    }
+    sd_kernels::cpu::process_level()
+        .map(|_| ())
+        .map_err(|e| Error::InvalidArgument {
+            what: "CPU kernel level",
+            msg: e.to_string(),
+        })
+}
+
+/// What runs the heavy ops on the CPU: a kernel level (`avx2`, `generic`, ...) or `candle`.
+pub fn cpu_backend_name() -> String {
+    if enabled() {
+        sd_kernels::cpu::level().name().to_string()
+    } else {
+        CANDLE.to_string()
+    }
+}
+
+/// Whether a weight should be packed for the kernels: the layer is on, the weight is on the
+/// CPU, holds its own values (not a broadcast placeholder such as the shape recorder's) and
+/// is not trainable, and the model is not being built for training (whose passes need
+/// candle's gradients and whose results must not change with the kernels).
+pub(crate) fn packs(weight: &Tensor) -> bool {
+    enabled()
+        && weight.device().is_cpu()
+        && weight.is_contiguous()
+        && !weight.is_variable()
+        && !super::differentiable()
+}
+
+/// Calls `f` with the values of a contiguous CPU tensor of element type `T`.
+fn with_slice<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(internal("a kernel input is not on the CPU"));
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err(internal("a kernel input is not contiguous"));
+    };
+    let data = cpu.as_slice::<T>()?;
+    Ok(f(&data[start..end]))
+}
+
+/// Calls `f` with the values of `t` as contiguous f32 (converted or copied only when needed).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.dtype() == DType::F32 && t.is_contiguous() {
+        return with_slice(t, f);
+    }
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    with_slice(&t, f)
+}
+
+/// A CPU tensor of `shape` owning `data`.
+pub(crate) fn tensor(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+}
+
+/// The storage a weight of `dtype` is packed in: bf16 stays bf16, the rest becomes f32.
+fn packing(dtype: DType) -> Packing {
+    if dtype == DType::BF16 {
+        Packing::Bf16
+    } else {
+        Packing::F32
+    }
+}
+
+/// Packs a weight `(n, k)` (rows are outputs) as the `k x n` right operand of `x · Wᵀ`.
+pub(crate) fn pack_transposed(weight: &Tensor, k: usize, n: usize) -> Result<PackedB> {
+    fn pack<T: candle_core::WithDType + Element>(
+        w: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<PackedB> {
+        let storage = packing(w.dtype());
+        with_slice(w, |data: &[T]| PackedB::from_nxk(data, k, n, k, storage))
+    }
+    let weight = weight.contiguous()?;
+    match weight.dtype() {
+        DType::F32 => pack::<f32>(&weight, k, n),
+        DType::BF16 => pack::<half::bf16>(&weight, k, n),
+        DType::F16 => pack::<half::f16>(&weight, k, n),
+        other => pack::<f32>(
+            &weight
+                .to_dtype(DType::F32)
+                .map_err(|_| unsupported(other))?,
+            k,
+            n,
+        ),
+    }
+}
+
+/// Reads a vector (bias, norm weights) as f32.
+pub(crate) fn vector(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn unsupported(dtype: DType) -> Error {
+    Error::InvalidArgument {
+        what: "weight dtype",
+        msg: format!("weights of dtype {dtype:?} cannot be packed for the CPU kernels"),
+    }
+}
+
+fn internal(msg: &str) -> Error {
+    Error::InvalidArgument {
+        what: "kernel input",
+        msg: msg.to_string(),
+    }
+}
