@@ -9,6 +9,7 @@
 //! Every level is tested against the generic one on odd shapes; results never depend on the
 //! thread count.
 
+pub mod attention;
 pub mod conv;
 pub mod cpu;
 pub mod gemm;
