@@ -26,8 +26,9 @@ pub const NR: usize = 16;
 pub const KC: usize = 256;
 /// Rows of A packed at once (a multiple of `MR`).
 pub const MC: usize = 96;
-/// Columns of C one task computes (a multiple of `NR`).
-pub const NC: usize = 256;
+/// The most columns of C one task computes; the columns are split into equal blocks of at
+/// most this many (multiples of `NR`), so that A is packed as few times as possible.
+pub const NC: usize = 512;
 
 /// Fills packed panels of the left operand A (`M x K`) for the driver.
 pub trait PackA: Sync {
@@ -202,10 +203,12 @@ pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
     let kernel = micro_kernel(level);
     let m_blocks = m.div_ceil(MC);
     let n_blocks = n.div_ceil(NC);
+    let nc_step = n.div_ceil(n_blocks).div_ceil(NR) * NR;
+    let n_blocks = n.div_ceil(nc_step);
     (0..m_blocks * n_blocks).into_par_iter().for_each(|task| {
         let (mb, nb) = (task / n_blocks, task % n_blocks);
-        let (m0, n0) = (mb * MC, nb * NC);
-        let (mc, nc) = (MC.min(m - m0), NC.min(n - n0));
+        let (m0, n0) = (mb * MC, nb * nc_step);
+        let (mc, nc) = (MC.min(m - m0), nc_step.min(n - n0));
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
             block(kernel, a, b, (m0, mc), (n0, nc), k, scratch);

@@ -3,7 +3,7 @@ use std::str::FromStr;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::Linear;
+use super::{kernels, Linear};
 use crate::{Error, Result};
 
 /// The activation functions that Stable Diffusion's models use.
@@ -32,6 +32,14 @@ impl Activation {
 
     /// Applies the activation elementwise.
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        if kernels::runs(x) {
+            return kernels::map_copy(x, |values| match self {
+                Activation::Gelu => sd_kernels::math::gelu_erf(values),
+                Activation::GeluTanh => sd_kernels::math::gelu_tanh(values),
+                Activation::QuickGelu => sd_kernels::math::quick_gelu(values),
+                Activation::Silu => sd_kernels::math::silu(values),
+            });
+        }
         Ok(match self {
             Activation::Gelu => x.gelu_erf()?,
             Activation::GeluTanh => x.gelu()?,
@@ -83,6 +91,17 @@ impl GeGlu {
     /// `(..., dim)` → `(..., inner_dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let projected = self.proj.forward(x)?;
+        if kernels::runs(&projected) {
+            let inner = projected.dim(candle_core::D::Minus1)? / 2;
+            let rows = projected.elem_count() / (2 * inner).max(1);
+            let mut shape = projected.dims().to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last = inner;
+            }
+            return kernels::fill(&projected, shape, |out| {
+                kernels::with_f32(&projected, |p| sd_kernels::norm::geglu(p, rows, inner, out))
+            });
+        }
         let last = projected.rank() - 1;
         let chunks = projected.chunk(2, last)?;
         Ok((&chunks[0] * chunks[1].gelu_erf()?)?)

@@ -89,6 +89,63 @@ fn attention_rows(
     Ok(probs.matmul(v)?)
 }
 
+/// Multi-head attention on token layout: `q` `(batch, seq_q, heads·head_dim)`, `k` and `v`
+/// `(batch, seq_kv, heads·head_dim)` (the q/k/v projections' outputs as they are), giving
+/// `(batch, seq_q, heads·head_dim)`. On the CPU the kernels run it flash-style (no score
+/// matrix, no transposes); elsewhere it splits the heads and calls [`attention`].
+pub fn attention_tokens(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (batch, seq_q, inner) = q.dims3()?;
+    let seq_kv = k.dim(1)?;
+    let head_dim = inner / heads.max(1);
+    if k.dims3()? != (batch, seq_kv, inner) || v.dims3()? != (batch, seq_kv, inner) {
+        return Err(crate::Error::InvalidArgument {
+            what: "attention inputs",
+            msg: format!(
+                "q {:?}, k {:?} and v {:?} do not agree",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            ),
+        });
+    }
+    if super::kernels::runs(q) && seq_kv > 0 && heads * head_dim == inner {
+        super::flops::add(4 * (batch * heads * seq_q * seq_kv * head_dim) as u64);
+        let shape = sd_kernels::attention::AttentionShape {
+            batch,
+            heads,
+            seq_q,
+            seq_kv,
+            head_dim,
+        };
+        return super::kernels::fill(q, q.shape().clone(), |out| {
+            super::kernels::with_f32(q, |q| {
+                super::kernels::with_f32(k, |k| {
+                    super::kernels::with_f32(v, |v| {
+                        sd_kernels::attention::attention(shape, q, k, v, scale as f32, false, out)
+                    })
+                })
+            })??
+        });
+    }
+    let split = |t: &Tensor, seq: usize| -> Result<Tensor> {
+        Ok(t.reshape((batch, seq, heads, head_dim))?.transpose(1, 2)?)
+    };
+    let out = attention(
+        &split(q, seq_q)?,
+        &split(k, seq_kv)?,
+        &split(v, seq_kv)?,
+        scale,
+        None,
+    )?;
+    Ok(out.transpose(1, 2)?.reshape((batch, seq_q, inner))?)
+}
+
 /// The additive causal mask `(seq, seq)`: 0 on and below the diagonal, -inf above it.
 pub fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let values: Vec<f32> = (0..seq)

@@ -136,3 +136,37 @@ fn internal(msg: &str) -> Error {
         msg: msg.to_string(),
     }
 }
+
+/// Whether `x` runs through the kernels: the layer is on, `x` is on the CPU and the pass is
+/// not differentiable (candle's ops keep the gradients there).
+pub(crate) fn runs(x: &Tensor) -> bool {
+    enabled() && x.device().is_cpu() && !super::differentiable()
+}
+
+/// A new tensor shaped like `like`, in its dtype, from `f` changing a copy of its values.
+pub(crate) fn map_copy(like: &Tensor, f: impl FnOnce(&mut [f32])) -> Result<Tensor> {
+    let mut data = with_f32(like, |x| x.to_vec())?;
+    f(&mut data);
+    in_dtype_of(like, tensor(data, like.shape().clone())?)
+}
+
+/// A new tensor of `shape` in `like`'s dtype, from `f` writing every value of a buffer.
+pub(crate) fn fill(
+    like: &Tensor,
+    shape: impl Into<Shape>,
+    f: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    let mut data = vec![0f32; shape.elem_count()];
+    f(&mut data)?;
+    in_dtype_of(like, tensor(data, shape)?)
+}
+
+/// `out` converted to `like`'s dtype (free when they agree).
+pub(crate) fn in_dtype_of(like: &Tensor, out: Tensor) -> Result<Tensor> {
+    Ok(if out.dtype() == like.dtype() {
+        out
+    } else {
+        out.to_dtype(like.dtype())?
+    })
+}

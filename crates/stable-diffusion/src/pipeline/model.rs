@@ -64,7 +64,19 @@ impl LoadOptions {
     pub fn precision(&self) -> Precision {
         Precision {
             storage: self.weight_dtype,
-            compute: self.compute_dtype,
+            compute: self.effective_compute_dtype(),
+        }
+    }
+
+    /// The dtype activations are held in: the compute dtype, except on the CPU with the kernel
+    /// layer on, where half-precision compute means half-precision weights multiplied with
+    /// f32 accumulation and activations stay f32 between layers (the CPU has no fast half
+    /// elementwise ops; a bf16 weight is used as it is stored, never converted per call).
+    pub fn effective_compute_dtype(&self) -> DType {
+        if self.device.is_cpu() && crate::nn::kernels::enabled() {
+            DType::F32
+        } else {
+            self.compute_dtype
         }
     }
 
@@ -276,7 +288,7 @@ impl StableDiffusion {
             vae_dtype: vae_precision.compute,
             scheduler_config,
             device: device.clone(),
-            compute_dtype: options.compute_dtype,
+            compute_dtype: options.effective_compute_dtype(),
             lora_warnings,
         })
     }
@@ -368,7 +380,7 @@ impl StableDiffusion {
             vae_dtype: vae_precision.compute,
             scheduler_config,
             device: device.clone(),
-            compute_dtype: options.compute_dtype,
+            compute_dtype: options.effective_compute_dtype(),
             lora_warnings,
         })
     }

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::nn::{attention, Conv2d, Conv2dOptions, GeGlu, GroupNorm, LayerNorm, Linear};
+use crate::nn::{attention_tokens, Conv2d, Conv2dOptions, GeGlu, GroupNorm, LayerNorm, Linear};
 use crate::Result;
 
 /// diffusers' `Attention` as the UNet uses it: bias-free q/k/v projections, `to_out.0` with bias.
@@ -39,27 +39,27 @@ impl Attention {
         })
     }
 
-    /// `(batch, seq, dim)` → `(batch, heads, seq, head_dim)`.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, seq, _) = x.dims3()?;
-        Ok(x.reshape((batch, seq, self.heads, self.head_dim))?
-            .transpose(1, 2)?)
+    /// `x` `(batch, seq, query_dim)` attends to `context` `(batch, seq_kv, context_dim)`, or to
+    /// itself when `context` is `None`; `residual` (shaped like `x`) is added to the output.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let context = context.unwrap_or(x);
+        let q = self.to_q.forward(x)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let out = attention_tokens(&q, &k, &v, self.heads, scale)?; // (batch, seq, inner)
+        self.to_out.forward_residual(&out, residual)
     }
 
     /// `x` `(batch, seq, query_dim)` attends to `context` `(batch, seq_kv, context_dim)`, or to
     /// itself when `context` is `None`.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let context = context.unwrap_or(x);
-        let q = self.split_heads(&self.to_q.forward(x)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = attention(&q, &k, &v, scale, None)?; // (batch, heads, seq, head_dim)
-        let (batch, _, seq, _) = out.dims4()?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((batch, seq, self.heads * self.head_dim))?;
-        self.to_out.forward(&out)
+        self.forward_residual(x, context, None)
     }
 }
 
@@ -82,7 +82,12 @@ impl FeedForward {
 
     /// `(..., dim)` → `(..., dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.out.forward(&self.geglu.forward(x)?)
+        self.forward_residual(x, None)
+    }
+
+    /// The feed-forward with `residual` (shaped like `x`) added to its output.
+    pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.out.forward_residual(&self.geglu.forward(x)?, residual)
     }
 }
 
@@ -120,12 +125,13 @@ impl BasicTransformerBlock {
 
     /// `x` `(batch, seq, dim)`, `context` `(batch, seq_text, context_dim)` → `(batch, seq, dim)`.
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self
+        let x = self
+            .attn1
+            .forward_residual(&self.norm1.forward(x)?, None, Some(x))?;
+        let x = self
             .attn2
-            .forward(&self.norm2.forward(&x)?, Some(context))?
-            + x)?;
-        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + x)?)
+            .forward_residual(&self.norm2.forward(&x)?, Some(context), Some(&x))?;
+        self.ff.forward_residual(&self.norm3.forward(&x)?, Some(&x))
     }
 }
 

@@ -85,15 +85,19 @@ impl ResnetBlock2D {
 
     /// `x` `(batch, in, h, w)`, `temb` `(batch, temb_channels)` → `(batch, out, h, w)`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&norm_act(&self.norm1, self.act, x)?)?;
-        let t = self.time_emb_proj.forward(&self.act.forward(temb)?)?;
-        let h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
-        let h = self.conv2.forward(&norm_act(&self.norm2, self.act, &h)?)?;
+        let t = self.time_emb_proj.forward(&self.act.forward(temb)?)?; // (batch, out)
+        let h = self
+            .conv1
+            .forward_with(&norm_act(&self.norm1, self.act, x)?, Some(&t), None)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let out = (shortcut + h)?;
+        let out = self.conv2.forward_with(
+            &norm_act(&self.norm2, self.act, &h)?,
+            None,
+            Some(&shortcut),
+        )?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

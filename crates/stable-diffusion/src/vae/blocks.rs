@@ -4,7 +4,7 @@
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::nn::{attention, Activation, Conv2d, Conv2dOptions, GroupNorm, Linear};
+use crate::nn::{attention_tokens, Activation, Conv2d, Conv2dOptions, GroupNorm, Linear};
 use crate::Result;
 
 /// The epsilon of every group norm in the VAE.
@@ -67,12 +67,12 @@ impl ResnetBlock {
     /// `(B, in, H, W)` → `(B, out, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm_act(&self.norm1, x)?)?;
-        let h = self.conv2.forward(&self.norm_act(&self.norm2, &h)?)?;
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        Ok((skip + h)?)
+        self.conv2
+            .forward_with(&self.norm_act(&self.norm2, &h)?, None, Some(&skip))
     }
 }
 
@@ -162,12 +162,11 @@ impl SpatialSelfAttention {
             .reshape((batch, channels, height * width))?
             .transpose(1, 2)?
             .contiguous()?; // (B, HW, C)
-        let heads = |t: Tensor| -> Result<Tensor> { Ok(t.unsqueeze(1)?) }; // (B, 1, HW, C)
-        let q = heads(self.to_q.forward(&tokens)?)?;
-        let k = heads(self.to_k.forward(&tokens)?)?;
-        let v = heads(self.to_v.forward(&tokens)?)?;
+        let q = self.to_q.forward(&tokens)?;
+        let k = self.to_k.forward(&tokens)?;
+        let v = self.to_v.forward(&tokens)?;
         let scale = 1.0 / (self.channels as f64).sqrt();
-        let attended = attention(&q, &k, &v, scale, None)?.squeeze(1)?; // (B, HW, C)
+        let attended = attention_tokens(&q, &k, &v, 1, scale)?; // (B, HW, C), one head
         let projected = self.to_out.forward(&attended)?;
         let spatial = projected
             .transpose(1, 2)?
