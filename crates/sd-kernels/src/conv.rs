@@ -185,42 +185,55 @@ impl PackA for Patches<'_> {
                 && (1..MR).all(|i| {
                     image[i] == image[0] && top[i] == top[0] && left[i] == left[0] + i as isize
                 });
-            let (mut ci, mut ky, mut kx) = {
-                let k = k0;
-                (k / (kernel * kernel), k / kernel % kernel, k % kernel)
-            };
-            for kk in 0..kc {
-                let dst_k = &mut panel[kk * MR..kk * MR + MR];
-                let iy = top[0] + ky as isize;
-                let ix = left[0] + kx as isize;
-                if same_row && iy >= 0 && (iy as usize) < h && ix >= 0 && ix as usize + MR <= w {
-                    let at = image[0] + ci * plane + iy as usize * w + ix as usize;
-                    dst_k.copy_from_slice(&self.input[at..at + MR]);
+            let taps = kernel * kernel;
+            let mut k = k0;
+            while k < k0 + kc {
+                // One run of kernel columns of one (channel, kernel row).
+                let (ci, ky, kx0) = (k / taps, k % taps / kernel, k % kernel);
+                let run = (kernel - kx0).min(k0 + kc - k);
+                let dst_run = &mut panel[(k - k0) * MR..(k - k0 + run) * MR];
+                if same_row {
+                    let iy = top[0] + ky as isize;
+                    if iy < 0 || iy as usize >= h {
+                        dst_run.fill(0.0);
+                    } else {
+                        let row = &self.input[image[0] + ci * plane + iy as usize * w..][..w];
+                        for (j, dst_k) in dst_run.chunks_exact_mut(MR).enumerate() {
+                            let ix = left[0] + (kx0 + j) as isize;
+                            if ix >= 0 && ix as usize + MR <= w {
+                                dst_k.copy_from_slice(&row[ix as usize..ix as usize + MR]);
+                            } else {
+                                for (i, d) in dst_k.iter_mut().enumerate() {
+                                    let x = ix + i as isize;
+                                    *d = if x >= 0 && (x as usize) < w {
+                                        row[x as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                }
+                            }
+                        }
+                    }
                 } else {
-                    for i in 0..MR {
-                        let iy = top[i] + ky as isize;
-                        let ix = left[i] + kx as isize;
-                        dst_k[i] = if i < valid
-                            && iy >= 0
-                            && (iy as usize) < h
-                            && ix >= 0
-                            && (ix as usize) < w
-                        {
-                            self.input[image[i] + ci * plane + iy as usize * w + ix as usize]
-                        } else {
-                            0.0
-                        };
+                    for (j, dst_k) in dst_run.chunks_exact_mut(MR).enumerate() {
+                        let kx = kx0 + j;
+                        for (i, d) in dst_k.iter_mut().enumerate() {
+                            let iy = top[i] + ky as isize;
+                            let ix = left[i] + kx as isize;
+                            let inside = i < valid
+                                && iy >= 0
+                                && (iy as usize) < h
+                                && ix >= 0
+                                && (ix as usize) < w;
+                            *d = if inside {
+                                self.input[image[i] + ci * plane + iy as usize * w + ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
                     }
                 }
-                kx += 1;
-                if kx == kernel {
-                    kx = 0;
-                    ky += 1;
-                    if ky == kernel {
-                        ky = 0;
-                        ci += 1;
-                    }
-                }
+                k += run;
             }
         }
     }
