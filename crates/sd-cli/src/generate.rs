@@ -726,8 +726,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         println!("{}", path.display());
     }
     let t = generation.timings;
+    // Scripts read this line (tools/bench/peers.py): keep its wording, add to its end only.
+    let peak_rss = peak_rss_bytes()
+        .map(|bytes| format!(", peak RSS {:.2} GB", bytes as f64 / 1e9))
+        .unwrap_or_default();
     eprintln!(
-        "text encoding {:.2} s, sampling {} steps in {:.2} s ({:.3} s/step), VAE decoding {:.2} s",
+        "text encoding {:.2} s, sampling {} steps in {:.2} s ({:.3} s/step), VAE decoding {:.2} s{peak_rss}",
         t.text_encoding.as_secs_f64() + t.image_encoding.as_secs_f64(),
         t.steps,
         t.sampling.as_secs_f64(),
@@ -735,4 +739,40 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         t.decoding.as_secs_f64()
     );
     Ok(())
+}
+
+/// The most resident memory this process has held so far, in bytes: `VmHWM` of
+/// `/proc/self/status` (Linux); `None` where that file does not exist or lacks the line.
+fn peak_rss_bytes() -> Option<u64> {
+    parse_vm_hwm(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The `VmHWM:  123456 kB` line of a `/proc/<pid>/status` text, in bytes (the kernel's kB
+/// are KiB).
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let mut fields = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => Some(value * 1024),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_vm_hwm;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tsd\nVmPeak:\t 9000 kB\nVmHWM:\t  123456 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(123456 * 1024));
+    }
+
+    #[test]
+    fn a_status_without_vm_hwm_gives_none() {
+        assert_eq!(parse_vm_hwm("Name:\tsd\nVmRSS:\t 100 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t lots\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t 12 pages\n"), None);
+    }
 }

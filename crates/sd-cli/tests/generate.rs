@@ -77,6 +77,64 @@ fn same_command_gives_byte_identical_pngs_with_any_thread_count() {
     assert_eq!(outputs[0], outputs[2], "1 thread and 2 threads differ");
 }
 
+/// The summary line that scripts (tools/bench/peers.py) read: "text encoding X s, sampling N
+/// steps in X s (Y s/step), VAE decoding Z s", then, where the OS tells it, ", peak RSS G GB".
+#[test]
+fn summary_line_keeps_its_wording_and_reports_peak_rss() {
+    let dir = scratch("summary");
+    let model = tiny_model();
+    let output = dir.join("summary.png");
+    let run = sd(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red circle on a blue background",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "3",
+            "--sampler",
+            "euler",
+            "--seed",
+            "5",
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = assert_success(&run, "sd");
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("text encoding "))
+        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"));
+    let number = |text: &str| -> f64 {
+        text.parse()
+            .unwrap_or_else(|_| panic!("{text:?} in {line:?} is not a number"))
+    };
+    let rest = line.strip_prefix("text encoding ").unwrap();
+    let (encoding, rest) = rest.split_once(" s, sampling 3 steps in ").expect(line);
+    let (sampling, rest) = rest.split_once(" s (").expect(line);
+    let (per_step, rest) = rest.split_once(" s/step), VAE decoding ").expect(line);
+    let (decoding, rest) = rest.split_once(" s").expect(line);
+    for value in [encoding, sampling, per_step, decoding] {
+        assert!(number(value) >= 0.0, "{line}");
+    }
+    if cfg!(target_os = "linux") {
+        let rss = rest
+            .strip_prefix(", peak RSS ")
+            .and_then(|rest| rest.strip_suffix(" GB"))
+            .unwrap_or_else(|| panic!("no peak RSS at the end of {line:?}"));
+        // The tiny model runs in well under 4 GB, and any process holds more than 1 MB.
+        assert!((0.001..4.0).contains(&number(rss)), "{line}");
+    } else {
+        assert!(rest.is_empty() || rest.starts_with(", peak RSS "), "{line}");
+    }
+}
+
 #[test]
 fn png_carries_a1111_parameters_and_from_png_reruns_them() {
     let dir = scratch("infotext");
