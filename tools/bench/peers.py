@@ -596,9 +596,20 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+def installed_versions(opts) -> dict:
+    """torch and diffusers as the venv holds them (for a report without a PyTorch run)."""
+    code = ("import json; from importlib.metadata import version as v; "
+            "print(json.dumps({'torch': v('torch'), 'diffusers': v('diffusers')}))")
+    try:
+        out = subprocess.run([opts.python, "-c", code], capture_output=True, text=True)
+        return json.loads(out.stdout)
+    except (OSError, ValueError):
+        return {}
+
+
 def report(opts, results, flops, peaks) -> str:
     versions = next((r for runs in results.values() for r in runs
-                     if "torch" in r and "error" not in r), {})
+                     if "torch" in r and "error" not in r), None) or installed_versions(opts)
     lines = [
         f"# Peer benchmark: `sd` vs diffusers {versions.get('diffusers', '?')} / "
         f"PyTorch {versions.get('torch', '?')}",
