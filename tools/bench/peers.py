@@ -49,6 +49,7 @@ SUMMARY = re.compile(
     r"text encoding (?P<text>[\d.]+) s, sampling (?P<steps>\d+) steps in (?P<sampling>[\d.]+) s "
     r"\((?P<per_step>[\d.]+) s/step\), VAE decoding (?P<decode>[\d.]+) s"
     r"(?:, peak RSS (?P<rss>[\d.]+) GB)?"
+    r"(?:.*?CPU kernels: (?P<kernels>[\w.+-]+))?"
 )
 
 
@@ -455,6 +456,7 @@ def measure_ours(opts, family, folder, dtype, size, work: Path, tag: str) -> dic
     return dict(text=text, sampling=sampling, per_step=float(found["per_step"]), decode=decode,
                 steps=int(found["steps"]), image=text + sampling + decode, wall=wall, rss=rss,
                 own_rss=float(found["rss"]) * 1e9 if found["rss"] else None,
+                kernels=found["kernels"],
                 summary=found[0], log=str(log))
 
 
@@ -627,6 +629,9 @@ def report(opts, results, flops, peaks) -> str:
     for (family, size, impl, dtype), runs in results.items():
         name = f"{family} {size}²"
         engine = "sd" if impl == "ours" else "PyTorch"
+        levels = sorted({r["kernels"] for r in runs if r.get("kernels")})
+        if levels:
+            engine += f" ({', '.join(levels)})"
         errors = [r["error"] for r in runs if "error" in r]
         if len(errors) == len(runs):
             lines.append(f"| {name} | {engine} | {dtype} | failed: "
