@@ -730,8 +730,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let peak_rss = peak_rss_bytes()
         .map(|bytes| format!(", peak RSS {:.2} GB", bytes as f64 / 1e9))
         .unwrap_or_default();
+    // What ran the heavy ops: the CPU kernel level (or candle), or the GPU.
+    let kernels = if device.is_cpu() {
+        format!(
+            ", CPU kernels: {}",
+            stable_diffusion::nn::kernels::cpu_backend_name()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "text encoding {:.2} s, sampling {} steps in {:.2} s ({:.3} s/step), VAE decoding {:.2} s{peak_rss}",
+        "text encoding {:.2} s, sampling {} steps in {:.2} s ({:.3} s/step), VAE decoding {:.2} s{peak_rss}{kernels}",
         t.text_encoding.as_secs_f64() + t.image_encoding.as_secs_f64(),
         t.steps,
         t.sampling.as_secs_f64(),

@@ -78,7 +78,10 @@ fn main() -> ExitCode {
     // Before any thread exists: setting the environment is only sound while single-threaded.
     pin_thread_count();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // A kernel level this CPU cannot run (or an unknown one) is the caller's mistake.
+    let result =
+        stable_diffusion::nn::kernels::check_level().map_err(|e| UsageError(e.to_string()).into());
+    let result = result.and_then(|()| match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Tokenize(args) => tokenize(args),
         Command::Info(args) => info(args),
@@ -86,7 +89,7 @@ fn main() -> ExitCode {
         Command::Samplers => samplers::run(),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => train::run_eval(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -23,7 +23,9 @@ fn time(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn values(len: usize) -> Vec<f32> {
-    (0..len).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect()
+    (0..len)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect()
 }
 
 fn main() {
@@ -33,13 +35,21 @@ fn main() {
         rayon::current_num_threads()
     );
     for storage in [Storage::F32, Storage::Bf16] {
-        for &(m, k, n) in &[(8192, 320, 320), (8192, 320, 2560), (2048, 1280, 1280), (154, 768, 768)] {
+        for &(m, k, n) in &[
+            (8192, 320, 320),
+            (8192, 320, 2560),
+            (2048, 1280, 1280),
+            (154, 768, 768),
+        ] {
             let a = values(m * k);
             let b = PackedB::from_kxn(&values(k * n), k, n, n, storage);
             let mut out = vec![0f32; m * n];
             let seconds = time(5, || matmul(&a, m, &b, None, None, &mut out));
             let gflops = 2.0 * (m * k * n) as f64 / seconds / 1e9;
-            println!("gemm {m}x{k}x{n} {storage:?}: {:.2} ms, {gflops:.1} GFLOP/s", seconds * 1e3);
+            println!(
+                "gemm {m}x{k}x{n} {storage:?}: {:.2} ms, {gflops:.1} GFLOP/s",
+                seconds * 1e3
+            );
         }
         for &(batch, cin, cout, size, kernel) in &[
             (2, 320, 320, 64, 3),

@@ -302,3 +302,15 @@ fn per_layer_transformer_depths_match_diffusers_names() {
     .unwrap();
     common::assert_matches_manifest("unet_tiny_asymmetric", &recorded(&config));
 }
+
+#[test]
+fn unet_matches_reference_at_every_cpu_kernel_level() {
+    // The other tests run the fastest level; this one runs each level this CPU has.
+    for level in sd_kernels::Level::available() {
+        eprintln!("kernel level {level}");
+        sd_kernels::cpu::with_level(level, || {
+            check_against_reference("tiny_sd15");
+            check_against_reference("tiny_sdxl");
+        });
+    }
+}

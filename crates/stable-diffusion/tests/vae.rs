@@ -187,3 +187,23 @@ fn sdxl_preset_matches_the_full_size_manifest() {
     let recorded = record_shapes(|vb| AutoencoderKL::new(vb, &config)).unwrap();
     common::assert_matches_manifest("vae_sdxl", &recorded);
 }
+
+#[test]
+fn encode_and_decode_match_reference_at_every_cpu_kernel_level() {
+    // The other tests run the fastest level; this one runs each level this CPU has.
+    let vae = tiny_vae();
+    let fx = common::load_tensors("vae/tiny_sd15.safetensors");
+    for level in sd_kernels::Level::available() {
+        sd_kernels::cpu::with_level(level, || {
+            for suffix in ["", "_odd"] {
+                let what = |name: &str| format!("{level} {name}{suffix}");
+                let posterior = vae.encode(&fx[&format!("images{suffix}")]).unwrap();
+                let mean = &fx[&format!("mean{suffix}")];
+                common::assert_close(&what("mean"), &posterior.mean, mean, TOL);
+                let decoded = vae.decode(&fx[&format!("latents{suffix}")]).unwrap();
+                let expected = &fx[&format!("decoded{suffix}")];
+                common::assert_close(&what("decoded"), &decoded, expected, TOL);
+            }
+        });
+    }
+}

@@ -32,7 +32,7 @@ pub fn check_level() -> Result<()> {
         .map(|_| ())
         .map_err(|e| Error::InvalidArgument {
             what: "CPU kernel level",
-            msg: e.to_string(),
+            msg: format!("{e}; `{CANDLE}` turns the kernels off"),
         })
 }
 
