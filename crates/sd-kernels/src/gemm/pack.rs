@@ -155,7 +155,13 @@ impl PackedB {
         let panels = self.n.div_ceil(NR);
         let at = k0 * panels * NR + panel * kc * NR;
         match &self.data {
-            Data::F32(d) => &d[at..at + kc * NR],
+            Data::F32(d) => {
+                // Copied next to the A panels: measured faster than reading the packed matrix
+                // in place (the copy stays in L1 for the whole column of micro-tiles).
+                let dst = &mut scratch[..kc * NR];
+                dst.copy_from_slice(&d[at..at + kc * NR]);
+                dst
+            }
             Data::Bf16(d) => {
                 let dst = &mut scratch[..kc * NR];
                 widen_bf16(&d[at..at + kc * NR], dst);
