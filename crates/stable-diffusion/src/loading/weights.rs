@@ -121,8 +121,35 @@ impl SafetensorsFile {
             return Err(bad(format!("unsupported dtype {:?}", info.dtype)));
         }
         let tensor = view.load(device).map_err(|e| bad(e.to_string()))?;
+        self.release(self.data_start + start, self.data_start + end);
         Ok(Some(tensor.to_dtype(dtype)?))
     }
+
+    /// Drops the file's pages of bytes `start..end` from this process's resident memory once
+    /// a tensor has been copied out of them, so that the loaded (packed) weights and the
+    /// mapped file are not both resident at the peak. Only whole pages inside the range go;
+    /// reading them again faults them back in from the file.
+    #[cfg(unix)]
+    fn release(&self, start: usize, end: usize) {
+        const PAGE: usize = 4096;
+        let first = start.div_ceil(PAGE) * PAGE;
+        let last = end / PAGE * PAGE;
+        if last > first {
+            // SAFETY: the map is read-only and never written, so dropping its pages loses
+            // nothing: the next access reads them from the file again.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )
+            };
+        }
+    }
+
+    /// Elsewhere the pages stay mapped until the file is closed.
+    #[cfg(not(unix))]
+    fn release(&self, _start: usize, _end: usize) {}
 }
 
 impl TensorStore for SafetensorsFile {
