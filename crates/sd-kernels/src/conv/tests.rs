@@ -116,6 +116,26 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// `packed` applied to `input` at `level` without bias, batch bias or residual.
+fn plain(packed: &PackedConv, case: &Case, input: &[f32], level: Level) -> Vec<f32> {
+    let g = case.geometry;
+    let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+    let mut out = vec![f32::NAN; case.batch * g.out_channels * oh * ow];
+    with_level(level, || {
+        packed.forward(
+            input,
+            case.batch,
+            case.height,
+            case.width,
+            None,
+            None,
+            None,
+            &mut out,
+        )
+    });
+    out
+}
+
 #[test]
 fn every_level_matches_the_plain_convolution() {
     for &level in &Level::available() {
@@ -156,18 +176,7 @@ fn every_level_matches_the_plain_convolution() {
             let zeros_b = vec![0f32; case.batch * g.out_channels];
             let zeros_r = vec![0f32; out_len];
             let (want, scale) = reference(case, &input, &weight, &zeros_c, &zeros_b, &zeros_r);
-            with_level(level, || {
-                packed.forward(
-                    &input,
-                    case.batch,
-                    case.height,
-                    case.width,
-                    None,
-                    None,
-                    None,
-                    &mut out,
-                )
-            });
+            let out = plain(&packed, case, &input, level);
             assert_close(
                 &format!("{level} case {seed} plain"),
                 &out,
@@ -192,19 +201,7 @@ fn bf16_weights_convolve_as_their_rounded_values() {
     let (want, scale) = reference(case, &input, &rounded, &zeros, &zeros, &zeros);
     let packed = PackedConv::new(&weight, g, Storage::Bf16);
     for &level in &Level::available() {
-        let mut out = vec![0f32; zeros.len()];
-        with_level(level, || {
-            packed.forward(
-                &input,
-                case.batch,
-                case.height,
-                case.width,
-                None,
-                None,
-                None,
-                &mut out,
-            )
-        });
+        let out = plain(&packed, case, &input, level);
         assert_close(&format!("{level} bf16"), &out, &want, &scale, 1e-6);
     }
 }
@@ -213,30 +210,12 @@ fn bf16_weights_convolve_as_their_rounded_values() {
 fn convolution_does_not_depend_on_the_thread_count() {
     let case = &cases()[6];
     let g = case.geometry;
-    let (oh, ow) = g.output_size(case.height, case.width).unwrap();
     let mut rng = Rng::new(9);
     let input = rng.vec(case.batch * g.in_channels * case.height * case.width);
     let weight = rng.vec(g.out_channels * g.depth());
     let packed = PackedConv::new(&weight, g, Storage::F32);
     for &level in &Level::available() {
-        let run = |threads| {
-            with_threads(threads, || {
-                with_level(level, || {
-                    let mut out = vec![0f32; case.batch * g.out_channels * oh * ow];
-                    packed.forward(
-                        &input,
-                        case.batch,
-                        case.height,
-                        case.width,
-                        None,
-                        None,
-                        None,
-                        &mut out,
-                    );
-                    out
-                })
-            })
-        };
+        let run = |threads| with_threads(threads, || plain(&packed, case, &input, level));
         assert_eq!(run(1), run(2), "{level}");
     }
 }

@@ -6,6 +6,15 @@ use candle_nn::VarBuilder;
 use super::kernels;
 use crate::Result;
 
+/// A norm's weight and bias as f32 for the CPU kernels, when they run this layer.
+fn kernel_affine(weight: &Tensor, bias: &Tensor) -> Result<Option<Arc<(Vec<f32>, Vec<f32>)>>> {
+    Ok(if kernels::packs(weight) {
+        Some(Arc::new((kernels::vector(weight)?, kernels::vector(bias)?)))
+    } else {
+        None
+    })
+}
+
 /// Group normalisation over `(batch, channels, ...)` with a per-channel affine transform.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -21,14 +30,7 @@ impl GroupNorm {
     pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         let weight = vb.get(channels, "weight")?;
         let bias = vb.get(channels, "bias")?;
-        let affine = if kernels::packs(&weight) {
-            Some(Arc::new((
-                kernels::vector(&weight)?,
-                kernels::vector(&bias)?,
-            )))
-        } else {
-            None
-        };
+        let affine = kernel_affine(&weight, &bias)?;
         Ok(Self {
             inner: candle_nn::GroupNorm::new(weight, bias, channels, groups, eps)?,
             affine,
@@ -87,14 +89,7 @@ impl LayerNorm {
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         let weight = vb.get(dim, "weight")?;
         let bias = vb.get(dim, "bias")?;
-        let affine = if kernels::packs(&weight) {
-            Some(Arc::new((
-                kernels::vector(&weight)?,
-                kernels::vector(&bias)?,
-            )))
-        } else {
-            None
-        };
+        let affine = kernel_affine(&weight, &bias)?;
         Ok(Self {
             inner: candle_nn::LayerNorm::new(weight, bias, eps),
             affine,
