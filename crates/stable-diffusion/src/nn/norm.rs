@@ -6,8 +6,11 @@ use candle_nn::VarBuilder;
 use super::kernels;
 use crate::Result;
 
+/// A norm's weight and bias as f32, shared by the clones of a layer.
+type Affine = Arc<(Vec<f32>, Vec<f32>)>;
+
 /// A norm's weight and bias as f32 for the CPU kernels, when they run this layer.
-fn kernel_affine(weight: &Tensor, bias: &Tensor) -> Result<Option<Arc<(Vec<f32>, Vec<f32>)>>> {
+fn kernel_affine(weight: &Tensor, bias: &Tensor) -> Result<Option<Affine>> {
     Ok(if kernels::packs(weight) {
         Some(Arc::new((kernels::vector(weight)?, kernels::vector(bias)?)))
     } else {
@@ -20,7 +23,7 @@ fn kernel_affine(weight: &Tensor, bias: &Tensor) -> Result<Option<Arc<(Vec<f32>,
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
     /// The weight and bias as f32 for the CPU kernels.
-    affine: Option<Arc<(Vec<f32>, Vec<f32>)>>,
+    affine: Option<Affine>,
     groups: usize,
     eps: f64,
 }
@@ -79,7 +82,7 @@ impl GroupNorm {
 pub struct LayerNorm {
     inner: candle_nn::LayerNorm,
     /// The weight and bias as f32 for the CPU kernels.
-    affine: Option<Arc<(Vec<f32>, Vec<f32>)>>,
+    affine: Option<Affine>,
     dim: usize,
     eps: f64,
 }
