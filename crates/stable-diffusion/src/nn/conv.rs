@@ -130,11 +130,7 @@ impl Conv2d {
                 }
                 let out = kernels::tensor(out, (batch, g.out_channels, oh, ow))?;
                 super::flops::add(2 * (out.elem_count() * g.depth()) as u64);
-                return Ok(if out.dtype() == x.dtype() {
-                    out
-                } else {
-                    out.to_dtype(x.dtype())?
-                });
+                return kernels::in_dtype_of(x, out);
             }
             ConvWeights::Candle(conv) => candle_forward(conv, x)?,
         };

@@ -83,11 +83,7 @@ impl Linear {
                     None => apply(None)?,
                 }
                 let out = kernels::tensor(out, out_shape)?;
-                return Ok(if x.dtype() == out.dtype() {
-                    out
-                } else {
-                    out.to_dtype(x.dtype())?
-                });
+                return kernels::in_dtype_of(x, out);
             }
             LinearWeights::Candle(layer) => candle_forward(layer, x)?,
         };
