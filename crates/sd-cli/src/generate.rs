@@ -15,8 +15,8 @@ use stable_diffusion::image::{
 use stable_diffusion::loading::embeddings::TextualInversion;
 use stable_diffusion::loading::{lora_tags, LoraFile, LoraSpec};
 use stable_diffusion::pipeline::{
-    load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest, HiresFix, HiresUpscaler,
-    Inputs, LoadOptions, Progress, RngKind, StableDiffusion,
+    format_network_hashes, load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest,
+    HiresFix, HiresUpscaler, Inputs, LoadOptions, Progress, RngKind, StableDiffusion,
 };
 use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
@@ -332,6 +332,7 @@ fn build_request(
             steps: 0,
             strength: 0.7,
             upscaler: HiresUpscaler::Lanczos,
+            resize: None,
         });
         hires.scale = scale;
     }
@@ -417,6 +418,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 usage(format!("{}: no generation parameters found", png.display()))
             })?;
             let info = InfoText::parse(&text);
+            for key in GenerationRequest::unsupported_infotext_keys(&info) {
+                eprintln!(
+                    "warning: {}: `{key}` is not supported and is ignored; the image will differ",
+                    png.display()
+                );
+            }
             Some(GenerationRequest::from_infotext(&info).map_err(as_usage)?)
         }
         None => None,
@@ -597,17 +604,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     }
     // A1111's "TI hashes": `name: shorthash` for each embedding the prompts use.
-    let mut ti_hashes = Vec::new();
+    let mut ti_hashes: Vec<(String, String)> = Vec::new();
     for path in embedding_files(&args, &request)? {
         let embedding = TextualInversion::load(&path).map_err(as_usage)?;
         model.add_embedding(&embedding).map_err(as_usage)?;
         let name = &embedding.name;
         if request.prompt.contains(name.as_str()) || request.negative_prompt.contains(name.as_str())
         {
-            ti_hashes.push(format!("{name}: {}", embedding.short_hash()?));
+            ti_hashes.push((name.clone(), embedding.short_hash()?));
         }
     }
-    let ti_hashes = ti_hashes.join(", ");
+    let ti_hashes = format_network_hashes(ti_hashes.iter().map(|(n, h)| (n.as_str(), h.as_str())));
     if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
         request.width = model.native_size();
     }
@@ -696,10 +703,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .iter()
         .map(|spec| {
             let file = LoraFile::open(&spec.path)?;
-            Ok(format!("{}: {}", file.name(), file.short_hash()?))
+            Ok((file.name().to_string(), file.short_hash()?))
         })
-        .collect::<stable_diffusion::Result<Vec<_>>>()?
-        .join(", ");
+        .collect::<stable_diffusion::Result<Vec<_>>>()?;
+    let lora_hashes =
+        format_network_hashes(lora_hashes.iter().map(|(n, h)| (n.as_str(), h.as_str())));
 
     // 4. Write the PNGs, each atomically, with the parameters that re-create it. A1111's
     // model hash is known for single files (cached after the first run), not for folders.

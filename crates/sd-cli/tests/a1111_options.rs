@@ -185,3 +185,45 @@ fn pt_embedding_gives_the_safetensors_image_and_ti_hashes() {
     assert!(params.contains(&expected), "{expected} not in {params}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_a1111_png_without_rng_re_makes_with_gpu_noise_and_unbuilt_keys_are_warned_about() {
+    let dir = scratch("a1111-png");
+    let (made, a1111, again, cpu) = (
+        dir.join("made.png"),
+        dir.join("a1111.png"),
+        dir.join("again.png"),
+        dir.join("cpu.png"),
+    );
+    let mut args = BASE.to_vec();
+    args[3] = "Euler"; // A1111's name: its (k-diffusion) sampling, as its PNG means
+    args.extend(["--rng", "cuda"]);
+    generate(&made, &args);
+    // The same parameters as A1111 writes them at its defaults: no RNG key.
+    let text = "a red circle\nSteps: 3, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.5, \
+                Seed: 7, Size: 32x32, Tiling: True, Version: v1.10.1";
+    let image = rgb(&made);
+    let info = stable_diffusion::image::InfoText::parse(text);
+    stable_diffusion::image::save_png_with_infotext(&a1111, &image, &info).unwrap();
+    let model = tiny_model();
+    let out = sd([
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--output",
+        again.to_str().unwrap(),
+        "--from-png",
+        a1111.to_str().unwrap(),
+    ]);
+    assert_success(&out, "--from-png of an A1111 PNG");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`Tiling: True` is not supported"),
+        "{stderr}"
+    );
+    assert_eq!(rgb(&again), rgb(&made));
+    args.truncate(BASE.len());
+    generate(&cpu, &args);
+    assert_ne!(rgb(&cpu), rgb(&made), "the two streams give one image");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -446,6 +446,7 @@ mod hires_latent {
             steps: 4,
             strength: 0.6,
             upscaler: HiresUpscaler::Latent,
+            resize: None,
         };
         let together = model
             .generate_hires(&request, &hires, &mut |_| Control::Continue)
@@ -494,6 +495,7 @@ mod hires_latent {
                 steps: 12,
                 strength: 0.45,
                 upscaler: HiresUpscaler::Latent,
+                resize: None,
             }),
             ..Default::default()
         };

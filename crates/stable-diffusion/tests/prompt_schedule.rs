@@ -189,6 +189,7 @@ fn hires_second_pass_counts_from_the_first_pass() {
         steps: 8,
         strength: 0.75,
         upscaler: HiresUpscaler::Lanczos,
+        resize: None,
     };
     let together = model
         .generate_hires(&request, &hires, &mut |_| Control::Continue)

@@ -30,6 +30,10 @@ pub struct HiresFix {
     pub strength: f64,
     /// How the first pass is enlarged ("Hires upscaler").
     pub upscaler: HiresUpscaler,
+    /// A1111's "Hires resize": the second pass's size `(width, height)` in pixels instead of
+    /// `scale` (`hr_resize_x` / `hr_resize_y`; a side of 0 follows the first pass's aspect
+    /// ratio). `None` scales by `scale`.
+    pub resize: Option<(usize, usize)>,
 }
 
 /// How a hires fix enlarges its first pass.
@@ -102,9 +106,40 @@ pub fn upscale_latents_bilinear(latents: &Tensor, height: usize, width: usize) -
 impl HiresFix {
     /// The second pass's size: the first pass's times the scale, rounded down to a multiple
     /// of `factor`.
+    /// With `resize`, A1111's `hr_upscale_to_x/y`: the given side(s), the other from the
+    /// first pass's aspect ratio; when both sides are given and the aspect ratios differ,
+    /// the size that covers them (A1111 then crops to the given size, see
+    /// [`HiresFix::crops`]).
     pub fn target_size(&self, width: usize, height: usize, factor: usize) -> (usize, usize) {
-        let scaled = |v: usize| ((v as f64 * self.scale) as usize) / factor * factor;
-        (scaled(width), scaled(height))
+        let (w, h) = match self.resize {
+            None | Some((0, 0)) => (
+                (width as f64 * self.scale) as usize,
+                (height as f64 * self.scale) as usize,
+            ),
+            Some((x, 0)) => (x, x * height / width.max(1)),
+            Some((0, y)) => (y * width / height.max(1), y),
+            Some((x, y)) => {
+                // As A1111: cover the requested box, keeping the first pass's aspect ratio.
+                if (width as f64 / height as f64) < (x as f64 / y as f64) {
+                    (x, x * height / width.max(1))
+                } else {
+                    (y * width / height.max(1), y)
+                }
+            }
+        };
+        (w / factor * factor, h / factor * factor)
+    }
+
+    /// Whether A1111 would crop the enlarged first pass to reach `resize` (both sides given,
+    /// in an aspect ratio other than the first pass's): not built here.
+    pub fn crops(&self, width: usize, height: usize, factor: usize) -> bool {
+        match self.resize {
+            Some((x, y)) if x > 0 && y > 0 => {
+                let (w, h) = self.target_size(width, height, factor);
+                (w, h) != (x / factor * factor, y / factor * factor)
+            }
+            _ => false,
+        }
     }
 
     /// The img2img request of the second pass for `first` (the first pass's request).
@@ -148,14 +183,43 @@ impl StableDiffusion {
                 "it makes one image at a time (batch size 1)",
             ));
         }
-        if !(hires.scale >= 1.0 && hires.scale.is_finite()) {
-            return Err(Error::invalid(
-                "hires scale",
-                format!("{} is not a factor of 1 or more", hires.scale),
-            ));
+        let factor = self.spatial_factor();
+        match hires.resize {
+            None | Some((0, 0)) => {
+                if !(hires.scale >= 1.0 && hires.scale.is_finite()) {
+                    return Err(Error::invalid(
+                        "hires scale",
+                        format!("{} is not a factor of 1 or more", hires.scale),
+                    ));
+                }
+            }
+            Some((x, y)) => {
+                let (w, h) = hires.target_size(request.width, request.height, factor);
+                if x > super::MAX_SIDE || y > super::MAX_SIDE || w == 0 || h == 0 {
+                    return Err(Error::invalid(
+                        "hires resize",
+                        format!(
+                            "{x}x{y} from {}x{} gives {w}x{h}, not within {factor}..={} pixels a side",
+                            request.width,
+                            request.height,
+                            super::MAX_SIDE
+                        ),
+                    ));
+                }
+                if hires.crops(request.width, request.height, factor) {
+                    return Err(Error::invalid(
+                        "hires resize",
+                        format!(
+                            "{x}x{y} has another aspect ratio than the first pass ({}x{}); \
+                             A1111 enlarges to {w}x{h} and crops, which is not built here \
+                             (give one side, 0 for the other)",
+                            request.width, request.height
+                        ),
+                    ));
+                }
+            }
         }
         let first = self.generate(request, &Inputs::default(), progress)?;
-        let factor = self.spatial_factor();
         let second_request = hires.second_pass(request, factor);
         let (width, height) = (second_request.width, second_request.height);
         let (init_image, init_latents) = match hires.upscaler {

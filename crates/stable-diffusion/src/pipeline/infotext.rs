@@ -56,7 +56,11 @@ impl GenerationRequest {
             info.push("Clip skip", self.clip_skip);
         }
         if let Some(hires) = &self.hires {
-            info.push("Hires upscale", format_float(hires.scale));
+            // As A1111: "Hires resize" replaces "Hires upscale" when a size was asked for.
+            match hires.resize {
+                Some((x, y)) if (x, y) != (0, 0) => info.push("Hires resize", format!("{x}x{y}")),
+                _ => info.push("Hires upscale", format_float(hires.scale)),
+            }
             if hires.steps > 0 {
                 info.push("Hires steps", hires.steps);
             }
@@ -216,9 +220,11 @@ impl GenerationRequest {
         if let Some(v) = info.get("Denoising strength") {
             request.strength = number("Denoising strength", v)?;
         }
-        if let Some(v) = info.get("RNG") {
-            request.rng = v.parse::<RngKind>()?;
-        }
+        // As A1111 reads it: no RNG key means its default, the GPU's (Philox) noise.
+        request.rng = match info.get("RNG") {
+            Some(v) => v.parse::<RngKind>()?,
+            None => RngKind::Cuda,
+        };
         if let Some(v) = info.get("Eta DDIM") {
             request.eta = number("Eta DDIM", v)?;
         }
@@ -236,7 +242,26 @@ impl GenerationRequest {
         if let Some(v) = info.get("Negative aesthetic score") {
             request.negative_aesthetic_score = number("Negative aesthetic score", v)?;
         }
-        if let Some(v) = info.get("Hires upscale") {
+        // A1111 before 1.0 wrote the first pass's size as "First pass size" and the final
+        // size as "Size"; its reader turns that into a "Hires resize" to the final size.
+        let mut size = (request.width, request.height);
+        let mut resize = match info.get("Hires resize") {
+            Some(v) => Some(size_pair("Hires resize", v)?),
+            None => None,
+        };
+        if let Some(v) = info.get("First pass size") {
+            let (w, h) = size_pair("First pass size", v)?;
+            let first = if w == 0 || h == 0 {
+                old_first_pass_size(size.0, size.1)
+            } else {
+                (w, h)
+            };
+            resize = Some(size);
+            size = first;
+        }
+        (request.width, request.height) = size;
+        let resize = resize.filter(|&r| r != (0, 0));
+        if let Some(v) = info.get("Hires upscale").or(resize.map(|_| "1")) {
             let strength = match info.get("Denoising strength") {
                 Some(v) => number("Denoising strength", v)?,
                 None => 0.7,
@@ -255,6 +280,7 @@ impl GenerationRequest {
                 },
                 strength,
                 upscaler,
+                resize,
             });
         }
         if let Some(v) = info.get("Batch size") {
@@ -267,6 +293,97 @@ impl GenerationRequest {
     }
 }
 
+/// A `WxH` value of the key `key` (both sides `>= 0`).
+fn size_pair(key: &str, value: &str) -> Result<(usize, usize)> {
+    let (w, h) = value.split_once('x').ok_or_else(|| {
+        Error::invalid("infotext", format!("{key} `{value}` is not WIDTHxHEIGHT"))
+    })?;
+    Ok((number(key, w)?, number(key, h)?))
+}
+
+/// A1111's old hires fix's first pass when its size was left at 0x0: about 512² pixels in the
+/// final size's aspect ratio, each side rounded up to a multiple of 64
+/// (`old_hires_fix_first_pass_dimensions`).
+fn old_first_pass_size(width: usize, height: usize) -> (usize, usize) {
+    let scale = ((512.0 * 512.0) / (width.max(1) * height.max(1)) as f64).sqrt();
+    let side = |v: usize| ((scale * v as f64 / 64.0).ceil() as usize) * 64;
+    (side(width), side(height))
+}
+
+/// Infotext keys that change AUTOMATIC1111's image but that this engine does not build, with
+/// the values A1111 means by "off"; a request read from infotext holding one of them with
+/// another value makes a different image.
+const UNSUPPORTED_KEYS: &[(&str, &[&str])] = &[
+    ("Hires sampler", &["Use same sampler"]),
+    ("Hires schedule type", &["Use same scheduler"]),
+    ("Hires checkpoint", &["Use same checkpoint"]),
+    ("Hires prompt", &[""]),
+    ("Hires negative prompt", &[""]),
+    ("Hires CFG Scale", &[]),
+    ("Hires Distilled CFG Scale", &[]),
+    ("Tiling", &["False"]),
+    ("Face restoration", &[]),
+    ("Emphasis", &["Original"]),
+    ("Schedule rho", &["0"]),
+    ("Schedule max sigma", &["0"]),
+    ("Schedule min sigma", &["0"]),
+    ("Hypernet", &[]),
+    ("Noise multiplier", &["1", "1.0"]),
+    ("Token merging ratio", &["0", "0.0"]),
+    ("Token merging ratio hr", &["0", "0.0"]),
+    ("NGMS", &["0", "0.0"]),
+    ("Pad conds", &["False"]),
+    ("Discard penultimate sigma", &["False"]),
+    ("SGM noise multiplier", &["False"]),
+    ("VAE Encoder", &["Full"]),
+    ("VAE Decoder", &["Full"]),
+    ("FP8 weight", &["Disable"]),
+    ("Downcast alphas_cumprod", &["False"]),
+    ("Skip Early CFG", &["0", "0.0"]),
+    ("Conditional mask weight", &["1", "1.0"]),
+];
+
+impl GenerationRequest {
+    /// The keys of `info` that change A1111's image but that a request cannot carry, as
+    /// `key: value`; reading `info` ignores them, so the caller should warn that the image
+    /// will differ.
+    pub fn unsupported_infotext_keys(info: &InfoText) -> Vec<String> {
+        UNSUPPORTED_KEYS
+            .iter()
+            .filter_map(|(key, off)| {
+                let value = info.get(key)?;
+                (!off.contains(&value.trim())).then(|| format!("{key}: {value}"))
+            })
+            .collect()
+    }
+}
+
+/// A1111's `Lora hashes` / `TI hashes` value: `name: hash` pairs joined by `, `, with `:` and
+/// `,` removed from each name as A1111 removes them (its reader splits on both).
+pub fn format_network_hashes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    pairs
+        .into_iter()
+        .map(|(name, hash)| {
+            let name: String = name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+            format!("{name}: {hash}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `Lora hashes` / `TI hashes` value read as A1111 reads it: split on `,`, each part on its
+/// first `:`, both sides trimmed; parts without a `:` are skipped.
+pub fn parse_network_hashes(value: &str) -> Vec<(String, String)> {
+    value
+        .split(',')
+        .filter_map(|part| {
+            let (name, hash) = part.split_once(':')?;
+            Some((name.trim().to_string(), hash.trim().to_string()))
+        })
+        .filter(|(name, hash)| !name.is_empty() && !hash.is_empty())
+        .collect()
+}
+
 fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
     value.trim().parse().map_err(|_| {
         Error::invalid(
@@ -276,14 +393,34 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
     })
 }
 
-/// A1111's sampler names, also the older forms with the schedule in the name ("DPM++ 2M Karras").
+/// A1111's schedule labels that no [`SigmaSchedule`] builds yet.
+const UNBUILT_SCHEDULES: &[&str] = &["Normal", "normal", "Polyexponential", "polyexponential"];
+
+/// A1111's sampler names, also the older forms with the schedule in the name ("DPM++ 2M
+/// Karras", "DPM++ 2M SDE Exponential", "Euler SGM Uniform"): as A1111's
+/// `get_sampler_and_scheduler`, any schedule label, name or alias at the end is split off.
 fn parse_sampler(name: &str) -> Result<(SamplerKind, Option<SigmaSchedule>)> {
+    let name = name.trim();
     if let Ok((kind, _)) = parse_sampler_name(name) {
         return Ok((kind, None));
     }
-    if let Some(base) = name.strip_suffix(" Karras") {
-        if let Ok((kind, _)) = parse_sampler_name(base) {
-            return Ok((kind, Some(SigmaSchedule::Karras)));
+    for (at, _) in name.rmatch_indices(' ') {
+        let (base, suffix) = (&name[..at], &name[at + 1..]);
+        let Ok((kind, _)) = parse_sampler_name(base) else {
+            continue;
+        };
+        if UNBUILT_SCHEDULES.contains(&suffix) {
+            return Err(Error::Unsupported {
+                what: "sigma schedule",
+                value: suffix.to_string(),
+                valid: SigmaSchedule::ALL
+                    .iter()
+                    .map(|k| k.a1111_name().to_string())
+                    .collect(),
+            });
+        }
+        if let Ok(schedule) = suffix.parse::<SigmaSchedule>() {
+            return Ok((kind, Some(schedule)));
         }
     }
     Err(Error::Unsupported {

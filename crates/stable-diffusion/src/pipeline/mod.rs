@@ -30,6 +30,7 @@ pub use conditioning::{Conditioning, ConditioningSchedule, PromptEmbedding, Text
 pub use denoise::Inputs;
 pub use family::{ModelFamily, ModelKind};
 pub use hires::{upscale_latents_bilinear, HiresFix, HiresUpscaler};
+pub use infotext::{format_network_hashes, parse_network_hashes};
 pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
 pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
