@@ -257,3 +257,37 @@ fn embeddings_load_and_a_wrong_width_names_file_and_both_widths() {
         .to_string();
     assert!(err.contains("pt"), "{err}");
 }
+
+#[test]
+fn embeddings_are_found_in_subfolders_as_a1111_finds_them() {
+    let dir = std::env::temp_dir().join(format!("sd-embeddings-walk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let nested = dir.join("styles").join("old");
+    std::fs::create_dir_all(&nested).unwrap();
+    let source = common::fixture("prompts/tivec.safetensors");
+    for path in [
+        dir.join("top.safetensors"),
+        dir.join("styles").join("mid.pt"),
+        nested.join("deep.bin"),
+        nested.join(".hidden.safetensors"),
+        nested.join("notes.txt"),
+    ] {
+        std::fs::copy(&source, path).unwrap();
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&dir, nested.join("loop")).unwrap();
+    let found = TextualInversion::files_in(&dir).unwrap();
+    let names: std::collections::BTreeSet<String> = found
+        .iter()
+        .filter_map(|p| TextualInversion::name_of(p))
+        .collect();
+    let expected: std::collections::BTreeSet<String> = ["top", "mid", "deep"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(names, expected, "{found:?}");
+    // The symlink loop leads back to a folder already read: nothing twice.
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found.windows(2).all(|w| w[0] <= w[1]), "sorted: {found:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,6 +24,9 @@ use crate::{Error, Result};
 /// The file types read as embeddings.
 pub const EXTENSIONS: [&str; 3] = ["safetensors", "pt", "bin"];
 
+/// How many folders deep below an embeddings folder [`TextualInversion::files_in`] looks.
+pub const MAX_FOLDER_DEPTH: usize = 8;
+
 /// An opened embedding file.
 enum Source {
     Safetensors(SafetensorsFile),
@@ -156,18 +159,39 @@ impl TextualInversion {
         Ok(hash)
     }
 
-    /// The embedding files in `dir` (`.safetensors`, `.pt`, `.bin`), sorted by name.
+    /// The embedding files in `dir` and its subfolders, as A1111 finds them (`.safetensors`,
+    /// `.pt`, `.bin`; names starting with `.` skipped), sorted by path. Folders deeper than
+    /// [`MAX_FOLDER_DEPTH`] below `dir` are not entered; a folder reached twice (through a
+    /// link) is read once.
     pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut files = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            let is_embedding = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)));
-            if path.is_file() && is_embedding {
-                files.push(path);
+        let mut folders = vec![(dir.to_path_buf(), 0usize)];
+        // Each folder once, however many links lead to it.
+        let mut seen = std::collections::HashSet::new();
+        while let Some((folder, depth)) = folders.pop() {
+            if !seen.insert(std::fs::canonicalize(&folder).map_err(|e| Error::io(&folder, e))?) {
+                continue;
+            }
+            let entries = std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| Error::io(&folder, e))?.path();
+                let hidden = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'));
+                if path.is_dir() {
+                    if depth < MAX_FOLDER_DEPTH {
+                        folders.push((path, depth + 1));
+                    }
+                    continue;
+                }
+                let is_embedding = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)));
+                if path.is_file() && is_embedding && !hidden {
+                    files.push(path);
+                }
             }
         }
         files.sort();
