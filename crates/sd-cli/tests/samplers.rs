@@ -156,6 +156,8 @@ fn samplers_command_lists_every_sampler_and_schedule() {
         "beta",
         "kl_optimal",
         "align_your_steps",
+        "normal",
+        "polyexponential",
         "Automatic",
     ] {
         assert!(text.contains(name), "`sd samplers` lacks {name}:\n{text}");

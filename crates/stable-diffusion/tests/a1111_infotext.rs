@@ -91,13 +91,13 @@ fn combined_sampler_and_schedule_names_of_a1111_1_6_to_1_8_split_as_a1111_splits
         (request.sampler, request.schedule),
         (SamplerKind::DpmPp2MSde, SigmaSchedule::Karras)
     );
-    // A schedule A1111 has but this engine does not build is refused by its name.
-    let err = GenerationRequest::from_infotext(&InfoText::parse(
-        "x\nSteps: 20, Sampler: DPM++ 2M Polyexponential, Seed: 1",
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("Polyexponential"), "{err}");
+    for (name, schedule) in [
+        ("DPM++ 2M Polyexponential", SigmaSchedule::Polyexponential),
+        ("Euler Normal", SigmaSchedule::Normal),
+    ] {
+        let request = a1111(&format!("Steps: 20, Sampler: {name}, Seed: 1"));
+        assert_eq!(request.schedule, schedule, "{name}");
+    }
     let err = GenerationRequest::from_infotext(&InfoText::parse(
         "x\nSteps: 20, Sampler: Magic Karras, Seed: 1",
     ))

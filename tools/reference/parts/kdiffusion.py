@@ -117,6 +117,18 @@ def sched_sgm_uniform(m, n):
     return torch.FloatTensor(sigs)
 
 
+def sched_normal(m, n):
+    start = m.sigma_to_t(torch.tensor(m.sigmas[-1].item()))
+    end = m.sigma_to_t(torch.tensor(m.sigmas[0].item()))
+    sigs = [m.t_to_sigma(ts) for ts in torch.linspace(start, end, n)]
+    sigs += [0.0]
+    return torch.FloatTensor(sigs)
+
+
+def sched_polyexponential(m, n):
+    return sampling.get_sigmas_polyexponential(n, m.sigmas[0].item(), m.sigmas[-1].item(), rho=1.0)
+
+
 def sched_simple(m, n):
     sigs = []
     ss = len(m.sigmas) / n
@@ -184,6 +196,8 @@ SCHEDULES = {
     "beta": sched_beta,
     "kl_optimal": sched_kl_optimal,
     "align_your_steps": sched_ays,
+    "normal": sched_normal,
+    "polyexponential": sched_polyexponential,
 }
 
 # A1111's samplers_k_diffusion options: the "Automatic" schedule and discard_next_to_last_sigma.
@@ -357,8 +371,11 @@ def make(root):
         add(f"{s}_karras_v_5", s, "karras", SD15_V, 5)
         add(f"{s}_discrete_eps_5", s, "discrete", SD15, 5)
         add(f"{s}_img2img_0.6", s, "default", SD15, 8, strength=0.6)
+    # Schedules added later run at the end, so that earlier cases keep their seeds.
+    later = ["normal", "polyexponential"]
     for sched in SCHEDULES:
-        add(f"euler_{sched}_eps_7", "euler", sched, SD15, 7)
+        if sched not in later:
+            add(f"euler_{sched}_eps_7", "euler", sched, SD15, 7)
     add("dpmpp_2m_align_your_steps_10", "dpmpp_2m", "align_your_steps", SD15, 10)
     add("euler_custom_sigmas", "euler", "default", SD15, 4, sigmas=[14.6, 5.0, 1.5, 0.3, 0.0])
     add("euler_churn", "euler", "karras", SD15, 6, opts={"s_churn": 1.0})
@@ -370,6 +387,8 @@ def make(root):
     add("dpmpp_3m_sde_eta_0.5", "dpmpp_3m_sde", "karras", SD15_V, 7, opts={"eta": 0.5})
     add("dpmpp_sde_img2img_karras", "dpmpp_sde", "karras", SD15, 8, strength=0.6)
     add("heun_img2img_karras", "heun", "karras", SD15, 10, strength=0.6)
+    for sched in later:
+        add(f"euler_{sched}_eps_7", "euler", sched, SD15, 7)
 
     # Schedule-only checks (no loop): more step counts, and the SDXL AYS table.
     m = model_for(SD15)

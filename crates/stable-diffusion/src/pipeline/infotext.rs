@@ -393,9 +393,6 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
     })
 }
 
-/// A1111's schedule labels that no [`SigmaSchedule`] builds yet.
-const UNBUILT_SCHEDULES: &[&str] = &["Normal", "normal", "Polyexponential", "polyexponential"];
-
 /// A1111's sampler names, also the older forms with the schedule in the name ("DPM++ 2M
 /// Karras", "DPM++ 2M SDE Exponential", "Euler SGM Uniform"): as A1111's
 /// `get_sampler_and_scheduler`, any schedule label, name or alias at the end is split off.
@@ -409,16 +406,6 @@ fn parse_sampler(name: &str) -> Result<(SamplerKind, Option<SigmaSchedule>)> {
         let Ok((kind, _)) = parse_sampler_name(base) else {
             continue;
         };
-        if UNBUILT_SCHEDULES.contains(&suffix) {
-            return Err(Error::Unsupported {
-                what: "sigma schedule",
-                value: suffix.to_string(),
-                valid: SigmaSchedule::ALL
-                    .iter()
-                    .map(|k| k.a1111_name().to_string())
-                    .collect(),
-            });
-        }
         if let Ok(schedule) = suffix.parse::<SigmaSchedule>() {
             return Ok((kind, Some(schedule)));
         }

@@ -534,11 +534,15 @@ pub enum SigmaSchedule {
     KlOptimal,
     /// NVIDIA's published Align Your Steps tables, log-linearly interpolated.
     AlignYourSteps,
+    /// A1111's "Normal": `n` timesteps evenly spaced between those of σ_max and σ_min.
+    Normal,
+    /// k-diffusion's polyexponential ramp with ρ = 1 (A1111's "Polyexponential").
+    Polyexponential,
 }
 
 impl SigmaSchedule {
     /// Every schedule, in display order.
-    pub const ALL: [SigmaSchedule; 10] = [
+    pub const ALL: [SigmaSchedule; 12] = [
         SigmaSchedule::Default,
         SigmaSchedule::Discrete,
         SigmaSchedule::Karras,
@@ -549,6 +553,8 @@ impl SigmaSchedule {
         SigmaSchedule::Beta,
         SigmaSchedule::KlOptimal,
         SigmaSchedule::AlignYourSteps,
+        SigmaSchedule::Normal,
+        SigmaSchedule::Polyexponential,
     ];
 
     /// The name used on the command line ("default", "karras", ...).
@@ -564,6 +570,8 @@ impl SigmaSchedule {
             SigmaSchedule::Beta => "beta",
             SigmaSchedule::KlOptimal => "kl_optimal",
             SigmaSchedule::AlignYourSteps => "align_your_steps",
+            SigmaSchedule::Normal => "normal",
+            SigmaSchedule::Polyexponential => "polyexponential",
         }
     }
 
@@ -580,6 +588,8 @@ impl SigmaSchedule {
             SigmaSchedule::Beta => "Beta",
             SigmaSchedule::KlOptimal => "KL Optimal",
             SigmaSchedule::AlignYourSteps => "Align Your Steps",
+            SigmaSchedule::Normal => "Normal",
+            SigmaSchedule::Polyexponential => "Polyexponential",
         }
     }
 
@@ -601,6 +611,10 @@ impl SigmaSchedule {
             SigmaSchedule::KlOptimal => "evenly spaced in arctan(sigma), ending at sigma_min",
             SigmaSchedule::AlignYourSteps => {
                 "NVIDIA's Align Your Steps tables (SD 1.5 / SDXL), log-linear interpolation"
+            }
+            SigmaSchedule::Normal => "n timesteps evenly spaced from sigma_max's to sigma_min's",
+            SigmaSchedule::Polyexponential => {
+                "polyexponential ramp, rho 1: evenly spaced in log sigma"
             }
         }
     }
@@ -1433,6 +1447,10 @@ pub fn kdiffusion_sigmas(
         SigmaSchedule::DdimUniform => sigmas::ddim_uniform(model, n),
         SigmaSchedule::Beta => sigmas::beta(min, max, n, sigmas::BETA_SCHEDULE_ALPHA),
         SigmaSchedule::KlOptimal => sigmas::kl_optimal(min, max, n),
+        SigmaSchedule::Normal => sigmas::normal(model, n),
+        SigmaSchedule::Polyexponential => {
+            sigmas::polyexponential(min, max, n, sigmas::POLYEXPONENTIAL_RHO)
+        }
         SigmaSchedule::AlignYourSteps => {
             let table: &[f64] = if options.sdxl {
                 &sigmas::AYS_SDXL

@@ -179,6 +179,30 @@ pub fn sgm_uniform(model: &ModelSigmas, n: usize) -> Vec<f32> {
     sigmas
 }
 
+/// A1111's "Normal" (`normal_scheduler`): `n` timesteps evenly spaced between those of σ_max
+/// and σ_min, mapped to sigmas, then 0 (SGM Uniform without dropping the last).
+pub fn normal(model: &ModelSigmas, n: usize) -> Vec<f32> {
+    let mut sigmas = spaced_timesteps(model, n, n);
+    sigmas.push(0.0);
+    sigmas
+}
+
+/// The ρ of A1111's "Polyexponential" schedule.
+pub const POLYEXPONENTIAL_RHO: f64 = 1.0;
+
+/// k-diffusion's `get_sigmas_polyexponential`: a ramp from 1 to 0 raised to `rho`, mapped
+/// to `exp(ramp · (ln σ_max − ln σ_min) + ln σ_min)` in f32 as torch computes it, then 0.
+pub fn polyexponential(sigma_min: f64, sigma_max: f64, n: usize, rho: f64) -> Vec<f32> {
+    let span = (sigma_max.ln() - sigma_min.ln()) as f32;
+    let low = sigma_min.ln() as f32;
+    let mut sigmas: Vec<f32> = torch_linspace_f32(1.0, 0.0, n)
+        .into_iter()
+        .map(|ramp| (ramp.powf(rho as f32) * span + low).exp())
+        .collect();
+    sigmas.push(0.0);
+    sigmas
+}
+
 /// "Simple": every (T / n)-th training sigma from the top, then 0.
 pub fn simple(model: &ModelSigmas, n: usize) -> Vec<f32> {
     let len = model.sigmas.len();
