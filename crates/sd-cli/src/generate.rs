@@ -614,7 +614,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             ti_hashes.push((name.clone(), embedding.short_hash()?));
         }
     }
-    let ti_hashes = format_network_hashes(ti_hashes.iter().map(|(n, h)| (n.as_str(), h.as_str())));
+    let ti_hashes = format_network_hashes(ti_hashes);
     if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
         request.width = model.native_size();
     }
@@ -706,8 +706,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Ok((file.name().to_string(), file.short_hash()?))
         })
         .collect::<stable_diffusion::Result<Vec<_>>>()?;
-    let lora_hashes =
-        format_network_hashes(lora_hashes.iter().map(|(n, h)| (n.as_str(), h.as_str())));
+    let lora_hashes = format_network_hashes(lora_hashes);
 
     // 4. Write the PNGs, each atomically, with the parameters that re-create it. A1111's
     // model hash is known for single files (cached after the first run), not for folders.

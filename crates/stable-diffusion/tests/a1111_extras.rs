@@ -425,8 +425,8 @@ mod hires_latent {
         }
     }
 
-    #[test]
-    fn latent_hires_equals_img2img_from_the_enlarged_latents() {
+    /// The tiny SD 1.5 model and a 32² Euler txt2img request of `steps` steps from `seed`.
+    fn tiny_txt2img(steps: usize, seed: u64) -> (StableDiffusion, GenerationRequest) {
         let model = StableDiffusion::load(
             &common::fixture("models/tiny-sd15"),
             &LoadOptions::default(),
@@ -436,11 +436,17 @@ mod hires_latent {
             prompt: "a red circle".into(),
             width: 32,
             height: 32,
-            steps: 3,
+            steps,
             sampler: "euler".parse().unwrap(),
-            seed: 21,
+            seed,
             ..Default::default()
         };
+        (model, request)
+    }
+
+    #[test]
+    fn latent_hires_equals_img2img_from_the_enlarged_latents() {
+        let (model, request) = tiny_txt2img(3, 21);
         let hires = HiresFix {
             scale: 1.5,
             steps: 4,
@@ -482,6 +488,46 @@ mod hires_latent {
             )
             .unwrap();
         assert!(common::max_abs_diff(&together.latents, &lanczos.latents) > 1e-3);
+    }
+
+    #[test]
+    fn a_hires_resize_runs_the_same_pass_as_the_equal_scale_and_a_crop_is_refused_by_name() {
+        let (model, request) = tiny_txt2img(2, 3);
+        let scaled = HiresFix {
+            scale: 1.5,
+            steps: 2,
+            strength: 0.5,
+            upscaler: HiresUpscaler::Latent,
+            resize: None,
+        };
+        let run =
+            |hires: &HiresFix| model.generate_hires(&request, hires, &mut |_| Control::Continue);
+        let by_scale = run(&scaled).unwrap();
+        let by_size = run(&HiresFix {
+            scale: 1.0,
+            resize: Some((48, 0)),
+            ..scaled.clone()
+        })
+        .unwrap();
+        assert_eq!(by_size.images[0].dimensions(), (48, 48));
+        assert_eq!(
+            common::max_abs_diff(&by_scale.latents, &by_size.latents),
+            0.0
+        );
+        let err = run(&HiresFix {
+            resize: Some((48, 64)),
+            ..scaled
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("hires resize") && err.contains("48x64"),
+            "{err}"
+        );
+        // The first pass alone is unchanged by any of this.
+        let _ = model
+            .generate(&request, &Inputs::default(), &mut |_| Control::Continue)
+            .unwrap();
     }
 
     #[test]

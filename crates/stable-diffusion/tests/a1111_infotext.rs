@@ -1,12 +1,10 @@
 //! Infotext written by AUTOMATIC1111 (in the layout of its `create_infotext`: prompt,
 //! `Negative prompt:` line, one line of `Key: value` pairs) read with A1111's own rules.
 
-mod common;
-
 use stable_diffusion::image::InfoText;
 use stable_diffusion::pipeline::{
-    format_network_hashes, parse_network_hashes, Control, GenerationRequest, HiresFix,
-    HiresUpscaler, Inputs, LoadOptions, RngKind, StableDiffusion,
+    format_network_hashes, parse_network_hashes, GenerationRequest, HiresFix, HiresUpscaler,
+    RngKind,
 };
 use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
 
@@ -157,58 +155,6 @@ fn hires_resize_and_the_old_first_pass_size_become_a_resize_to_the_final_size() 
         a1111("Steps: 20, Seed: 1, Size: 1024x1536, First pass size: 0x0, Denoising strength: 0.6");
     assert_eq!((auto.width, auto.height), (448, 640));
     assert_eq!(auto.hires.unwrap().resize, Some((1024, 1536)));
-}
-
-#[test]
-fn a_hires_resize_runs_the_same_pass_as_the_equal_scale_and_a_crop_is_refused_by_name() {
-    let model = StableDiffusion::load(
-        &common::fixture("models/tiny-sd15"),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let request = GenerationRequest {
-        prompt: "a red circle".into(),
-        width: 32,
-        height: 32,
-        steps: 2,
-        sampler: "euler".parse().unwrap(),
-        seed: 3,
-        ..Default::default()
-    };
-    let scaled = HiresFix {
-        scale: 1.5,
-        steps: 2,
-        strength: 0.5,
-        upscaler: HiresUpscaler::Latent,
-        resize: None,
-    };
-    let run = |hires: &HiresFix| model.generate_hires(&request, hires, &mut |_| Control::Continue);
-    let by_scale = run(&scaled).unwrap();
-    let by_size = run(&HiresFix {
-        scale: 1.0,
-        resize: Some((48, 0)),
-        ..scaled.clone()
-    })
-    .unwrap();
-    assert_eq!(by_size.images[0].dimensions(), (48, 48));
-    assert_eq!(
-        common::max_abs_diff(&by_scale.latents, &by_size.latents),
-        0.0
-    );
-    let err = run(&HiresFix {
-        resize: Some((48, 64)),
-        ..scaled
-    })
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("hires resize") && err.contains("48x64"),
-        "{err}"
-    );
-    // The first pass alone is unchanged by any of this.
-    let _ = model
-        .generate(&request, &Inputs::default(), &mut |_| Control::Continue)
-        .unwrap();
 }
 
 #[test]

@@ -106,6 +106,7 @@ pub fn upscale_latents_bilinear(latents: &Tensor, height: usize, width: usize) -
 impl HiresFix {
     /// The second pass's size: the first pass's times the scale, rounded down to a multiple
     /// of `factor`.
+    ///
     /// With `resize`, A1111's `hr_upscale_to_x/y`: the given side(s), the other from the
     /// first pass's aspect ratio; when both sides are given and the aspect ratios differ,
     /// the size that covers them (A1111 then crops to the given size, see

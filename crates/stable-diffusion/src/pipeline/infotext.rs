@@ -189,11 +189,7 @@ impl GenerationRequest {
             request.seed = number("Seed", v)?;
         }
         if let Some(v) = info.get("Size") {
-            let (w, h) = v.split_once('x').ok_or_else(|| {
-                Error::invalid("infotext", format!("Size `{v}` is not WIDTHxHEIGHT"))
-            })?;
-            request.width = number("Size", w)?;
-            request.height = number("Size", h)?;
+            (request.width, request.height) = size_pair("Size", v)?;
         }
         if let Some(v) = info.get("Variation seed") {
             request.variation_seed = Some(number("Variation seed", v)?);
@@ -203,16 +199,7 @@ impl GenerationRequest {
         }
         if let Some(v) = info.get("Seed resize from") {
             // A1111 writes -1x-1 for "off" in some versions.
-            let (w, h) = v.split_once('x').ok_or_else(|| {
-                Error::invalid(
-                    "infotext",
-                    format!("Seed resize from `{v}` is not WIDTHxHEIGHT"),
-                )
-            })?;
-            let (w, h): (i64, i64) = (
-                number("Seed resize from", w)?,
-                number("Seed resize from", h)?,
-            );
+            let (w, h): (i64, i64) = size_pair("Seed resize from", v)?;
             if w > 0 && h > 0 {
                 request.seed_resize_from = Some((w as usize, h as usize));
             }
@@ -293,8 +280,8 @@ impl GenerationRequest {
     }
 }
 
-/// A `WxH` value of the key `key` (both sides `>= 0`).
-fn size_pair(key: &str, value: &str) -> Result<(usize, usize)> {
+/// A `WxH` value of the key `key`, each side parsed as `T`.
+fn size_pair<T: std::str::FromStr>(key: &str, value: &str) -> Result<(T, T)> {
     let (w, h) = value.split_once('x').ok_or_else(|| {
         Error::invalid("infotext", format!("{key} `{value}` is not WIDTHxHEIGHT"))
     })?;
@@ -360,11 +347,17 @@ impl GenerationRequest {
 
 /// A1111's `Lora hashes` / `TI hashes` value: `name: hash` pairs joined by `, `, with `:` and
 /// `,` removed from each name as A1111 removes them (its reader splits on both).
-pub fn format_network_hashes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub fn format_network_hashes<N: AsRef<str>, H: std::fmt::Display>(
+    pairs: impl IntoIterator<Item = (N, H)>,
+) -> String {
     pairs
         .into_iter()
         .map(|(name, hash)| {
-            let name: String = name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+            let name: String = name
+                .as_ref()
+                .chars()
+                .filter(|c| !matches!(c, ':' | ','))
+                .collect();
             format!("{name}: {hash}")
         })
         .collect::<Vec<_>>()
