@@ -96,6 +96,7 @@ def main():
     parser.add_argument("--out", required=True, help="manifest to write: `file sha256` lines")
     parser.add_argument("--compare", help="an earlier manifest that every hash must equal")
     args = parser.parse_args()
+    args.sd = str(Path(args.sd).resolve())
 
     cases = fixture_cases() + EXTRA
     lines, failures = [], []

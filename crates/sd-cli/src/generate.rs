@@ -8,19 +8,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stable_diffusion::device::parse_device;
-use stable_diffusion::image::{
-    fit_image, image_to_tensor, load_image, read_parameters, save_png_with_infotext, InfoText,
-    Resize,
-};
-use stable_diffusion::loading::embeddings::TextualInversion;
-use stable_diffusion::loading::{lora_tags, LoraFile, LoraSpec};
+use stable_diffusion::image::{read_parameters, save_png_with_infotext, ImageData, InfoText};
+use stable_diffusion::loading::LoraSpec;
 use stable_diffusion::pipeline::{
-    format_network_hashes, load_vae, mask_to_tensor, parse_dtype, Control, GenerationRequest,
-    HiresFix, HiresUpscaler, Inputs, LoadOptions, Progress, RngKind, StableDiffusion,
+    parse_dtype, precheck, Asset, Control, GenerationRequest, HiresFix, HiresUpscaler, LoadOptions,
+    ModelStore, NetworkRef, Progress, RngKind,
 };
 use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
-use stable_diffusion::vae::VaeConfig;
 
 use crate::UsageError;
 
@@ -31,7 +26,7 @@ pub struct GenerateArgs {
     /// The prompt (the same as --prompt).
     #[arg(value_name = "PROMPT", conflicts_with = "prompt")]
     positional_prompt: Option<String>,
-    /// The model: a diffusers pipeline folder (with model_index.json) or a single-file checkpoint (.safetensors, .ckpt) [default: the built-in shapes model, models/shapes or $SD_DEFAULT_MODEL].
+    /// The model: a diffusers pipeline folder (with model_index.json), a single-file checkpoint (.safetensors, .ckpt), or a name in --models-dir [default: the built-in shapes model, models/shapes or $SD_DEFAULT_MODEL].
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// What the image should show.
@@ -175,8 +170,17 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "N")]
     ensd: Option<u64>,
     /// Re-run the parameters stored in a PNG made by sd or AUTOMATIC1111; options given here override them.
-    #[arg(long, value_name = "FILE.png")]
+    #[arg(long, value_name = "FILE.png", conflicts_with = "request")]
     from_png: Option<PathBuf>,
+    /// Run a JSON request (the library's GenerationRequest; `-` reads stdin); options given here override it.
+    #[arg(long, value_name = "FILE.json")]
+    request: Option<PathBuf>,
+    /// Print the JSON request that the options make, and exit without running it.
+    #[arg(long)]
+    print_request: bool,
+    /// A models folder in AUTOMATIC1111's layout (models/Stable-diffusion, models/Lora, models/VAE, embeddings): --model, --vae, --refiner, <lora:> tags, embedding names and --from-png's model resolve in it by name.
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
     /// Where to run: cpu, cuda, cuda:N, metal, metal:N or auto (GPUs need a build with `--features cuda` / `metal`) [default: cpu].
     #[arg(long)]
     device: Option<String>,
@@ -219,12 +223,36 @@ pub fn output_paths(output: &Path, count: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Builds the request: defaults, then the PNG's parameters, then the options given.
+/// A path given on the command line, as the name the store knows it by: `what` names it in
+/// the error when it does not exist (a name of the models folder is kept as it is).
+fn given_path(
+    store: &mut ModelStore,
+    asset: Asset,
+    path: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<String> {
+    if path.exists() {
+        return Ok(store.add(asset, path));
+    }
+    let name = path.to_string_lossy();
+    if store.find(asset, &name).is_some() {
+        return Ok(name.into_owned());
+    }
+    Err(usage(format!("{what} not found: {}{hint}", path.display())))
+}
+
+/// Builds the request: defaults, then the PNG's or the JSON request's parameters, then the
+/// options given; paths given are added to `store` and the request names them.
 fn build_request(
     args: &GenerateArgs,
     base: Option<GenerationRequest>,
+    store: &mut ModelStore,
 ) -> Result<GenerationRequest> {
     let mut request = base.unwrap_or_default();
+    if let Some(path) = &args.model {
+        request.model = Some(given_path(store, Asset::Checkpoint, path, "model", "")?);
+    }
     if let Some(prompt) = args.prompt.as_ref().or(args.positional_prompt.as_ref()) {
         request.prompt = prompt.clone();
     }
@@ -232,10 +260,10 @@ fn build_request(
         request.negative_prompt = v.clone();
     }
     if let Some(v) = args.width {
-        request.width = v;
+        request.width = Some(v);
     }
     if let Some(v) = args.height {
-        request.height = v;
+        request.height = Some(v);
     }
     if let Some(v) = args.steps {
         request.steps = v;
@@ -272,7 +300,7 @@ fn build_request(
         request.schedule = v.parse::<SigmaSchedule>().map_err(as_usage)?;
     }
     if let Some(v) = args.seed {
-        request.seed = v;
+        request.seed = Some(v);
     }
     if let Some(v) = &args.rng {
         request.rng = v.parse::<RngKind>().map_err(as_usage)?;
@@ -287,16 +315,34 @@ fn build_request(
         }
     }
     if let Some(v) = &args.init_image {
-        request.init_image = Some(v.clone());
+        request.init_image = Some(ImageData::read(v).map_err(as_usage)?);
     }
     if let Some(v) = args.strength {
         request.strength = v;
     }
     if let Some(v) = &args.mask {
-        request.mask = Some(v.clone());
+        request.mask = Some(ImageData::read(v).map_err(as_usage)?);
     }
-    if let Some(v) = &args.refiner {
-        request.refiner = Some(v.clone());
+    if let Some(path) = &args.refiner {
+        let hint = " (pass --refiner PATH, a diffusers folder)";
+        request.refiner = Some(given_path(store, Asset::Checkpoint, path, "refiner", hint)?);
+    }
+    if let Some(path) = &args.vae {
+        request.vae = Some(given_path(store, Asset::Vae, path, "VAE", "")?);
+    }
+    for arg in &args.loras {
+        let spec = LoraSpec::parse(arg).map_err(as_usage)?;
+        let name = given_path(store, Asset::Lora, &spec.path, "LoRA", "")?;
+        request.loras.push(NetworkRef {
+            name,
+            weight: f64::from(spec.weight),
+        });
+    }
+    for path in &args.embedding {
+        if !path.is_file() {
+            return Err(usage(format!("embedding not found: {}", path.display())));
+        }
+        request.embeddings.push(store.add(Asset::Embedding, path));
     }
     if let Some(v) = args.refiner_switch {
         request.refiner_switch = v;
@@ -327,14 +373,7 @@ fn build_request(
         request.eta_noise_seed_delta = v;
     }
     if let Some(scale) = args.hires_scale {
-        let hires = request.hires.get_or_insert(HiresFix {
-            scale,
-            steps: 0,
-            strength: 0.7,
-            upscaler: HiresUpscaler::Lanczos,
-            resize: None,
-        });
-        hires.scale = scale;
+        request.hires.get_or_insert_with(HiresFix::default).scale = scale;
     }
     if let Some(hires) = request.hires.as_mut() {
         if let Some(v) = args.hires_steps {
@@ -350,108 +389,39 @@ fn build_request(
     Ok(request)
 }
 
-/// The embeddings to load: every `--embedding`, and those of `--embeddings-dir` whose name
-/// appears in the prompt or the negative prompt.
-fn embedding_files(args: &GenerateArgs, request: &GenerationRequest) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in &args.embedding {
-        if !path.is_file() {
-            return Err(usage(format!("embedding not found: {}", path.display())));
-        }
-        files.push(path.clone());
+/// The request of `--request FILE` (`-`: stdin) or `--from-png FILE`, if any.
+fn base_request(args: &GenerateArgs) -> Result<Option<GenerationRequest>> {
+    if let Some(path) = &args.request {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading the request from stdin")?
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read request {}: {e}", path.display())))?
+        };
+        let request = GenerationRequest::from_json(&text)
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        return Ok(Some(request));
     }
-    if let Some(dir) = &args.embeddings_dir {
-        if !dir.is_dir() {
-            return Err(usage(format!(
-                "embeddings folder not found: {}",
-                dir.display()
-            )));
-        }
-        for path in TextualInversion::files_in(dir).map_err(as_usage)? {
-            let used = match TextualInversion::name_of(&path) {
-                Some(name) => {
-                    request.prompt.contains(&name) || request.negative_prompt.contains(&name)
-                }
-                None => true,
-            };
-            let given = files
-                .iter()
-                .any(|f| TextualInversion::name_of(f) == TextualInversion::name_of(&path));
-            if used && !given {
-                files.push(path);
-            }
-        }
+    let Some(png) = &args.from_png else {
+        return Ok(None);
+    };
+    let text = read_parameters(png)
+        .map_err(as_usage)?
+        .ok_or_else(|| usage(format!("{}: no generation parameters found", png.display())))?;
+    let info = InfoText::parse(&text);
+    for key in GenerationRequest::unsupported_infotext_keys(&info) {
+        eprintln!(
+            "warning: {}: `{key}` is not supported and is ignored; the image will differ",
+            png.display()
+        );
     }
-    Ok(files)
+    Ok(Some(
+        GenerationRequest::from_infotext(&info).map_err(as_usage)?,
+    ))
 }
 
-/// A seed for runs that name none: below 2^32, as AUTOMATIC1111 shows them.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish() & 0xffff_ffff
-}
-
-/// Runs `sd generate`.
-pub fn run(args: GenerateArgs) -> Result<()> {
-    // Ctrl-C from the start: a first one cancels cleanly at the next stage or step (exit 130,
-    // nothing written), a second one exits at once.
-    let cancelled = Arc::new(AtomicBool::new(false));
-    {
-        let cancelled = cancelled.clone();
-        let _ = ctrlc::set_handler(move || {
-            if cancelled.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
-    // 1. Everything the user gave is checked before the model is loaded.
-    let base = match &args.from_png {
-        Some(png) => {
-            let text = read_parameters(png).map_err(as_usage)?.ok_or_else(|| {
-                usage(format!("{}: no generation parameters found", png.display()))
-            })?;
-            let info = InfoText::parse(&text);
-            for key in GenerationRequest::unsupported_infotext_keys(&info) {
-                eprintln!(
-                    "warning: {}: `{key}` is not supported and is ignored; the image will differ",
-                    png.display()
-                );
-            }
-            Some(GenerationRequest::from_infotext(&info).map_err(as_usage)?)
-        }
-        None => None,
-    };
-    let mut request = build_request(&args, base)?;
-    let seed_given = args.seed.is_some() || args.from_png.is_some();
-    if !seed_given {
-        request.seed = random_seed();
-    }
-    if request.prompt.is_empty()
-        && args.from_png.is_none()
-        && args.prompt.is_none()
-        && args.positional_prompt.is_none()
-    {
-        return Err(usage("no prompt given: pass --prompt TEXT"));
-    }
-    let model_path = match &args.model {
-        Some(path) => path.clone(),
-        // No --model: the built-in shapes model (models/shapes, or $SD_DEFAULT_MODEL).
-        None => stable_diffusion::default_model_path().map_err(|e| {
-            usage(format!(
-                "no model given and no default model available ({e}): pass --model PATH (a diffusers folder or a single-file checkpoint)"
-            ))
-        })?,
-    };
-    if !model_path.exists() {
-        return Err(usage(format!("model not found: {}", model_path.display())));
-    }
+/// The load options of the model flags (device, dtypes, family, prediction, config).
+fn load_options(args: &GenerateArgs) -> Result<LoadOptions> {
     let mut options = LoadOptions::default();
     if let Some(v) = &args.weight_dtype {
         options.weight_dtype = parse_dtype("weight dtype", v).map_err(as_usage)?;
@@ -474,68 +444,89 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         options.config = Some(dir.clone());
     }
-    for arg in &args.loras {
-        let spec = LoraSpec::parse(arg).map_err(as_usage)?;
-        if !spec.path.is_file() {
-            return Err(usage(format!("LoRA not found: {}", spec.path.display())));
-        }
-        options.loras.push(spec);
+    options.device = parse_device(args.device.as_deref().unwrap_or("cpu")).map_err(as_usage)?;
+    if let Some(v) = &args.dtype {
+        let dtype = parse_dtype("dtype", v).map_err(as_usage)?;
+        options.weight_dtype = dtype;
+        options.compute_dtype = dtype;
     }
-    let tags = lora_tags(&request.prompt);
+    Ok(options)
+}
+
+/// The model store of the folder flags.
+fn model_store(args: &GenerateArgs) -> Result<ModelStore> {
+    let mut store = match &args.models_dir {
+        Some(dir) => ModelStore::with_models_dir(dir).map_err(as_usage)?,
+        None => ModelStore::new(),
+    };
     if let Some(dir) = &args.lora_dir {
-        if !dir.is_dir() {
-            return Err(usage(format!("LoRA folder not found: {}", dir.display())));
-        }
-        for (name, weight) in tags {
-            // As A1111: a network the prompt names but the folder lacks is a warning.
-            match LoraSpec::find(dir, &name, weight) {
-                Ok(spec) => options.loras.push(spec),
-                Err(e) => eprintln!("warning: {e}; the tag is ignored"),
+        store.add_folder(Asset::Lora, dir).map_err(as_usage)?;
+    }
+    if let Some(dir) = &args.embeddings_dir {
+        store.add_folder(Asset::Embedding, dir).map_err(as_usage)?;
+    }
+    Ok(store)
+}
+
+/// Runs `sd generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    // Ctrl-C from the start: a first one cancels cleanly at the next stage or step (exit 130,
+    // nothing written), a second one exits at once.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    {
+        let cancelled = cancelled.clone();
+        let _ = ctrlc::set_handler(move || {
+            if cancelled.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    // 1. Everything the user gave is checked before the model is loaded.
+    let mut store = model_store(&args)?;
+    let base = base_request(&args)?;
+    let mut request = build_request(&args, base, &mut store)?;
+    if request.prompt.is_empty()
+        && args.from_png.is_none()
+        && args.request.is_none()
+        && args.prompt.is_none()
+        && args.positional_prompt.is_none()
+    {
+        return Err(usage("no prompt given: pass --prompt TEXT"));
+    }
+    if args.from_png.is_some() {
+        // A PNG names its model and VAE; without a store that holds them, the model given
+        // (or the default) is used, as before the store.
+        if args.model.is_none() {
+            if let Some(name) = request
+                .model
+                .take_if(|n| store.resolve(Asset::Checkpoint, n).is_err())
+            {
+                eprintln!("warning: the PNG's model `{name}` is not in the store (--models-dir); using the default model");
             }
         }
-    } else if let Some((name, _)) = tags.first() {
-        eprintln!("warning: the prompt names LoRA `{name}` but no --lora-dir was given; ignored");
-    }
-    if let Some(vae) = &args.vae {
-        if !vae.exists() {
-            return Err(usage(format!("VAE not found: {}", vae.display())));
+        if args.vae.is_none() {
+            if let Some(name) = request
+                .vae
+                .take_if(|n| store.resolve(Asset::Vae, n).is_err())
+            {
+                eprintln!("warning: the PNG's VAE `{name}` is not in the store (--models-dir); using the model's own");
+            }
         }
     }
-    if let Some(refiner) = &request.refiner {
-        if !refiner.exists() {
-            return Err(usage(format!(
-                "refiner not found: {} (pass --refiner PATH, a diffusers folder)",
-                refiner.display()
-            )));
-        }
+    if request.model.is_none() && store.list(Asset::Checkpoint).is_empty() {
+        // No --model: the built-in shapes model (models/shapes, or $SD_DEFAULT_MODEL).
+        let path = stable_diffusion::default_model_path().map_err(|e| {
+            usage(format!(
+                "no model given and no default model available ({e}): pass --model PATH (a diffusers folder or a single-file checkpoint)"
+            ))
+        })?;
+        store.set_default_model(path);
     }
-    let init_image = match &request.init_image {
-        Some(path) => Some(load_image(path).map_err(as_usage)?),
-        None => None,
-    };
-    let mask_image = match &request.mask {
-        Some(path) => Some(load_image(path).map_err(as_usage)?),
-        None => None,
-    };
-    if let (Some(image), Some(mask)) = (&init_image, &mask_image) {
-        if image.dimensions() != mask.dimensions() {
-            return Err(usage(format!(
-                "mask: the mask is {}x{}, the init image is {}x{}; they must be the same size",
-                mask.width(),
-                mask.height(),
-                image.width(),
-                image.height()
-            )));
-        }
-    }
-    if let Some(image) = &init_image {
-        // As diffusers: img2img defaults to the image's size, rounded down to a multiple of 8.
-        if args.width.is_none() && args.from_png.is_none() {
-            request.width = image.width() as usize / 8 * 8;
-        }
-        if args.height.is_none() && args.from_png.is_none() {
-            request.height = image.height() as usize / 8 * 8;
-        }
+    let options = load_options(&args)?;
+    precheck(&request).map_err(as_usage)?;
+    if args.print_request {
+        println!("{}", request.to_json());
+        return Ok(());
     }
     let outputs = output_paths(&args.output, request.batch_size.max(1));
     let folder = args
@@ -549,109 +540,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             folder.display()
         )));
     }
-    if init_image.is_none()
-        && args.width.is_none()
-        && args.height.is_none()
-        && args.from_png.is_none()
-    {
-        // Sizes default to the model's native size, known once its config is read; validate
-        // the rest now with a size that is surely valid.
-        let mut probe = request.clone();
-        probe.width = 8;
-        probe.height = 8;
-        probe.validate(8).map_err(as_usage)?;
-    } else {
-        request.validate(8).map_err(as_usage)?;
-    }
 
-    let device = parse_device(args.device.as_deref().unwrap_or("cpu")).map_err(as_usage)?;
-    options.device = device.clone();
-    if let Some(v) = &args.dtype {
-        let dtype = parse_dtype("dtype", v).map_err(as_usage)?;
-        options.weight_dtype = dtype;
-        options.compute_dtype = dtype;
-    }
-
-    // 2. Load the model.
-    let mut model = StableDiffusion::load(&model_path, &options)
-        .with_context(|| format!("loading model {}", model_path.display()))?;
-    for key in model.lora_warnings() {
-        eprintln!("warning: LoRA key `{key}` matches no weight of the model; ignored");
-    }
-    // Networks patch the base model only.
-    let refiner_options = LoadOptions {
-        loras: Vec::new(),
-        ..options.clone()
-    };
-    let mut refiner = match &request.refiner {
-        Some(path) => Some(
-            StableDiffusion::load(path, &refiner_options)
-                .with_context(|| format!("loading refiner {}", path.display()))?,
-        ),
-        None => None,
-    };
-    if let Some(path) = &args.vae {
-        // The external VAE decodes whichever model finishes the run.
-        let load = |base: &VaeConfig| {
-            load_vae(path, base, &options)
-                .with_context(|| format!("loading VAE {}", path.display()))
-        };
-        let (vae, dtype) = load(model.vae().config())?;
-        model = model.with_vae(vae, dtype).map_err(as_usage)?;
-        if let Some(r) = refiner.take() {
-            let (vae, dtype) = load(r.vae().config())?;
-            refiner = Some(r.with_vae(vae, dtype).map_err(as_usage)?);
-        }
-    }
-    // A1111's "TI hashes": `name: shorthash` for each embedding the prompts use.
-    let mut ti_hashes: Vec<(String, String)> = Vec::new();
-    for path in embedding_files(&args, &request)? {
-        let embedding = TextualInversion::load(&path).map_err(as_usage)?;
-        model.add_embedding(&embedding).map_err(as_usage)?;
-        let name = &embedding.name;
-        if request.prompt.contains(name.as_str()) || request.negative_prompt.contains(name.as_str())
-        {
-            ti_hashes.push((name.clone(), embedding.short_hash()?));
-        }
-    }
-    let ti_hashes = format_network_hashes(ti_hashes);
-    if init_image.is_none() && args.width.is_none() && args.from_png.is_none() {
-        request.width = model.native_size();
-    }
-    if init_image.is_none() && args.height.is_none() && args.from_png.is_none() {
-        request.height = model.native_size();
-    }
-    request.validate(model.spatial_factor()).map_err(as_usage)?;
-    if !seed_given {
-        eprintln!("seed: {}", request.seed);
-    }
-    let init_tensor = match init_image {
-        Some(image) => {
-            // Same size: exact. Another size: Lanczos, as diffusers resizes (close, not equal).
-            let image = fit_image(
-                image,
-                request.width as u32,
-                request.height as u32,
-                Resize::Lanczos3,
-            )?;
-            Some(image_to_tensor(&image, &device)?)
-        }
-        None => None,
-    };
-    let mask_tensor = match mask_image {
-        Some(mask) => {
-            let mask = fit_image(
-                mask,
-                request.width as u32,
-                request.height as u32,
-                Resize::Lanczos3,
-            )?;
-            Some(mask_to_tensor(&mask, &device)?)
-        }
-        None => None,
-    };
-
-    // 3. Generate, with a progress bar on a terminal and Ctrl-C as a clean cancel.
+    // 2. Generate, with a progress bar on a terminal and Ctrl-C as a clean cancel.
     let bar = ProgressBar::new(request.effective_steps() as u64);
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -682,57 +572,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Control::Continue
         }
     };
-    let inputs = Inputs {
-        init_image: init_tensor.as_ref(),
-        mask: mask_tensor.as_ref(),
-        refiner: refiner.as_ref(),
-        ..Inputs::default()
-    };
-    let hires = request.hires.clone();
-    let generation = match &hires {
-        Some(hires) => model.generate_hires(&request, hires, &mut on_progress),
-        None => model.generate(&request, &inputs, &mut on_progress),
-    };
+    let seed_given = request.seed.is_some();
+    let result = stable_diffusion::pipeline::run(&store, &options, &request, &mut on_progress);
     bar.finish_and_clear();
     // Inputs the model cannot take (a mask for a model that needs none, ...) are usage errors.
-    let generation = generation.map_err(as_usage)?;
+    let output = result.map_err(as_usage)?;
+    for warning in &output.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !seed_given {
+        eprintln!("seed: {}", output.request.seed_value());
+    }
 
-    // A1111's "Lora hashes": `name: shorthash` for each network.
-    let lora_hashes = options
-        .loras
-        .iter()
-        .map(|spec| {
-            let file = LoraFile::open(&spec.path)?;
-            Ok((file.name().to_string(), file.short_hash()?))
-        })
-        .collect::<stable_diffusion::Result<Vec<_>>>()?;
-    let lora_hashes = format_network_hashes(lora_hashes);
-
-    // 4. Write the PNGs, each atomically, with the parameters that re-create it. A1111's
-    // model hash is known for single files (cached after the first run), not for folders.
-    let model_hash = stable_diffusion::loading::model_hash(&model_path).unwrap_or_else(|e| {
-        eprintln!("warning: cannot hash the model for the infotext: {e}");
-        None
-    });
-    for (index, (image, path)) in generation.images.iter().zip(&outputs).enumerate() {
-        let mut info = request.to_infotext(&model.name(), model_hash.as_deref(), index);
-        if !lora_hashes.is_empty() {
-            info.push("Lora hashes", &lora_hashes);
-        }
-        if let Some(vae) = &args.vae {
-            // A1111 names the VAE by its file name.
-            if let Some(name) = vae.file_name() {
-                info.push("VAE", name.to_string_lossy());
-            }
-        }
-        if !ti_hashes.is_empty() {
-            info.push("TI hashes", &ti_hashes);
-        }
-        save_png_with_infotext(path, image, &info)
+    // 3. Write the PNGs, each atomically, with the parameters that re-create it.
+    for ((image, info), path) in output.images.iter().zip(&output.infotexts).zip(&outputs) {
+        save_png_with_infotext(path, image, info)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
-    let t = generation.timings;
+    let device = options.device;
+    let t = output.timings;
     // Scripts read this line (tools/bench/peers.py): keep its wording, add to its end only.
     let peak_rss = peak_rss_bytes()
         .map(|bytes| format!(", peak RSS {:.2} GB", bytes as f64 / 1e9))

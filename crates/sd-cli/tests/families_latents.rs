@@ -6,7 +6,7 @@ mod common;
 
 use common::fixtures;
 use stable_diffusion::candle_core::{Device, Tensor};
-use stable_diffusion::image::{image_to_tensor, load_image};
+use stable_diffusion::image::{image_to_tensor, ImageData};
 use stable_diffusion::pipeline::{
     mask_to_tensor, Control, GenerationRequest, Inputs, LoadOptions, StableDiffusion,
 };
@@ -24,24 +24,24 @@ fn request_of(case: &serde_json::Value) -> GenerationRequest {
     let mut request = GenerationRequest {
         prompt: case["prompt"].as_str().unwrap().into(),
         negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
-        width: case["width"].as_u64().unwrap() as usize,
-        height: case["height"].as_u64().unwrap() as usize,
+        width: Some(case["width"].as_u64().unwrap() as usize),
+        height: Some(case["height"].as_u64().unwrap() as usize),
         steps: case["steps"].as_u64().unwrap() as usize,
         cfg_scale: case["cfg_scale"].as_f64().unwrap(),
         sampler: case["sampler"].as_str().unwrap().parse().unwrap(),
-        seed: case["seed"].as_u64().unwrap(),
+        seed: case["seed"].as_u64(),
         batch_size: case["batch_size"].as_u64().unwrap() as usize,
         ..Default::default()
     };
     if let Some(image) = case["init_image"].as_str() {
-        request.init_image = Some(dir.join(image));
+        request.init_image = Some(ImageData::read(dir.join(image)).unwrap());
         request.strength = case["strength"].as_f64().unwrap();
     }
     if let Some(mask) = case["mask"].as_str() {
-        request.mask = Some(dir.join(mask));
+        request.mask = Some(ImageData::read(dir.join(mask)).unwrap());
     }
     if let Some(refiner) = case["refiner"].as_str() {
-        request.refiner = Some(fixtures().join("models").join(refiner));
+        request.refiner = Some(refiner.into());
         request.refiner_switch = case["switch"].as_f64().unwrap();
     }
     request
@@ -61,14 +61,13 @@ fn final_latents_match_diffusers_for_every_family_case() {
         let model = load(case["model"].as_str().unwrap());
         let refiner = case["refiner"].as_str().map(load);
         let request = request_of(case);
-        let image = request
-            .init_image
-            .as_ref()
-            .map(|p| image_to_tensor(&load_image(p).unwrap(), &Device::Cpu).unwrap());
+        let image = request.init_image.as_ref().map(|data| {
+            image_to_tensor(&data.decode("init image").unwrap(), &Device::Cpu).unwrap()
+        });
         let mask = request
             .mask
             .as_ref()
-            .map(|p| mask_to_tensor(&load_image(p).unwrap(), &Device::Cpu).unwrap());
+            .map(|data| mask_to_tensor(&data.decode("mask").unwrap(), &Device::Cpu).unwrap());
         let inputs = Inputs {
             init_image: image.as_ref(),
             mask: mask.as_ref(),

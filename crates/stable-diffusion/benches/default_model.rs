@@ -15,8 +15,8 @@ fn main() {
     };
     let request = GenerationRequest {
         prompt: "a red circle on a blue background".to_string(),
-        width: 64,
-        height: 64,
+        width: Some(64),
+        height: Some(64),
         steps: 20,
         ..GenerationRequest::default()
     };
@@ -27,7 +27,7 @@ fn main() {
         let model = StableDiffusion::load(&path, &LoadOptions::default()).expect("model loads");
         let loaded = start.elapsed();
         let request = GenerationRequest {
-            seed,
+            seed: Some(seed),
             ..request.clone()
         };
         model

@@ -14,9 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = StableDiffusion::load(model_dir.as_ref(), &LoadOptions::default())?;
     let request = GenerationRequest {
         prompt,
-        width: model.native_size(),
-        height: model.native_size(),
-        seed: 42,
+        width: Some(model.native_size()),
+        height: Some(model.native_size()),
+        seed: Some(42),
         ..Default::default()
     };
     let generation = model.generate(&request, &Inputs::default(), &mut |progress| {

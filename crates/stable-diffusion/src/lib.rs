@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod loading;
 pub mod model_family;
+mod names;
 pub mod nn;
 pub mod pipeline;
 pub mod prompt;

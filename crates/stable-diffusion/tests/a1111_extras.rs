@@ -23,21 +23,21 @@ mod variation {
             )
         });
         GenerationRequest {
-            seed: case["seed"].as_u64().unwrap(),
+            seed: Some(case["seed"].as_u64().unwrap()),
             variation_seed: case.get("variation_seed").map(|v| v.as_u64().unwrap()),
             variation_strength: case.get("strength").map_or(0.0, |v| v.as_f64().unwrap()),
             seed_resize_from: resize,
             rng: case
                 .get("rng")
                 .map_or(RngKind::Cpu, |v| v.as_str().unwrap().parse().unwrap()),
-            width: 64,
-            height: 64,
+            width: Some(64),
+            height: Some(64),
             ..Default::default()
         }
     }
 
     fn stream(request: &GenerationRequest) -> Box<dyn NoiseSource> {
-        request.rng.stream(request.seed)
+        request.rng.stream(request.seed_value())
     }
 
     #[test]
@@ -60,7 +60,7 @@ mod variation {
     #[test]
     fn without_variation_or_resize_the_noise_is_the_plain_stream() {
         let request = GenerationRequest {
-            seed: 1234,
+            seed: Some(1234),
             variation_seed: Some(77),
             variation_strength: 0.0,
             ..Default::default()
@@ -126,7 +126,7 @@ mod batch_seeds {
     fn request_of(case: &serde_json::Value) -> GenerationRequest {
         let number = |key: &str| case.get(key).map(|v| v.as_u64().unwrap());
         a1111(GenerationRequest {
-            seed: number("seed").unwrap(),
+            seed: Some(number("seed").unwrap()),
             batch_size: number("batch").unwrap() as usize,
             variation_seed: number("variation_seed"),
             variation_strength: case.get("strength").map_or(0.0, |v| v.as_f64().unwrap()),
@@ -140,8 +140,8 @@ mod batch_seeds {
             rng: case
                 .get("rng")
                 .map_or(Default::default(), |v| v.as_str().unwrap().parse().unwrap()),
-            width: 64,
-            height: 64,
+            width: Some(64),
+            height: Some(64),
             ..Default::default()
         })
     }
@@ -214,10 +214,10 @@ mod batch_seeds {
         for (variation, ensd) in [(None, 0), (Some(500), 0), (None, 31337)] {
             let request = a1111(GenerationRequest {
                 prompt: "a red circle".into(),
-                width: 32,
-                height: 32,
+                width: Some(32),
+                height: Some(32),
                 steps: 3,
-                seed: 40,
+                seed: Some(40),
                 batch_size: 3,
                 variation_seed: variation,
                 variation_strength: if variation.is_some() { 0.4 } else { 0.0 },
@@ -359,10 +359,10 @@ mod lora_ldm {
     fn latents(model: &StableDiffusion) -> stable_diffusion::candle_core::Tensor {
         let request = GenerationRequest {
             prompt: "a red circle".into(),
-            width: 32,
-            height: 32,
+            width: Some(32),
+            height: Some(32),
             steps: 2,
-            seed: 3,
+            seed: Some(3),
             ..Default::default()
         };
         model
@@ -434,11 +434,11 @@ mod hires_latent {
         .unwrap();
         let request = GenerationRequest {
             prompt: "a red circle".into(),
-            width: 32,
-            height: 32,
+            width: Some(32),
+            height: Some(32),
             steps,
             sampler: "euler".parse().unwrap(),
-            seed,
+            seed: Some(seed),
             ..Default::default()
         };
         (model, request)
@@ -534,8 +534,8 @@ mod hires_latent {
     fn hires_settings_round_trip_through_infotext() {
         let request = GenerationRequest {
             prompt: "a cat".into(),
-            width: 64,
-            height: 64,
+            width: Some(64),
+            height: Some(64),
             hires: Some(HiresFix {
                 scale: 2.0,
                 steps: 12,

@@ -144,7 +144,7 @@ fn hires_resize_and_the_old_first_pass_size_become_a_resize_to_the_final_size() 
 
     // Before 1.0: "First pass size" is the first pass, "Size" the final image.
     let old = a1111("Steps: 20, Sampler: Euler, Seed: 1, Size: 1024x1024, First pass size: 384x384, Denoising strength: 0.6");
-    assert_eq!((old.width, old.height), (384, 384));
+    assert_eq!((old.width, old.height), (Some(384), Some(384)));
     assert_eq!(old.hires.as_ref().unwrap().resize, Some((1024, 1024)));
     assert_eq!(
         old.hires.as_ref().unwrap().target_size(384, 384, 8),
@@ -153,7 +153,7 @@ fn hires_resize_and_the_old_first_pass_size_become_a_resize_to_the_final_size() 
     // 0x0: A1111's old rule, about 512² pixels in the final aspect ratio, sides rounded up to 64.
     let auto =
         a1111("Steps: 20, Seed: 1, Size: 1024x1536, First pass size: 0x0, Denoising strength: 0.6");
-    assert_eq!((auto.width, auto.height), (448, 640));
+    assert_eq!((auto.width, auto.height), (Some(448), Some(640)));
     assert_eq!(auto.hires.unwrap().resize, Some((1024, 1536)));
 }
 

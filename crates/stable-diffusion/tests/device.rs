@@ -10,7 +10,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use stable_diffusion::device::device_name;
-use stable_diffusion::image::{load_init_image, Resize};
+use stable_diffusion::image::{load_init_image, ImageData, Resize};
 use stable_diffusion::loading::DiffusersFolder;
 use stable_diffusion::pipeline::{
     Control, GenerationRequest, Inputs, LoadOptions, StableDiffusion,
@@ -152,25 +152,27 @@ fn pipeline_matches_diffusers_latents_on_test_device() {
         let request = GenerationRequest {
             prompt: text("prompt"),
             negative_prompt: text("negative_prompt"),
-            width: count("width"),
-            height: count("height"),
+            width: Some(count("width")),
+            height: Some(count("height")),
             steps: count("steps"),
             cfg_scale: case["cfg_scale"].as_f64().unwrap(),
             sampler: text("sampler").parse().unwrap(),
             schedule: text("schedule").parse().unwrap(),
-            seed: case["seed"].as_u64().unwrap(),
+            seed: Some(case["seed"].as_u64().unwrap()),
             batch_size: count("batch_size"),
             eta: case["eta"].as_f64().unwrap(),
             strength: case
                 .get("strength")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(0.75),
-            init_image: init_image.clone(),
+            init_image: init_image
+                .as_ref()
+                .map(|path| ImageData::read(path).unwrap()),
             ..GenerationRequest::default()
         };
         // The init image is handed over on the CPU: the pipeline moves it to its device.
         let init = init_image.map(|path| {
-            let (w, h) = (request.width as u32, request.height as u32);
+            let (w, h) = (request.width_px() as u32, request.height_px() as u32);
             load_init_image(path, w, h, Resize::Exact, &Device::Cpu).unwrap()
         });
         let generation = model

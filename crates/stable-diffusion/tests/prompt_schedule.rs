@@ -75,12 +75,12 @@ fn request_of(case: &serde_json::Value) -> GenerationRequest {
     GenerationRequest {
         prompt: case["prompt"].as_str().unwrap().into(),
         negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
-        width: case["width"].as_u64().unwrap() as usize,
-        height: case["height"].as_u64().unwrap() as usize,
+        width: Some(case["width"].as_u64().unwrap() as usize),
+        height: Some(case["height"].as_u64().unwrap() as usize),
         steps: case["steps"].as_u64().unwrap() as usize,
         cfg_scale: case["cfg_scale"].as_f64().unwrap(),
         sampler: case["sampler"].as_str().unwrap().parse().unwrap(),
-        seed: case["seed"].as_u64().unwrap(),
+        seed: Some(case["seed"].as_u64().unwrap()),
         prompt_syntax: PromptSyntax::A1111,
         ..Default::default()
     }
@@ -143,8 +143,8 @@ fn plain_syntax_reads_edit_brackets_as_text() {
     let plain = GenerationRequest {
         prompt: "[a:b:2]".into(),
         steps: 4,
-        width: 64,
-        height: 64,
+        width: Some(64),
+        height: Some(64),
         ..Default::default()
     };
     let schedule = model
@@ -176,11 +176,11 @@ fn hires_second_pass_counts_from_the_first_pass() {
     let request = GenerationRequest {
         prompt: "a [red:blue:1.5] circle".into(),
         negative_prompt: "blurry".into(),
-        width: 64,
-        height: 64,
+        width: Some(64),
+        height: Some(64),
         steps: 4,
         sampler: "euler".parse().unwrap(),
-        seed: 99,
+        seed: Some(99),
         prompt_syntax: PromptSyntax::A1111,
         ..Default::default()
     };
@@ -211,8 +211,8 @@ fn hires_second_pass_counts_from_the_first_pass() {
     };
     let enlarged = image::imageops::resize(
         &first.images[0],
-        second_request.width as u32,
-        second_request.height as u32,
+        second_request.width_px() as u32,
+        second_request.height_px() as u32,
         image::imageops::FilterType::Lanczos3,
     );
     let init = image_to_tensor(&enlarged, &Device::Cpu).unwrap();

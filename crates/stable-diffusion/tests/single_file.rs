@@ -860,10 +860,10 @@ fn tiny_sdxl_single_file_and_folder_give_identical_images() {
             prompt: "a red circle on a blue background".into(),
             negative_prompt: negative.into(),
             cfg_scale: cfg,
-            width: 80,
-            height: 48,
+            width: Some(80),
+            height: Some(48),
             steps: 3,
-            seed: 5,
+            seed: Some(5),
             ..GenerationRequest::default()
         };
         let run = |model: &StableDiffusion| {

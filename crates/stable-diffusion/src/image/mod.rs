@@ -7,6 +7,7 @@
 //! - [`png`] writes PNGs atomically with text chunks and reads them back; [`infotext`] formats
 //!   and parses AUTOMATIC1111's `parameters` text.
 
+mod data;
 pub mod infotext;
 pub mod png;
 
@@ -15,6 +16,7 @@ use std::path::Path;
 use ::image::imageops::FilterType;
 use candle_core::{DType, Device, Tensor};
 
+pub use self::data::ImageData;
 pub use self::infotext::{format_float, quote, unquote, InfoText};
 pub use self::png::{
     encode_png, read_parameters, read_png_text, save_png, save_png_with_infotext, write_atomically,

@@ -479,7 +479,8 @@ impl StableDiffusion {
         let context = stack(&cond.context, uncond.map(|u| &u.context))?.to_dtype(self.dtype)?;
         let added = match &cond.pooled {
             Some(pooled) => {
-                let (ids, negative_ids) = self.time_ids(request, request.height, request.width)?;
+                let (ids, negative_ids) =
+                    self.time_ids(request, request.height_px(), request.width_px())?;
                 let uncond_pooled = uncond.and_then(|u| u.pooled.as_ref());
                 Some(AddedConditions {
                     text_embeds: stack(pooled, uncond_pooled)?.to_dtype(DType::F32)?,

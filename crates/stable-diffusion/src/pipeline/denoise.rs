@@ -55,8 +55,9 @@ fn schedule_steps(request: &GenerationRequest, inputs: &Inputs) -> ScheduleSteps
 const DEFAULT_TRAIN_TIMESTEPS: usize = 1000;
 
 impl StableDiffusion {
-    /// Runs one generation. `inputs` must hold exactly what the request names (init image,
-    /// mask, refiner). `progress` is called after each stage and step; returning
+    /// Runs one generation on tensors that are ready: `inputs` holds the init image, mask and
+    /// refiner (the request's image data and model names are read by [`super::run`], which
+    /// decodes and resolves them into `inputs`); width, height and seed must be set. `progress` is called after each stage and step; returning
     /// [`Control::Cancel`] ends the run with [`Error::Cancelled`].
     pub fn generate(
         &self,
@@ -102,8 +103,8 @@ impl StableDiffusion {
         let latent_shape = [
             batch,
             self.unet.config().out_channels,
-            request.height / factor,
-            request.width / factor,
+            request.height_px() / factor,
+            request.width_px() / factor,
         ];
         let image_start = Instant::now();
         let (latents, first, inpaint) = match (inputs.init_image, inputs.mask) {
@@ -206,28 +207,13 @@ impl StableDiffusion {
     /// Checks the inputs against the request and the model before any work.
     fn check_inputs(&self, request: &GenerationRequest, inputs: &Inputs) -> Result<()> {
         request.validate(self.spatial_factor())?;
-        let agree = |what: &'static str, in_request: bool, given: bool| {
-            if in_request != given {
-                Err(Error::invalid(
-                    what,
-                    "the request and the call disagree on whether there is one",
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        agree(
-            "init image",
-            request.init_image.is_some(),
-            inputs.init_image.is_some() || inputs.init_latents.is_some(),
-        )?;
         if let Some(latents) = inputs.init_latents {
             let factor = self.spatial_factor();
             let expected = [
                 1,
                 self.unet.config().out_channels,
-                request.height / factor,
-                request.width / factor,
+                request.height_px() / factor,
+                request.width_px() / factor,
             ];
             if inputs.init_image.is_some() || inputs.mask.is_some() || latents.dims() != expected {
                 return Err(Error::invalid(
@@ -239,21 +225,15 @@ impl StableDiffusion {
                 ));
             }
         }
-        agree("mask", request.mask.is_some(), inputs.mask.is_some())?;
-        agree(
-            "refiner",
-            request.refiner.is_some(),
-            inputs.refiner.is_some(),
-        )?;
         if let Some(image) = inputs.init_image {
             let (_, channels, h, w) = image.dims4()?;
-            if channels != 3 || (h, w) != (request.height, request.width) {
+            if channels != 3 || (h, w) != (request.height_px(), request.width_px()) {
                 return Err(Error::invalid(
                     "init image",
                     format!(
                         "expected (1, 3, {}, {}), found {:?}; resize it to the request's size first",
-                        request.height,
-                        request.width,
+                        request.height_px(),
+                        request.width_px(),
                         image.dims()
                     ),
                 ));

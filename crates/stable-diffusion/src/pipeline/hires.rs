@@ -7,7 +7,6 @@
 //! A1111's prompt schedules count the second pass from the first pass's steps
 //! ([`crate::prompt::ScheduleSteps::Hires`]).
 
-use std::path::PathBuf;
 use std::str::FromStr;
 
 use candle_core::{DType, Tensor};
@@ -19,7 +18,8 @@ use crate::image::image_to_tensor;
 use crate::{Error, Result};
 
 /// The second pass of a hires-fix run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct HiresFix {
     /// The factor the first pass's size is multiplied by (A1111's "Hires upscale").
     pub scale: f64,
@@ -36,6 +36,20 @@ pub struct HiresFix {
     pub resize: Option<(usize, usize)>,
 }
 
+impl Default for HiresFix {
+    /// A1111's defaults: twice the size, the first pass's steps, strength 0.7 (Lanczos here,
+    /// where A1111's upscaler list starts with "Latent").
+    fn default() -> Self {
+        Self {
+            scale: 2.0,
+            steps: 0,
+            strength: 0.7,
+            upscaler: HiresUpscaler::Lanczos,
+            resize: None,
+        }
+    }
+}
+
 /// How a hires fix enlarges its first pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HiresUpscaler {
@@ -49,6 +63,14 @@ pub enum HiresUpscaler {
 impl HiresUpscaler {
     /// Every name [`HiresUpscaler::from_str`] accepts (lower case).
     pub const NAMES: &'static [&'static str] = &["lanczos", "latent"];
+
+    /// The name used on the command line and in request JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HiresUpscaler::Lanczos => "lanczos",
+            HiresUpscaler::Latent => "latent",
+        }
+    }
 
     /// The name A1111 writes in its "Hires upscaler" infotext field.
     pub fn a1111_name(self) -> &'static str {
@@ -145,17 +167,16 @@ impl HiresFix {
 
     /// The img2img request of the second pass for `first` (the first pass's request).
     pub fn second_pass(&self, first: &GenerationRequest, factor: usize) -> GenerationRequest {
-        let (width, height) = self.target_size(first.width, first.height, factor);
+        let (width, height) = self.target_size(first.width_px(), first.height_px(), factor);
         GenerationRequest {
-            width,
-            height,
+            width: Some(width),
+            height: Some(height),
             steps: if self.steps == 0 {
                 first.steps
             } else {
                 self.steps
             },
             strength: self.strength,
-            init_image: Some(PathBuf::from("<hires fix first pass>")),
             batch_size: 1,
             hires: None,
             ..first.clone()
@@ -195,26 +216,27 @@ impl StableDiffusion {
                 }
             }
             Some((x, y)) => {
-                let (w, h) = hires.target_size(request.width, request.height, factor);
+                let (w, h) = hires.target_size(request.width_px(), request.height_px(), factor);
                 if x > super::MAX_SIDE || y > super::MAX_SIDE || w == 0 || h == 0 {
                     return Err(Error::invalid(
                         "hires resize",
                         format!(
                             "{x}x{y} from {}x{} gives {w}x{h}, not within {factor}..={} pixels a side",
-                            request.width,
-                            request.height,
+                            request.width_px(),
+                            request.height_px(),
                             super::MAX_SIDE
                         ),
                     ));
                 }
-                if hires.crops(request.width, request.height, factor) {
+                if hires.crops(request.width_px(), request.height_px(), factor) {
                     return Err(Error::invalid(
                         "hires resize",
                         format!(
                             "{x}x{y} has another aspect ratio than the first pass ({}x{}); \
                              A1111 enlarges to {w}x{h} and crops, which is not built here \
                              (give one side, 0 for the other)",
-                            request.width, request.height
+                            request.width_px(),
+                            request.height_px()
                         ),
                     ));
                 }
@@ -222,7 +244,7 @@ impl StableDiffusion {
         }
         let first = self.generate(request, &Inputs::default(), progress)?;
         let second_request = hires.second_pass(request, factor);
-        let (width, height) = (second_request.width, second_request.height);
+        let (width, height) = (second_request.width_px(), second_request.height_px());
         let (init_image, init_latents) = match hires.upscaler {
             HiresUpscaler::Lanczos => {
                 let image = ::image::imageops::resize(

@@ -26,10 +26,10 @@ impl GenerationRequest {
         let (seed, variation_seed) = if per_image {
             self.a1111_image_seeds(batch_pos)
         } else {
-            (self.seed, self.variation_seed)
+            (self.seed_value(), self.variation_seed)
         };
         info.push("Seed", seed);
-        info.push("Size", format!("{}x{}", self.width, self.height));
+        info.push("Size", format!("{}x{}", self.width_px(), self.height_px()));
         if let Some(hash) = model_hash {
             info.push("Model hash", hash);
         }
@@ -68,7 +68,7 @@ impl GenerationRequest {
         }
         info.push("RNG", self.rng.a1111_name());
         if let Some(refiner) = &self.refiner {
-            info.push("Refiner", super::model::model_name(refiner));
+            info.push("Refiner", refiner);
             info.push("Refiner switch at", format_float(self.refiner_switch));
         }
         if self.aesthetic_score != 6.0 {
@@ -186,10 +186,11 @@ impl GenerationRequest {
             request.cfg_scale = number("CFG scale", v)?;
         }
         if let Some(v) = info.get("Seed") {
-            request.seed = number("Seed", v)?;
+            request.seed = Some(number("Seed", v)?);
         }
         if let Some(v) = info.get("Size") {
-            (request.width, request.height) = size_pair("Size", v)?;
+            let (w, h) = size_pair("Size", v)?;
+            (request.width, request.height) = (Some(w), Some(h));
         }
         if let Some(v) = info.get("Variation seed") {
             request.variation_seed = Some(number("Variation seed", v)?);
@@ -215,10 +216,19 @@ impl GenerationRequest {
         if let Some(v) = info.get("Eta DDIM") {
             request.eta = number("Eta DDIM", v)?;
         }
+        // The model as A1111 names it, `name [hash]`, for the model store to find.
+        request.model = match (info.get("Model"), info.get("Model hash")) {
+            (Some(name), Some(hash)) => Some(format!("{name} [{hash}]")),
+            (Some(name), None) => Some(name.to_string()),
+            (None, Some(hash)) => Some(hash.to_string()),
+            (None, None) => None,
+        };
+        if let Some(v) = info.get("VAE") {
+            request.vae = Some(v.to_string());
+        }
         if let Some(v) = info.get("Refiner") {
-            // A1111 writes "name [hash]"; the name is looked up as a path by the caller.
-            let name = v.split(" [").next().unwrap_or(v).trim();
-            request.refiner = Some(name.into());
+            // A1111 writes "name [hash]", which the model store resolves.
+            request.refiner = Some(v.trim().into());
         }
         if let Some(v) = info.get("Refiner switch at") {
             request.refiner_switch = number("Refiner switch at", v)?;
@@ -231,7 +241,7 @@ impl GenerationRequest {
         }
         // A1111 before 1.0 wrote the first pass's size as "First pass size" and the final
         // size as "Size"; its reader turns that into a "Hires resize" to the final size.
-        let mut size = (request.width, request.height);
+        let mut size = (request.width_px(), request.height_px());
         let mut resize = match info.get("Hires resize") {
             Some(v) => Some(size_pair("Hires resize", v)?),
             None => None,
@@ -246,7 +256,9 @@ impl GenerationRequest {
             resize = Some(size);
             size = first;
         }
-        (request.width, request.height) = size;
+        if size != (0, 0) {
+            (request.width, request.height) = (Some(size.0), Some(size.1));
+        }
         let resize = resize.filter(|&r| r != (0, 0));
         if let Some(v) = info.get("Hires upscale").or(resize.map(|_| "1")) {
             let strength = match info.get("Denoising strength") {

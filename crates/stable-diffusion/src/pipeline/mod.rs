@@ -24,6 +24,8 @@ mod model;
 mod precision;
 pub mod refiner;
 mod request;
+mod run;
+mod store;
 mod variation;
 
 pub use conditioning::{Conditioning, ConditioningSchedule, PromptEmbedding, TextOptions};
@@ -35,8 +37,10 @@ pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
 pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
 pub use request::{
-    GenerationRequest, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
+    GenerationRequest, NetworkRef, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
 };
+pub use run::{precheck, random_seed, run, RunOutput};
+pub use store::{asset_name, Asset, Entry, ModelStore};
 pub use variation::{initial_noise, ImageStreams, RunNoise};
 
 use std::time::Duration;

@@ -1,9 +1,11 @@
 //! The one request type that the CLI, the server and the library all build, validated in one
 //! place and written back out as the PNG infotext.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
+use crate::image::ImageData;
 use crate::prompt::PromptSyntax;
 use crate::scheduler::{SamplerKind, SamplerOptions, SigmaSchedule};
 use crate::{Error, Result};
@@ -75,17 +77,44 @@ impl FromStr for RngKind {
     }
 }
 
-/// Everything that defines one generation: the same value gives the same images.
-#[derive(Debug, Clone, PartialEq)]
+/// A LoRA / LyCORIS network for one request, by name (a file of the model store's `Lora`
+/// folder, or a path) with its multiplier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkRef {
+    /// The network's name (its file name without extension) or a path to its file.
+    pub name: String,
+    /// The multiplier (1 = as trained).
+    pub weight: f64,
+}
+
+impl Default for NetworkRef {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            weight: 1.0,
+        }
+    }
+}
+
+/// Everything that defines one generation: the same value gives the same images. Plain data
+/// (JSON through serde, every field optional, unknown fields ignored); models and networks are
+/// names that a [`ModelStore`](super::ModelStore) resolves, images are their files' bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GenerationRequest {
+    /// The checkpoint: a name, an A1111 title (`name [hash]`), a hash or a path (`None`: the
+    /// store's default model).
+    pub model: Option<String>,
     /// What the image should show.
     pub prompt: String,
     /// What it should not show (empty: the unconditional embedding of "").
     pub negative_prompt: String,
-    /// Image width in pixels (a multiple of the model's spatial factor, 8).
-    pub width: usize,
-    /// Image height in pixels.
-    pub height: usize,
+    /// Image width in pixels, a multiple of the model's spatial factor (8) (`None`: the init
+    /// image's width rounded down to a multiple of 8, else the model's native size).
+    pub width: Option<usize>,
+    /// Image height in pixels (`None`: as for the width).
+    pub height: Option<usize>,
     /// Number of sampling steps (for img2img, before the strength truncation).
     pub steps: usize,
     /// Classifier-free guidance scale; 1 or below skips the unconditional pass.
@@ -94,22 +123,24 @@ pub struct GenerationRequest {
     pub sampler: SamplerKind,
     /// The sigma schedule.
     pub schedule: SigmaSchedule,
-    /// The seed of the noise stream.
-    pub seed: u64,
+    /// The seed of the noise stream (`None`: a random one, reported in the result).
+    pub seed: Option<u64>,
     /// Which noise stream.
     pub rng: RngKind,
     /// Images made from the prompt in one run.
     pub batch_size: usize,
     /// DDIM's eta (0 = deterministic DDIM).
     pub eta: f64,
-    /// The starting image for img2img.
-    pub init_image: Option<PathBuf>,
+    /// The starting image for img2img (the bytes of a PNG, JPEG or WebP file; base64 in JSON).
+    pub init_image: Option<ImageData>,
     /// How much of the schedule img2img runs, in (0, 1].
     pub strength: f64,
-    /// The inpainting mask (white repaints, black keeps); needs `init_image`.
-    pub mask: Option<PathBuf>,
-    /// The SDXL refiner that takes over the last part of the schedule (txt2img only).
-    pub refiner: Option<PathBuf>,
+    /// The inpainting mask (white repaints, black keeps; the init image's size); needs
+    /// `init_image`.
+    pub mask: Option<ImageData>,
+    /// The SDXL refiner that takes over the last part of the schedule (txt2img only), named as
+    /// `model` is.
+    pub refiner: Option<String>,
     /// Where the refiner takes over, as a fraction of the schedule in (0, 1) (diffusers'
     /// `denoising_end` for the base, `denoising_start` for the refiner).
     pub refiner_switch: f64,
@@ -117,6 +148,13 @@ pub struct GenerationRequest {
     pub aesthetic_score: f64,
     /// The aesthetic score of the unconditional pass.
     pub negative_aesthetic_score: f64,
+    /// A VAE that decodes instead of the model's (a name of the store's `VAE` folder or a path).
+    pub vae: Option<String>,
+    /// Networks applied for this request, beside the prompt's `<lora:name:weight>` tags.
+    pub loras: Vec<NetworkRef>,
+    /// Textual-inversion embeddings loaded for this request whatever the prompt says (names or
+    /// paths); those of the store's embeddings folder are found by their name in a prompt.
+    pub embeddings: Vec<String>,
     /// Sampler settings beyond DDIM's eta: flavor, noise scales, churn, custom sigmas.
     pub sampler_options: SamplerOptions,
     /// How the prompts are read: diffusers' plain text, or A1111's syntax.
@@ -145,15 +183,16 @@ pub const DEFAULT_REFINER_SWITCH: f64 = 0.8;
 impl Default for GenerationRequest {
     fn default() -> Self {
         Self {
+            model: None,
             prompt: String::new(),
             negative_prompt: String::new(),
-            width: 512,
-            height: 512,
+            width: None,
+            height: None,
             steps: 20,
             cfg_scale: 7.5,
             sampler: SamplerKind::EulerA,
             schedule: SigmaSchedule::Default,
-            seed: 0,
+            seed: None,
             rng: RngKind::Cpu,
             batch_size: 1,
             eta: 0.0,
@@ -164,6 +203,9 @@ impl Default for GenerationRequest {
             refiner_switch: DEFAULT_REFINER_SWITCH,
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
+            vae: None,
+            loras: Vec::new(),
+            embeddings: Vec::new(),
             sampler_options: SamplerOptions::default(),
             prompt_syntax: PromptSyntax::Plain,
             clip_skip: 1,
@@ -177,6 +219,49 @@ impl Default for GenerationRequest {
 }
 
 impl GenerationRequest {
+    /// The width in pixels (0 while unset; [`Self::validate`] refuses that).
+    pub fn width_px(&self) -> usize {
+        self.width.unwrap_or(0)
+    }
+
+    /// The height in pixels (0 while unset; [`Self::validate`] refuses that).
+    pub fn height_px(&self) -> usize {
+        self.height.unwrap_or(0)
+    }
+
+    /// The seed (0 while unset; [`Self::validate`] refuses that).
+    pub fn seed_value(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
+
+    /// Reads a request from JSON: every field may be left out, unknown fields are ignored, and
+    /// an error names the field that is wrong (`sampler_options.s_churn: invalid type ...`).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let mut request: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.into_inner().to_string();
+            match path.as_str() {
+                "." => Error::invalid("request", msg),
+                field => Error::invalid("request", format!("field `{field}`: {msg}")),
+            }
+        })?;
+        // A1111's sampler names ("DPM++ 2M") select A1111's sampling, as on the command line.
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        if let Some(name) = value.get("sampler").and_then(|v| v.as_str()) {
+            let (_, flavor) = crate::scheduler::parse_sampler_name(name)?;
+            if request.sampler_options.flavor.is_none() {
+                request.sampler_options.flavor = flavor;
+            }
+        }
+        Ok(request)
+    }
+
+    /// The request as pretty-printed JSON (every field written).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a request always serializes")
+    }
+
     /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one).
     pub fn uses_cfg(&self) -> bool {
         self.cfg_scale > 1.0
@@ -205,6 +290,12 @@ impl GenerationRequest {
     /// work starts. The error names the parameter and says what is allowed.
     pub fn validate(&self, spatial_factor: usize) -> Result<()> {
         for (what, value) in [("width", self.width), ("height", self.height)] {
+            let Some(value) = value else {
+                return Err(Error::invalid(
+                    what,
+                    "unset: a run fills in the model's native size (or the init image's)",
+                ));
+            };
             if value == 0 || value % spatial_factor != 0 {
                 return Err(Error::invalid(
                     what,
@@ -276,6 +367,12 @@ impl GenerationRequest {
                     format!("{value} is not a finite number"),
                 ));
             }
+        }
+        if self.seed.is_none() {
+            return Err(Error::invalid(
+                "seed",
+                "unset: a run picks a random one and reports it",
+            ));
         }
         if self.clip_skip == 0 {
             return Err(Error::invalid(

@@ -50,7 +50,7 @@ impl GenerationRequest {
         if self.per_image_seeds()? {
             Ok(self.a1111_image_seeds(i))
         } else {
-            Ok((self.seed, self.variation_seed))
+            Ok((self.seed_value(), self.variation_seed))
         }
     }
 
@@ -59,9 +59,9 @@ impl GenerationRequest {
     pub(super) fn a1111_image_seeds(&self, i: usize) -> (u64, Option<u64>) {
         let i = i as u64;
         let seed = if self.uses_variation() {
-            self.seed
+            self.seed_value()
         } else {
-            self.seed.wrapping_add(i)
+            self.seed_value().wrapping_add(i)
         };
         (seed, self.variation_seed.map(|v| v.wrapping_add(i)))
     }
@@ -74,7 +74,7 @@ impl GenerationRequest {
                 .collect();
             Ok(RunNoise::PerImage(ImageStreams::new(self.rng, seeds)))
         } else {
-            Ok(RunNoise::Shared(self.rng.stream(self.seed)))
+            Ok(RunNoise::Shared(self.rng.stream(self.seed_value())))
         }
     }
 }
@@ -285,9 +285,9 @@ pub fn initial_noise(
         let own = stream.get(i)?; // (C, H, W)
         let mut noise = if resized {
             let seed = if variation {
-                request.seed
+                request.seed_value()
             } else {
-                request.seed.wrapping_add(i as u64)
+                request.seed_value().wrapping_add(i as u64)
             };
             request.rng.stream(seed).randn(&small, &cpu)?
         } else {

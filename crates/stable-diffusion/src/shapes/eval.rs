@@ -348,12 +348,12 @@ pub fn evaluate(
     for (i, scene) in scenes.iter().enumerate() {
         let request = GenerationRequest {
             prompt: scene.caption(),
-            width: IMAGE_SIZE,
-            height: IMAGE_SIZE,
+            width: Some(IMAGE_SIZE),
+            height: Some(IMAGE_SIZE),
             steps: options.steps,
             cfg_scale: options.cfg_scale,
             sampler: options.sampler,
-            seed: options.seed + i as u64,
+            seed: Some(options.seed + i as u64),
             ..GenerationRequest::default()
         };
         let generation =

@@ -725,10 +725,10 @@ fn sample_grid(model_dir: &Path, out_dir: &Path, step: usize) -> Result<PathBuf>
     for (i, caption) in SAMPLE_CAPTIONS.iter().enumerate() {
         let request = GenerationRequest {
             prompt: caption.to_string(),
-            width: crate::shapes::IMAGE_SIZE,
-            height: crate::shapes::IMAGE_SIZE,
+            width: Some(crate::shapes::IMAGE_SIZE),
+            height: Some(crate::shapes::IMAGE_SIZE),
             steps: 20,
-            seed: i as u64,
+            seed: Some(i as u64),
             ..GenerationRequest::default()
         };
         let generation =
