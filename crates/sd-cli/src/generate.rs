@@ -239,7 +239,23 @@ fn given_path(
     if store.find(asset, &name).is_some() {
         return Ok(name.into_owned());
     }
-    Err(usage(format!("{what} not found: {}{hint}", path.display())))
+    if store.list(asset).is_empty() {
+        return Err(usage(format!("{what} not found: {}{hint}", path.display())));
+    }
+    // A store with files of this kind: the error lists them.
+    match store.resolve(asset, &name) {
+        Err(e) => Err(usage(format!("{what} not found: {e}"))),
+        Ok(_) => Ok(name.into_owned()),
+    }
+}
+
+/// The bytes of an image file given on the command line, checked to decode now so that a bad
+/// file is named before any model loads.
+fn image_file(path: &Path, what: &str) -> Result<ImageData> {
+    let data = ImageData::read(path).map_err(as_usage)?;
+    data.decode(what)
+        .map_err(|e| usage(format!("{what} {}: {e}", path.display())))?;
+    Ok(data)
 }
 
 /// Builds the request: defaults, then the PNG's or the JSON request's parameters, then the
@@ -315,13 +331,13 @@ fn build_request(
         }
     }
     if let Some(v) = &args.init_image {
-        request.init_image = Some(ImageData::read(v).map_err(as_usage)?);
+        request.init_image = Some(image_file(v, "init image")?);
     }
     if let Some(v) = args.strength {
         request.strength = v;
     }
     if let Some(v) = &args.mask {
-        request.mask = Some(ImageData::read(v).map_err(as_usage)?);
+        request.mask = Some(image_file(v, "mask")?);
     }
     if let Some(path) = &args.refiner {
         let hint = " (pass --refiner PATH, a diffusers folder)";
@@ -335,7 +351,12 @@ fn build_request(
         let name = given_path(store, Asset::Lora, &spec.path, "LoRA", "")?;
         request.loras.push(NetworkRef {
             name,
-            weight: f64::from(spec.weight),
+            // The shortest decimal of the f32 weight: 0.8 stays 0.8 in the JSON.
+            weight: spec
+                .weight
+                .to_string()
+                .parse()
+                .unwrap_or(f64::from(spec.weight)),
         });
     }
     for path in &args.embedding {

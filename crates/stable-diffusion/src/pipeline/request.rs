@@ -237,6 +237,14 @@ impl GenerationRequest {
     /// Reads a request from JSON: every field may be left out, unknown fields are ignored, and
     /// an error names the field that is wrong (`sampler_options.s_churn: invalid type ...`).
     pub fn from_json(text: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::invalid("request", e.to_string()))?;
+        if !value.is_object() {
+            return Err(Error::invalid(
+                "request",
+                "a request is a JSON object of fields ({\"prompt\": ..., ...})",
+            ));
+        }
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         let mut request: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -247,7 +255,6 @@ impl GenerationRequest {
             }
         })?;
         // A1111's sampler names ("DPM++ 2M") select A1111's sampling, as on the command line.
-        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         if let Some(name) = value.get("sampler").and_then(|v| v.as_str()) {
             let (_, flavor) = crate::scheduler::parse_sampler_name(name)?;
             if request.sampler_options.flavor.is_none() {
@@ -291,10 +298,7 @@ impl GenerationRequest {
     pub fn validate(&self, spatial_factor: usize) -> Result<()> {
         for (what, value) in [("width", self.width), ("height", self.height)] {
             let Some(value) = value else {
-                return Err(Error::invalid(
-                    what,
-                    "unset: a run fills in the model's native size (or the init image's)",
-                ));
+                continue; // refused below, after the values that are set
             };
             if value == 0 || value % spatial_factor != 0 {
                 return Err(Error::invalid(
@@ -368,12 +372,6 @@ impl GenerationRequest {
                 ));
             }
         }
-        if self.seed.is_none() {
-            return Err(Error::invalid(
-                "seed",
-                "unset: a run picks a random one and reports it",
-            ));
-        }
         if self.clip_skip == 0 {
             return Err(Error::invalid(
                 "clip skip",
@@ -412,6 +410,23 @@ impl GenerationRequest {
                     "{} of {} steps runs no step at all; raise --strength or --steps",
                     self.strength, self.steps
                 ),
+            ));
+        }
+        for (what, unset) in [
+            ("width", self.width.is_none()),
+            ("height", self.height.is_none()),
+        ] {
+            if unset {
+                return Err(Error::invalid(
+                    what,
+                    "unset: a run fills in the model's native size (or the init image's)",
+                ));
+            }
+        }
+        if self.seed.is_none() {
+            return Err(Error::invalid(
+                "seed",
+                "unset: a run picks a random one and reports it",
             ));
         }
         Ok(())
