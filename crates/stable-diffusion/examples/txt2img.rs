@@ -1,7 +1,8 @@
 //! Text to image with the library: `cargo run --release -p stable-diffusion --example txt2img -- MODEL_DIR "a prompt" out.png`.
 
+use stable_diffusion::image::save_png_with_infotext;
 use stable_diffusion::pipeline::{
-    Control, GenerationRequest, Inputs, LoadOptions, Progress, StableDiffusion,
+    run, Asset, Control, GenerationRequest, LoadOptions, ModelStore, Progress,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,21 +12,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt = args.next().ok_or(usage)?;
     let output = args.next().ok_or(usage)?;
 
-    let model = StableDiffusion::load(model_dir.as_ref(), &LoadOptions::default())?;
+    // The store knows the model by its folder's name; the request names it.
+    let mut store = ModelStore::new();
+    let model = store.add(Asset::Checkpoint, &model_dir);
     let request = GenerationRequest {
+        model: Some(model),
         prompt,
-        width: Some(model.native_size()),
-        height: Some(model.native_size()),
         seed: Some(42),
         ..Default::default()
     };
-    let generation = model.generate(&request, &Inputs::default(), &mut |progress| {
+    let result = run(&store, &LoadOptions::default(), &request, &mut |progress| {
         if let Progress::Step { step, total } = progress {
             eprintln!("step {step}/{total}");
         }
         Control::Continue
     })?;
-    generation.images[0].save(&output)?;
-    eprintln!("wrote {output}");
+    save_png_with_infotext(&output, &result.images[0], &result.infotexts[0])?;
+    eprintln!("wrote {output} ({})", result.infotexts[0].params_line());
     Ok(())
 }
