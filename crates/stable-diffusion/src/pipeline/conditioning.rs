@@ -241,6 +241,16 @@ impl StableDiffusion {
         Ok(())
     }
 
+    /// This model with `embeddings` added, for one request: the weights are shared, only the
+    /// tokenizers and token tables of the copy grow; `self` is unchanged.
+    pub fn with_embeddings(&self, embeddings: &[TextualInversion]) -> Result<Self> {
+        let mut model = self.clone();
+        for embedding in embeddings {
+            model.add_embedding(embedding)?;
+        }
+        Ok(model)
+    }
+
     /// Encodes one prompt as the family does (see the module documentation), in diffusers'
     /// plain syntax with the last layer.
     pub fn encode_prompt(&self, prompt: &str) -> Result<PromptEmbedding> {

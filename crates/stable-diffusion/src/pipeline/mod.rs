@@ -40,7 +40,7 @@ pub use request::{
     GenerationRequest, NetworkRef, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
 };
 pub use run::{precheck, random_seed, run, RunOutput};
-pub use store::{asset_name, Asset, Entry, ModelStore};
+pub use store::{asset_name, disk_bytes, Asset, Entry, ModelStore};
 pub use variation::{initial_noise, ImageStreams, RunNoise};
 
 use std::time::Duration;

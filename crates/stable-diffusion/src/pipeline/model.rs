@@ -129,7 +129,9 @@ pub struct ModelParts {
     pub lora_warnings: Vec<String>,
 }
 
-/// A loaded Stable Diffusion model, ready to generate.
+/// A loaded Stable Diffusion model, ready to generate. Cloning is cheap: the weights are shared
+/// (a clone that adds an embedding changes only its own token table).
+#[derive(Clone)]
 pub struct StableDiffusion {
     pub(super) kind: ModelKind,
     pub(super) path: PathBuf,

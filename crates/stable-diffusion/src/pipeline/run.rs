@@ -9,8 +9,9 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::store::{asset_name, Asset, ModelStore};
+use super::store::{asset_name, disk_bytes, Asset, ModelStore};
 use super::{
     format_network_hashes, load_vae, mask_to_tensor, Control, GenerationRequest, LoadOptions,
     Progress, StableDiffusion, Timings,
@@ -195,8 +196,9 @@ pub fn run(
         loras: resolved.loras.clone(),
         ..options.clone()
     };
-    let mut model = StableDiffusion::load(&resolved.model, &model_options)?;
-    for key in model.lora_warnings() {
+    let vae = resolved.vae.as_deref();
+    let base = load_model(store, &resolved.model, &model_options, vae)?;
+    for key in base.lora_warnings() {
         warnings.push(format!(
             "LoRA key `{key}` matches no weight of the model; ignored"
         ));
@@ -206,30 +208,27 @@ pub fn run(
         loras: Vec::new(),
         ..options.clone()
     };
-    let mut refiner = match &resolved.refiner {
-        Some(path) => Some(StableDiffusion::load(path, &refiner_options)?),
+    let refiner = match &resolved.refiner {
+        Some(path) => Some(load_model(store, path, &refiner_options, vae)?),
         None => None,
     };
-    if let Some(path) = &resolved.vae {
-        // The external VAE decodes whichever model finishes the run.
-        let (vae, dtype) = load_vae(path, model.vae().config(), options)?;
-        model = model.with_vae(vae, dtype)?;
-        if let Some(r) = refiner.take() {
-            let (vae, dtype) = load_vae(path, r.vae().config(), options)?;
-            refiner = Some(r.with_vae(vae, dtype)?);
-        }
-    }
-    // A1111's "TI hashes": `name: shorthash` for each embedding the prompts use.
+    // Embeddings go into this request's copy of the model; the cached one is unchanged.
+    let mut embeddings = Vec::new();
     let mut ti_hashes = Vec::new();
     for path in &resolved.embeddings {
         let embedding = TextualInversion::load(path)?;
-        model.add_embedding(&embedding)?;
         let name = &embedding.name;
+        // A1111's "TI hashes": `name: shorthash` for each embedding the prompts use.
         if request.prompt.contains(name.as_str()) || request.negative_prompt.contains(name.as_str())
         {
             ti_hashes.push((name.clone(), embedding.short_hash()?));
         }
+        embeddings.push(embedding);
     }
+    let model = match embeddings.is_empty() {
+        true => base,
+        false => Arc::new(base.with_embeddings(&embeddings)?),
+    };
     request.width.get_or_insert(model.native_size());
     request.height.get_or_insert(model.native_size());
     request.validate(model.spatial_factor())?;
@@ -254,7 +253,7 @@ pub fn run(
     let inputs = super::Inputs {
         init_image: init_tensor.as_ref(),
         mask: mask_tensor.as_ref(),
-        refiner: refiner.as_ref(),
+        refiner: refiner.as_deref(),
         ..super::Inputs::default()
     };
     let generation = match &request.hires {
@@ -276,6 +275,29 @@ pub fn run(
         request,
         timings: generation.timings,
         warnings,
+    })
+}
+
+/// The model at `path` loaded with `options` and, when given, the VAE at `vae`, from the
+/// store's cache when an earlier request loaded the same.
+fn load_model(
+    store: &ModelStore,
+    path: &Path,
+    options: &LoadOptions,
+    vae: Option<&Path>,
+) -> Result<Arc<StableDiffusion>> {
+    let key = format!("{}|{options:?}|{vae:?}", path.display());
+    let bytes = disk_bytes(path) + vae.map_or(0, disk_bytes);
+    store.cached_model(&key, bytes, || {
+        let model = StableDiffusion::load(path, options)?;
+        match vae {
+            // The external VAE decodes whichever model finishes the run.
+            Some(vae) => {
+                let (decoder, dtype) = load_vae(vae, model.vae().config(), options)?;
+                model.with_vae(decoder, dtype)
+            }
+            None => Ok(model),
+        }
     })
 }
 

@@ -8,6 +8,10 @@
 //! (`name [shorthash]`) and by their hash, as an infotext names them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::StableDiffusion;
 
 use crate::loading::embeddings::TextualInversion;
 use crate::loading::model_hash;
@@ -142,9 +146,165 @@ fn scan(asset: Asset, dir: &Path) -> Result<Vec<Entry>> {
     Ok(found)
 }
 
-/// Where the names of requests point: a models folder and files given one by one.
+/// A loaded model's place in the cache: filled by the first request that needs it, while
+/// requests for the same model wait on its lock.
+type ModelCell = Arc<Mutex<Option<Arc<StableDiffusion>>>>;
+
+/// One cached model.
+struct Slot {
+    key: String,
+    cell: ModelCell,
+    /// The size of its weight files, what it is counted as against the budget.
+    bytes: u64,
+    /// When it was last asked for (a counter).
+    last_used: u64,
+}
+
+/// Loaded models shared between requests, bounded by a memory budget: least recently used out
+/// first, never one that a request still holds.
+struct ModelCache {
+    slots: Mutex<Vec<Slot>>,
+    clock: AtomicU64,
+    budget: AtomicU64,
+    loads: AtomicU64,
+}
+
+impl Default for ModelCache {
+    fn default() -> Self {
+        Self {
+            slots: Mutex::new(Vec::new()),
+            clock: AtomicU64::new(0),
+            budget: AtomicU64::new(default_cache_budget()),
+            loads: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Half the machine's memory (`MemTotal` of `/proc/meminfo`), or 8 GB where that is unknown.
+fn default_cache_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024 / 2)
+        })
+        .unwrap_or(8_000_000_000)
+}
+
+/// The bytes of the files under `path` (a file, or a folder and its subfolders).
+pub fn disk_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                if let Ok(items) = std::fs::read_dir(&path) {
+                    pending.extend(items.flatten().map(|item| item.path()));
+                }
+            }
+            Ok(meta) => total += meta.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+impl ModelCache {
+    /// The model of `key`, loaded by `load` unless cached; a load already under way for the
+    /// same key is waited for, not repeated.
+    fn get(
+        &self,
+        key: &str,
+        bytes: u64,
+        load: impl FnOnce() -> Result<StableDiffusion>,
+    ) -> Result<Arc<StableDiffusion>> {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let cell = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.iter_mut().find(|slot| slot.key == key) {
+                Some(slot) => {
+                    slot.last_used = now;
+                    slot.cell.clone()
+                }
+                None => {
+                    let cell = ModelCell::default();
+                    slots.push(Slot {
+                        key: key.to_string(),
+                        cell: cell.clone(),
+                        bytes,
+                        last_used: now,
+                    });
+                    cell
+                }
+            }
+        };
+        let model = {
+            let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                Some(model) => return Ok(model.clone()),
+                None => {
+                    self.loads.fetch_add(1, Ordering::Relaxed);
+                    let model = Arc::new(load()?);
+                    *guard = Some(model.clone());
+                    model
+                }
+            }
+        };
+        self.evict(key);
+        Ok(model)
+    }
+
+    /// Drops least recently used models that no request holds until the loaded ones fit the
+    /// budget (`keep` stays).
+    fn evict(&self, keep: &str) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = |slot: &Slot| {
+            slot.cell
+                .try_lock()
+                .map(|m| m.as_ref().map(Arc::strong_count))
+                .unwrap_or(Some(usize::MAX))
+        };
+        loop {
+            let total: u64 = slots
+                .iter()
+                .filter(|slot| loaded(slot).is_some())
+                .map(|slot| slot.bytes)
+                .sum();
+            if total <= budget {
+                return;
+            }
+            // Only the cache's own reference left: no request is using it.
+            let victim = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.key != keep && loaded(slot) == Some(1))
+                .min_by_key(|(_, slot)| slot.last_used)
+                .map(|(i, _)| i);
+            match victim {
+                Some(i) => {
+                    slots.remove(i);
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ModelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slots = self.slots.lock().map(|s| s.len()).unwrap_or(0);
+        write!(f, "ModelCache({slots} models)")
+    }
+}
+
+/// Where the names of requests point: a models folder and files given one by one, and the
+/// models loaded for them (shared by clones of the store).
 #[derive(Debug, Clone, Default)]
 pub struct ModelStore {
+    /// Loaded models, shared between requests and between clones of this store.
+    cache: Arc<ModelCache>,
     /// The models folder in A1111's layout, if any.
     models_dir: Option<PathBuf>,
     /// Files given one by one, before the models folder in lookups.
@@ -221,6 +381,28 @@ impl ModelStore {
         }
         self.folders.push((asset, dir));
         self.rescan()
+    }
+
+    /// The model that `key` (the file and everything that changes its weights) stands for,
+    /// from the cache, or loaded by `load` and kept (counted as `bytes` against the budget).
+    /// Requests for a model that another request is loading wait for it.
+    pub fn cached_model(
+        &self,
+        key: &str,
+        bytes: u64,
+        load: impl FnOnce() -> Result<StableDiffusion>,
+    ) -> Result<Arc<StableDiffusion>> {
+        self.cache.get(key, bytes, load)
+    }
+
+    /// Sets the memory budget of the model cache in bytes (default: half the machine's memory).
+    pub fn set_cache_budget(&self, bytes: u64) {
+        self.cache.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// How many models have been loaded (not served from the cache) so far.
+    pub fn loads(&self) -> u64 {
+        self.cache.loads.load(Ordering::Relaxed)
     }
 
     /// Sets the checkpoint that requests naming none use.
