@@ -13,7 +13,9 @@ and compare:
     python3 tools/check/png_identity.py --sd target/release/sd --out /tmp/after.txt \
         --compare /tmp/before.txt
 
-Only the standard library is needed. Exit status: 0 when every case ran (and, with --compare,
+Each manifest line is `file sha256-of-the-file sha256-of-the-pixels` (the inflated image
+data); `--pixels-only` compares only the pixels, for changes that add or change infotext keys
+on purpose. Only the standard library is needed. Exit status: 0 when every case ran (and, with --compare,
 every hash is unchanged), 1 otherwise.
 """
 
@@ -23,6 +25,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +78,18 @@ def fixture_cases():
     return cases
 
 
+def pixel_digest(data):
+    """SHA-256 of a PNG's inflated image data (its IDAT chunks), the pixels without the text."""
+    pos, idat = 8, []
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + length])
+        pos += 12 + length
+    return hashlib.sha256(zlib.decompress(b"".join(idat))).hexdigest()
+
+
 def run_case(sd, name, folder, model, args, out_dir):
     """Runs one case; returns {png file name: sha256} or raises on failure."""
     stem = name.replace("/", "__")
@@ -87,7 +102,8 @@ def run_case(sd, name, folder, model, args, out_dir):
     files = sorted(out_dir.glob(f"{stem}.png")) + sorted(out_dir.glob(f"{stem}-*.png"))
     if not files:
         raise RuntimeError(f"{name}: no PNG written")
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {f.name: f"{hashlib.sha256(f.read_bytes()).hexdigest()} {pixel_digest(f.read_bytes())}"
+            for f in files}
 
 
 def main():
@@ -95,6 +111,8 @@ def main():
     parser.add_argument("--sd", default=str(ROOT / "target" / "release" / "sd"))
     parser.add_argument("--out", required=True, help="manifest to write: `file sha256` lines")
     parser.add_argument("--compare", help="an earlier manifest that every hash must equal")
+    parser.add_argument("--pixels-only", action="store_true",
+                        help="with --compare: compare the pixels only, not the infotext")
     args = parser.parse_args()
     args.sd = str(Path(args.sd).resolve())
 
@@ -125,9 +143,14 @@ def main():
 
     changed = []
     if args.compare:
-        before = dict(line.split() for line in Path(args.compare).read_text().splitlines()
-                      if line.strip())
-        after = dict(line.split() for line in lines)
+        column = 2 if args.pixels_only else 1
+
+        def table(text_lines):
+            rows = [line.split() for line in text_lines if line.strip()]
+            return {row[0]: row[column] for row in rows}
+
+        before = table(Path(args.compare).read_text().splitlines())
+        after = table(lines)
         for file in sorted(set(before) | set(after)):
             if before.get(file) != after.get(file):
                 changed.append(file)

@@ -327,9 +327,6 @@ fn a_models_folder_resolves_the_model_networks_and_embeddings_by_name() {
         "generate",
         "--from-png",
         by_names.to_str().unwrap(),
-        // Our infotext does not say which prompt syntax ran (a gap noted on the issue).
-        "--prompt-syntax",
-        "a1111",
         "--models-dir",
         root.to_str().unwrap(),
         "--output",

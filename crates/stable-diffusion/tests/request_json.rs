@@ -181,7 +181,17 @@ fn infotext_names_the_model_vae_and_refiner_for_the_store() {
         (back.width, back.height, back.seed),
         (Some(64), Some(64), Some(3))
     );
+    // Ours says when its prompt was read as plain text; A1111's never does: its syntax.
+    assert_eq!(info.get("Prompt syntax"), Some("plain"));
+    assert_eq!(back.prompt_syntax, PromptSyntax::Plain);
     let hash_only = InfoText::parse("p\nSteps: 20, Seed: 1, Model hash: 0123456789");
     let back = GenerationRequest::from_infotext(&hash_only).unwrap();
     assert_eq!(back.model.as_deref(), Some("0123456789"));
+    assert_eq!(back.prompt_syntax, PromptSyntax::A1111);
+    let a1111_run = GenerationRequest {
+        prompt_syntax: PromptSyntax::A1111,
+        ..request
+    };
+    let info = a1111_run.to_infotext("sd15", None, 0);
+    assert_eq!(info.get("Prompt syntax"), None);
 }

@@ -2,6 +2,7 @@
 
 use super::{GenerationRequest, HiresFix, HiresUpscaler, RngKind};
 use crate::image::{format_float, InfoText};
+use crate::prompt::PromptSyntax;
 use crate::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
 use crate::{Error, Result};
 
@@ -124,6 +125,10 @@ impl GenerationRequest {
         if options.rescale_zero_snr {
             info.push("Zero terminal SNR", "True");
         }
+        // A1111 always reads prompts with its syntax; a plain-syntax run says so.
+        if self.prompt_syntax == PromptSyntax::Plain {
+            info.push("Prompt syntax", PromptSyntax::Plain.name());
+        }
         let flavor = options.resolve_flavor(self.sampler, self.schedule);
         if flavor.ok() == Some(SamplerFlavor::Diffusers) {
             info.push("Sampler flavor", SamplerFlavor::Diffusers.name());
@@ -152,6 +157,11 @@ impl GenerationRequest {
                 request.sampler_options.flavor = Some(SamplerFlavor::KDiffusion);
             }
         }
+        // As A1111 reads it: prompts are in its syntax unless ours says otherwise.
+        request.prompt_syntax = match info.get("Prompt syntax") {
+            Some(v) => v.parse()?,
+            None => PromptSyntax::A1111,
+        };
         if let Some(v) = info.get("Sampler flavor") {
             request.sampler_options.flavor = Some(v.parse()?);
         }
