@@ -2,6 +2,7 @@
 
 mod generate;
 mod inspect;
+mod models;
 mod samplers;
 mod train;
 
@@ -32,6 +33,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// List every sampler and sigma schedule with a one-line description.
     Samplers,
+    /// List the checkpoints, VAEs, LoRAs and embeddings of a models folder with A1111's titles.
+    Models(models::ModelsArgs),
     /// Train the small shapes model from scratch (VAE, text encoder, then UNet).
     Train(Box<train::TrainArgs>),
     /// Score a model on shapes captions: colours, position, size and shape read from pixels.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Samplers => samplers::run(),
+        Command::Models(args) => models::run(args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => train::run_eval(args),
     });

@@ -394,3 +394,47 @@ fn the_store_resolves_a_checkpoint_by_title_and_hash() {
     );
     assert!(store.resolve(Asset::Checkpoint, "other").is_err());
 }
+
+#[test]
+fn sd_models_lists_a_models_folder_with_a1111_titles() {
+    let dir = scratch("request-sd-models");
+    let root = models_folder(&dir);
+    let single = root.join("models/Stable-diffusion/tiny-single.safetensors");
+    std::os::unix::fs::symlink(
+        fixtures().join("single_file/tiny_sd15.safetensors"),
+        &single,
+    )
+    .unwrap();
+    let out = sd(["models", "--models-dir", root.to_str().unwrap(), "--json"]);
+    assert_success(&out, "sd models");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list.as_array().unwrap();
+    let find = |kind: &str, name: &str| {
+        rows.iter()
+            .find(|r| r["kind"] == kind && r["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in {list}"))
+    };
+    // A folder has no hash (A1111 hashes single files); a single file's title carries it.
+    assert_eq!(find("checkpoint", "tiny-sd15")["title"], "tiny-sd15");
+    let title = find("checkpoint", "tiny-single")["title"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        title.starts_with("tiny-single [") && title.len() == "tiny-single [".len() + 11,
+        "{title}"
+    );
+    find("lora", "kohya");
+    find("vae", "tiny-vae-alt");
+    find("embedding", "tisingle");
+    // The title resolves back to the file.
+    let hash = &title["tiny-single [".len()..title.len() - 1];
+    let store = ModelStore::with_models_dir(&root).unwrap();
+    assert_eq!(store.resolve(Asset::Checkpoint, hash).unwrap(), single);
+    let out = sd([
+        "models",
+        "--models-dir",
+        dir.join("missing").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
