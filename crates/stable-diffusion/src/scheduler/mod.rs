@@ -55,6 +55,7 @@ use crate::{Error, Result};
 pub mod a1111_ddim;
 pub mod a1111_timesteps;
 pub mod a1111_unipc;
+mod catalog;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis;
@@ -79,6 +80,7 @@ pub mod sigmas;
 pub mod tcd;
 pub mod unipc;
 
+pub use catalog::{SamplerInfo, CATALOG};
 pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
 
 /// The samplers this library implements.
@@ -165,193 +167,53 @@ impl std::str::FromStr for SamplerFlavor {
 }
 
 impl SamplerKind {
-    /// Every sampler, in display order.
-    pub const ALL: [SamplerKind; 21] = [
-        SamplerKind::Euler,
-        SamplerKind::EulerA,
-        SamplerKind::Heun,
-        SamplerKind::Dpm2,
-        SamplerKind::Dpm2A,
-        SamplerKind::Lms,
-        SamplerKind::DpmPp2M,
-        SamplerKind::DpmPp2S,
-        SamplerKind::DpmPp2SA,
-        SamplerKind::DpmPpSde,
-        SamplerKind::DpmPp2MSde,
-        SamplerKind::DpmPp2MSdeHeun,
-        SamplerKind::DpmPp3MSde,
-        SamplerKind::Ipndm,
-        SamplerKind::UniPc,
-        SamplerKind::Deis,
-        SamplerKind::Ddim,
-        SamplerKind::Pndm,
-        SamplerKind::Ddpm,
-        SamplerKind::Lcm,
-        SamplerKind::Tcd,
-    ];
+    /// Every sampler, in display order (the catalog's).
+    pub const ALL: [SamplerKind; CATALOG.len()] = {
+        let mut all = [SamplerKind::Ddim; CATALOG.len()];
+        let mut i = 0;
+        while i < CATALOG.len() {
+            all[i] = CATALOG[i].kind;
+            i += 1;
+        }
+        all
+    };
+
+    /// This sampler's row of the catalog.
+    pub fn info(&self) -> &'static SamplerInfo {
+        // Every variant has a row: the catalog test checks it.
+        let row = CATALOG.iter().find(|row| row.kind == *self);
+        row.unwrap_or(&CATALOG[0])
+    }
 
     /// Whether A1111 marks this sampler second-order (two model evaluations per step): its
     /// prompt schedules then count twice the steps.
     pub fn evaluates_twice_per_step(&self) -> bool {
-        matches!(
-            self,
-            SamplerKind::Heun
-                | SamplerKind::Dpm2
-                | SamplerKind::Dpm2A
-                | SamplerKind::DpmPp2SA
-                | SamplerKind::DpmPpSde
-        )
+        self.info().evaluates_twice_per_step
     }
 
     /// The name used on the command line and in requests ("euler_a", ...).
     pub fn name(&self) -> &'static str {
-        match self {
-            SamplerKind::Ddim => "ddim",
-            SamplerKind::Pndm => "pndm",
-            SamplerKind::Euler => "euler",
-            SamplerKind::EulerA => "euler_a",
-            SamplerKind::DpmPp2M => "dpmpp_2m",
-            SamplerKind::Heun => "heun",
-            SamplerKind::Dpm2 => "dpm2",
-            SamplerKind::Dpm2A => "dpm2_a",
-            SamplerKind::Lms => "lms",
-            SamplerKind::DpmPp2SA => "dpmpp_2s_a",
-            SamplerKind::DpmPpSde => "dpmpp_sde",
-            SamplerKind::DpmPp2MSde => "dpmpp_2m_sde",
-            SamplerKind::DpmPp2MSdeHeun => "dpmpp_2m_sde_heun",
-            SamplerKind::DpmPp3MSde => "dpmpp_3m_sde",
-            SamplerKind::Ipndm => "ipndm",
-            SamplerKind::Ddpm => "ddpm",
-            SamplerKind::Lcm => "lcm",
-            SamplerKind::Tcd => "tcd",
-            SamplerKind::UniPc => "unipc",
-            SamplerKind::Deis => "deis",
-            SamplerKind::DpmPp2S => "dpmpp_2s",
-        }
+        self.info().name
     }
 
     /// The name AUTOMATIC1111's web UI shows (and writes into PNG infotext).
     pub fn a1111_name(&self) -> &'static str {
-        match self {
-            SamplerKind::Ddim => "DDIM",
-            SamplerKind::Pndm => "PLMS",
-            SamplerKind::Euler => "Euler",
-            SamplerKind::EulerA => "Euler a",
-            SamplerKind::DpmPp2M => "DPM++ 2M",
-            SamplerKind::Heun => "Heun",
-            SamplerKind::Dpm2 => "DPM2",
-            SamplerKind::Dpm2A => "DPM2 a",
-            SamplerKind::Lms => "LMS",
-            SamplerKind::DpmPp2SA => "DPM++ 2S a",
-            SamplerKind::DpmPpSde => "DPM++ SDE",
-            SamplerKind::DpmPp2MSde => "DPM++ 2M SDE",
-            SamplerKind::DpmPp2MSdeHeun => "DPM++ 2M SDE Heun",
-            SamplerKind::DpmPp3MSde => "DPM++ 3M SDE",
-            SamplerKind::Ipndm => "iPNDM",
-            SamplerKind::Ddpm => "DDPM",
-            SamplerKind::Lcm => "LCM",
-            SamplerKind::Tcd => "TCD",
-            SamplerKind::UniPc => "UniPC",
-            SamplerKind::Deis => "DEIS",
-            SamplerKind::DpmPp2S => "DPM++ 2S",
-        }
+        self.info().a1111_name
     }
 
     /// A1111's old alias (`k_dpmpp_2m`, ...), which also selects the k-diffusion flavor.
     pub fn a1111_alias(&self) -> Option<&'static str> {
-        Some(match self {
-            SamplerKind::Euler => "k_euler",
-            SamplerKind::EulerA => "k_euler_a",
-            SamplerKind::DpmPp2M => "k_dpmpp_2m",
-            SamplerKind::Heun => "k_heun",
-            SamplerKind::Dpm2 => "k_dpm_2",
-            SamplerKind::Dpm2A => "k_dpm_2_a",
-            SamplerKind::Lms => "k_lms",
-            SamplerKind::DpmPp2SA => "k_dpmpp_2s_a",
-            SamplerKind::DpmPpSde => "k_dpmpp_sde",
-            SamplerKind::DpmPp2MSde => "k_dpmpp_2m_sde",
-            SamplerKind::DpmPp2MSdeHeun => "k_dpmpp_2m_sde_heun",
-            SamplerKind::DpmPp3MSde => "k_dpmpp_3m_sde",
-            SamplerKind::Ipndm => "k_ipndm",
-            SamplerKind::Ddim
-            | SamplerKind::Pndm
-            | SamplerKind::Ddpm
-            | SamplerKind::Lcm
-            | SamplerKind::Tcd
-            | SamplerKind::UniPc
-            | SamplerKind::Deis
-            | SamplerKind::DpmPp2S => return None,
-        })
+        self.info().a1111_alias
     }
 
     /// One line saying what the sampler does (for `sd samplers`).
     pub fn description(&self) -> &'static str {
-        match self {
-            SamplerKind::Ddim => {
-                "DDIM: deterministic implicit steps (eta > 0 adds DDPM-like noise)"
-            }
-            SamplerKind::Pndm => {
-                "PLMS: pseudo linear multistep (Adams-Bashforth on eps), alias plms"
-            }
-            SamplerKind::Euler => {
-                "Euler steps on the probability-flow ODE; --s-churn adds Karras's churn"
-            }
-            SamplerKind::EulerA => {
-                "Euler ancestral: Euler steps plus fresh noise each step (--eta)"
-            }
-            SamplerKind::DpmPp2M => "DPM-Solver++ 2M: second-order multistep, sharp in few steps",
-            SamplerKind::Heun => {
-                "Heun: second order, two model calls per step; --s-churn supported"
-            }
-            SamplerKind::Dpm2 => {
-                "DPM2: second order through the log-sigma midpoint, two calls per step"
-            }
-            SamplerKind::Dpm2A => "DPM2 ancestral: DPM2 steps plus fresh noise",
-            SamplerKind::Lms => "Linear multistep of order 4 on the sigma ODE",
-            SamplerKind::DpmPp2SA => {
-                "DPM-Solver++ 2S ancestral: single-step second order plus noise"
-            }
-            SamplerKind::DpmPpSde => "DPM-Solver++ SDE: stochastic, two calls per step",
-            SamplerKind::DpmPp2MSde => "DPM-Solver++ 2M SDE: 2M with SDE noise (midpoint)",
-            SamplerKind::DpmPp2MSdeHeun => "DPM-Solver++ 2M SDE with the Heun-type correction",
-            SamplerKind::DpmPp3MSde => "DPM-Solver++ 3M SDE: third-order multistep with SDE noise",
-            SamplerKind::Ipndm => "Improved PNDM: fourth-order Adams-Bashforth on the sigma ODE",
-            SamplerKind::Ddpm => "DDPM: ancestral posterior steps with noise; needs many steps",
-            SamplerKind::Lcm => "LCM: consistency steps for LCM models/LoRAs (2-8 steps, CFG ~1-2)",
-            SamplerKind::Tcd => {
-                "TCD: trajectory consistency steps for TCD models/LoRAs; --eta is gamma (0.3)"
-            }
-            SamplerKind::UniPc => {
-                "UniPC: predictor-corrector multistep (bh2 order 2; A1111: bh1 order 3)"
-            }
-            SamplerKind::Deis => "DEIS: exponential-integrator multistep in log rho (order 2)",
-            SamplerKind::DpmPp2S => "DPM-Solver++ 2S: single-step second order, steps in pairs",
-        }
+        self.info().description
     }
 
     /// The diffusers scheduler class this sampler mirrors in the diffusers flavor, if any.
     pub fn diffusers_class(&self) -> Option<&'static str> {
-        match self {
-            SamplerKind::Ddim => Some("DDIMScheduler"),
-            SamplerKind::Pndm => Some("PNDMScheduler"),
-            SamplerKind::Euler => Some("EulerDiscreteScheduler"),
-            SamplerKind::EulerA => Some("EulerAncestralDiscreteScheduler"),
-            SamplerKind::DpmPp2M | SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun => {
-                Some("DPMSolverMultistepScheduler")
-            }
-            SamplerKind::Heun => Some("HeunDiscreteScheduler"),
-            SamplerKind::Lms => Some("LMSDiscreteScheduler"),
-            SamplerKind::Dpm2 => Some("KDPM2DiscreteScheduler"),
-            SamplerKind::Dpm2A => Some("KDPM2AncestralDiscreteScheduler"),
-            SamplerKind::Ddpm => Some("DDPMScheduler"),
-            SamplerKind::Lcm => Some("LCMScheduler"),
-            SamplerKind::Tcd => Some("TCDScheduler"),
-            SamplerKind::UniPc => Some("UniPCMultistepScheduler"),
-            SamplerKind::Deis => Some("DEISMultistepScheduler"),
-            SamplerKind::DpmPp2S => Some("DPMSolverSinglestepScheduler"),
-            SamplerKind::DpmPpSde => Some("DPMSolverSDEScheduler"),
-            _ => None,
-        }
+        self.info().diffusers_class
     }
 
     /// Whether the diffusers flavor runs this sampler on Karras sigmas (the class reads
@@ -363,66 +225,25 @@ impl SamplerKind {
     /// Whether (and how) the diffusers class rescales the betas to zero terminal SNR
     /// (`rescale_betas_zero_snr`); `None` for classes without the option.
     pub fn zero_snr(&self) -> Option<ZeroSnr> {
-        match self {
-            SamplerKind::Ddim | SamplerKind::Ddpm | SamplerKind::Lcm | SamplerKind::Tcd => {
-                Some(ZeroSnr::Exact)
-            }
-            SamplerKind::Euler
-            | SamplerKind::EulerA
-            | SamplerKind::DpmPp2M
-            | SamplerKind::DpmPp2MSde
-            | SamplerKind::DpmPp2MSdeHeun
-            | SamplerKind::UniPc => Some(ZeroSnr::Floored),
-            _ => None,
-        }
+        self.info().zero_snr
     }
 
     /// Whether the sampler walks its own discrete timesteps and takes no sigma schedule
     /// (DDIM, PNDM, DDPM, LCM, TCD).
     pub fn walks_own_timesteps(&self) -> bool {
-        matches!(
-            self,
-            SamplerKind::Ddim
-                | SamplerKind::Pndm
-                | SamplerKind::Ddpm
-                | SamplerKind::Lcm
-                | SamplerKind::Tcd
-        )
+        self.info().walks_own_timesteps
     }
 
     /// Whether the k-diffusion flavor runs A1111's own timestep sampler (DDIM, PLMS, UniPC),
     /// which walks integer timesteps and takes no sigma schedule.
     pub fn a1111_timesteps(&self) -> bool {
-        matches!(
-            self,
-            SamplerKind::Ddim | SamplerKind::Pndm | SamplerKind::UniPc
-        )
+        self.info().a1111_timesteps
     }
 
     /// The k-diffusion function (or A1111 sampler) this sampler mirrors in the k-diffusion
     /// flavor, if any.
     pub fn kdiffusion_function(&self) -> Option<&'static str> {
-        Some(match self {
-            SamplerKind::Euler => "sample_euler",
-            SamplerKind::EulerA => "sample_euler_ancestral",
-            SamplerKind::DpmPp2M => "sample_dpmpp_2m",
-            SamplerKind::Heun => "sample_heun",
-            SamplerKind::Dpm2 => "sample_dpm_2",
-            SamplerKind::Dpm2A => "sample_dpm_2_ancestral",
-            SamplerKind::Lms => "sample_lms",
-            SamplerKind::DpmPp2SA => "sample_dpmpp_2s_ancestral",
-            SamplerKind::DpmPpSde => "sample_dpmpp_sde",
-            SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun => "sample_dpmpp_2m_sde",
-            SamplerKind::DpmPp3MSde => "sample_dpmpp_3m_sde",
-            SamplerKind::Ipndm => "sample_ipndm",
-            SamplerKind::Lcm => "sample_lcm (A1111)",
-            SamplerKind::Ddim => "ddim (A1111 timesteps)",
-            SamplerKind::Pndm => "plms (A1111 timesteps)",
-            SamplerKind::UniPc => "uni_pc bh1 (A1111)",
-            SamplerKind::Ddpm | SamplerKind::Tcd | SamplerKind::Deis | SamplerKind::DpmPp2S => {
-                return None
-            }
-        })
+        self.info().kdiffusion_function
     }
 
     /// Whether the diffusers flavor can run on Karras sigmas (`use_karras_sigmas`).
@@ -433,26 +254,13 @@ impl SamplerKind {
 
     /// The schedule A1111's "Automatic" picks for this sampler (k-diffusion flavor).
     pub fn a1111_default_schedule(&self) -> SigmaSchedule {
-        match self {
-            SamplerKind::DpmPp2M
-            | SamplerKind::DpmPpSde
-            | SamplerKind::DpmPp2SA
-            | SamplerKind::Dpm2
-            | SamplerKind::Dpm2A => SigmaSchedule::Karras,
-            SamplerKind::DpmPp2MSde | SamplerKind::DpmPp2MSdeHeun | SamplerKind::DpmPp3MSde => {
-                SigmaSchedule::Exponential
-            }
-            _ => SigmaSchedule::Discrete,
-        }
+        self.info().a1111_default_schedule
     }
 
     /// Whether A1111 drops the next-to-last sigma for this sampler (one extra step is planned,
     /// then σ_{n−1} removed, so the last step goes straight from σ_{n−2} to 0).
     pub fn discards_next_to_last_sigma(&self) -> bool {
-        matches!(
-            self,
-            SamplerKind::Dpm2 | SamplerKind::Dpm2A | SamplerKind::DpmPp3MSde
-        )
+        self.info().discards_next_to_last_sigma
     }
 
     /// Every name [`SamplerKind::from_str`] accepts for this sampler.
