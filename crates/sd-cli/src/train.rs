@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sd_train::shapes::{evaluate, evaluation_scenes, EvalOptions};
+use sd_train::train::{self, ModelConfig, Stages, TrainEvent, TrainOptions};
 use stable_diffusion::pipeline::{Control, LoadOptions, StableDiffusion};
 use stable_diffusion::scheduler::SamplerKind;
-use stable_diffusion::shapes::{evaluate, evaluation_scenes, EvalOptions};
-use stable_diffusion::train::{self, ModelConfig, Stages, TrainEvent, TrainOptions};
 
 use crate::UsageError;
 
@@ -300,7 +300,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         .map_err(|e: stable_diffusion::Error| usage(e.to_string()))?;
     let model_path = match &args.model {
         Some(p) => p.clone(),
-        None => stable_diffusion::shapes::default_model_path()?,
+        None => sd_train::shapes::default_model_path()?,
     };
     if !model_path.exists() {
         return Err(usage(format!("model not found: {}", model_path.display())));

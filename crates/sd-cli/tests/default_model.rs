@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_success, scratch, sd_command};
-use stable_diffusion::shapes::{measure, Colour};
+use sd_train::shapes::{measure, Colour};
 
 #[test]
 fn generate_without_a_model_draws_the_caption_with_the_shapes_model() {

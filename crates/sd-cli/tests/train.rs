@@ -63,7 +63,7 @@ fn eval_rejects_a_missing_model() {
 #[test]
 fn train_help_states_the_presets_actual_defaults() {
     let help = String::from_utf8(sd(["train", "--help"]).stdout).unwrap();
-    let preset = stable_diffusion::train::TrainOptions::shapes("unused");
+    let preset = sd_train::train::TrainOptions::shapes("unused");
     let default_of = |flag: &str| -> String {
         let start = help
             .find(&format!("--{flag} <"))

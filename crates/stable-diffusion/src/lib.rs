@@ -5,6 +5,7 @@
 //! [`image`]. The [`pipeline`] module ties them together; [`loading`] turns files on disk into
 //! weights and configs.
 
+mod default_model;
 pub mod device;
 pub mod error;
 pub mod image;
@@ -16,15 +17,13 @@ pub mod pipeline;
 pub mod prompt;
 pub mod rng;
 pub mod scheduler;
-pub mod shapes;
 pub mod text_encoder;
 pub mod tokenizer;
-pub mod train;
 pub mod unet;
 pub mod vae;
 
+pub use default_model::{default_model_path, DEFAULT_MODEL_ENV};
 pub use error::{Error, Result};
-pub use shapes::default_model_path;
 
 /// Re-export of the tensor library, so users need not depend on it directly.
 pub use candle_core;

@@ -4,8 +4,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use sd_train::train::{train, ModelConfig, Stages, TrainEvent, TrainOptions};
 use stable_diffusion::pipeline::Control;
-use stable_diffusion::train::{train, ModelConfig, Stages, TrainEvent, TrainOptions};
 use stable_diffusion::Error;
 
 fn scratch(name: &str) -> PathBuf {

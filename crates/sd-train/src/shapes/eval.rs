@@ -5,9 +5,9 @@ use std::fmt;
 use image::RgbImage;
 
 use super::scene::{Colour, Position, Scene, Shape, Size, SplitMix64, IMAGE_SIZE};
-use crate::pipeline::{Control, GenerationRequest, StableDiffusion};
-use crate::scheduler::SamplerKind;
-use crate::{Error, Result};
+use stable_diffusion::pipeline::{Control, GenerationRequest, StableDiffusion};
+use stable_diffusion::scheduler::SamplerKind;
+use stable_diffusion::{Error, Result};
 
 /// Width of the border ring whose pixels decide the background colour.
 const BORDER: u32 = 2;

@@ -3,11 +3,9 @@
 //! colours and positions read back from the generated pixels must be the captions'. (Raise
 //! these bars with the model; see models/shapes/README.md.)
 
+use sd_train::shapes::{default_model_path, evaluate, evaluation_scenes, Attribute, EvalOptions};
 use stable_diffusion::pipeline::{LoadOptions, StableDiffusion};
 use stable_diffusion::scheduler::SamplerKind;
-use stable_diffusion::shapes::{
-    default_model_path, evaluate, evaluation_scenes, Attribute, EvalOptions,
-};
 
 #[test]
 fn shipped_shapes_model_draws_what_small_evaluation_captions_ask_for() {

@@ -3,7 +3,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::Result;
+use stable_diffusion::Result;
 
 /// AdamW's hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]

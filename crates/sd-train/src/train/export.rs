@@ -7,8 +7,8 @@ use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
 
 use super::ModelConfig;
-use crate::unet::PerBlock;
-use crate::{Error, Result};
+use stable_diffusion::unet::PerBlock;
+use stable_diffusion::{Error, Result};
 
 fn per_block<T: serde::Serialize + Clone>(value: &PerBlock<T>) -> Value {
     match value {

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::Result;
+use stable_diffusion::Result;
 
 /// Width and height of every picture, in pixels.
 pub const IMAGE_SIZE: usize = 64;

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{AdamW, Ema};
-use crate::image::write_atomically;
-use crate::{Error, Result};
+use stable_diffusion::image::write_atomically;
+use stable_diffusion::{Error, Result};
 
 /// What a checkpoint's JSON file records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,7 +68,7 @@ pub fn save(
 
 /// Reads a checkpoint's JSON file.
 pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
-    crate::loading::read_json(path, "training checkpoint")
+    stable_diffusion::loading::read_json(path, "training checkpoint")
 }
 
 /// Loads the checkpoint at `tensors_path` into `vars`, `adam` and `ema`, checking that it holds

@@ -1,6 +1,6 @@
 //! The shapes data set and the pixel evaluator, without any model.
 
-use stable_diffusion::shapes::{
+use sd_train::shapes::{
     coverage_to_tensor, evaluation_scenes, measure, Attribute, Colour, Dataset, EvalReport,
     Position, Scene, Shape,
 };
@@ -96,7 +96,7 @@ fn canonical_caption_reads_like_the_issue() {
         Colour::Red,
         Colour::Blue,
         Shape::Square,
-        stable_diffusion::shapes::Size::Large,
+        sd_train::shapes::Size::Large,
         Position::Center,
     );
     assert_eq!(
@@ -107,7 +107,7 @@ fn canonical_caption_reads_like_the_issue() {
         Colour::Orange,
         Colour::Black,
         Shape::Circle,
-        stable_diffusion::shapes::Size::Small,
+        sd_train::shapes::Size::Small,
         Position::TopLeft,
     );
     assert_eq!(
@@ -148,7 +148,7 @@ fn coverage_marks_the_shape_and_pools_to_latent_cells() {
 
 #[test]
 fn caption_labels_name_exactly_what_the_caption_says() {
-    use stable_diffusion::shapes::{Size, SplitMix64, CAPTION_CLASSES};
+    use sd_train::shapes::{Size, SplitMix64, CAPTION_CLASSES};
     let scene = Scene::new(
         Colour::Red,
         Colour::Blue,

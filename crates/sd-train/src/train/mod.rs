@@ -16,7 +16,7 @@
 //! the weights (the EMA weights are what gets exported). Every random choice (data, noise,
 //! timesteps, dropout, initial weights) derives from one seed and the step number, so a run
 //! resumed from a checkpoint continues exactly as if it had not stopped. The result is a
-//! diffusers folder (`<out>/model`) that [`crate::pipeline::StableDiffusion::load`] reads.
+//! diffusers folder (`<out>/model`) that [`stable_diffusion::pipeline::StableDiffusion::load`] reads.
 
 pub mod checkpoint;
 mod export;
@@ -26,11 +26,11 @@ mod stages;
 
 use std::path::{Path, PathBuf};
 
-use crate::nn::Activation;
-use crate::text_encoder::ClipTextConfig;
-use crate::unet::{PerBlock, TransformerLayers, UNetConfig};
-use crate::vae::{SampleSize, VaeConfig, DOWN_ENCODER_BLOCK, UP_DECODER_BLOCK};
-use crate::{Error, Result};
+use stable_diffusion::nn::Activation;
+use stable_diffusion::text_encoder::ClipTextConfig;
+use stable_diffusion::unet::{PerBlock, TransformerLayers, UNetConfig};
+use stable_diffusion::vae::{SampleSize, VaeConfig, DOWN_ENCODER_BLOCK, UP_DECODER_BLOCK};
+use stable_diffusion::{Error, Result};
 
 pub use export::export_model;
 pub use stages::train;

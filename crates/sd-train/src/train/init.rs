@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use candle_core::{Tensor, Var};
 
-use crate::rng::TorchCpuRng;
-use crate::tokenizer::{ClipTokenizer, PadStyle};
-use crate::Result;
+use stable_diffusion::rng::TorchCpuRng;
+use stable_diffusion::tokenizer::{ClipTokenizer, PadStyle};
+use stable_diffusion::Result;
 
 /// The token ids the data set's captions use (plus start and end), whose embedding rows get
 /// random initial values; every other row starts (and, never seeing a gradient, stays) zero,

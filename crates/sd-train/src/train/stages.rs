@@ -9,17 +9,17 @@ use candle_nn::{VarBuilder, VarMap};
 use super::checkpoint::{self, CheckpointInfo};
 use super::optim::{clip_global_norm, AdamW, AdamWConfig, Ema};
 use super::{export, init, step_seed, StageOptions, Stages, TrainEvent, TrainOptions};
-use crate::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
-use crate::rng::{NoiseSource, TorchCpuRng};
-use crate::scheduler::{BetaSchedule, NoiseSchedule};
 use crate::shapes::{
     coverage_to_tensor, scenes_to_tensor, Dataset, Scene, SplitMix64, CAPTION_CLASSES, IMAGE_SIZE,
 };
-use crate::text_encoder::{ClipTextModel, HiddenLayer};
-use crate::tokenizer::{ClipTokenizer, PadStyle};
-use crate::unet::UNet2DConditionModel;
-use crate::vae::AutoencoderKL;
-use crate::{Error, Result};
+use stable_diffusion::pipeline::{Control, GenerationRequest, LoadOptions, StableDiffusion};
+use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
+use stable_diffusion::scheduler::{BetaSchedule, NoiseSchedule};
+use stable_diffusion::text_encoder::{ClipTextModel, HiddenLayer};
+use stable_diffusion::tokenizer::{ClipTokenizer, PadStyle};
+use stable_diffusion::unet::UNet2DConditionModel;
+use stable_diffusion::vae::AutoencoderKL;
+use stable_diffusion::{Error, Result};
 
 /// Stage names, as used in file names and events.
 const VAE: &str = "vae";
@@ -94,10 +94,10 @@ pub fn train(
     std::fs::create_dir_all(&options.out_dir).map_err(|e| Error::io(&options.out_dir, e))?;
     std::fs::create_dir_all(options.out_dir.join("samples"))
         .map_err(|e| Error::io(&options.out_dir, e))?;
-    let previous = crate::nn::differentiable();
-    crate::nn::set_differentiable(true);
+    let previous = stable_diffusion::nn::differentiable();
+    stable_diffusion::nn::set_differentiable(true);
     let result = run_stages(options, events);
-    crate::nn::set_differentiable(previous);
+    stable_diffusion::nn::set_differentiable(previous);
     result
 }
 
@@ -225,9 +225,9 @@ fn run_loop(
             events(event);
         }
         if done || (options.sample_every > 0 && info.step.is_multiple_of(options.sample_every)) {
-            crate::nn::set_differentiable(false);
+            stable_diffusion::nn::set_differentiable(false);
             let sampled = sample(info.step, trainable);
-            crate::nn::set_differentiable(true);
+            stable_diffusion::nn::set_differentiable(true);
             if let Some(event) = sampled? {
                 events(event);
             }
@@ -349,10 +349,10 @@ fn train_vae(options: &TrainOptions, events: &mut dyn FnMut(TrainEvent) -> Contr
     let mut sample = |step: usize, _t: &Trainable| -> Result<Option<TrainEvent>> {
         let images = scenes_to_tensor(&fixed, &device)?;
         let recon = vae.decode(&vae.encode(&images)?.mode()?)?;
-        let mut all = crate::image::tensor_to_images(&images)?;
-        all.extend(crate::image::tensor_to_images(&recon)?);
+        let mut all = stable_diffusion::image::tensor_to_images(&images)?;
+        all.extend(stable_diffusion::image::tensor_to_images(&recon)?);
         let path = out_dir.join("samples").join(format!("vae-{step:06}.png"));
-        crate::image::save_png(&path, &crate::image::grid(&all, 8), &[])?;
+        stable_diffusion::image::save_png(&path, &stable_diffusion::image::grid(&all, 8), &[])?;
         Ok(Some(TrainEvent::Samples { path }))
     };
     run_loop(
@@ -535,9 +535,9 @@ fn train_diffusion(
     let scaling = match info.scaling_factor {
         Some(s) => s,
         None => {
-            crate::nn::set_differentiable(false);
+            stable_diffusion::nn::set_differentiable(false);
             let s = measure_scaling(&vae, &data, options.seed ^ 0x5ca1e, &device);
-            crate::nn::set_differentiable(true);
+            stable_diffusion::nn::set_differentiable(true);
             s?
         }
     };
@@ -604,9 +604,9 @@ fn train_diffusion(
         }
         let ids = Tensor::from_vec(ids, (batch, 77), &device)?;
         // The text encoder is fixed here: no graph for it.
-        crate::nn::set_differentiable(false);
+        stable_diffusion::nn::set_differentiable(false);
         let context = text_encoder.forward(&ids, HiddenLayer::LAST);
-        crate::nn::set_differentiable(true);
+        stable_diffusion::nn::set_differentiable(true);
         let context = context?.hidden;
         let noise = noise_rng.randn(latents.dims(), &device)?;
         let noise = if offset_noise > 0.0 {
@@ -738,7 +738,7 @@ fn sample_grid(model_dir: &Path, out_dir: &Path, step: usize) -> Result<PathBuf>
     let path = out_dir
         .join("samples")
         .join(format!("diffusion-{step:06}.png"));
-    crate::image::save_png(&path, &crate::image::grid(&images, 4), &[])?;
+    stable_diffusion::image::save_png(&path, &stable_diffusion::image::grid(&images, 4), &[])?;
     Ok(path)
 }
 
