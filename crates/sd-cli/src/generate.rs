@@ -15,7 +15,9 @@ use stable_diffusion::pipeline::{
     ModelStore, NetworkRef, Progress, RngKind,
 };
 use stable_diffusion::prompt::PromptSyntax;
-use stable_diffusion::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
+use stable_diffusion::scheduler::{
+    parse_sampler_and_schedule, SamplerFlavor, SamplerKind, SigmaSchedule,
+};
 
 use crate::UsageError;
 
@@ -47,7 +49,7 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 turns guidance off [default: 7.5].
     #[arg(long)]
     cfg_scale: Option<f64>,
-    /// Sampler (see `sd samplers`); A1111's names ("DPM++ 2M") select A1111's sampling [default: euler_a].
+    /// Sampler (see `sd samplers`); A1111's names ("DPM++ 2M", also "DPM++ 2M Karras" with a schedule) select A1111's sampling [default: euler_a].
     #[arg(long)]
     sampler: Option<String>,
     /// Follow diffusers or k-diffusion (A1111) [default: diffusers where the sampler and schedule allow].
@@ -288,9 +290,13 @@ fn build_request(
         request.cfg_scale = v;
     }
     if let Some(v) = &args.sampler {
-        let (kind, flavor) = parse_sampler_name(v).map_err(as_usage)?;
+        // "DPM++ 2M Karras": A1111's combined names set the schedule too (--schedule wins).
+        let (kind, flavor, schedule) = parse_sampler_and_schedule(v).map_err(as_usage)?;
         request.sampler = kind;
         request.sampler_options.flavor = flavor;
+        if let Some(schedule) = schedule {
+            request.schedule = schedule;
+        }
     }
     if let Some(v) = &args.sampler_flavor {
         request.sampler_options.flavor = Some(v.parse::<SamplerFlavor>().map_err(as_usage)?);

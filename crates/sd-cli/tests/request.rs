@@ -438,3 +438,35 @@ fn sd_models_lists_a_models_folder_with_a1111_titles() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a1111_combined_sampler_names_set_the_schedule() {
+    let dir = scratch("request-combined");
+    let model = tiny_model();
+    let base = [
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a circle",
+        "--steps",
+        "3",
+        "--seed",
+        "4",
+        "--width",
+        "32",
+        "--height",
+        "32",
+    ]
+    .map(String::from);
+    let (combined, split) = (dir.join("combined.png"), dir.join("split.png"));
+    let mut args = base.to_vec();
+    args.extend(["--sampler", "DPM++ 2M Karras"].map(String::from));
+    generate(&combined, &args);
+    let mut args = base.to_vec();
+    args.extend(["--sampler", "DPM++ 2M", "--schedule", "karras"].map(String::from));
+    generate(&split, &args);
+    assert_eq!(
+        std::fs::read(&combined).unwrap(),
+        std::fs::read(&split).unwrap()
+    );
+}

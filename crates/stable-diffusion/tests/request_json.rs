@@ -118,6 +118,18 @@ fn a1111_sampler_names_in_json_select_a1111_sampling() {
         request.sampler_options.flavor,
         Some(SamplerFlavor::KDiffusion)
     );
+    // A1111's combined names carry the schedule, unless the request gives one.
+    let combined =
+        GenerationRequest::from_json(r#"{"sampler": "DPM++ 2M SDE Exponential"}"#).unwrap();
+    assert_eq!(combined.sampler, SamplerKind::DpmPp2MSde);
+    assert_eq!(combined.schedule, SigmaSchedule::Exponential);
+    let given =
+        GenerationRequest::from_json(r#"{"sampler": "Euler a Karras", "schedule": "beta"}"#)
+            .unwrap();
+    assert_eq!(
+        (given.sampler, given.schedule),
+        (SamplerKind::EulerA, SigmaSchedule::Beta)
+    );
     let ours = GenerationRequest::from_json(r#"{"sampler": "dpmpp_2m"}"#).unwrap();
     assert_eq!(ours.sampler_options.flavor, None);
     let explicit = GenerationRequest::from_json(

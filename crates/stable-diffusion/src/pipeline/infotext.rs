@@ -3,7 +3,7 @@
 use super::{GenerationRequest, HiresFix, HiresUpscaler, RngKind};
 use crate::image::{format_float, InfoText};
 use crate::prompt::PromptSyntax;
-use crate::scheduler::{parse_sampler_name, SamplerFlavor, SamplerKind, SigmaSchedule};
+use crate::scheduler::{parse_sampler_and_schedule, SamplerFlavor, SamplerKind, SigmaSchedule};
 use crate::{Error, Result};
 
 impl GenerationRequest {
@@ -147,7 +147,7 @@ impl GenerationRequest {
             request.steps = number("Steps", v)?;
         }
         if let Some(v) = info.get("Sampler") {
-            let (sampler, schedule) = parse_sampler(v)?;
+            let (sampler, _, schedule) = parse_sampler_and_schedule(v)?;
             request.sampler = sampler;
             if let Some(schedule) = schedule {
                 request.schedule = schedule;
@@ -405,32 +405,5 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
             "infotext",
             format!("{key}: `{value}` is not a valid number"),
         )
-    })
-}
-
-/// A1111's sampler names, also the older forms with the schedule in the name ("DPM++ 2M
-/// Karras", "DPM++ 2M SDE Exponential", "Euler SGM Uniform"): as A1111's
-/// `get_sampler_and_scheduler`, any schedule label, name or alias at the end is split off.
-fn parse_sampler(name: &str) -> Result<(SamplerKind, Option<SigmaSchedule>)> {
-    let name = name.trim();
-    if let Ok((kind, _)) = parse_sampler_name(name) {
-        return Ok((kind, None));
-    }
-    for (at, _) in name.rmatch_indices(' ') {
-        let (base, suffix) = (&name[..at], &name[at + 1..]);
-        let Ok((kind, _)) = parse_sampler_name(base) else {
-            continue;
-        };
-        if let Ok(schedule) = suffix.parse::<SigmaSchedule>() {
-            return Ok((kind, Some(schedule)));
-        }
-    }
-    Err(Error::Unsupported {
-        what: "sampler",
-        value: name.to_string(),
-        valid: SamplerKind::ALL
-            .iter()
-            .map(|k| k.a1111_name().to_string())
-            .collect(),
     })
 }

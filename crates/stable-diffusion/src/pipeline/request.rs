@@ -254,11 +254,15 @@ impl GenerationRequest {
                 field => Error::invalid("request", format!("field `{field}`: {msg}")),
             }
         })?;
-        // A1111's sampler names ("DPM++ 2M") select A1111's sampling, as on the command line.
+        // A1111's sampler names ("DPM++ 2M") select A1111's sampling, as on the command line,
+        // and a schedule at the end ("DPM++ 2M Karras") is the schedule unless one is given.
         if let Some(name) = value.get("sampler").and_then(|v| v.as_str()) {
-            let (_, flavor) = crate::scheduler::parse_sampler_name(name)?;
+            let (_, flavor, schedule) = crate::scheduler::parse_sampler_and_schedule(name)?;
             if request.sampler_options.flavor.is_none() {
                 request.sampler_options.flavor = flavor;
+            }
+            if let (Some(schedule), None) = (schedule, value.get("schedule")) {
+                request.schedule = schedule;
             }
         }
         Ok(request)

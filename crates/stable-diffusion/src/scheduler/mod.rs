@@ -309,11 +309,35 @@ pub fn parse_sampler_name(s: &str) -> Result<(SamplerKind, Option<SamplerFlavor>
     })
 }
 
+/// Parses a sampler name that may end in a schedule, as A1111 1.6-1.8 wrote them and its API
+/// still takes them ("DPM++ 2M Karras", "DPM++ 2M SDE Exponential", "Euler a SGM Uniform"):
+/// the sampler and flavor as [`parse_sampler_name`] reads them, and the schedule if one was
+/// named.
+pub fn parse_sampler_and_schedule(
+    s: &str,
+) -> Result<(SamplerKind, Option<SamplerFlavor>, Option<SigmaSchedule>)> {
+    let s = s.trim();
+    let whole = parse_sampler_name(s);
+    if let Ok((kind, flavor)) = whole {
+        return Ok((kind, flavor, None));
+    }
+    for (at, _) in s.rmatch_indices(' ') {
+        let Ok((kind, flavor)) = parse_sampler_name(&s[..at]) else {
+            continue;
+        };
+        if let Ok(schedule) = s[at + 1..].parse::<SigmaSchedule>() {
+            return Ok((kind, flavor, Some(schedule)));
+        }
+    }
+    whole.map(|(kind, flavor)| (kind, flavor, None))
+}
+
 impl std::str::FromStr for SamplerKind {
     type Err = Error;
-    /// Accepts our names, "plms" for PNDM, A1111's display names and aliases.
+    /// Accepts our names, "plms" for PNDM, A1111's display names and aliases, also with a
+    /// schedule at the end (which [`parse_sampler_and_schedule`] returns; this drops it).
     fn from_str(s: &str) -> Result<Self> {
-        parse_sampler_name(s).map(|(kind, _)| kind)
+        parse_sampler_and_schedule(s).map(|(kind, _, _)| kind)
     }
 }
 
