@@ -184,6 +184,12 @@ pub struct ModelDescription {
     pub text_encoders: Vec<TextEncoderDescription>,
     /// The default scheduler configuration.
     pub scheduler: SchedulerConfig,
+    /// SDXL: an empty negative prompt gives zero embeddings instead of the encoding of ""
+    /// (`force_zeros_for_empty_prompt` of model_index.json; on for SDXL base by default).
+    pub force_zeros_for_empty_prompt: bool,
+    /// SDXL: the time ids carry an aesthetic score instead of the target size
+    /// (`requires_aesthetics_score`; on for the refiner by default).
+    pub requires_aesthetics_score: bool,
 }
 
 /// Overrides for detection (the CLI's `--family` and `--prediction-type`).
@@ -247,6 +253,8 @@ impl ModelDescription {
             vae,
             text_encoders,
             scheduler,
+            force_zeros_for_empty_prompt: family == ModelFamily::Sdxl,
+            requires_aesthetics_score: family == ModelFamily::SdxlRefiner,
         }
     }
 
@@ -297,15 +305,59 @@ impl ModelDescription {
                 None => PredictionType::Epsilon,
             },
         };
+        let family = options.family.unwrap_or(detected);
+        // The SDXL switches of model_index.json, diffusers' defaults when absent.
+        let index: std::collections::BTreeMap<String, serde_json::Value> =
+            crate::loading::read_json(&folder.root().join("model_index.json"), "model_index.json")?;
+        let flag = |key: &str, default: bool| match family.is_sdxl() {
+            true => index.get(key).and_then(|v| v.as_bool()).unwrap_or(default),
+            false => false,
+        };
         Ok(Self {
-            family: options.family.unwrap_or(detected),
+            family,
             prediction,
             inpainting: unet.in_channels == 9,
             unet,
             vae,
             text_encoders,
             scheduler,
+            force_zeros_for_empty_prompt: flag(
+                "force_zeros_for_empty_prompt",
+                family == ModelFamily::Sdxl,
+            ),
+            requires_aesthetics_score: flag(
+                "requires_aesthetics_score",
+                family == ModelFamily::SdxlRefiner,
+            ),
         })
+    }
+
+    /// A short human name: the family, with "inpainting" when it is one.
+    pub fn name(&self) -> String {
+        if self.inpainting {
+            format!("{} inpainting", self.family.name())
+        } else {
+            self.family.name().to_string()
+        }
+    }
+
+    /// Checks that a model so described can run: a text encoder, and a UNet of 4 input
+    /// channels (txt2img/img2img) or 9 (inpainting). `root` names the model in errors.
+    pub fn check_runnable(&self, root: &Path) -> Result<()> {
+        if self.text_encoders.is_empty() {
+            return Err(Error::config(
+                root.join("model_index.json"),
+                "no text encoder (neither `text_encoder` nor `text_encoder_2` is listed)",
+            ));
+        }
+        match self.unet.in_channels {
+            4 | 9 => Ok(()),
+            other => Err(Error::Unsupported {
+                what: "UNet input channels",
+                value: other.to_string(),
+                valid: vec!["4 (txt2img/img2img)".into(), "9 (inpainting)".into()],
+            }),
+        }
     }
 
     /// The image size the model was trained at (512, 768 or 1024).

@@ -225,7 +225,7 @@ impl StableDiffusion {
                 format!("{}: no {what} vectors for this model", path.display()),
             )
         };
-        if self.kind.family.is_sdxl() {
+        if self.description.family.is_sdxl() {
             if let Some(part) = self.text_encoder.as_mut() {
                 let vectors = embedding.first.as_ref().ok_or_else(|| missing("clip_l"))?;
                 add_embedding_to(part, name, vectors, path, "text_encoder")?;
@@ -266,7 +266,7 @@ impl StableDiffusion {
         min_chunks: usize,
     ) -> Result<PromptEmbedding> {
         let skip = options.clip_skip.max(1) - 1;
-        if !self.kind.family.is_sdxl() {
+        if !self.description.family.is_sdxl() {
             let part = self.text_encoder.as_ref().expect("checked by from_parts");
             let windows = prompt_windows(part, prompt, options.syntax, min_chunks)?;
             let layer = HiddenLayer::clip_skip(skip);
@@ -320,7 +320,7 @@ impl StableDiffusion {
         width: usize,
     ) -> Result<(Tensor, Tensor)> {
         let (h, w) = (height as f32, width as f32);
-        let (cond, uncond) = if self.kind.requires_aesthetics_score {
+        let (cond, uncond) = if self.description.requires_aesthetics_score {
             (
                 vec![h, w, 0.0, 0.0, request.aesthetic_score as f32],
                 vec![h, w, 0.0, 0.0, request.negative_aesthetic_score as f32],
@@ -430,7 +430,9 @@ impl StableDiffusion {
             let cond = &embeddings[cond_text];
             let uncond = match uncond_text {
                 // SDXL's zeros take the prompt's shape: made for each pair.
-                Some("") if self.kind.force_zeros_for_empty_prompt => Some(cond.zeros_like()?),
+                Some("") if self.description.force_zeros_for_empty_prompt => {
+                    Some(cond.zeros_like()?)
+                }
                 Some(text) => {
                     if !negatives.contains_key(text) {
                         let embedding = self.encode_prompt_with(text, options, chunks)?;
@@ -458,7 +460,7 @@ impl StableDiffusion {
         options: TextOptions,
         chunks: usize,
     ) -> Result<PromptEmbedding> {
-        if negative.is_empty() && self.kind.force_zeros_for_empty_prompt {
+        if negative.is_empty() && self.description.force_zeros_for_empty_prompt {
             cond.zeros_like()
         } else {
             self.encode_prompt_with(negative, options, chunks)

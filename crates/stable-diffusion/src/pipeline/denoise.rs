@@ -242,7 +242,7 @@ impl StableDiffusion {
                 inpaint::check_mask(mask, image)?;
             }
         }
-        if self.kind.inpainting && inputs.mask.is_none() {
+        if self.description.inpainting && inputs.mask.is_none() {
             return Err(Error::invalid(
                 "mask",
                 format!(
@@ -252,7 +252,7 @@ impl StableDiffusion {
             ));
         }
         if let Some(refiner) = inputs.refiner {
-            if refiner.kind.inpainting {
+            if refiner.description.inpainting {
                 return Err(Error::invalid(
                     "refiner",
                     "an inpainting model cannot be a refiner",
@@ -373,7 +373,7 @@ impl StableDiffusion {
         let full_strength = request.strength >= 1.0;
         let first = sampler.img2img_start(request.steps, request.strength)?;
         sampler.start_at(first)?;
-        let nine_channels = self.kind.inpainting;
+        let nine_channels = self.description.inpainting;
         let image_latents = if !nine_channels || !full_strength {
             Some(self.encode_image(image, batch, rng)?)
         } else {

@@ -28,9 +28,10 @@ mod run;
 mod store;
 mod variation;
 
+pub use crate::model_family::ModelDescription;
 pub use conditioning::{Conditioning, ConditioningSchedule, PromptEmbedding, TextOptions};
 pub use denoise::Inputs;
-pub use family::{ModelFamily, ModelKind};
+pub use family::ModelFamily;
 pub use hires::{upscale_latents_bilinear, HiresFix, HiresUpscaler};
 pub use infotext::{format_network_hashes, parse_network_hashes};
 pub use inpaint::mask_to_tensor;

@@ -1,11 +1,11 @@
-//! A loaded model: its kind, text encoder(s), UNet, VAE and noise schedule, assembled
+//! A loaded model: its description, text encoder(s), UNet, VAE and noise schedule, assembled
 //! from parts so that any source (a diffusers folder, a single-file checkpoint) can build one.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use super::family::{ModelFamily, ModelKind};
+use super::family::ModelFamily;
 use super::precision::Precision;
 use crate::loading::{
     attach_networks, open_networks, DiffusersFolder, LoraFile, LoraSpec, LoraTarget,
@@ -104,8 +104,8 @@ pub struct TextEncoderPart {
 
 /// Everything a [`StableDiffusion`] is made of; any loader can fill one.
 pub struct ModelParts {
-    /// What the model is.
-    pub kind: ModelKind,
+    /// What the model is (decided once, at load time).
+    pub description: FullDescription,
     /// The file or folder it came from (its stem is the model's name in the infotext).
     pub path: PathBuf,
     /// `text_encoder`: CLIP ViT-L (SD 1.x, SDXL) or OpenCLIP ViT-H (SD 2.x); absent for the
@@ -133,7 +133,7 @@ pub struct ModelParts {
 /// (a clone that adds an embedding changes only its own token table).
 #[derive(Clone)]
 pub struct StableDiffusion {
-    pub(super) kind: ModelKind,
+    pub(super) description: FullDescription,
     pub(super) path: PathBuf,
     pub(super) text_encoder: Option<TextEncoderPart>,
     pub(super) text_encoder_2: Option<TextEncoderPart>,
@@ -152,7 +152,7 @@ impl StableDiffusion {
     /// encoders the family needs (the second one with a projection), the UNet's input
     /// channels (9 for inpainting, 4 otherwise), the UNet's added conditions (SDXL only).
     pub fn from_parts(parts: ModelParts) -> Result<Self> {
-        let family = parts.kind.family;
+        let family = parts.description.family;
         let wrong = |msg: String| Err(Error::invalid("model parts", msg));
         if family.has_first_text_encoder() != parts.text_encoder.is_some() {
             return wrong(format!(
@@ -182,12 +182,12 @@ impl StableDiffusion {
             }
         }
         let unet = parts.unet.config();
-        let channels = if parts.kind.inpainting { 9 } else { 4 };
+        let channels = if parts.description.inpainting { 9 } else { 4 };
         if unet.in_channels != channels {
             return wrong(format!(
                 "the UNet takes {} input channels, a {} model {channels}",
                 unet.in_channels,
-                parts.kind.name()
+                parts.description.name()
             ));
         }
         if unet.needs_added_conditions() != family.is_sdxl() {
@@ -205,7 +205,7 @@ impl StableDiffusion {
             ));
         }
         Ok(Self {
-            kind: parts.kind,
+            description: parts.description,
             path: parts.path,
             text_encoder: parts.text_encoder,
             text_encoder_2: parts.text_encoder_2,
@@ -227,12 +227,12 @@ impl StableDiffusion {
             return Self::load_single_file(path, options);
         }
         let folder = DiffusersFolder::open(path)?;
-        let described = FullDescription::from_folder(&folder, &DetectOptions::default())?;
-        let mut kind = ModelKind::detect(&folder, &described)?;
+        let mut described = FullDescription::from_folder(&folder, &DetectOptions::default())?;
+        described.check_runnable(folder.root())?;
         if let Some(family) = options.family {
-            kind = ModelKind { family, ..kind };
+            described.family = family;
         }
-        let family = kind.family;
+        let family = described.family;
         let variant = options.variant.as_deref();
         let precision = options.precision();
         let device = &options.device;
@@ -281,7 +281,7 @@ impl StableDiffusion {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
         Self::from_parts(ModelParts {
-            kind,
+            description: described,
             path: path.to_path_buf(),
             text_encoder,
             text_encoder_2,
@@ -311,7 +311,7 @@ impl StableDiffusion {
             lora_warnings.extend(unmatched);
             Ok(weights)
         };
-        let described = match &options.config {
+        let mut described = match &options.config {
             Some(dir) => {
                 let mut described =
                     FullDescription::from_folder(&DiffusersFolder::open(dir)?, &detect)?;
@@ -323,7 +323,6 @@ impl StableDiffusion {
             None => checkpoint.describe().clone(),
         };
         let family = described.family;
-        let kind = ModelKind::for_family(family, described.inpainting);
         let precision = options.precision();
         let device = &options.device;
         let mut text_encoder = None;
@@ -366,14 +365,17 @@ impl StableDiffusion {
             let statistic = a1111_v_statistic(&unet, device, precision.compute)?;
             let prediction = a1111_v_verdict(statistic);
             let preset = FullDescription::preset(family, described.inpainting, prediction);
-            unet.set_sample_size(preset.unet.sample_size);
+            unet.set_sample_size(preset.unet.sample_size.clone());
+            described.unet.sample_size = preset.unet.sample_size;
+            described.prediction = prediction;
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
         if let Some(prediction) = options.prediction {
+            described.prediction = prediction;
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
         }
         Self::from_parts(ModelParts {
-            kind,
+            description: described,
             path: path.to_path_buf(),
             text_encoder,
             text_encoder_2,
@@ -409,14 +411,15 @@ impl StableDiffusion {
         Ok(self)
     }
 
-    /// The kind of model decided at load time.
-    pub fn kind(&self) -> &ModelKind {
-        &self.kind
+    /// What the model is, decided once at load time: family, prediction, inpainting, the
+    /// SDXL switches and the component configurations.
+    pub fn description(&self) -> &FullDescription {
+        &self.description
     }
 
     /// The model family decided at load time.
     pub fn family(&self) -> ModelFamily {
-        self.kind.family
+        self.description.family
     }
 
     /// Where the model was loaded from.
