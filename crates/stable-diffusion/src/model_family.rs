@@ -397,7 +397,8 @@ pub fn sdxl_scheduler() -> SchedulerConfig {
     }
 }
 
-/// What the tensor names and shapes of an LDM single file say.
+/// What the tensor names and shapes of an LDM single file say: the detector's evidence, turned
+/// at once into the file's [`ModelDescription`] (which is what the model is from then on).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detected {
     /// The family.

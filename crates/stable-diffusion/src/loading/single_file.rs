@@ -15,7 +15,7 @@ use super::ldm;
 use super::store::TensorStore;
 use super::weights::{SafetensorsFile, Weights};
 use super::DiffusersFolder;
-use crate::model_family::{detect_single_file, DetectOptions, Detected, ModelDescription};
+use crate::model_family::{detect_single_file, DetectOptions, ModelDescription};
 use crate::text_encoder::ClipTextModel;
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
@@ -48,8 +48,12 @@ pub struct SingleFileCheckpoint {
     path: PathBuf,
     /// The whole file, no key map.
     raw: Weights,
-    detected: Detected,
+    /// What the model is (family, prediction, inpainting: the detector's verdict).
     description: ModelDescription,
+    /// Why the prediction type was chosen (for `sd inspect`).
+    prediction_reason: String,
+    /// Whether the prediction type is only a guess that loading replaces with A1111's test.
+    needs_probe: bool,
     /// `num_res_blocks` of the LDM UNet.
     unet_layers_per_block: usize,
     /// Up/down blocks of the LDM VAE.
@@ -195,7 +199,8 @@ impl SingleFileCheckpoint {
         Ok(Self {
             path,
             raw,
-            detected,
+            prediction_reason: detected.prediction_reason,
+            needs_probe: detected.needs_probe,
             description,
             unet_layers_per_block,
             vae_blocks,
@@ -216,13 +221,13 @@ impl SingleFileCheckpoint {
 
     /// Why the prediction type was chosen.
     pub fn prediction_reason(&self) -> &str {
-        &self.detected.prediction_reason
+        &self.prediction_reason
     }
 
     /// Whether the prediction type is only a guess from the file name (an SD 2.x file with no
     /// override or yaml): loading runs AUTOMATIC1111's test on the UNet instead.
     pub fn needs_prediction_probe(&self) -> bool {
-        self.detected.needs_probe
+        self.needs_probe
     }
 
     /// Every stored tensor name, sorted.
