@@ -25,6 +25,7 @@
 
 use std::path::Path;
 
+use crate::loading::ldm::{TEXT_ENCODER_PREFIXES, UNET_PREFIX as UNET};
 use crate::loading::{DiffusersFolder, Weights};
 use crate::scheduler::{PredictionType, SchedulerConfig};
 use crate::text_encoder::ClipTextConfig;
@@ -448,8 +449,6 @@ pub fn a1111_v_verdict(statistic: f64) -> PredictionType {
     }
 }
 
-const UNET: &str = "model.diffusion_model.";
-
 /// Recognises an LDM single file from its tensors (`weights` without a key map) and, for the
 /// SD 2.x prediction type, the file's path (see the module documentation).
 pub fn detect_single_file(
@@ -474,17 +473,10 @@ pub fn detect_single_file(
         (None, Some(1024)) => Some(ModelFamily::Sd2),
         _ => None,
     };
-    let from_text = if has_prefix("conditioner.embedders.1.model.") {
-        Some(ModelFamily::Sdxl)
-    } else if has_prefix("conditioner.embedders.0.model.") {
-        Some(ModelFamily::SdxlRefiner)
-    } else if has_prefix("cond_stage_model.model.") {
-        Some(ModelFamily::Sd2)
-    } else if has_prefix("cond_stage_model.transformer.") {
-        Some(ModelFamily::Sd1)
-    } else {
-        None
-    };
+    let from_text = TEXT_ENCODER_PREFIXES
+        .iter()
+        .find(|(_, _, prefix, _)| has_prefix(prefix))
+        .map(|(family, ..)| *family);
     let detected = options.family.or(from_unet).or(from_text).or_else(|| {
         // A UNet without text encoder whose widths are not the published ones (a tiny test
         // model, say): its structure still tells SDXL (added conditions) from SD 1/2.

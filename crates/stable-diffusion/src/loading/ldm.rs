@@ -9,11 +9,52 @@
 //! and are checked against full-size name/shape manifests in `tests/single_file.rs`.
 
 use super::keys::{KeyMap, Source};
+use crate::model_family::ModelFamily;
 
 /// Where the UNet lives in an LDM checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 /// Where the VAE lives in an LDM checkpoint (`vae.` in a few community files).
 pub const VAE_PREFIXES: &[&str] = &["first_stage_model.", "vae."];
+
+/// Where a standalone VAE file keeps its LDM-named tensors: bare (`encoder.down.0…`, as in
+/// `vae-ft-mse-840000-ema-pruned`), or under a full checkpoint's VAE prefix.
+pub const VAE_FILE_PREFIXES: &[&str] = &["", "first_stage_model.", "vae."];
+
+/// Where each family keeps its text encoders in an LDM file: (family, diffusers component,
+/// prefix, whether the layout is OpenCLIP's (fused `in_proj`, `resblocks`) rather than
+/// transformers' CLIP). Each prefix belongs to one family, so finding one names the family.
+pub const TEXT_ENCODER_PREFIXES: [(ModelFamily, &str, &str, bool); 5] = [
+    (
+        ModelFamily::Sd1,
+        "text_encoder",
+        "cond_stage_model.transformer.",
+        false,
+    ),
+    (
+        ModelFamily::Sd2,
+        "text_encoder",
+        "cond_stage_model.model.",
+        true,
+    ),
+    (
+        ModelFamily::Sdxl,
+        "text_encoder",
+        "conditioner.embedders.0.transformer.",
+        false,
+    ),
+    (
+        ModelFamily::Sdxl,
+        "text_encoder_2",
+        "conditioner.embedders.1.model.",
+        true,
+    ),
+    (
+        ModelFamily::SdxlRefiner,
+        "text_encoder_2",
+        "conditioner.embedders.0.model.",
+        true,
+    ),
+];
 
 /// Splits `a.b.rest` into (`a`, `b.rest`).
 fn head(name: &str) -> Option<(&str, &str)> {

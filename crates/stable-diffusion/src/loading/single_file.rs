@@ -122,10 +122,6 @@ pub fn open_tensor_file(path: &Path) -> Result<(Arc<dyn TensorStore>, usize)> {
     })
 }
 
-/// Where a standalone VAE file keeps its LDM-named tensors: bare (`encoder.down.0…`, as in
-/// `vae-ft-mse-840000-ema-pruned`), or under a full checkpoint's VAE prefix.
-const VAE_FILE_PREFIXES: [&str; 3] = ["", "first_stage_model.", "vae."];
-
 /// Opens a standalone VAE file and serves it under diffusers' `AutoencoderKL` names.
 ///
 /// Accepts the files users download for A1111 (`vae-ft-mse-840000-ema-pruned.safetensors`,
@@ -138,7 +134,7 @@ pub fn open_vae_file(path: &Path) -> Result<(Weights, usize)> {
     if let Some(blocks) = block_count(&raw, &[""], "decoder.up_blocks.") {
         return Ok((raw, blocks));
     }
-    let Some(blocks) = block_count(&raw, &VAE_FILE_PREFIXES, "decoder.up.") else {
+    let Some(blocks) = block_count(&raw, ldm::VAE_FILE_PREFIXES, "decoder.up.") else {
         let mut names = raw.names();
         names.sort_unstable();
         names.truncate(5);
@@ -155,7 +151,10 @@ pub fn open_vae_file(path: &Path) -> Result<(Weights, usize)> {
             ),
         });
     };
-    let prefixes = VAE_FILE_PREFIXES.iter().map(|p| p.to_string()).collect();
+    let prefixes = ldm::VAE_FILE_PREFIXES
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     let map = ldm::prefixed_map(prefixes, move |n| ldm::vae_sources(n, blocks));
     Ok((raw.with_key_map(map), blocks))
 }
@@ -522,15 +521,9 @@ fn text_layout(
     family: crate::model_family::ModelFamily,
     component: &str,
 ) -> Option<TextEncoderLayout> {
-    use crate::model_family::ModelFamily as F;
-    let (prefix, open_clip) = match (family, component) {
-        (F::Sd1, "text_encoder") => ("cond_stage_model.transformer.", false),
-        (F::Sd2, "text_encoder") => ("cond_stage_model.model.", true),
-        (F::Sdxl, "text_encoder") => ("conditioner.embedders.0.transformer.", false),
-        (F::Sdxl, "text_encoder_2") => ("conditioner.embedders.1.model.", true),
-        (F::SdxlRefiner, "text_encoder_2") => ("conditioner.embedders.0.model.", true),
-        _ => return None,
-    };
+    let (_, _, prefix, open_clip) = *ldm::TEXT_ENCODER_PREFIXES
+        .iter()
+        .find(|(f, c, _, _)| *f == family && *c == component)?;
     let names = raw.names();
     if !names.iter().any(|n| n.starts_with(prefix)) {
         return None;
