@@ -552,7 +552,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let options = load_options(&args)?;
     precheck(&request).map_err(as_usage)?;
     if args.print_request {
-        println!("{}", request.to_json());
+        outln!("{}", request.to_json());
         return Ok(());
     }
     let outputs = output_paths(&args.output, request.batch_size.max(1));
@@ -615,7 +615,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     for ((image, info), path) in output.images.iter().zip(&output.infotexts).zip(&outputs) {
         save_png_with_infotext(path, image, info)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     let device = options.device;
     let t = output.timings;

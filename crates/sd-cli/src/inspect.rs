@@ -82,12 +82,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&to_json(&args, &inspection))?
         );
     } else {
-        print_text(&args, &inspection);
+        print_text(&args, &inspection)?;
     }
     Ok(())
 }
@@ -138,40 +138,41 @@ fn millions(n: usize) -> String {
     format!("{:.2} M", n as f64 / 1e6)
 }
 
-fn print_list(title: &str, items: &[String], all: bool) {
+fn print_list(title: &str, items: &[String], all: bool) -> std::io::Result<()> {
     if items.is_empty() {
-        println!("{title}: none");
-        return;
+        outln!("{title}: none");
+        return Ok(());
     }
-    println!("{title}: {}", items.len());
+    outln!("{title}: {}", items.len());
     let shown = if all {
         items.len()
     } else {
         items.len().min(10)
     };
     for item in &items[..shown] {
-        println!("  {item}");
+        outln!("  {item}");
     }
     if shown < items.len() {
-        println!("  ... {} more (--all lists them)", items.len() - shown);
+        outln!("  ... {} more (--all lists them)", items.len() - shown);
     }
+    Ok(())
 }
 
-fn print_text(args: &InspectArgs, inspection: &Inspection) {
+fn print_text(args: &InspectArgs, inspection: &Inspection) -> std::io::Result<()> {
     let d = &inspection.description;
     let report = &inspection.report;
-    println!(
+    outln!(
         "path:         {} ({})",
         args.path.display(),
         inspection.kind
     );
-    println!("family:       {} ({})", d.family.name(), d.family.id());
-    println!(
+    outln!("family:       {} ({})", d.family.name(), d.family.id());
+    outln!(
         "prediction:   {} ({})",
         prediction_name(d.prediction),
         inspection.prediction_reason
     );
-    println!(
+    outln!(
         "inpainting:   {}",
         if d.inpainting {
             "yes (9-channel UNet)"
@@ -179,17 +180,17 @@ fn print_text(args: &InspectArgs, inspection: &Inspection) {
             "no"
         }
     );
-    println!("native size:  {0}x{0}", d.native_size());
+    outln!("native size:  {0}x{0}", d.native_size());
     let dtypes: Vec<String> = report
         .dtypes
         .iter()
         .map(|(dtype, count)| format!("{dtype} ({count} tensors)"))
         .collect();
-    println!("stored dtype: {}", dtypes.join(", "));
+    outln!("stored dtype: {}", dtypes.join(", "));
     if report.non_tensor_entries > 0 {
-        println!("non-tensor entries skipped: {}", report.non_tensor_entries);
+        outln!("non-tensor entries skipped: {}", report.non_tensor_entries);
     }
-    println!("components:");
+    outln!("components:");
     let mut total = 0;
     for c in &report.components {
         total += c.parameters;
@@ -212,14 +213,14 @@ fn print_text(args: &InspectArgs, inspection: &Inspection) {
             },
             None => String::new(),
         };
-        println!(
+        outln!(
             "  {:<15} {:>12} parameters {:>6} tensors  {status}{layers}",
             c.component,
             millions(c.parameters),
             c.tensors
         );
     }
-    println!("  {:<15} {:>12} parameters", "total", millions(total));
+    outln!("  {:<15} {:>12} parameters", "total", millions(total));
     let missing: Vec<String> = report
         .components
         .iter()
@@ -229,7 +230,7 @@ fn print_text(args: &InspectArgs, inspection: &Inspection) {
                 .map(move |n| format!("{}: {n}", c.component))
         })
         .collect();
-    print_list("missing tensors", &missing, args.all);
+    print_list("missing tensors", &missing, args.all)?;
     let mismatched: Vec<String> = report
         .components
         .iter()
@@ -239,18 +240,18 @@ fn print_text(args: &InspectArgs, inspection: &Inspection) {
             })
         })
         .collect();
-    print_list("misshaped tensors", &mismatched, args.all);
+    print_list("misshaped tensors", &mismatched, args.all)?;
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, reason) in &report.known_unused {
         *reasons.entry(reason.as_str()).or_default() += 1;
     }
     if report.known_unused.is_empty() {
-        println!("known unused tensors: none");
+        outln!("known unused tensors: none");
     } else {
-        println!("known unused tensors: {}", report.known_unused.len());
+        outln!("known unused tensors: {}", report.known_unused.len());
         for (reason, count) in &reasons {
-            println!("  {count} x {reason}");
+            outln!("  {count} x {reason}");
         }
     }
-    print_list("unused tensors", &report.unused, args.all);
+    print_list("unused tensors", &report.unused, args.all)
 }

@@ -1,5 +1,14 @@
 //! The `sd` command-line interface: a thin layer over the `stable-diffusion` library.
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`sd samplers |
+/// head`); `main` ends such a run quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod generate;
 mod inspect;
 mod models;
@@ -96,6 +105,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): nothing is wrong with the run.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             if err.downcast_ref::<UsageError>().is_some() {
@@ -127,14 +138,14 @@ fn tokenize(args: TokenizeArgs) -> Result<()> {
         None => ClipTokenizer::embedded()?,
     };
     let ids = tokenizer.encode(&args.prompt)?;
-    println!("{}", serde_json::to_string(&ids)?);
+    outln!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }
 
 fn info(args: InfoArgs) -> Result<()> {
     match stable_diffusion::image::read_parameters(&args.file)? {
         Some(text) => {
-            println!("{text}");
+            outln!("{text}");
             Ok(())
         }
         None => Err(UsageError(format!(
@@ -143,4 +154,13 @@ fn info(args: InfoArgs) -> Result<()> {
         ))
         .into()),
     }
+}
+
+/// Whether `err` is a write to a closed pipe.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

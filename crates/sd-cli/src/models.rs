@@ -46,11 +46,11 @@ pub fn run(args: ModelsArgs) -> Result<()> {
                 serde_json::json!({"kind": kind, "name": name, "title": title, "path": path})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     for (kind, _, title, path) in &rows {
-        println!("{kind:<11} {title:<40} {}", path.display());
+        outln!("{kind:<11} {title:<40} {}", path.display());
     }
     Ok(())
 }

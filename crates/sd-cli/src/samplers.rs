@@ -30,13 +30,16 @@ DDIM/PLMS stop one timestep short of 0 as A1111 does; UniPC is bh1 of order 3 in
 
 /// Runs `sd samplers`.
 pub fn run() -> Result<()> {
-    println!("Samplers (--sampler NAME or the A1111 name):");
-    println!(
+    outln!("Samplers (--sampler NAME or the A1111 name):");
+    outln!(
         "  {:<18} {:<18} {:<32} {:<26} description",
-        "name", "A1111", "diffusers", "k-diffusion / A1111"
+        "name",
+        "A1111",
+        "diffusers",
+        "k-diffusion / A1111"
     );
     for kind in SamplerKind::ALL {
-        println!(
+        outln!(
             "  {:<18} {:<18} {:<32} {:<26} {}",
             kind.name(),
             kind.a1111_name(),
@@ -45,17 +48,17 @@ pub fn run() -> Result<()> {
             kind.description()
         );
     }
-    println!();
-    println!("Sigma schedules (--schedule NAME or the A1111 label; --sigmas LIST for your own):");
+    outln!();
+    outln!("Sigma schedules (--schedule NAME or the A1111 label; --sigmas LIST for your own):");
     for schedule in SigmaSchedule::ALL {
-        println!(
+        outln!(
             "  {:<18} {:<18} {}",
             schedule.name(),
             schedule.a1111_name(),
             schedule.description()
         );
     }
-    println!();
-    println!("{FLAVOR_NOTE}");
+    outln!();
+    outln!("{FLAVOR_NOTE}");
     Ok(())
 }

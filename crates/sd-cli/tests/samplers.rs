@@ -217,3 +217,20 @@ fn nonsense_combinations_and_unknown_names_are_explained() {
     assert_eq!(code.map(|c| c != 0), Some(true), "{err}");
     assert!(err.contains("sigma"), "{err}");
 }
+
+#[test]
+fn a_closed_stdout_ends_the_listing_quietly() {
+    // The reader closes its end before `sd` writes: every write fails with EPIPE.
+    let script = format!(
+        "(sleep 0.3; '{}' samplers) | (exec 0<&-; sleep 1); echo \"sd=${{PIPESTATUS[0]}}\"",
+        env!("CARGO_BIN_EXE_sd")
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("sd=0"), "exit status: {stdout} {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
