@@ -1,5 +1,7 @@
 //! The trainer: settings validation, checkpoints and exact resumption (tiny model, few steps).
 
+// The engine's test helpers, shared rather than copied.
+#[path = "../../stable-diffusion/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

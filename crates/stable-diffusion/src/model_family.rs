@@ -308,10 +308,8 @@ impl ModelDescription {
         };
         let family = options.family.unwrap_or(detected);
         // The SDXL switches of model_index.json, diffusers' defaults when absent.
-        let index: std::collections::BTreeMap<String, serde_json::Value> =
-            crate::loading::read_json(&folder.root().join("model_index.json"), "model_index.json")?;
         let flag = |key: &str, default: bool| match family.is_sdxl() {
-            true => index.get(key).and_then(|v| v.as_bool()).unwrap_or(default),
+            true => folder.flag(key).unwrap_or(default),
             false => false,
         };
         Ok(Self {

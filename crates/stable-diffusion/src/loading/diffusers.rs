@@ -40,6 +40,8 @@ pub struct DiffusersFolder {
     root: PathBuf,
     pipeline_class: String,
     components: BTreeMap<String, ComponentClass>,
+    /// The plain values of `model_index.json` (`force_zeros_for_empty_prompt: true`, ...).
+    options: BTreeMap<String, serde_json::Value>,
 }
 
 impl DiffusersFolder {
@@ -60,6 +62,7 @@ impl DiffusersFolder {
             _ => return Err(Error::config(&index_path, "no `_class_name` string")),
         };
         let mut components = BTreeMap::new();
+        let mut options = BTreeMap::new();
         for (name, value) in &index {
             if name.starts_with('_') {
                 continue;
@@ -76,13 +79,21 @@ impl DiffusersFolder {
                         },
                     );
                 }
+            } else {
+                options.insert(name.clone(), value.clone());
             }
         }
         Ok(Self {
             root,
             pipeline_class,
             components,
+            options,
         })
+    }
+
+    /// A boolean pipeline option of `model_index.json` (`force_zeros_for_empty_prompt`, ...).
+    pub fn flag(&self, key: &str) -> Option<bool> {
+        self.options.get(key).and_then(|v| v.as_bool())
     }
 
     /// The folder.

@@ -245,8 +245,13 @@ impl GenerationRequest {
                 "a request is a JSON object of fields ({\"prompt\": ..., ...})",
             ));
         }
-        let deserializer = &mut serde_json::Deserializer::from_str(text);
-        let mut request: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        // The text is parsed once; the fields are read from the parsed value.
+        let sampler = value
+            .get("sampler")
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let schedule_given = value.get("schedule").is_some();
+        let mut request: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let msg = e.into_inner().to_string();
             match path.as_str() {
@@ -256,12 +261,12 @@ impl GenerationRequest {
         })?;
         // A1111's sampler names ("DPM++ 2M") select A1111's sampling, as on the command line,
         // and a schedule at the end ("DPM++ 2M Karras") is the schedule unless one is given.
-        if let Some(name) = value.get("sampler").and_then(|v| v.as_str()) {
-            let (_, flavor, schedule) = crate::scheduler::parse_sampler_and_schedule(name)?;
+        if let Some(name) = sampler {
+            let (_, flavor, schedule) = crate::scheduler::parse_sampler_and_schedule(&name)?;
             if request.sampler_options.flavor.is_none() {
                 request.sampler_options.flavor = flavor;
             }
-            if let (Some(schedule), None) = (schedule, value.get("schedule")) {
+            if let (Some(schedule), false) = (schedule, schedule_given) {
                 request.schedule = schedule;
             }
         }

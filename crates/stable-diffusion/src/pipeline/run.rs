@@ -262,10 +262,11 @@ pub fn run(
     };
 
     let infotexts = infotexts(&request, &model, &resolved, &ti_hashes, &mut warnings)?;
+    let per_image = request.per_image_seeds().unwrap_or(false);
     let seeds = (0..generation.images.len())
-        .map(|i| match request.per_image_seeds() {
-            Ok(true) => request.a1111_image_seeds(i).0,
-            _ => request.seed_value(),
+        .map(|i| match per_image {
+            true => request.a1111_image_seeds(i).0,
+            false => request.seed_value(),
         })
         .collect();
     Ok(RunOutput {
