@@ -288,17 +288,19 @@ fn load_model(
     vae: Option<&Path>,
 ) -> Result<Arc<StableDiffusion>> {
     let key = format!("{}|{options:?}|{vae:?}", path.display());
-    let bytes = disk_bytes(path) + vae.map_or(0, disk_bytes);
-    store.cached_model(&key, bytes, || {
+    store.cached_model(&key, || {
         let model = StableDiffusion::load(path, options)?;
-        match vae {
+        // Only a load measures the files: a cached model is served without touching them.
+        let bytes = disk_bytes(path) + vae.map_or(0, disk_bytes);
+        let model = match vae {
             // The external VAE decodes whichever model finishes the run.
             Some(vae) => {
                 let (decoder, dtype) = load_vae(vae, model.vae().config(), options)?;
-                model.with_vae(decoder, dtype)
+                model.with_vae(decoder, dtype)?
             }
-            None => Ok(model),
-        }
+            None => model,
+        };
+        Ok((model, bytes))
     })
 }
 

@@ -192,15 +192,17 @@ fn default_cache_budget() -> u64 {
         .unwrap_or(8_000_000_000)
 }
 
-/// The bytes of the files under `path` (a file, or a folder and its subfolders).
+/// The bytes of the files under `path` (a file, or a folder and its subfolders, at most 8
+/// levels down, so that a symlink loop ends).
 pub fn disk_bytes(path: &Path) -> u64 {
+    const MAX_DEPTH: usize = 8;
     let mut total = 0;
-    let mut pending = vec![path.to_path_buf()];
-    while let Some(path) = pending.pop() {
+    let mut pending = vec![(path.to_path_buf(), 0)];
+    while let Some((path, depth)) = pending.pop() {
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => {
-                if let Ok(items) = std::fs::read_dir(&path) {
-                    pending.extend(items.flatten().map(|item| item.path()));
+                if let (Ok(items), true) = (std::fs::read_dir(&path), depth < MAX_DEPTH) {
+                    pending.extend(items.flatten().map(|item| (item.path(), depth + 1)));
                 }
             }
             Ok(meta) => total += meta.len(),
@@ -216,8 +218,7 @@ impl ModelCache {
     fn get(
         &self,
         key: &str,
-        bytes: u64,
-        load: impl FnOnce() -> Result<StableDiffusion>,
+        load: impl FnOnce() -> Result<(StableDiffusion, u64)>,
     ) -> Result<Arc<StableDiffusion>> {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let cell = {
@@ -232,7 +233,7 @@ impl ModelCache {
                     slots.push(Slot {
                         key: key.to_string(),
                         cell: cell.clone(),
-                        bytes,
+                        bytes: 0,
                         last_used: now,
                     });
                     cell
@@ -245,8 +246,13 @@ impl ModelCache {
                 Some(model) => return Ok(model.clone()),
                 None => {
                     self.loads.fetch_add(1, Ordering::Relaxed);
-                    let model = Arc::new(load()?);
+                    let (model, bytes) = load()?;
+                    let model = Arc::new(model);
                     *guard = Some(model.clone());
+                    let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(slot) = slots.iter_mut().find(|slot| slot.key == key) {
+                        slot.bytes = bytes;
+                    }
                     model
                 }
             }
@@ -384,15 +390,15 @@ impl ModelStore {
     }
 
     /// The model that `key` (the file and everything that changes its weights) stands for,
-    /// from the cache, or loaded by `load` and kept (counted as `bytes` against the budget).
-    /// Requests for a model that another request is loading wait for it.
+    /// from the cache, or loaded by `load` and kept (`load` also says how many bytes it counts
+    /// for against the budget). Requests for a model that another request is loading wait for
+    /// it.
     pub fn cached_model(
         &self,
         key: &str,
-        bytes: u64,
-        load: impl FnOnce() -> Result<StableDiffusion>,
+        load: impl FnOnce() -> Result<(StableDiffusion, u64)>,
     ) -> Result<Arc<StableDiffusion>> {
-        self.cache.get(key, bytes, load)
+        self.cache.get(key, load)
     }
 
     /// Sets the memory budget of the model cache in bytes (default: half the machine's memory).
@@ -503,5 +509,27 @@ impl ModelStore {
                 },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_bytes;
+
+    #[test]
+    fn disk_bytes_counts_files_and_ends_on_a_symlink_loop() {
+        let dir = std::env::temp_dir().join(format!("sd-disk-bytes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("unet")).unwrap();
+        std::fs::write(dir.join("unet/weights.bin"), [0u8; 100]).unwrap();
+        std::fs::write(dir.join("model_index.json"), [0u8; 20]).unwrap();
+        assert_eq!(disk_bytes(&dir), 120);
+        #[cfg(unix)]
+        {
+            // A link back to the folder: counted a bounded number of times, and it ends.
+            std::os::unix::fs::symlink(&dir, dir.join("unet/loop")).unwrap();
+            assert!(disk_bytes(&dir) > 120);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
