@@ -8,9 +8,38 @@ mod common;
 use candle_core::{Device, Tensor};
 use stable_diffusion::rng::{NoiseSource, TorchCpuRng};
 use stable_diffusion::scheduler::{
-    build_sampler, build_sampler_with, img2img_start_step, BetaSchedule, NoiseSchedule, Sampler,
-    SamplerFlavor, SamplerKind, SamplerOptions, SchedulerConfig, SigmaSchedule, TimestepSpacing,
+    self as sched, img2img_start_step, BetaSchedule, NoiseSchedule, Sampler, SamplerFlavor,
+    SamplerKind, SamplerOptions, SchedulerConfig, SigmaSchedule, TimestepSpacing,
 };
+
+/// The diffusers class a plan drives (these tests step it by hand).
+fn diffusers_class(plan: sched::SamplerPlan) -> Box<dyn Sampler> {
+    let kind = plan.kind();
+    plan.into_diffusers()
+        .unwrap_or_else(|| panic!("{kind} is not in the diffusers flavor"))
+}
+
+/// [`sched::build_sampler`], for a diffusers class.
+fn build_sampler(
+    kind: SamplerKind,
+    schedule: SigmaSchedule,
+    config: &SchedulerConfig,
+    steps: usize,
+    eta: f64,
+) -> stable_diffusion::Result<Box<dyn Sampler>> {
+    sched::build_sampler(kind, schedule, config, steps, eta).map(diffusers_class)
+}
+
+/// [`sched::build_sampler_with`], for a diffusers class.
+fn build_sampler_with(
+    kind: SamplerKind,
+    schedule: SigmaSchedule,
+    config: &SchedulerConfig,
+    steps: usize,
+    options: &SamplerOptions,
+) -> stable_diffusion::Result<Box<dyn Sampler>> {
+    sched::build_sampler_with(kind, schedule, config, steps, options).map(diffusers_class)
+}
 
 fn relative_diff(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)
@@ -517,12 +546,15 @@ fn consistency_samplers_refuse_sigma_schedules_and_too_many_steps() {
     }
     // LCM on a sigma schedule is A1111's LCM (the k-diffusion flavor), on LCM's 50-step grid:
     // every model timestep is one of 19, 39, ..., 999.
-    let sampler = build_sampler(SamplerKind::Lcm, SigmaSchedule::Karras, &config, 4, 0.0).unwrap();
-    assert_eq!(sampler.timesteps().len(), 4);
-    for &t in sampler.timesteps() {
+    let plan =
+        sched::build_sampler(SamplerKind::Lcm, SigmaSchedule::Karras, &config, 4, 0.0).unwrap();
+    assert!(plan.diffusers().is_none());
+    let timesteps = plan.step_timesteps().unwrap();
+    assert_eq!(timesteps.len(), 4);
+    for &t in &timesteps {
         assert!(t >= 19.0 && (t as usize + 1).is_multiple_of(20), "{t}");
     }
-    assert_eq!(sampler.timesteps()[0], 999.0);
+    assert_eq!(timesteps[0], 999.0);
     let err = build_sampler(SamplerKind::Lcm, SigmaSchedule::Default, &config, 60, 0.0)
         .err()
         .expect("more steps than LCM's grid")
@@ -560,7 +592,7 @@ fn diffusers_classes_without_eta_refuse_one_instead_of_ignoring_it() {
         (SamplerKind::Tcd, SamplerFlavor::Diffusers),
         (SamplerKind::EulerA, SamplerFlavor::KDiffusion),
     ] {
-        build_sampler_with(kind, SigmaSchedule::Default, &config, 4, &with_eta(flavor))
+        sched::build_sampler_with(kind, SigmaSchedule::Default, &config, 4, &with_eta(flavor))
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
 }

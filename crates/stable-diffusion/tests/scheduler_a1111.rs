@@ -33,26 +33,25 @@ fn a1111_timestep_samplers_match_a1111_call_by_call() {
             flavor: Some(SamplerFlavor::KDiffusion),
             ..SamplerOptions::default()
         };
-        let mut sampler =
-            build_sampler_with(kind, SigmaSchedule::Default, &config, steps, &options)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut plan = build_sampler_with(kind, SigmaSchedule::Default, &config, steps, &options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut rng = TorchCpuRng::new(case["seed"].as_u64().unwrap());
-        let (mut latents, first) = if let Some(strength) = case.get("strength") {
-            let start = sampler
-                .img2img_start(steps, strength.as_f64().unwrap())
+        let latents = if let Some(strength) = case.get("strength") {
+            plan.start_img2img(steps, strength.as_f64().unwrap())
                 .unwrap();
-            sampler.start_at(start).unwrap();
             let original = rng.randn(&shape, &Device::Cpu).unwrap();
             common::assert_close(name, &original, &tensors[&format!("{name}.original")], 0.0);
             let noise = rng.randn(&shape, &Device::Cpu).unwrap();
-            (sampler.add_noise(&original, &noise, start).unwrap(), start)
+            plan.noised_start(&original, &noise).unwrap()
         } else {
             let initial = rng.randn(&shape, &Device::Cpu).unwrap();
             common::assert_close(name, &initial, &tensors[&format!("{name}.initial")], 0.0);
-            ((initial * sampler.init_noise_sigma()).unwrap(), 0)
+            (initial * plan.init_noise_sigma()).unwrap()
         };
+        let mut model = common::RecordingModel::default();
+        let latents = plan.run(&mut model, latents, &mut rng, None).unwrap();
         let expected: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
-        let ours = &sampler.timesteps()[first..];
+        let ours: Vec<f64> = model.calls.iter().map(|(_, t)| *t).collect();
         assert_eq!(
             ours.len(),
             expected.len(),
@@ -61,17 +60,15 @@ fn a1111_timestep_samplers_match_a1111_call_by_call() {
         for (a, e) in ours.iter().zip(&expected) {
             assert!((a - e).abs() <= 1e-3, "{name}: timestep {a} vs {e}");
         }
-        let timesteps = sampler.timesteps().to_vec();
-        for (call, i) in (first..timesteps.len()).enumerate() {
+        assert_eq!(model.steps.len(), plan.steps(), "{name}: planned steps");
+        // The sample the model saw at every call.
+        for (call, (input, _)) in model.calls.iter().enumerate() {
             let reference = &tensors[&format!("{name}.call{call}")];
-            let diff = common::relative_diff(&latents, reference);
+            let diff = common::relative_diff(input, reference);
             if diff > worst.0 {
                 worst = (diff, format!("{name} call {call}"));
             }
             assert!(diff <= TOLERANCE, "{name}: call {call} differs by {diff}");
-            let input = sampler.scale_model_input(&latents, i).unwrap();
-            let output = common::fake_model(&input, timesteps[i]);
-            latents = sampler.step(&output, i, &latents, &mut rng).unwrap();
         }
         let diff = common::relative_diff(&latents, &tensors[&format!("{name}.final")]);
         if diff > worst.0 {
@@ -117,7 +114,7 @@ fn a1111_timestep_samplers_refuse_schedules_they_ignore() {
         flavor: Some(SamplerFlavor::KDiffusion),
         ..SamplerOptions::default()
     };
-    let mut sampler = build_sampler_with(
+    let mut plan = build_sampler_with(
         SamplerKind::UniPc,
         SigmaSchedule::Default,
         &config,
@@ -125,7 +122,7 @@ fn a1111_timestep_samplers_refuse_schedules_they_ignore() {
         &options,
     )
     .unwrap();
-    let err = sampler.img2img_start(10, 0.25).unwrap_err().to_string();
+    let err = plan.start_img2img(10, 0.25).unwrap_err().to_string();
     assert!(err.contains("at least 3 steps"), "{err}");
     assert!(build_sampler_with(
         SamplerKind::UniPc,
@@ -135,9 +132,11 @@ fn a1111_timestep_samplers_refuse_schedules_they_ignore() {
         &options
     )
     .is_err());
-    // They run whole: no start in the middle of a txt2img run.
-    let err = sampler.start_at(4).unwrap_err().to_string();
+    // They run whole: no start or stop in the middle of a txt2img run (a refiner handoff).
+    let err = plan.skip(4).unwrap_err().to_string();
     assert!(err.contains("runs whole"), "{err}");
+    assert!(plan.stop_after(4).is_err());
+    assert!(plan.step_timesteps().is_err());
 }
 
 #[test]
@@ -155,10 +154,17 @@ fn a1111_names_select_a1111_timestep_samplers_and_ours_keep_diffusers() {
             flavor,
             ..SamplerOptions::default()
         };
-        let a1111 = build_sampler_with(kind, SigmaSchedule::Default, &config, 7, &options).unwrap();
+        let mut a1111 =
+            build_sampler_with(kind, SigmaSchedule::Default, &config, 7, &options).unwrap();
         // A1111 plans 8 timesteps for 7 steps; UniPC calls the model at all of them from
         // t = 999, DDIM skips the lowest, PLMS adds its warm-up call.
-        let calls = a1111.timesteps();
+        let mut model = common::RecordingModel::default();
+        let x = candle_core::Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu)
+            .unwrap();
+        a1111
+            .run(&mut model, x, &mut TorchCpuRng::new(0), None)
+            .unwrap();
+        let calls: Vec<f64> = model.calls.iter().map(|(_, t)| *t).collect();
         let expected = match kind {
             SamplerKind::Ddim => 7,
             _ => 8,
@@ -175,6 +181,6 @@ fn a1111_names_select_a1111_timestep_samplers_and_ours_keep_diffusers() {
             &SamplerOptions::default(),
         )
         .unwrap();
-        assert_ne!(diffusers.timesteps(), calls, "{name}");
+        assert_ne!(diffusers.diffusers().unwrap().timesteps(), calls, "{name}");
     }
 }

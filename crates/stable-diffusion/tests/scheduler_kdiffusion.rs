@@ -51,11 +51,11 @@ fn kdiffusion_samplers_match_k_diffusion_step_by_step() {
         let config = SchedulerConfig::from_json(&config_text, "case config".as_ref()).unwrap();
         let steps = case["steps"].as_u64().unwrap() as usize;
         let options = options_of(case);
-        let mut sampler = build_sampler_with(kind, schedule, &config, steps, &options)
+        let mut plan = build_sampler_with(kind, schedule, &config, steps, &options)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
 
         let expected: Vec<f64> = serde_json::from_value(case["sigmas"].clone()).unwrap();
-        let ours = sampler.sigmas().unwrap();
+        let ours = plan.sigmas().unwrap();
         assert_eq!(
             ours.len(),
             expected.len(),
@@ -68,61 +68,51 @@ fn kdiffusion_samplers_match_k_diffusion_step_by_step() {
         }
 
         let mut rng = TorchCpuRng::new(case["seed"].as_u64().unwrap());
-        let mut latents = if let Some(strength) = case.get("strength") {
-            let start = sampler
-                .img2img_start(steps, strength.as_f64().unwrap())
+        let latents = if let Some(strength) = case.get("strength") {
+            plan.start_img2img(steps, strength.as_f64().unwrap())
                 .unwrap();
-            sampler.start_at(start).unwrap();
             let original = rng.randn(&shape, &Device::Cpu).unwrap();
             common::assert_close(name, &original, &tensors[&format!("{name}.original")], 0.0);
             let noise = rng.randn(&shape, &Device::Cpu).unwrap();
-            let noisy = sampler.add_noise(&original, &noise, start).unwrap();
-            (noisy, start)
+            plan.noised_start(&original, &noise).unwrap()
         } else {
             let initial = rng.randn(&shape, &Device::Cpu).unwrap();
             common::assert_close(name, &initial, &tensors[&format!("{name}.initial")], 0.0);
-            ((initial * sampler.init_noise_sigma()).unwrap(), 0)
+            (initial * plan.init_noise_sigma()).unwrap()
         };
-        let first = latents.1;
+        let mut model = common::RecordingModel::default();
+        let result = plan.run(&mut model, latents, &mut rng, None).unwrap();
         let timesteps: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
+        let ours: Vec<f64> = model.calls.iter().map(|(_, t)| *t).collect();
         assert_eq!(
-            sampler.timesteps().len() - first,
+            ours.len(),
             timesteps.len(),
-            "{name}: model calls\nours {:?}\nreference {timesteps:?}",
-            &sampler.timesteps()[first..]
+            "{name}: model calls\nours {ours:?}\nreference {timesteps:?}"
         );
-        for (a, e) in sampler.timesteps()[first..].iter().zip(&timesteps) {
+        for (a, e) in ours.iter().zip(&timesteps) {
             assert!((a - e).abs() <= 2e-3, "{name}: timestep {a} vs {e}");
         }
-        let mut step_index = 0;
-        for i in first..sampler.timesteps().len() {
-            let x = sampler.prepare_step(&latents.0, i, &mut rng).unwrap();
-            // Only the first evaluation of a step is recorded (k-diffusion's callback).
-            if sampler.is_step_start(i) {
-                if let Some(expected) = tensors.get(&format!("{name}.start{step_index}")) {
-                    let diff = common::relative_diff(&x, expected);
-                    if diff > worst.0 {
-                        worst = (diff, format!("{name} step {step_index}"));
-                    }
-                    assert!(
-                        diff <= STEP_TOLERANCE,
-                        "{name}: step {step_index} start differs by {diff}"
-                    );
-                    step_index += 1;
-                }
-            }
-            let t = sampler.timesteps()[i];
-            let input = sampler.scale_model_input(&x, i).unwrap();
-            let output = common::fake_model(&input, t);
-            latents.0 = sampler.step(&output, i, &x, &mut rng).unwrap();
-        }
+        // k-diffusion's callback reports the sample at the start of every step.
         assert_eq!(
-            step_index,
+            model.steps.len(),
             case["num_steps"].as_u64().unwrap() as usize,
             "{name}: steps"
         );
+        assert_eq!(model.steps.len(), plan.steps(), "{name}: planned steps");
+        for (step, x) in model.steps.iter().enumerate() {
+            if let Some(expected) = tensors.get(&format!("{name}.start{step}")) {
+                let diff = common::relative_diff(x, expected);
+                if diff > worst.0 {
+                    worst = (diff, format!("{name} step {step}"));
+                }
+                assert!(
+                    diff <= STEP_TOLERANCE,
+                    "{name}: step {step} start differs by {diff}"
+                );
+            }
+        }
         let expected = &tensors[&format!("{name}.final")];
-        let diff = common::relative_diff(&latents.0, expected);
+        let diff = common::relative_diff(&result, expected);
         if diff > worst.0 {
             worst = (diff, format!("{name} final"));
         }

@@ -1,7 +1,6 @@
 //! One generation: initial latents (noise, an encoded init image, inpainting inputs), the
 //! denoising loop with classifier-free guidance, the optional refiner handoff, VAE decoding.
 
-use std::ops::Range;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -14,7 +13,8 @@ use super::variation::RunNoise;
 use super::{Control, Generation, GenerationRequest, Progress, Timings};
 use crate::prompt::ScheduleSteps;
 use crate::rng::NoiseSource;
-use crate::scheduler::{build_sampler_with, Sampler};
+use crate::scheduler::Blend;
+use crate::scheduler::{build_sampler_with, Model, SamplerPlan, StepInfo};
 use crate::{Error, Result};
 
 /// The inputs of a generation besides the request: tensors and models the caller loaded.
@@ -80,24 +80,7 @@ impl StableDiffusion {
         timings.text_encoding = start.elapsed();
 
         let mut rng = request.noise_streams()?;
-        let mut sampler = self.sampler(request)?;
-        let total_steps = sampler.timesteps().len();
-        // The refiner takes the last steps: the base stops where it starts.
-        let (end, refiner_run) = match inputs.refiner {
-            Some(refiner) => {
-                let switch = request.refiner_switch;
-                let end = refiner::base_steps(sampler.timesteps(), switch, self.train_timesteps());
-                let mut refiner_sampler = refiner.sampler(request)?;
-                let first = refiner::refiner_start(
-                    refiner_sampler.timesteps(),
-                    switch,
-                    refiner.train_timesteps(),
-                );
-                refiner_sampler.start_at(first)?;
-                (end, Some((refiner, refiner_sampler, first)))
-            }
-            None => (total_steps, None),
-        };
+        let mut plan = self.sampler(request)?;
 
         let factor = self.spatial_factor();
         let latent_shape = [
@@ -107,10 +90,10 @@ impl StableDiffusion {
             request.width_px() / factor,
         ];
         let image_start = Instant::now();
-        let (latents, first, inpaint) = match (inputs.init_image, inputs.mask) {
+        let (latents, inpaint) = match (inputs.init_image, inputs.mask) {
             (None, _) if inputs.init_latents.is_none() => {
                 let noise = rng.initial_noise(request, &latent_shape, factor, &self.device)?;
-                ((noise * sampler.init_noise_sigma())?, 0, InpaintMode::None)
+                ((noise * plan.init_noise_sigma())?, InpaintMode::None)
             }
             (None, _) | (Some(_), None) => {
                 let init = match (inputs.init_latents, inputs.init_image) {
@@ -126,65 +109,73 @@ impl StableDiffusion {
                 } else {
                     init.repeat((batch, 1, 1, 1))?
                 };
-                let first = sampler.img2img_start(request.steps, request.strength)?;
-                sampler.start_at(first)?;
+                plan.start_img2img(request.steps, request.strength)?;
                 let noise = rng.initial_noise(request, &latent_shape, factor, &self.device)?;
-                (
-                    sampler.add_noise(&init, &noise, first)?,
-                    first,
-                    InpaintMode::None,
-                )
+                (plan.noised_start(&init, &noise)?, InpaintMode::None)
             }
             (Some(image), Some(mask)) => {
                 check(Progress::EncodingImage)?;
-                self.prepare_inpaint(
-                    request,
-                    image,
-                    mask,
-                    &latent_shape,
-                    sampler.as_mut(),
-                    &mut rng,
-                )?
+                self.prepare_inpaint(request, image, mask, &latent_shape, &mut plan, &mut rng)?
             }
         };
         if inputs.init_image.is_some() {
             timings.image_encoding = image_start.elapsed();
         }
-        let mut latents = latents.to_dtype(self.dtype)?;
+        let latents = latents.to_dtype(self.dtype)?;
 
-        let refiner_steps = refiner_run
-            .as_ref()
-            .map_or(0, |(_, s, first)| s.timesteps().len() - first);
-        let total = end - first + refiner_steps;
+        // The refiner takes the last steps: the base stops where it starts.
+        let refiner_run = match inputs.refiner {
+            Some(refiner) => {
+                let switch = request.refiner_switch;
+                let base =
+                    refiner::base_steps(&plan.step_timesteps()?, switch, self.train_timesteps());
+                plan.stop_after(base)?;
+                let mut refiner_plan = refiner.sampler(request)?;
+                let first = refiner::refiner_start(
+                    &refiner_plan.step_timesteps()?,
+                    switch,
+                    refiner.train_timesteps(),
+                );
+                refiner_plan.skip(first)?;
+                Some((refiner, refiner_plan))
+            }
+            None => None,
+        };
+
+        let total = plan.steps() + refiner_run.as_ref().map_or(0, |(_, p)| p.steps());
         let mut done = 0;
         let mut step_done = || {
             done += 1;
             check(Progress::Step { step: done, total })
         };
         let start = Instant::now();
-        latents = self.denoise(
-            sampler.as_mut(),
-            latents,
-            first..end,
-            (&conditioning, 0),
+        let mut guided = Guided {
+            model: self,
+            schedule: &conditioning,
+            calls: 0,
             request,
-            &inpaint,
-            &mut rng,
-            &mut step_done,
-        )?;
+            inpaint: &inpaint,
+            step_done: &mut step_done,
+        };
+        let blend = inpaint.blend();
+        let mut latents = plan.run(&mut guided, latents, &mut rng, blend)?;
+        let calls = guided.calls;
         let decoder = match refiner_run {
-            Some((refiner, mut refiner_sampler, refiner_first)) => {
+            Some((refiner, mut refiner_plan)) => {
                 let conditioning = refiner.scheduled_conditioning(request, schedule_steps)?;
-                let len = refiner_sampler.timesteps().len();
-                latents = refiner.denoise(
-                    refiner_sampler.as_mut(),
-                    latents.to_dtype(refiner.dtype)?,
-                    refiner_first..len,
-                    (&conditioning, end - first),
+                let mut guided = Guided {
+                    model: refiner,
+                    schedule: &conditioning,
+                    calls,
                     request,
-                    &InpaintMode::None,
+                    inpaint: &InpaintMode::None,
+                    step_done: &mut step_done,
+                };
+                latents = refiner_plan.run(
+                    &mut guided,
+                    latents.to_dtype(refiner.dtype)?,
                     &mut rng,
-                    &mut step_done,
+                    None,
                 )?;
                 refiner
             }
@@ -281,7 +272,7 @@ impl StableDiffusion {
     }
 
     /// A sampler for the request on this model's schedule.
-    fn sampler(&self, request: &GenerationRequest) -> Result<Box<dyn Sampler>> {
+    fn sampler(&self, request: &GenerationRequest) -> Result<SamplerPlan> {
         build_sampler_with(
             request.sampler,
             request.schedule,
@@ -366,13 +357,12 @@ impl StableDiffusion {
         image: &Tensor,
         mask: &Tensor,
         latent_shape: &[usize],
-        sampler: &mut dyn Sampler,
+        plan: &mut SamplerPlan,
         rng: &mut RunNoise,
-    ) -> Result<(Tensor, usize, InpaintMode)> {
+    ) -> Result<(Tensor, InpaintMode)> {
         let batch = request.batch_size;
         let full_strength = request.strength >= 1.0;
-        let first = sampler.img2img_start(request.steps, request.strength)?;
-        sampler.start_at(first)?;
+        plan.start_img2img(request.steps, request.strength)?;
         let nine_channels = self.description.inpainting;
         let image_latents = if !nine_channels || !full_strength {
             Some(self.encode_image(image, batch, rng)?)
@@ -382,8 +372,8 @@ impl StableDiffusion {
         let noise = rng.randn(latent_shape, &self.device)?;
         rng.initial_noise_drawn(request);
         let latents = match &image_latents {
-            Some(init) if !full_strength => sampler.add_noise(init, &noise, first)?,
-            _ => (&noise * sampler.init_noise_sigma())?,
+            Some(init) if !full_strength => plan.noised_start(init, &noise)?,
+            _ => (&noise * plan.init_noise_sigma())?,
         };
         let small_mask = inpaint::latent_mask(mask, self.spatial_factor())?.to_dtype(self.dtype)?;
         let masked = inpaint::masked_image(image, mask)?;
@@ -400,73 +390,55 @@ impl StableDiffusion {
             let images = rng.per_image().unwrap_or(1);
             let shape = [images, latent_shape[1], latent_shape[2], latent_shape[3]];
             rng.randn(&shape, &self.device)?;
-            InpaintMode::Blend {
+            InpaintMode::Blend(Blend {
                 mask: small_mask.repeat((batch, 1, 1, 1))?,
                 image_latents: image_latents.expect("encoded for 4 channels"),
                 noise: noise.to_dtype(self.dtype)?,
-            }
+            })
         };
-        Ok((latents, first, mode))
+        Ok((latents, mode))
+    }
+}
+
+/// The model as the sampler calls it for one request: the UNet with classifier-free
+/// guidance, the prompt schedule (by model call, as A1111 counts it) and a 9-channel
+/// inpainting model's extra inputs.
+struct Guided<'a> {
+    model: &'a StableDiffusion,
+    schedule: &'a ConditioningSchedule,
+    /// Model calls so far, the prompt schedule's position (a refiner continues the base's).
+    calls: usize,
+    request: &'a GenerationRequest,
+    inpaint: &'a InpaintMode,
+    step_done: &'a mut dyn FnMut() -> Result<()>,
+}
+
+impl Model for Guided<'_> {
+    fn predict(&mut self, input: &Tensor, timestep: f64) -> Result<Tensor> {
+        let conditioning = self.schedule.at(self.calls);
+        self.calls += 1;
+        let cfg = self.request.uses_cfg();
+        let model_input = if cfg {
+            Tensor::cat(&[input, input], 0)?
+        } else {
+            input.clone()
+        };
+        let model_input = self.inpaint.unet_input(model_input)?;
+        let prediction = self.model.unet.forward(
+            &model_input,
+            timestep,
+            &conditioning.context,
+            conditioning.added.as_ref(),
+        )?;
+        if !cfg {
+            return Ok(prediction);
+        }
+        let halves = prediction.chunk(2, 0)?;
+        let (uncond, cond) = (&halves[0], &halves[1]);
+        Ok((uncond + ((cond - uncond)? * self.request.cfg_scale)?)?)
     }
 
-    /// The denoising loop over `steps` (indices into the sampler's timesteps). The
-    /// conditioning of each model evaluation comes from the schedule, at the step counter
-    /// that starts at `first_counter` for `steps.start`.
-    #[allow(clippy::too_many_arguments)]
-    fn denoise(
-        &self,
-        sampler: &mut dyn Sampler,
-        mut latents: Tensor,
-        steps: Range<usize>,
-        (schedule, first_counter): (&ConditioningSchedule, usize),
-        request: &GenerationRequest,
-        inpaint: &InpaintMode,
-        rng: &mut dyn NoiseSource,
-        step_done: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<Tensor> {
-        let timesteps = sampler.timesteps().to_vec();
-        let cfg = request.uses_cfg();
-        let start = steps.start;
-        for index in steps {
-            let conditioning = schedule.at(first_counter + index - start);
-            latents = sampler.prepare_step(&latents, index, rng)?;
-            let timestep = timesteps[index];
-            let model_input = if cfg {
-                Tensor::cat(&[&latents, &latents], 0)?
-            } else {
-                latents.clone()
-            };
-            let model_input = sampler.scale_model_input(&model_input, index)?;
-            let model_input = inpaint.unet_input(model_input)?;
-            let prediction = self.unet.forward(
-                &model_input,
-                timestep,
-                &conditioning.context,
-                conditioning.added.as_ref(),
-            )?;
-            let guided = if cfg {
-                let halves = prediction.chunk(2, 0)?;
-                let (uncond, cond) = (&halves[0], &halves[1]);
-                (uncond + ((cond - uncond)? * request.cfg_scale)?)?
-            } else {
-                prediction
-            };
-            latents = sampler.step(&guided, index, &latents, rng)?;
-            if let InpaintMode::Blend {
-                mask,
-                image_latents,
-                noise,
-            } = inpaint
-            {
-                let kept = if index + 1 < timesteps.len() {
-                    sampler.add_noise(image_latents, noise, index + 1)?
-                } else {
-                    image_latents.clone()
-                };
-                latents = inpaint::blend(mask, &kept, &latents)?;
-            }
-            step_done()?;
-        }
-        Ok(latents)
+    fn step_done(&mut self, _step: &StepInfo<'_>) -> Result<()> {
+        (self.step_done)()
     }
 }

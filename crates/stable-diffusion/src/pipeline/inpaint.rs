@@ -2,6 +2,7 @@
 //! (white repaints, black keeps) binarized at one half, resized to the latents by nearest
 //! neighbour, and the masked image (the kept part, the repainted part set to 0 = mid grey).
 
+use crate::scheduler::Blend;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
@@ -82,16 +83,21 @@ pub(super) enum InpaintMode {
         mask: Tensor,
         masked_latents: Tensor,
     },
-    /// A 4-channel UNet: after each step the kept part is replaced by the init image's latents
-    /// noised to the next timestep (`mask` and the latents batched like the latents).
-    Blend {
-        mask: Tensor,
-        image_latents: Tensor,
-        noise: Tensor,
-    },
+    /// A 4-channel UNet: the init image is blended back in, by the sampler's rules (after
+    /// each step, noised to the next timestep, in the diffusers flavor; into the denoised
+    /// estimate in A1111's).
+    Blend(Blend),
 }
 
 impl InpaintMode {
+    /// The blend of a 4-channel inpainting run.
+    pub(super) fn blend(&self) -> Option<&Blend> {
+        match self {
+            InpaintMode::Blend(blend) => Some(blend),
+            _ => None,
+        }
+    }
+
     /// The UNet input: the scaled latents, with the mask channels for a 9-channel UNet.
     pub(super) fn unet_input(&self, scaled: Tensor) -> Result<Tensor> {
         match self {
@@ -112,16 +118,6 @@ impl InpaintMode {
             _ => Ok(scaled),
         }
     }
-}
-
-/// `(1 - mask) * kept + mask * latents`.
-pub(super) fn blend(mask: &Tensor, kept: &Tensor, latents: &Tensor) -> Result<Tensor> {
-    let mask = mask.to_dtype(latents.dtype())?;
-    let inverse = mask.affine(-1.0, 1.0)?;
-    Ok(
-        (inverse.broadcast_mul(&kept.to_dtype(latents.dtype())?)?
-            + mask.broadcast_mul(latents)?)?,
-    )
 }
 
 #[cfg(test)]

@@ -23,14 +23,15 @@
 
 use candle_core::Tensor;
 
-use super::a1111_timesteps::{Call, TimestepAlgorithm};
+use super::denoiser::Denoiser;
+use super::kdiff::KSettings;
 use super::ops::{add, div, mul, sub};
 use super::unipc::{solve_small, unipc_coefficients};
 use crate::rng::NoiseSource;
-use crate::{Error, Result};
+use crate::Result;
 
-/// A1111's default order.
-const ORDER: usize = 3;
+/// A1111's default order, also the fewest steps it runs.
+pub(crate) const ORDER: usize = 3;
 
 /// The discrete schedule in continuous time.
 #[derive(Debug, Clone)]
@@ -100,34 +101,24 @@ pub(crate) struct A1111UniPc {
     /// (t, m) of the latest model calls, most recent last (at most [`ORDER`]).
     history: Vec<(f64, Tensor)>,
     pending: Option<Correction>,
-    /// The calls taken so far in this run.
-    calls_done: usize,
 }
 
 impl A1111UniPc {
-    /// UniPC on the schedule `alphas_cumprod`.
-    pub fn new(alphas_cumprod: &[f32]) -> Self {
-        Self {
+    /// UniPC on the schedule `alphas_cumprod` for a run over `grid`.
+    fn new(alphas_cumprod: &[f32], grid: &[usize], img2img: bool) -> Self {
+        let mut unipc = Self {
             vp: ContinuousVp::new(alphas_cumprod),
             times: Vec::new(),
             history: Vec::new(),
             pending: None,
-            calls_done: 0,
-        }
+        };
+        unipc.times = unipc.run_times(grid, img2img);
+        unipc
     }
 
     /// The continuous times of a run over `grid` (as torch's f32 linspace gives them).
-    fn run_times(&self, grid: &[usize], img2img: bool) -> Result<Vec<f64>> {
+    fn run_times(&self, grid: &[usize], img2img: bool) -> Vec<f64> {
         let steps = grid.len();
-        if steps < ORDER {
-            return Err(Error::invalid(
-                "steps",
-                format!(
-                    "A1111's UniPC (order {ORDER}) needs at least {ORDER} steps, this run has \
-                     {steps}"
-                ),
-            ));
-        }
         let n = self.vp.n() as f32;
         let end = 1.0 / n;
         let start = if img2img {
@@ -136,12 +127,12 @@ impl A1111UniPc {
             1.0
         };
         let (start, end) = (f64::from(start), f64::from(end));
-        Ok((0..=steps)
+        (0..=steps)
             .map(|i| {
                 let t = start + (end - start) / steps as f64 * i as f64;
                 f64::from(t as f32)
             })
-            .collect())
+            .collect()
     }
 
     /// The model's fractional timestep at continuous time `t`.
@@ -233,65 +224,42 @@ fn weighted_sum(weights: &[f32], tensors: &[Tensor]) -> Result<Tensor> {
     Ok(sum)
 }
 
-impl TimestepAlgorithm for A1111UniPc {
-    fn plan(&self, grid: &[usize], img2img: bool) -> Result<Vec<Call>> {
-        let times = self.run_times(grid, img2img)?;
-        Ok(times[..times.len() - 1]
-            .iter()
-            .map(|&t| Call {
-                timestep: self.model_time(t),
-                step_start: true,
-            })
-            .collect())
-    }
-
-    fn start(&mut self, grid: &[usize], img2img: bool) -> Result<()> {
-        self.times = self.run_times(grid, img2img)?;
-        self.history.clear();
-        self.pending = None;
-        self.calls_done = 0;
-        Ok(())
-    }
-
-    fn advance(
-        &mut self,
-        call: usize,
-        x: &Tensor,
-        eps: &Tensor,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        let steps = self.times.len() - 1;
-        if call >= steps || call != self.calls_done {
-            return Err(Error::invalid(
-                "step",
-                format!("call {call} is out of order for UniPC's {steps} steps"),
-            ));
+/// A1111's UniPC over `grid` (at least [`ORDER`] timesteps; the plan checks it).
+pub(crate) fn sample_unipc(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    grid: &[usize],
+    img2img: bool,
+    _rng: &mut dyn NoiseSource,
+    _settings: &KSettings,
+) -> Result<Tensor> {
+    let mut unipc = A1111UniPc::new(model.alphas_cumprod(), grid, img2img);
+    let steps = unipc.times.len() - 1;
+    for call in 0..steps {
+        let t = unipc.times[call];
+        let eps = model.eps(&x, unipc.model_time(t))?;
+        let (alpha, sigma) = (unipc.vp.alpha(t) as f32, unipc.vp.sigma(t) as f32);
+        let data = div(&sub(&x, &mul(&eps, sigma)?)?, alpha)?;
+        if let Some(c) = unipc.pending.take() {
+            let last = mul(&sub(&data, &c.start_model)?, c.last_rho)?;
+            let residual = match &c.partial {
+                Some(p) => add(p, &last)?,
+                None => last,
+            };
+            x = sub(&c.base, &mul(&residual, c.scale)?)?;
         }
-        let t = self.times[call];
-        let (alpha, sigma) = (self.vp.alpha(t) as f32, self.vp.sigma(t) as f32);
-        let model = div(&sub(x, &mul(eps, sigma)?)?, alpha)?;
-        let x = match self.pending.take() {
-            Some(c) => {
-                let last = mul(&sub(&model, &c.start_model)?, c.last_rho)?;
-                let residual = match &c.partial {
-                    Some(p) => add(p, &last)?,
-                    None => last,
-                };
-                sub(&c.base, &mul(&residual, c.scale)?)?
-            }
-            None => x.clone(),
-        };
-        self.history.push((t, model));
-        if self.history.len() > ORDER {
-            self.history.remove(0);
+        unipc.history.push((t, data));
+        if unipc.history.len() > ORDER {
+            unipc.history.remove(0);
         }
         let next = call + 1;
-        self.calls_done = next;
-        self.predict(
+        x = unipc.predict(
             &x,
-            self.times[next],
-            Self::order_of(next, steps),
+            unipc.times[next],
+            A1111UniPc::order_of(next, steps),
             next < steps,
-        )
+        )?;
+        model.step_done(call, &x, None)?;
     }
+    Ok(x)
 }

@@ -2,10 +2,64 @@
 //! infotext and the flavor logic ask about it. Adding a sampler means one row here, its variant
 //! in [`SamplerKind`] and its own file.
 
-use super::{SamplerKind, SigmaSchedule, ZeroSnr};
+use super::a1111_timesteps::TimestepSampler;
+use super::kdiff::SigmaSampler;
+use super::{
+    a1111_ddim, a1111_unipc, ddim, ddpm, deis, dpm2, dpmpp_2m, dpmpp_2s, dpmpp_sde, euler, euler_a,
+    heun, k_dpmpp, k_euler, k_heun, k_lcm, k_lms, lcm, lms, pndm, tcd, unipc, ResolvedConfig,
+    Sampler, SamplerKind, SigmaSchedule, ZeroSnr,
+};
+use crate::Result;
+
+/// What a diffusers scheduler class is built from besides its config and step count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiffusersSettings {
+    /// DDIM's eta, TCD's gamma.
+    pub eta: f64,
+    /// Euler's churn and the SDE samplers' noise scale.
+    pub churn: super::kdiff::Churn,
+}
+
+/// Builds a diffusers scheduler class for a resolved config and a step count.
+pub type DiffusersBuild =
+    fn(&ResolvedConfig, usize, &DiffusersSettings) -> Result<Box<dyn Sampler>>;
+
+/// A sampler's diffusers flavor: the class it mirrors and its constructor.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffusersImpl {
+    /// The diffusers class name.
+    pub class: &'static str,
+    /// Builds it.
+    pub build: DiffusersBuild,
+}
+
+/// How a sampler's k-diffusion flavor runs.
+#[derive(Debug, Clone, Copy)]
+pub enum KRun {
+    /// A k-diffusion sampler on a sigma list.
+    Sigmas(SigmaSampler),
+    /// One of A1111's own samplers on its integer timestep grid.
+    Timesteps {
+        /// The loop.
+        sample: TimestepSampler,
+        /// The fewest grid timesteps it runs on.
+        min_steps: usize,
+        /// How many steps it takes on a grid of `m` timesteps.
+        steps_on_grid: fn(usize) -> usize,
+    },
+}
+
+/// A sampler's k-diffusion flavor: the function it mirrors and how it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct KDiffusionImpl {
+    /// The k-diffusion function (or A1111 sampler) name.
+    pub function: &'static str,
+    /// The loop.
+    pub run: KRun,
+}
 
 /// What is known about one sampler.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct SamplerInfo {
     /// The sampler.
     pub kind: SamplerKind,
@@ -17,16 +71,14 @@ pub struct SamplerInfo {
     pub a1111_alias: Option<&'static str>,
     /// One line saying what the sampler does (for `sd samplers`).
     pub description: &'static str,
-    /// The diffusers scheduler class this sampler mirrors in the diffusers flavor.
-    pub diffusers_class: Option<&'static str>,
-    /// The k-diffusion function (or A1111 sampler) it mirrors in the k-diffusion flavor.
-    pub kdiffusion_function: Option<&'static str>,
+    /// The diffusers scheduler class it mirrors in the diffusers flavor.
+    pub diffusers: Option<DiffusersImpl>,
+    /// The k-diffusion function (or A1111 sampler) it runs in the k-diffusion flavor.
+    pub kdiffusion: Option<KDiffusionImpl>,
     /// Whether A1111 marks it second-order (two model evaluations per step).
     pub evaluates_twice_per_step: bool,
     /// Whether it walks its own discrete timesteps and takes no sigma schedule.
     pub walks_own_timesteps: bool,
-    /// Whether the k-diffusion flavor runs A1111's own integer-timestep sampler.
-    pub a1111_timesteps: bool,
     /// Whether (and how) the diffusers class rescales the betas to zero terminal SNR.
     pub zero_snr: Option<ZeroSnr>,
     /// The schedule A1111's "Automatic" picks for it (k-diffusion flavor).
@@ -43,11 +95,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "Euler",
         a1111_alias: Some("k_euler"),
         description: "Euler steps on the probability-flow ODE; --s-churn adds Karras's churn",
-        diffusers_class: Some("EulerDiscreteScheduler"),
-        kdiffusion_function: Some("sample_euler"),
+        diffusers: Some(DiffusersImpl {
+            class: "EulerDiscreteScheduler",
+            build: |c, n, s| Ok(Box::new(euler::Euler::new(c, n)?.with_churn(s.churn))),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_euler",
+            run: KRun::Sigmas(k_euler::sample_euler),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -58,11 +115,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "Euler a",
         a1111_alias: Some("k_euler_a"),
         description: "Euler ancestral: Euler steps plus fresh noise each step (--eta)",
-        diffusers_class: Some("EulerAncestralDiscreteScheduler"),
-        kdiffusion_function: Some("sample_euler_ancestral"),
+        diffusers: Some(DiffusersImpl {
+            class: "EulerAncestralDiscreteScheduler",
+            build: |c, n, _| Ok(Box::new(euler_a::EulerAncestral::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_euler_ancestral",
+            run: KRun::Sigmas(k_euler::sample_euler_ancestral),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -73,11 +135,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "Heun",
         a1111_alias: Some("k_heun"),
         description: "Heun: second order, two model calls per step; --s-churn supported",
-        diffusers_class: Some("HeunDiscreteScheduler"),
-        kdiffusion_function: Some("sample_heun"),
+        diffusers: Some(DiffusersImpl {
+            class: "HeunDiscreteScheduler",
+            build: |c, n, _| Ok(Box::new(heun::Heun::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_heun",
+            run: KRun::Sigmas(k_heun::sample_heun),
+        }),
         evaluates_twice_per_step: true,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -88,11 +155,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM2",
         a1111_alias: Some("k_dpm_2"),
         description: "DPM2: second order through the log-sigma midpoint, two calls per step",
-        diffusers_class: Some("KDPM2DiscreteScheduler"),
-        kdiffusion_function: Some("sample_dpm_2"),
+        diffusers: Some(DiffusersImpl {
+            class: "KDPM2DiscreteScheduler",
+            build: |c, n, _| Ok(Box::new(dpm2::Dpm2::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpm_2",
+            run: KRun::Sigmas(k_heun::sample_dpm_2),
+        }),
         evaluates_twice_per_step: true,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: true,
@@ -103,11 +175,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM2 a",
         a1111_alias: Some("k_dpm_2_a"),
         description: "DPM2 ancestral: DPM2 steps plus fresh noise",
-        diffusers_class: Some("KDPM2AncestralDiscreteScheduler"),
-        kdiffusion_function: Some("sample_dpm_2_ancestral"),
+        diffusers: Some(DiffusersImpl {
+            class: "KDPM2AncestralDiscreteScheduler",
+            build: |c, n, _| Ok(Box::new(dpm2::Dpm2::ancestral(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpm_2_ancestral",
+            run: KRun::Sigmas(k_heun::sample_dpm_2_ancestral),
+        }),
         evaluates_twice_per_step: true,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: true,
@@ -118,11 +195,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "LMS",
         a1111_alias: Some("k_lms"),
         description: "Linear multistep of order 4 on the sigma ODE",
-        diffusers_class: Some("LMSDiscreteScheduler"),
-        kdiffusion_function: Some("sample_lms"),
+        diffusers: Some(DiffusersImpl {
+            class: "LMSDiscreteScheduler",
+            build: |c, n, _| Ok(Box::new(lms::Lms::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_lms",
+            run: KRun::Sigmas(k_lms::sample_lms),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -133,11 +215,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ 2M",
         a1111_alias: Some("k_dpmpp_2m"),
         description: "DPM-Solver++ 2M: second-order multistep, sharp in few steps",
-        diffusers_class: Some("DPMSolverMultistepScheduler"),
-        kdiffusion_function: Some("sample_dpmpp_2m"),
+        diffusers: Some(DiffusersImpl {
+            class: "DPMSolverMultistepScheduler",
+            build: |c, n, _| Ok(Box::new(dpmpp_2m::DpmPp2M::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpmpp_2m",
+            run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2m),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
@@ -148,11 +235,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ 2S",
         a1111_alias: None,
         description: "DPM-Solver++ 2S: single-step second order, steps in pairs",
-        diffusers_class: Some("DPMSolverSinglestepScheduler"),
-        kdiffusion_function: None,
+        diffusers: Some(DiffusersImpl {
+            class: "DPMSolverSinglestepScheduler",
+            build: |c, n, _| Ok(Box::new(dpmpp_2s::DpmPp2S::new(c, n)?)),
+        }),
+        kdiffusion: None,
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -163,11 +252,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ 2S a",
         a1111_alias: Some("k_dpmpp_2s_a"),
         description: "DPM-Solver++ 2S ancestral: single-step second order plus noise",
-        diffusers_class: None,
-        kdiffusion_function: Some("sample_dpmpp_2s_ancestral"),
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpmpp_2s_ancestral",
+            run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2s_ancestral),
+        }),
         evaluates_twice_per_step: true,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
@@ -178,11 +269,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ SDE",
         a1111_alias: Some("k_dpmpp_sde"),
         description: "DPM-Solver++ SDE: stochastic, two calls per step",
-        diffusers_class: Some("DPMSolverSDEScheduler"),
-        kdiffusion_function: Some("sample_dpmpp_sde"),
+        diffusers: Some(DiffusersImpl {
+            class: "DPMSolverSDEScheduler",
+            build: |c, n, s| Ok(Box::new(dpmpp_sde::DpmPpSde::new(c, n, s.churn.s_noise)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpmpp_sde",
+            run: KRun::Sigmas(k_dpmpp::sample_dpmpp_sde),
+        }),
         evaluates_twice_per_step: true,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
@@ -193,11 +289,24 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ 2M SDE",
         a1111_alias: Some("k_dpmpp_2m_sde"),
         description: "DPM-Solver++ 2M SDE: 2M with SDE noise (midpoint)",
-        diffusers_class: Some("DPMSolverMultistepScheduler"),
-        kdiffusion_function: Some("sample_dpmpp_2m_sde"),
+        diffusers: Some(DiffusersImpl {
+            class: "DPMSolverMultistepScheduler",
+            build: |c, n, _| {
+                Ok(Box::new(dpmpp_2m::DpmPp2M::sde(
+                    &ResolvedConfig {
+                        heun: false,
+                        ..c.clone()
+                    },
+                    n,
+                )?))
+            },
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpmpp_2m_sde",
+            run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2m_sde),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: false,
@@ -208,11 +317,24 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ 2M SDE Heun",
         a1111_alias: Some("k_dpmpp_2m_sde_heun"),
         description: "DPM-Solver++ 2M SDE with the Heun-type correction",
-        diffusers_class: Some("DPMSolverMultistepScheduler"),
-        kdiffusion_function: Some("sample_dpmpp_2m_sde"),
+        diffusers: Some(DiffusersImpl {
+            class: "DPMSolverMultistepScheduler",
+            build: |c, n, _| {
+                Ok(Box::new(dpmpp_2m::DpmPp2M::sde(
+                    &ResolvedConfig {
+                        heun: true,
+                        ..c.clone()
+                    },
+                    n,
+                )?))
+            },
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpmpp_2m_sde",
+            run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2m_sde_heun),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: false,
@@ -223,11 +345,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DPM++ 3M SDE",
         a1111_alias: Some("k_dpmpp_3m_sde"),
         description: "DPM-Solver++ 3M SDE: third-order multistep with SDE noise",
-        diffusers_class: None,
-        kdiffusion_function: Some("sample_dpmpp_3m_sde"),
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpmpp_3m_sde",
+            run: KRun::Sigmas(k_dpmpp::sample_dpmpp_3m_sde),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: true,
@@ -238,11 +362,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "iPNDM",
         a1111_alias: Some("k_ipndm"),
         description: "Improved PNDM: fourth-order Adams-Bashforth on the sigma ODE",
-        diffusers_class: None,
-        kdiffusion_function: Some("sample_ipndm"),
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_ipndm",
+            run: KRun::Sigmas(k_lms::sample_ipndm),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -253,11 +379,20 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "UniPC",
         a1111_alias: None,
         description: "UniPC: predictor-corrector multistep (bh2 order 2; A1111: bh1 order 3)",
-        diffusers_class: Some("UniPCMultistepScheduler"),
-        kdiffusion_function: Some("uni_pc bh1 (A1111)"),
+        diffusers: Some(DiffusersImpl {
+            class: "UniPCMultistepScheduler",
+            build: |c, n, _| Ok(Box::new(unipc::UniPc::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "uni_pc bh1 (A1111)",
+            run: KRun::Timesteps {
+                sample: a1111_unipc::sample_unipc,
+                min_steps: a1111_unipc::ORDER,
+                steps_on_grid: |m| m,
+            },
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: true,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -268,11 +403,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DEIS",
         a1111_alias: None,
         description: "DEIS: exponential-integrator multistep in log rho (order 2)",
-        diffusers_class: Some("DEISMultistepScheduler"),
-        kdiffusion_function: None,
+        diffusers: Some(DiffusersImpl {
+            class: "DEISMultistepScheduler",
+            build: |c, n, _| Ok(Box::new(deis::Deis::new(c, n)?)),
+        }),
+        kdiffusion: None,
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,
-        a1111_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -283,11 +420,20 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DDIM",
         a1111_alias: None,
         description: "DDIM: deterministic implicit steps (eta > 0 adds DDPM-like noise)",
-        diffusers_class: Some("DDIMScheduler"),
-        kdiffusion_function: Some("ddim (A1111 timesteps)"),
+        diffusers: Some(DiffusersImpl {
+            class: "DDIMScheduler",
+            build: |c, n, s| Ok(Box::new(ddim::Ddim::new(c, n, s.eta)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "ddim (A1111 timesteps)",
+            run: KRun::Timesteps {
+                sample: a1111_ddim::sample_ddim,
+                min_steps: 0,
+                steps_on_grid: |m| m.saturating_sub(1),
+            },
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        a1111_timesteps: true,
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -298,11 +444,20 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "PLMS",
         a1111_alias: None,
         description: "PLMS: pseudo linear multistep (Adams-Bashforth on eps), alias plms",
-        diffusers_class: Some("PNDMScheduler"),
-        kdiffusion_function: Some("plms (A1111 timesteps)"),
+        diffusers: Some(DiffusersImpl {
+            class: "PNDMScheduler",
+            build: |c, n, _| Ok(Box::new(pndm::Plms::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "plms (A1111 timesteps)",
+            run: KRun::Timesteps {
+                sample: a1111_ddim::sample_plms,
+                min_steps: 0,
+                steps_on_grid: |m| m.saturating_sub(1),
+            },
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        a1111_timesteps: true,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -313,11 +468,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "DDPM",
         a1111_alias: None,
         description: "DDPM: ancestral posterior steps with noise; needs many steps",
-        diffusers_class: Some("DDPMScheduler"),
-        kdiffusion_function: None,
+        diffusers: Some(DiffusersImpl {
+            class: "DDPMScheduler",
+            build: |c, n, _| Ok(Box::new(ddpm::Ddpm::new(c, n, c.ddpm_variance)?)),
+        }),
+        kdiffusion: None,
         evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -328,11 +485,16 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "LCM",
         a1111_alias: None,
         description: "LCM: consistency steps for LCM models/LoRAs (2-8 steps, CFG ~1-2)",
-        diffusers_class: Some("LCMScheduler"),
-        kdiffusion_function: Some("sample_lcm (A1111)"),
+        diffusers: Some(DiffusersImpl {
+            class: "LCMScheduler",
+            build: |c, n, _| Ok(Box::new(lcm::Lcm::new(c, n)?)),
+        }),
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_lcm (A1111)",
+            run: KRun::Sigmas(k_lcm::sample_lcm),
+        }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -343,11 +505,13 @@ pub const CATALOG: [SamplerInfo; 21] = [
         a1111_name: "TCD",
         a1111_alias: None,
         description: "TCD: trajectory consistency steps for TCD models/LoRAs; --eta is gamma (0.3)",
-        diffusers_class: Some("TCDScheduler"),
-        kdiffusion_function: None,
+        diffusers: Some(DiffusersImpl {
+            class: "TCDScheduler",
+            build: |c, n, s| Ok(Box::new(tcd::Tcd::new(c, n, s.eta)?)),
+        }),
+        kdiffusion: None,
         evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        a1111_timesteps: false,
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
@@ -367,7 +531,12 @@ mod tests {
                 assert_ne!(row.a1111_name, other.a1111_name);
                 assert!(row.a1111_alias.is_none() || row.a1111_alias != other.a1111_alias);
             }
-            assert_eq!(row.kind.info(), row, "{} does not find its row", row.name);
+            assert_eq!(
+                row.kind.info().name,
+                row.name,
+                "{} does not find its row",
+                row.name
+            );
         }
     }
 }

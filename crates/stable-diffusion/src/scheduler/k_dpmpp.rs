@@ -8,10 +8,11 @@
 
 use candle_core::Tensor;
 
-use super::kdiff::{add_noise_scaled, get_ancestral_step, sigma_fn, t_fn, to_d, KAlgorithm};
-use super::ops::{add, mul, sub};
+use super::denoiser::Denoiser;
+use super::kdiff::{add_noise_scaled, get_ancestral_step, sigma_fn, t_fn, to_d, KSettings};
+use super::ops::{add, div, mul, sub};
 use crate::rng::NoiseSource;
-use crate::{Error, Result};
+use crate::Result;
 
 /// The DPM-Solver++ first-order update from t to t_next: (σ_next/σ)·x − expm1(−h)·denoised.
 fn first_order(x: &Tensor, denoised: &Tensor, t: f32, t_next: f32) -> Result<Tensor> {
@@ -22,336 +23,231 @@ fn first_order(x: &Tensor, denoised: &Tensor, t: f32, t_next: f32) -> Result<Ten
     )
 }
 
-fn missing_first_stage() -> Error {
-    Error::invalid("step", "a second evaluation came without the first")
-}
-
 /// DPM-Solver++(2M): second-order multistep on the denoised estimates.
-pub(crate) struct KDpmPp2M {
-    old_denoised: Option<Tensor>,
-}
-
-impl KDpmPp2M {
-    /// A fresh solver.
-    pub fn new() -> Self {
-        Self { old_denoised: None }
-    }
-}
-
-impl KAlgorithm for KDpmPp2M {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+pub(crate) fn sample_dpmpp_2m(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    _rng: &mut dyn NoiseSource,
+    _settings: &KSettings,
+) -> Result<Tensor> {
+    let mut old_denoised: Option<Tensor> = None;
+    for i in 0..sigmas.len() - 1 {
+        let denoised = model.denoise(&x, sigmas[i])?;
+        model.step_done(i, &x, Some(&denoised))?;
         let (t, t_next) = (t_fn(sigmas[i]), t_fn(sigmas[i + 1]));
         let h = t_next - t;
-        let old = self.old_denoised.replace(denoised.clone());
-        match old {
+        x = match &old_denoised {
             Some(old) if sigmas[i + 1] != 0.0 => {
                 let h_last = t - t_fn(sigmas[i - 1]);
                 let r = h_last / h;
                 let w = 1.0 / (2.0 * r);
-                let denoised_d = sub(&mul(denoised, 1.0 + w)?, &mul(&old, w)?)?;
-                first_order(x, &denoised_d, t, t_next)
+                let denoised_d = sub(&mul(&denoised, 1.0 + w)?, &mul(old, w)?)?;
+                first_order(&x, &denoised_d, t, t_next)?
             }
-            _ => first_order(x, denoised, t, t_next),
-        }
+            _ => first_order(&x, &denoised, t, t_next)?,
+        };
+        old_denoised = Some(denoised);
     }
-
-    fn reset(&mut self) {
-        self.old_denoised = None;
-    }
+    Ok(x)
 }
 
 /// DPM-Solver++(2S) ancestral: a single-step second-order update towards σ_down through the
 /// midpoint in t, then fresh noise of σ_up.
-pub(crate) struct KDpmPp2SAncestral {
-    pub eta: f32,
-    pub s_noise: f32,
-    start: Option<Tensor>,
-}
-
-impl KDpmPp2SAncestral {
-    /// The sampler with the given eta and noise scale.
-    pub fn new(eta: f32, s_noise: f32) -> Self {
-        Self {
-            eta,
-            s_noise,
-            start: None,
-        }
-    }
-
-    /// (t, t_next, s): the times of σ, σ_down and their midpoint.
-    fn times(sigma: f32, sigma_down: f32) -> (f32, f32, f32) {
-        let (t, t_next) = (t_fn(sigma), t_fn(sigma_down));
-        (t, t_next, t + 0.5 * (t_next - t))
-    }
-}
-
-impl KAlgorithm for KDpmPp2SAncestral {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        let (sigma_down, _) = get_ancestral_step(sigmas[i], sigmas[i + 1], self.eta);
-        if sigma_down == 0.0 {
-            return vec![sigmas[i]];
-        }
-        let (_, _, s) = Self::times(sigmas[i], sigma_down);
-        vec![sigmas[i], sigma_fn(s)]
-    }
-
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+pub(crate) fn sample_dpmpp_2s_ancestral(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigma_next, self.eta);
-        let x = if stage == 0 {
-            if sigma_down != 0.0 {
-                let (t, _, s) = Self::times(sigma, sigma_down);
-                self.start = Some(x.clone());
-                return first_order(x, denoised, t, s);
-            }
-            let d = to_d(x, denoised, sigma)?;
-            add(x, &mul(&d, sigma_down - sigma)?)?
+        let denoised = model.denoise(&x, sigma)?;
+        model.step_done(i, &x, Some(&denoised))?;
+        let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigma_next, settings.eta);
+        x = if sigma_down == 0.0 {
+            let d = to_d(&x, &denoised, sigma)?;
+            add(&x, &mul(&d, sigma_down - sigma)?)?
         } else {
-            let start = self.start.take().ok_or_else(missing_first_stage)?;
-            let (t, t_next, _) = Self::times(sigma, sigma_down);
-            first_order(&start, denoised, t, t_next)?
+            let (t, t_next) = (t_fn(sigma), t_fn(sigma_down));
+            let s = t + 0.5 * (t_next - t);
+            let x_2 = first_order(&x, &denoised, t, s)?;
+            let denoised_2 = model.denoise(&x_2, sigma_fn(s))?;
+            first_order(&x, &denoised_2, t, t_next)?
         };
         if sigma_next > 0.0 {
-            add_noise_scaled(&x, rng, self.s_noise * sigma_up)
-        } else {
-            Ok(x)
+            x = add_noise_scaled(&x, rng, settings.s_noise() * sigma_up)?;
         }
     }
-
-    fn reset(&mut self) {
-        self.start = None;
-    }
+    Ok(x)
 }
 
-/// DPM-Solver++ (stochastic, "DPM++ SDE"): two stages per step with noise after each.
-pub(crate) struct KDpmPpSde {
-    pub eta: f32,
-    pub s_noise: f32,
-    /// The midpoint ratio r (1/2).
-    pub r: f32,
-    start: Option<(Tensor, Tensor)>,
-}
-
-impl KDpmPpSde {
-    /// The sampler with the given eta and noise scale, r = 1/2.
-    pub fn new(eta: f32, s_noise: f32) -> Self {
-        Self {
-            eta,
-            s_noise,
-            r: 0.5,
-            start: None,
-        }
-    }
-
-    /// (t, t_next, s).
-    fn times(&self, sigma: f32, sigma_next: f32) -> (f32, f32, f32) {
-        let (t, t_next) = (t_fn(sigma), t_fn(sigma_next));
-        (t, t_next, t + (t_next - t) * self.r)
-    }
-}
-
-impl KAlgorithm for KDpmPpSde {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        if sigmas[i + 1] == 0.0 {
-            return vec![sigmas[i]];
-        }
-        let (_, _, s) = self.times(sigmas[i], sigmas[i + 1]);
-        vec![sigmas[i], sigma_fn(s)]
-    }
-
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+/// DPM-Solver++ (stochastic, "DPM++ SDE"): two stages per step, at the midpoint ratio r = ½,
+/// with noise after each.
+pub(crate) fn sample_dpmpp_sde(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    let (eta, s_noise, r) = (settings.eta, settings.s_noise(), 0.5f32);
+    for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
+        let denoised = model.denoise(&x, sigma)?;
+        model.step_done(i, &x, Some(&denoised))?;
         if sigma_next == 0.0 {
-            let d = to_d(x, denoised, sigma)?;
-            return add(x, &mul(&d, sigma_next - sigma)?);
+            let d = to_d(&x, &denoised, sigma)?;
+            x = add(&x, &mul(&d, sigma_next - sigma)?)?;
+            continue;
         }
-        let (t, t_next, s) = self.times(sigma, sigma_next);
-        if stage == 0 {
-            let (sd, su) = get_ancestral_step(sigma_fn(t), sigma_fn(s), self.eta);
-            let s_ = t_fn(sd);
-            let x_2 = sub(
-                &mul(x, sigma_fn(s_) / sigma_fn(t))?,
-                &mul(denoised, (t - s_).exp_m1())?,
-            )?;
-            self.start = Some((x.clone(), denoised.clone()));
-            return add_noise_scaled(&x_2, rng, self.s_noise * su);
-        }
-        let (start, denoised_1) = self.start.take().ok_or_else(missing_first_stage)?;
-        let (sd, su) = get_ancestral_step(sigma_fn(t), sigma_fn(t_next), self.eta);
+        let (t, t_next) = (t_fn(sigma), t_fn(sigma_next));
+        let s = t + (t_next - t) * r;
+        // Step 1: to the midpoint s, with noise.
+        let (sd, su) = get_ancestral_step(sigma_fn(t), sigma_fn(s), eta);
+        let s_ = t_fn(sd);
+        let x_2 = sub(
+            &mul(&x, sigma_fn(s_) / sigma_fn(t))?,
+            &mul(&denoised, (t - s_).exp_m1())?,
+        )?;
+        let x_2 = add_noise_scaled(&x_2, rng, s_noise * su)?;
+        let denoised_2 = model.denoise(&x_2, sigma_fn(s))?;
+        // Step 2: to t_next with the blended estimate, with noise.
+        let (sd, su) = get_ancestral_step(sigma_fn(t), sigma_fn(t_next), eta);
         let t_next_ = t_fn(sd);
-        let fac = 1.0 / (2.0 * self.r);
-        let denoised_d = add(&mul(&denoised_1, 1.0 - fac)?, &mul(denoised, fac)?)?;
-        let x = sub(
-            &mul(&start, sigma_fn(t_next_) / sigma_fn(t))?,
+        let fac = 1.0 / (2.0 * r);
+        let denoised_d = add(&mul(&denoised, 1.0 - fac)?, &mul(&denoised_2, fac)?)?;
+        let next = sub(
+            &mul(&x, sigma_fn(t_next_) / sigma_fn(t))?,
             &mul(&denoised_d, (t - t_next_).exp_m1())?,
         )?;
-        add_noise_scaled(&x, rng, self.s_noise * su)
+        x = add_noise_scaled(&next, rng, s_noise * su)?;
     }
-
-    fn reset(&mut self) {
-        self.start = None;
-    }
+    Ok(x)
 }
 
-/// DPM-Solver++(2M) SDE: the 2M update with the noise of an SDE step (η = 1 by default).
-pub(crate) struct KDpmPp2MSde {
-    pub eta: f32,
-    pub s_noise: f32,
-    /// Heun-type second-order correction instead of the midpoint one.
-    pub heun: bool,
-    old: Option<(Tensor, f32)>,
+/// DPM-Solver++(2M) SDE with the midpoint correction ("DPM++ 2M SDE").
+pub(crate) fn sample_dpmpp_2m_sde(
+    model: &mut Denoiser<'_>,
+    x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    dpmpp_2m_sde(model, x, sigmas, rng, settings, false)
 }
 
-impl KDpmPp2MSde {
-    /// The sampler with the given settings.
-    pub fn new(eta: f32, s_noise: f32, heun: bool) -> Self {
-        Self {
-            eta,
-            s_noise,
-            heun,
-            old: None,
-        }
-    }
+/// DPM-Solver++(2M) SDE with the Heun-type correction ("DPM++ 2M SDE Heun").
+pub(crate) fn sample_dpmpp_2m_sde_heun(
+    model: &mut Denoiser<'_>,
+    x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    dpmpp_2m_sde(model, x, sigmas, rng, settings, true)
 }
 
-impl KAlgorithm for KDpmPp2MSde {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+/// The 2M update with the noise of an SDE step (η = 1 by default).
+fn dpmpp_2m_sde(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+    heun: bool,
+) -> Result<Tensor> {
+    let eta = settings.eta;
+    let mut old: Option<(Tensor, f32)> = None;
+    for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
+        let denoised = model.denoise(&x, sigma)?;
+        model.step_done(i, &x, Some(&denoised))?;
         if sigma_next == 0.0 {
-            self.old = None;
-            return Ok(denoised.clone());
+            x = denoised;
+            old = None;
+            continue;
         }
         let (t, s) = (-sigma.ln(), -sigma_next.ln());
         let h = s - t;
-        let eta_h = self.eta * h;
+        let eta_h = eta * h;
         let phi = -(-h - eta_h).exp_m1();
         let mut next = add(
-            &mul(x, sigma_next / sigma * (-eta_h).exp())?,
-            &mul(denoised, phi)?,
+            &mul(&x, sigma_next / sigma * (-eta_h).exp())?,
+            &mul(&denoised, phi)?,
         )?;
-        if let Some((old_denoised, h_last)) = &self.old {
+        if let Some((old_denoised, h_last)) = &old {
             let r = h_last / h;
-            let diff = sub(denoised, old_denoised)?;
-            let c = if self.heun {
+            let diff = sub(&denoised, old_denoised)?;
+            let c = if heun {
                 (phi / (-h - eta_h) + 1.0) * (1.0 / r)
             } else {
                 0.5 * phi * (1.0 / r)
             };
             next = add(&next, &mul(&diff, c)?)?;
         }
-        if self.eta != 0.0 {
-            let scale = sigma_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * self.s_noise;
+        if eta != 0.0 {
+            let scale = sigma_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * settings.s_noise();
             next = add_noise_scaled(&next, rng, scale)?;
         }
-        self.old = Some((denoised.clone(), h));
-        Ok(next)
+        x = next;
+        old = Some((denoised, h));
     }
-
-    fn reset(&mut self) {
-        self.old = None;
-    }
+    Ok(x)
 }
 
 /// DPM-Solver++(3M) SDE: third-order multistep with SDE noise.
-pub(crate) struct KDpmPp3MSde {
-    pub eta: f32,
-    pub s_noise: f32,
-    /// (denoised, h) of the last two steps, newest first.
-    history: Vec<(Tensor, f32)>,
-}
-
-impl KDpmPp3MSde {
-    /// The sampler with the given settings.
-    pub fn new(eta: f32, s_noise: f32) -> Self {
-        Self {
-            eta,
-            s_noise,
-            history: Vec::new(),
-        }
-    }
-}
-
-impl KAlgorithm for KDpmPp3MSde {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+pub(crate) fn sample_dpmpp_3m_sde(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    let eta = settings.eta;
+    // (denoised, h) of the last two steps, newest first.
+    let mut history: Vec<(Tensor, f32)> = Vec::new();
+    for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
+        let denoised = model.denoise(&x, sigma)?;
+        model.step_done(i, &x, Some(&denoised))?;
         if sigma_next == 0.0 {
-            return Ok(denoised.clone());
+            x = denoised;
+            continue;
         }
         let (t, s) = (-sigma.ln(), -sigma_next.ln());
         let h = s - t;
-        let h_eta = h * (self.eta + 1.0);
+        let h_eta = h * (eta + 1.0);
         let mut next = add(
-            &mul(x, (-h_eta).exp())?,
-            &mul(denoised, -(-h_eta).exp_m1())?,
+            &mul(&x, (-h_eta).exp())?,
+            &mul(&denoised, -(-h_eta).exp_m1())?,
         )?;
         let phi_2 = (-h_eta).exp_m1() / h_eta + 1.0;
-        match self.history.as_slice() {
+        match history.as_slice() {
             [(denoised_1, h_1), (denoised_2, h_2), ..] => {
                 let (r0, r1) = (h_1 / h, h_2 / h);
-                let d1_0 = super::ops::div(&sub(denoised, denoised_1)?, r0)?;
-                let d1_1 = super::ops::div(&sub(denoised_1, denoised_2)?, r1)?;
+                let d1_0 = div(&sub(&denoised, denoised_1)?, r0)?;
+                let d1_1 = div(&sub(denoised_1, denoised_2)?, r1)?;
                 let d1 = add(&d1_0, &mul(&sub(&d1_0, &d1_1)?, r0 / (r0 + r1))?)?;
-                let d2 = super::ops::div(&sub(&d1_0, &d1_1)?, r0 + r1)?;
+                let d2 = div(&sub(&d1_0, &d1_1)?, r0 + r1)?;
                 let phi_3 = phi_2 / h_eta - 0.5;
                 next = sub(&add(&next, &mul(&d1, phi_2)?)?, &mul(&d2, phi_3)?)?;
             }
             [(denoised_1, h_1)] => {
                 let r = h_1 / h;
-                let d = super::ops::div(&sub(denoised, denoised_1)?, r)?;
+                let d = div(&sub(&denoised, denoised_1)?, r)?;
                 next = add(&next, &mul(&d, phi_2)?)?;
             }
             [] => {}
         }
-        if self.eta != 0.0 {
-            let scale = sigma_next * (-(-2.0 * h * self.eta).exp_m1()).sqrt() * self.s_noise;
+        if eta != 0.0 {
+            let scale = sigma_next * (-(-2.0 * h * eta).exp_m1()).sqrt() * settings.s_noise();
             next = add_noise_scaled(&next, rng, scale)?;
         }
-        self.history.insert(0, (denoised.clone(), h));
-        self.history.truncate(2);
-        Ok(next)
+        x = next;
+        history.insert(0, (denoised, h));
+        history.truncate(2);
     }
-
-    fn reset(&mut self) {
-        self.history.clear();
-    }
+    Ok(x)
 }

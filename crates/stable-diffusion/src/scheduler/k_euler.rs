@@ -3,74 +3,50 @@
 
 use candle_core::Tensor;
 
-use super::kdiff::{add_noise_scaled, get_ancestral_step, to_d, Churn, KAlgorithm};
+use super::denoiser::Denoiser;
+use super::kdiff::{add_noise_scaled, get_ancestral_step, to_d, KSettings};
 use super::ops::{add, mul};
 use crate::rng::NoiseSource;
 use crate::Result;
 
-/// Euler steps on the probability-flow ODE: `x ← x + d · (σ_next − σ̂)`.
-pub(crate) struct KEuler {
-    pub churn: Churn,
-}
-
-impl KAlgorithm for KEuler {
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![self.churn.sigma_hat(sigmas, i)]
+/// Euler steps on the probability-flow ODE, after the churn: `x ← x + d · (σ_next − σ̂)`.
+pub(crate) fn sample_euler(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    let churn = settings.churn;
+    for i in 0..sigmas.len() - 1 {
+        x = churn.apply(sigmas, i, &x, rng)?;
+        let sigma_hat = churn.sigma_hat(sigmas, i);
+        let denoised = model.denoise(&x, sigma_hat)?;
+        model.step_done(i, &x, Some(&denoised))?;
+        let d = to_d(&x, &denoised, sigma_hat)?;
+        x = add(&x, &mul(&d, sigmas[i + 1] - sigma_hat)?)?;
     }
-
-    fn begin_step(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        x: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        self.churn.apply(sigmas, i, x, rng)
-    }
-
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        let sigma_hat = self.churn.sigma_hat(sigmas, i);
-        let d = to_d(x, denoised, sigma_hat)?;
-        add(x, &mul(&d, sigmas[i + 1] - sigma_hat)?)
-    }
-
-    fn reset(&mut self) {}
+    Ok(x)
 }
 
 /// Euler ancestral: an Euler step down to σ_down, then fresh noise of σ_up.
-pub(crate) struct KEulerAncestral {
-    pub eta: f32,
-    pub s_noise: f32,
-}
-
-impl KAlgorithm for KEulerAncestral {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+pub(crate) fn sample_euler_ancestral(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigma_next, self.eta);
-        let d = to_d(x, denoised, sigma)?;
-        let x = add(x, &mul(&d, sigma_down - sigma)?)?;
+        let denoised = model.denoise(&x, sigma)?;
+        model.step_done(i, &x, Some(&denoised))?;
+        let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigma_next, settings.eta);
+        let d = to_d(&x, &denoised, sigma)?;
+        x = add(&x, &mul(&d, sigma_down - sigma)?)?;
         if sigma_next > 0.0 {
-            add_noise_scaled(&x, rng, self.s_noise * sigma_up)
-        } else {
-            Ok(x)
+            x = add_noise_scaled(&x, rng, settings.s_noise() * sigma_up)?;
         }
     }
-
-    fn reset(&mut self) {}
+    Ok(x)
 }

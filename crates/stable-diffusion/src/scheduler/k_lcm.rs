@@ -3,7 +3,7 @@
 //! the next sigma.
 //!
 //! The model sees the nearest timestep of LCM's 50-step grid (see
-//! [`ModelSigmas::lcm`]); its x₀ estimate `x − σ·ε` is blended with the sample by LCM's
+//! [`super::sigmas::ModelSigmas::lcm`]); its x₀ estimate `x − σ·ε` is blended with the sample by LCM's
 //! boundary-condition scalings at `s = 10·t` (σ_data = 0.5):
 //!
 //! ```text
@@ -14,40 +14,33 @@
 
 use candle_core::Tensor;
 
-use super::kdiff::{add_noise_scaled, KAlgorithm};
+use super::denoiser::Denoiser;
+use super::kdiff::{add_noise_scaled, KSettings};
 use super::ops::{add, mul};
-use super::sigmas::ModelSigmas;
 use crate::rng::NoiseSource;
 use crate::Result;
 
 /// LCM's σ_data².
 const SIGMA_DATA_SQ: f32 = 0.25;
 
-/// A1111's LCM steps on the LCM table `model`.
-pub(crate) struct KLcm {
-    pub model: ModelSigmas,
-}
-
-impl KAlgorithm for KLcm {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        let s = self.model.sigma_to_t(sigmas[i]) * 10.0;
+/// A1111's LCM steps (the denoiser runs on the LCM table, [`super::sigmas::ModelSigmas::lcm`]).
+pub(crate) fn sample_lcm(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    _settings: &KSettings,
+) -> Result<Tensor> {
+    for i in 0..sigmas.len() - 1 {
+        let denoised = model.denoise(&x, sigmas[i])?;
+        model.step_done(i, &x, Some(&denoised))?;
+        let s = model.sigma_to_t(sigmas[i]) * 10.0;
         let c_skip = SIGMA_DATA_SQ / (s * s + SIGMA_DATA_SQ);
         let c_out = s / (s * s + SIGMA_DATA_SQ).sqrt();
-        let x = add(&mul(denoised, c_out)?, &mul(x, c_skip)?)?;
+        x = add(&mul(&denoised, c_out)?, &mul(&x, c_skip)?)?;
         if sigmas[i + 1] > 0.0 {
-            add_noise_scaled(&x, rng, sigmas[i + 1])
-        } else {
-            Ok(x)
+            x = add_noise_scaled(&x, rng, sigmas[i + 1])?;
         }
     }
-
-    fn reset(&mut self) {}
+    Ok(x)
 }

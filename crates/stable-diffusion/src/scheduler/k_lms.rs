@@ -5,8 +5,9 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use super::kdiff::{to_d, KAlgorithm};
-use super::ops::{add, mul};
+use super::denoiser::Denoiser;
+use super::kdiff::{to_d, KSettings};
+use super::ops::{add, div, mul};
 use crate::rng::NoiseSource;
 use crate::Result;
 
@@ -48,86 +49,54 @@ pub(crate) fn linear_multistep_coeff(order: usize, sigmas: &[f32], i: usize, j: 
     integrate(&poly, f64::from(sigmas[i]), f64::from(sigmas[i + 1]))
 }
 
-/// Linear multistep of order up to `order` (4 in A1111) on the last directions.
-pub(crate) struct KLms {
-    pub order: usize,
-    directions: VecDeque<Tensor>,
-}
-
-impl KLms {
-    /// LMS of the given maximum order.
-    pub fn new(order: usize) -> Self {
-        Self {
-            order,
-            directions: VecDeque::new(),
+/// Linear multistep of order up to 4 (A1111's) on the last directions.
+pub(crate) fn sample_lms(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    _rng: &mut dyn NoiseSource,
+    _settings: &KSettings,
+) -> Result<Tensor> {
+    const ORDER: usize = 4;
+    let mut directions: VecDeque<Tensor> = VecDeque::new();
+    for i in 0..sigmas.len() - 1 {
+        let denoised = model.denoise(&x, sigmas[i])?;
+        model.step_done(i, &x, Some(&denoised))?;
+        directions.push_back(to_d(&x, &denoised, sigmas[i])?);
+        if directions.len() > ORDER {
+            directions.pop_front();
         }
-    }
-}
-
-impl KAlgorithm for KLms {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        self.directions.push_back(to_d(x, denoised, sigmas[i])?);
-        if self.directions.len() > self.order {
-            self.directions.pop_front();
-        }
-        let order = (i + 1).min(self.order).min(self.directions.len());
-        let mut x = x.clone();
+        let order = (i + 1).min(ORDER).min(directions.len());
         // Newest direction first: j = 0 is step i, j = 1 step i − 1, ...
-        for (j, d) in self.directions.iter().rev().take(order).enumerate() {
+        for (j, d) in directions.iter().rev().take(order).enumerate() {
             let coeff = linear_multistep_coeff(order, sigmas, i, j) as f32;
             x = add(&x, &mul(d, coeff)?)?;
         }
-        Ok(x)
     }
-
-    fn reset(&mut self) {
-        self.directions.clear();
-    }
+    Ok(x)
 }
 
 /// Improved PNDM: Adams–Bashforth steps of order up to 4 with the fixed weights of equally
 /// spaced steps; the last step (to σ = 0) returns the denoised sample.
-pub(crate) struct KIpndm {
-    pub max_order: usize,
-    /// Past directions, oldest first (at most `max_order − 1`).
-    history: Vec<Tensor>,
-}
-
-impl KIpndm {
-    /// iPNDM of maximum order 4.
-    pub fn new() -> Self {
-        Self {
-            max_order: 4,
-            history: Vec::new(),
-        }
-    }
-}
-
-impl KAlgorithm for KIpndm {
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        _stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
+pub(crate) fn sample_ipndm(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    _rng: &mut dyn NoiseSource,
+    _settings: &KSettings,
+) -> Result<Tensor> {
+    const MAX_ORDER: usize = 4;
+    // Past directions, oldest first (at most MAX_ORDER − 1).
+    let mut h: Vec<Tensor> = Vec::new();
+    for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let d = to_d(x, denoised, sigma)?;
-        let order = (i + 1).min(self.max_order).min(self.history.len() + 1);
-        let h = &self.history;
+        let denoised = model.denoise(&x, sigma)?;
+        model.step_done(i, &x, Some(&denoised))?;
+        let d = to_d(&x, &denoised, sigma)?;
+        let order = (i + 1).min(MAX_ORDER).min(h.len() + 1);
         let n = h.len();
         let next = if sigma_next == 0.0 {
-            denoised.clone()
+            denoised
         } else {
             // Adams–Bashforth combination of this and the last directions.
             let combined = match order {
@@ -135,25 +104,22 @@ impl KAlgorithm for KIpndm {
                 2 => mul(&(mul(&d, 3.0)? - &h[n - 1])?, 0.5)?,
                 3 => {
                     let sum = ((mul(&d, 23.0)? - mul(&h[n - 1], 16.0)?)? + mul(&h[n - 2], 5.0)?)?;
-                    super::ops::div(&sum, 12.0)?
+                    div(&sum, 12.0)?
                 }
                 _ => {
                     let sum = (((mul(&d, 55.0)? - mul(&h[n - 1], 59.0)?)?
                         + mul(&h[n - 2], 37.0)?)?
                         - mul(&h[n - 3], 9.0)?)?;
-                    super::ops::div(&sum, 24.0)?
+                    div(&sum, 24.0)?
                 }
             };
-            add(x, &mul(&combined, sigma_next - sigma)?)?
+            add(&x, &mul(&combined, sigma_next - sigma)?)?
         };
-        if self.history.len() == self.max_order - 1 {
-            self.history.remove(0);
+        if h.len() == MAX_ORDER - 1 {
+            h.remove(0);
         }
-        self.history.push(d);
-        Ok(next)
+        h.push(d);
+        x = next;
     }
-
-    fn reset(&mut self) {
-        self.history.clear();
-    }
+    Ok(x)
 }

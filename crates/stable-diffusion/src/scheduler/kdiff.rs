@@ -1,22 +1,16 @@
-//! k-diffusion's samplers (`k_diffusion.sampling.sample_*`) as AUTOMATIC1111 drives them, run
-//! one model evaluation at a time so the pipeline's loop can drive them like any [`Sampler`].
-//!
-//! The model is wrapped the way A1111's `CompVisDenoiser` wraps it: the sample is scaled by
-//! c_in = 1/sqrt(σ² + 1), the timestep is found from σ by log-sigma interpolation of the
-//! training sigmas, and the denoised estimate is x − σ·ε (or the v-prediction equivalent).
-//! The samplers work on the unscaled sample x (variance σ² + 1) and walk a sigma list from
-//! [`super::sigmas`]. A step from `sigmas[i]` to `sigmas[i + 1]` may evaluate the model more
-//! than once (Heun, DPM2, DPM++ 2S a, DPM++ SDE); every evaluation is one entry of
-//! [`Sampler::timesteps`], planned when the sampler is built.
+//! k-diffusion's samplers (`k_diffusion.sampling.sample_*`) as AUTOMATIC1111 drives them: each
+//! is a loop over a sigma list around the [`Denoiser`] (D(x, σ), the model wrapped as A1111's
+//! `CompVisDenoiser` wraps it), as k-diffusion's `sampling.py` reads. The samplers work on the
+//! unscaled sample x (variance σ² + 1), walk a sigma list from [`super::sigmas`] (for img2img,
+//! the part from the start; for a refiner handoff, the part up to or from the switch) and draw
+//! noise only from the generator handed to them. This file holds what they share.
 
 use candle_core::Tensor;
 
-use super::euler::predict_original;
+use super::denoiser::Denoiser;
 use super::ops::{add, mul, sub};
-use super::sigmas::ModelSigmas;
-use super::{check_step, PredictionType, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
-use crate::{Error, Result};
+use crate::Result;
 
 /// k-diffusion's `to_d`: the ODE's direction `(x − denoised) / σ`.
 pub(crate) fn to_d(x: &Tensor, denoised: &Tensor, sigma: f32) -> Result<Tensor> {
@@ -133,228 +127,23 @@ impl Default for Churn {
     }
 }
 
-/// One k-diffusion sampling algorithm, fed one denoised prediction at a time. `sigmas` is the
-/// run's sigma list (for img2img, the part from the start); `i` indexes its steps.
-pub(crate) trait KAlgorithm: Send {
-    /// The sigmas at which step `i` evaluates the model, in order (by default one evaluation,
-    /// at the step's own sigma).
-    fn eval_sigmas(&self, sigmas: &[f32], i: usize) -> Vec<f32> {
-        vec![sigmas[i]]
-    }
-
-    /// Called before the first evaluation of step `i`; may change the sample (churn).
-    fn begin_step(
-        &mut self,
-        _sigmas: &[f32],
-        _i: usize,
-        x: &Tensor,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        Ok(x.clone())
-    }
-
-    /// Takes the denoised prediction of evaluation `stage` of step `i` (made at sample `x`) and
-    /// returns the sample of the next evaluation: the next stage's, or step `i + 1`'s start.
-    fn advance(
-        &mut self,
-        sigmas: &[f32],
-        i: usize,
-        stage: usize,
-        x: &Tensor,
-        denoised: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor>;
-
-    /// Forgets any history (a fresh run, e.g. img2img's start).
-    fn reset(&mut self);
+/// What a k-diffusion sampler is tuned by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KSettings {
+    /// The ancestral / SDE noise amount (k-diffusion's `eta`).
+    pub eta: f32,
+    /// Karras's churn, and the scale of all fresh noise (`s_noise`).
+    pub churn: Churn,
 }
 
-/// One planned model evaluation.
-#[derive(Debug, Clone, Copy)]
-struct Evaluation {
-    /// The step (index into the sigmas).
-    step: usize,
-    /// Which evaluation of the step (0 first).
-    stage: usize,
-    /// The sigma the model sees.
-    sigma: f32,
-}
-
-/// A k-diffusion sampler on a sigma list, driven by evaluation index.
-pub struct KDiffusion {
-    kind: SamplerKind,
-    algorithm: Box<dyn KAlgorithm>,
-    model: ModelSigmas,
-    prediction: PredictionType,
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
-    evaluations: Vec<Evaluation>,
-    timesteps: Vec<f64>,
-    /// The sigma index where this run starts (img2img), 0 for txt2img.
-    offset: usize,
-}
-
-impl KDiffusion {
-    /// A sampler for `kind` running `algorithm` over `sigmas` (ending at 0 or a small σ).
-    pub(crate) fn new(
-        kind: SamplerKind,
-        algorithm: Box<dyn KAlgorithm>,
-        model: ModelSigmas,
-        prediction: PredictionType,
-        sigmas: Vec<f32>,
-    ) -> Result<Self> {
-        if sigmas.len() < 2 {
-            return Err(Error::invalid(
-                "sigmas",
-                "a schedule needs at least two sigmas",
-            ));
-        }
-        let mut sampler = Self {
-            kind,
-            algorithm,
-            model,
-            prediction,
-            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
-            sigmas,
-            evaluations: Vec::new(),
-            timesteps: Vec::new(),
-            offset: 0,
-        };
-        sampler.plan();
-        Ok(sampler)
-    }
-
-    /// Lists the model evaluations of every step from `offset` on (earlier ones are kept).
-    fn plan(&mut self) {
-        let keep = self
-            .evaluations
-            .iter()
-            .position(|e| e.step >= self.offset)
-            .unwrap_or(self.evaluations.len());
-        self.evaluations.truncate(keep);
-        let run = &self.sigmas[self.offset..];
-        for i in 0..run.len() - 1 {
-            for (stage, sigma) in self.algorithm.eval_sigmas(run, i).into_iter().enumerate() {
-                self.evaluations.push(Evaluation {
-                    step: i + self.offset,
-                    stage,
-                    sigma,
-                });
-            }
-        }
-        self.timesteps = self
-            .evaluations
-            .iter()
-            .map(|e| f64::from(self.model.sigma_to_t(e.sigma)))
-            .collect();
-    }
-
-    /// The evaluation index where step `step` (a sigma index) begins.
-    fn first_evaluation_of(&self, step: usize) -> usize {
-        self.evaluations
-            .iter()
-            .position(|e| e.step == step && e.stage == 0)
-            .unwrap_or(self.evaluations.len())
+impl KSettings {
+    /// The scale of fresh noise (k-diffusion's `s_noise`).
+    pub fn s_noise(&self) -> f32 {
+        self.churn.s_noise
     }
 }
 
-impl Sampler for KDiffusion {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        f64::from(self.sigmas[0])
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.evaluations.len())?;
-        let sigma = self.evaluations[step].sigma;
-        mul(sample, 1.0 / (sigma * sigma + 1.0).sqrt())
-    }
-
-    fn prepare_step(
-        &mut self,
-        sample: &Tensor,
-        step: usize,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        check_step(step, self.evaluations.len())?;
-        let eval = self.evaluations[step];
-        if eval.stage != 0 {
-            return Ok(sample.clone());
-        }
-        let run = &self.sigmas[self.offset..];
-        self.algorithm
-            .begin_step(run, eval.step - self.offset, sample, rng)
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        step: usize,
-        sample: &Tensor,
-        rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        check_step(step, self.evaluations.len())?;
-        let eval = self.evaluations[step];
-        if eval.step < self.offset {
-            return Err(Error::invalid(
-                "step",
-                format!("evaluation {step} lies before the run's start"),
-            ));
-        }
-        let denoised = predict_original(self.prediction, model_output, sample, eval.sigma)?;
-        let run = &self.sigmas[self.offset..];
-        self.algorithm.advance(
-            run,
-            eval.step - self.offset,
-            eval.stage,
-            sample,
-            &denoised,
-            rng,
-        )
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.evaluations.len())?;
-        let sigma = self.sigmas[self.evaluations[step].step];
-        add(original, &mul(noise, sigma)?)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.evaluations.len())?;
-        let eval = self.evaluations[step];
-        if eval.stage != 0 {
-            return Err(Error::invalid(
-                "step",
-                format!("evaluation {step} is in the middle of a sampler step"),
-            ));
-        }
-        self.offset = eval.step;
-        self.algorithm.reset();
-        self.plan();
-        Ok(())
-    }
-
-    /// AUTOMATIC1111's rule: `t_enc = int(min(strength, 0.999) · steps)` steps are denoised,
-    /// starting one sigma before them (`sigmas[steps − t_enc − 1:]`).
-    fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
-        super::img2img_start_step(steps, strength)?;
-        let t_enc = (strength.min(0.999) * steps as f64) as usize;
-        let first = steps.saturating_sub(t_enc + 1).min(self.sigmas.len() - 2);
-        Ok(self.first_evaluation_of(first))
-    }
-
-    fn is_step_start(&self, step: usize) -> bool {
-        self.evaluations.get(step).is_some_and(|e| e.stage == 0)
-    }
-
-    fn kind(&self) -> SamplerKind {
-        self.kind
-    }
-}
+/// A k-diffusion sampler: walks `sigmas` (largest first) from the sample `x`, calling the
+/// denoiser and drawing fresh noise from the generator, and returns the final sample.
+pub type SigmaSampler =
+    fn(&mut Denoiser<'_>, Tensor, &[f32], &mut dyn NoiseSource, &KSettings) -> Result<Tensor>;

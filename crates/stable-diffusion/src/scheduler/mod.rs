@@ -23,26 +23,26 @@
 //! | `dpmpp_sde` | `DPMSolverSDEScheduler` (i.i.d. noise for the Brownian tree) | DPM++ SDE |
 //!
 //! The k-diffusion flavor ([`SamplerFlavor::KDiffusion`], what A1111's names select) runs
-//! k-diffusion's `sample_*` functions on a sigma list ([`kdiff`], `k_*.rs`), and for DDIM, PLMS
-//! and UniPC A1111's own timestep samplers ([`a1111_timesteps`]).
+//! k-diffusion's `sample_*` loops on a sigma list ([`kdiff`], `k_*.rs`), and for DDIM, PLMS
+//! and UniPC A1111's own timestep samplers ([`a1111_timesteps`]). Each is a function
+//! `sample(denoiser, x, sigmas, noise)` around a [`Denoiser`], which owns the model (guidance,
+//! prompt schedule, inpainting, progress hooks) and wraps it as k-diffusion expects.
 //!
 //! A [`SchedulerConfig`] is a diffusers `scheduler_config.json`; as with diffusers'
 //! `XScheduler.from_config(pipe.scheduler.config)`, the keys in the file win and the chosen
 //! sampler's own defaults fill in the rest.
 //!
-//! The denoising loop drives a [`Sampler`] by step index:
+//! [`build_sampler_with`] reads the sampler's [`catalog`] row and returns a [`SamplerPlan`]: the
+//! pipeline sets where the run starts (img2img) and stops (a refiner handoff), then runs it:
 //!
 //! ```ignore
-//! let mut sampler = build_sampler(kind, schedule, &config, steps, eta)?;
-//! let mut latents = (rng.randn(&shape, &device)? * sampler.init_noise_sigma())?;
-//! for i in 0..sampler.timesteps().len() {
-//!     let input = sampler.scale_model_input(&latents, i)?;
-//!     let eps = unet(&input, sampler.timesteps()[i])?;
-//!     latents = sampler.step(&eps, i, &latents, &mut rng)?;
-//! }
+//! let mut plan = build_sampler_with(kind, schedule, &config, steps, &options)?;
+//! let latents = (rng.randn(&shape, &device)? * plan.init_noise_sigma())?;
+//! let latents = plan.run(&mut model, latents, &mut rng, None)?;
 //! ```
 //!
-//! For img2img, call [`Sampler::start_at`] with [`img2img_start_step`] and loop from there.
+//! The diffusers flavor keeps diffusers' scheduler interface ([`Sampler`]: `timesteps`,
+//! `scale_model_input`, `step`), which the plan drives through one adapter loop.
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +59,7 @@ mod catalog;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis;
+pub mod denoiser;
 pub mod dpm2;
 pub mod dpmpp_2m;
 pub mod dpmpp_2s;
@@ -74,13 +75,17 @@ pub mod k_lms;
 pub mod kdiff;
 pub mod lcm;
 pub mod lms;
+mod plan;
 pub mod pndm;
 pub mod schedule;
 pub mod sigmas;
 pub mod tcd;
 pub mod unipc;
 
-pub use catalog::{SamplerInfo, CATALOG};
+pub use catalog::{DiffusersImpl, DiffusersSettings, KDiffusionImpl, KRun, SamplerInfo, CATALOG};
+pub use denoiser::{Blend, Denoiser, Model, StepInfo};
+pub use kdiff::KSettings;
+pub use plan::{build_sampler, build_sampler_with, SamplerPlan};
 pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
 
 /// The samplers this library implements.
@@ -213,7 +218,7 @@ impl SamplerKind {
 
     /// The diffusers scheduler class this sampler mirrors in the diffusers flavor, if any.
     pub fn diffusers_class(&self) -> Option<&'static str> {
-        self.info().diffusers_class
+        self.info().diffusers.map(|d| d.class)
     }
 
     /// Whether the diffusers flavor runs this sampler on Karras sigmas (the class reads
@@ -237,13 +242,19 @@ impl SamplerKind {
     /// Whether the k-diffusion flavor runs A1111's own timestep sampler (DDIM, PLMS, UniPC),
     /// which walks integer timesteps and takes no sigma schedule.
     pub fn a1111_timesteps(&self) -> bool {
-        self.info().a1111_timesteps
+        matches!(
+            self.info().kdiffusion,
+            Some(KDiffusionImpl {
+                run: KRun::Timesteps { .. },
+                ..
+            })
+        )
     }
 
     /// The k-diffusion function (or A1111 sampler) this sampler mirrors in the k-diffusion
     /// flavor, if any.
     pub fn kdiffusion_function(&self) -> Option<&'static str> {
-        self.info().kdiffusion_function
+        self.info().kdiffusion.map(|k| k.function)
     }
 
     /// Whether the diffusers flavor can run on Karras sigmas (`use_karras_sigmas`).
@@ -1041,211 +1052,6 @@ impl SamplerOptions {
             }),
         }
     }
-}
-
-/// Builds a sampler for `steps` steps. `eta` is DDIM's stochasticity (0 = deterministic) and is
-/// ignored by the other samplers (which keep their defaults; see [`build_sampler_with`]).
-pub fn build_sampler(
-    kind: SamplerKind,
-    schedule: SigmaSchedule,
-    config: &SchedulerConfig,
-    steps: usize,
-    eta: f64,
-) -> Result<Box<dyn Sampler>> {
-    let options = SamplerOptions {
-        eta: (kind == SamplerKind::Ddim).then_some(eta),
-        ..SamplerOptions::default()
-    };
-    build_sampler_with(kind, schedule, config, steps, &options)
-}
-
-/// Builds a sampler for `steps` steps with the user's options, in the flavor
-/// [`SamplerOptions::resolve_flavor`] picks.
-pub fn build_sampler_with(
-    kind: SamplerKind,
-    schedule: SigmaSchedule,
-    config: &SchedulerConfig,
-    steps: usize,
-    options: &SamplerOptions,
-) -> Result<Box<dyn Sampler>> {
-    let default_eta = match kind {
-        SamplerKind::Ddim => 0.0,
-        SamplerKind::Tcd => tcd::DEFAULT_GAMMA,
-        _ => 1.0,
-    };
-    let eta = options.eta.unwrap_or(default_eta);
-    if !eta.is_finite() || eta < 0.0 {
-        return Err(Error::invalid("eta", format!("must be >= 0, got {eta}")));
-    }
-    let churn = options.churn()?;
-    let flavor = options.resolve_flavor(kind, schedule)?;
-    let rescaled;
-    let config = if options.rescale_zero_snr {
-        // Zero terminal SNR needs the first step at the last training timestep: trailing.
-        rescaled = SchedulerConfig {
-            rescale_betas_zero_snr: Some(true),
-            timestep_spacing: Some("trailing".into()),
-            ..config.clone()
-        };
-        &rescaled
-    } else {
-        config
-    };
-    let mut cfg = config.resolve(kind)?;
-    if cfg.zero_snr.is_some() && flavor == SamplerFlavor::KDiffusion {
-        return Err(Error::invalid(
-            "rescale_zero_snr",
-            format!(
-                "zero terminal SNR rescaling runs in the diffusers flavor only; \
-                 use --sampler {} --sampler-flavor diffusers",
-                kind.name()
-            ),
-        ));
-    }
-    if steps == 0 {
-        return Err(Error::invalid("steps", "must be at least 1"));
-    }
-    if steps > cfg.num_train_timesteps {
-        return Err(Error::invalid(
-            "steps",
-            format!(
-                "{steps} is more than the model's {} training timesteps",
-                cfg.num_train_timesteps
-            ),
-        ));
-    }
-    if flavor == SamplerFlavor::KDiffusion {
-        return build_kdiffusion(kind, schedule, &cfg, steps, options, eta as f32, churn);
-    }
-    if churn.s_churn > 0.0 && kind != SamplerKind::Euler {
-        return Err(Error::invalid(
-            "s_churn",
-            format!(
-                "diffusers' {} has no churn; use euler, or the k-diffusion flavor",
-                kind.name()
-            ),
-        ));
-    }
-    if options.eta.is_some() && !matches!(kind, SamplerKind::Ddim | SamplerKind::Tcd) {
-        return Err(Error::invalid(
-            "eta",
-            format!(
-                "diffusers' {} has no eta (only DDIM's eta and TCD's gamma exist there); for an \
-                 ancestral or SDE sampler's eta use the k-diffusion flavor",
-                kind.diffusers_class().unwrap_or(kind.name())
-            ),
-        ));
-    }
-    if schedule == SigmaSchedule::Karras {
-        cfg.use_karras_sigmas = true;
-    } else if kind == SamplerKind::EulerA {
-        // diffusers' EulerAncestral has no `use_karras_sigmas` and ignores the key in a config.
-        cfg.use_karras_sigmas = false;
-    }
-    Ok(match kind {
-        SamplerKind::Ddim => Box::new(ddim::Ddim::new(&cfg, steps, eta)?),
-        SamplerKind::Pndm => Box::new(pndm::Plms::new(&cfg, steps)?),
-        SamplerKind::Euler => Box::new(euler::Euler::new(&cfg, steps)?.with_churn(churn)),
-        SamplerKind::EulerA => Box::new(euler_a::EulerAncestral::new(&cfg, steps)?),
-        SamplerKind::DpmPp2M => Box::new(dpmpp_2m::DpmPp2M::new(&cfg, steps)?),
-        SamplerKind::DpmPp2MSde => Box::new(dpmpp_2m::DpmPp2M::sde(
-            &ResolvedConfig { heun: false, ..cfg },
-            steps,
-        )?),
-        SamplerKind::DpmPp2MSdeHeun => Box::new(dpmpp_2m::DpmPp2M::sde(
-            &ResolvedConfig { heun: true, ..cfg },
-            steps,
-        )?),
-        SamplerKind::Heun => Box::new(heun::Heun::new(&cfg, steps)?),
-        SamplerKind::Lms => Box::new(lms::Lms::new(&cfg, steps)?),
-        SamplerKind::Dpm2 => Box::new(dpm2::Dpm2::new(&cfg, steps)?),
-        SamplerKind::Dpm2A => Box::new(dpm2::Dpm2::ancestral(&cfg, steps)?),
-        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(&cfg, steps, cfg.ddpm_variance)?),
-        SamplerKind::Lcm => Box::new(lcm::Lcm::new(&cfg, steps)?),
-        SamplerKind::Tcd => Box::new(tcd::Tcd::new(&cfg, steps, eta)?),
-        SamplerKind::UniPc => Box::new(unipc::UniPc::new(&cfg, steps)?),
-        SamplerKind::Deis => Box::new(deis::Deis::new(&cfg, steps)?),
-        SamplerKind::DpmPp2S => Box::new(dpmpp_2s::DpmPp2S::new(&cfg, steps)?),
-        SamplerKind::DpmPpSde => Box::new(dpmpp_sde::DpmPpSde::new(&cfg, steps, churn.s_noise)?),
-        other => {
-            return Err(Error::invalid(
-                "sampler",
-                format!("{} has no diffusers implementation", other.name()),
-            ))
-        }
-    })
-}
-
-/// The k-diffusion flavor: the sigma list of the schedule, then the algorithm on it.
-fn build_kdiffusion(
-    kind: SamplerKind,
-    schedule: SigmaSchedule,
-    cfg: &ResolvedConfig,
-    steps: usize,
-    options: &SamplerOptions,
-    eta: f32,
-    churn: kdiff::Churn,
-) -> Result<Box<dyn Sampler>> {
-    let noise = cfg.noise_schedule()?;
-    if kind.a1111_timesteps() {
-        let table = noise.alphas_cumprod.clone();
-        let algorithm: Box<dyn a1111_timesteps::TimestepAlgorithm> = match kind {
-            SamplerKind::Ddim => Box::new(a1111_ddim::A1111Ddim::new(table.clone(), eta)),
-            SamplerKind::Pndm => Box::new(a1111_ddim::A1111Plms::new(table.clone())),
-            _ => Box::new(a1111_unipc::A1111UniPc::new(&table)),
-        };
-        return Ok(Box::new(a1111_timesteps::A1111Timesteps::new(
-            kind,
-            algorithm,
-            table,
-            cfg.prediction_type,
-            steps,
-        )?));
-    }
-    let model = if kind == SamplerKind::Lcm {
-        sigmas::ModelSigmas::lcm(&noise)
-    } else {
-        sigmas::ModelSigmas::new(&noise)
-    };
-    let list = kdiffusion_sigmas(kind, schedule, &model, steps, options)?;
-    let s_noise = churn.s_noise;
-    let algorithm: Box<dyn kdiff::KAlgorithm> = match kind {
-        SamplerKind::Euler => Box::new(k_euler::KEuler { churn }),
-        SamplerKind::EulerA => Box::new(k_euler::KEulerAncestral { eta, s_noise }),
-        SamplerKind::Heun => Box::new(k_heun::KHeun::new(churn)),
-        SamplerKind::Dpm2 => Box::new(k_heun::KDpm2::new(churn)),
-        SamplerKind::Dpm2A => Box::new(k_heun::KDpm2Ancestral::new(eta, s_noise)),
-        SamplerKind::Lms => Box::new(k_lms::KLms::new(4)),
-        SamplerKind::Ipndm => Box::new(k_lms::KIpndm::new()),
-        SamplerKind::DpmPp2M => Box::new(k_dpmpp::KDpmPp2M::new()),
-        SamplerKind::DpmPp2SA => Box::new(k_dpmpp::KDpmPp2SAncestral::new(eta, s_noise)),
-        SamplerKind::DpmPpSde => Box::new(k_dpmpp::KDpmPpSde::new(eta, s_noise)),
-        SamplerKind::DpmPp2MSde => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, false)),
-        SamplerKind::DpmPp2MSdeHeun => Box::new(k_dpmpp::KDpmPp2MSde::new(eta, s_noise, true)),
-        SamplerKind::DpmPp3MSde => Box::new(k_dpmpp::KDpmPp3MSde::new(eta, s_noise)),
-        SamplerKind::Lcm => Box::new(k_lcm::KLcm {
-            model: model.clone(),
-        }),
-        SamplerKind::Ddim
-        | SamplerKind::Pndm
-        | SamplerKind::UniPc
-        | SamplerKind::Ddpm
-        | SamplerKind::Tcd
-        | SamplerKind::Deis
-        | SamplerKind::DpmPp2S => {
-            return Err(Error::invalid(
-                "sampler flavor",
-                format!("{} has no k-diffusion implementation", kind.name()),
-            ))
-        }
-    };
-    Ok(Box::new(kdiff::KDiffusion::new(
-        kind,
-        algorithm,
-        model,
-        cfg.prediction_type,
-        list,
-    )?))
 }
 
 /// The sigmas a k-diffusion sampler walks for `schedule` (A1111's `get_sigmas`): the

@@ -80,6 +80,32 @@ pub fn fake_model(x: &Tensor, t: f64) -> Tensor {
     x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
 }
 
+/// The stand-in model as a sampler calls it: [`fake_model`], with every call's input and
+/// timestep and every step's reported sample recorded.
+#[allow(dead_code)]
+#[derive(Default)]
+pub struct RecordingModel {
+    /// (input, timestep) of each model call, in order.
+    pub calls: Vec<(Tensor, f64)>,
+    /// The sample each step reported (k-diffusion's callback `x`).
+    pub steps: Vec<Tensor>,
+}
+
+impl stable_diffusion::scheduler::Model for RecordingModel {
+    fn predict(&mut self, input: &Tensor, timestep: f64) -> stable_diffusion::Result<Tensor> {
+        self.calls.push((input.clone(), timestep));
+        Ok(fake_model(input, timestep))
+    }
+
+    fn step_done(
+        &mut self,
+        step: &stable_diffusion::scheduler::StepInfo<'_>,
+    ) -> stable_diffusion::Result<()> {
+        self.steps.push(step.x.clone());
+        Ok(())
+    }
+}
+
 /// Asserts that `actual` equals `expected` (whole tensors, same shape) within `tol` max abs diff.
 #[track_caller]
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) {
