@@ -7,9 +7,9 @@
 
 use candle_core::Tensor;
 
-use super::dpmpp_2m::{alpha_sigma, data_prediction, dpm_solver_sigmas, lambda};
 use super::ops::{add, div, mul, sub};
-use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::vp::{data_prediction, dpm_solver_sigmas, lambda, vp_sampler_basics, VpSteps};
+use super::{check_step, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::Result;
 
@@ -22,10 +22,7 @@ fn lagrange_integral(t: f32, b: f32, c: f32) -> f32 {
 /// DEIS sampling (order 2).
 #[derive(Debug, Clone)]
 pub struct Deis {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
-    prediction: PredictionType,
+    vp: VpSteps,
     lower_order_final: bool,
     /// The previous noise prediction (for the second-order update).
     previous: Option<Tensor>,
@@ -47,10 +44,7 @@ impl Deis {
             sigmas[n - 1] = sigmas[n - 2];
         }
         Ok(Self {
-            timesteps,
-            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
-            sigmas,
-            prediction: cfg.prediction_type,
+            vp: VpSteps::new(timesteps, sigmas, cfg.prediction_type),
             lower_order_final: cfg.lower_order_final,
             previous: None,
             lower_order_nums: 0,
@@ -64,29 +58,19 @@ impl Deis {
         sample: &Tensor,
         step: usize,
     ) -> Result<Tensor> {
-        let x0 = data_prediction(self.prediction, self.sigmas[step], model_output, sample)?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
+        let x0 = data_prediction(
+            self.vp.prediction,
+            self.vp.sigmas[step],
+            model_output,
+            sample,
+        )?;
+        let (alpha, sigma) = self.vp.alpha_sigma(step);
         div(&sub(sample, &mul(&x0, alpha)?)?, sigma)
     }
 }
 
 impl Sampler for Deis {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    vp_sampler_basics!();
 
     fn step(
         &mut self,
@@ -95,16 +79,16 @@ impl Sampler for Deis {
         sample: &Tensor,
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let n = self.timesteps.len();
+        check_step(step, self.vp.timesteps.len())?;
+        let n = self.vp.timesteps.len();
         let lower_order_final = step == n - 1 && self.lower_order_final && n < 15;
         let eps = self.noise_prediction(model_output, sample, step)?;
         let previous = self.previous.replace(eps.clone());
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
+        let (alpha_t, sigma_t) = self.vp.alpha_sigma(step + 1);
+        let (alpha_s0, sigma_s0) = self.vp.alpha_sigma(step);
         let next = match previous {
             Some(m1) if self.lower_order_nums >= 1 && !lower_order_final => {
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
+                let (alpha_s1, sigma_s1) = self.vp.alpha_sigma(step - 1);
                 let (rho_t, rho_s0, rho_s1) =
                     (sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1);
                 let coef0 = lagrange_integral(rho_t, rho_s0, rho_s1)
@@ -132,14 +116,8 @@ impl Sampler for Deis {
         Ok(next)
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        add(&mul(original, alpha)?, &mul(noise, sigma)?)
-    }
-
     fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+        check_step(step, self.vp.timesteps.len())?;
         self.previous = None;
         self.lower_order_nums = 0;
         Ok(())

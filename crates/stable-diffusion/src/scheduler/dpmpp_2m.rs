@@ -8,101 +8,16 @@
 
 use candle_core::Tensor;
 
-use super::ops::{add, div, mul, sub};
-use super::schedule::{self, NoiseSchedule};
-use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::ops::{add, mul, sub};
+use super::vp::{lambda, vp_sampler_basics, VpSteps};
+use super::{check_step, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::Result;
-
-/// `(α_t, σ_t)` of the variance-preserving process at the sigma-parametrisation `sigma`.
-pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
-
-/// The data prediction x₀ from a model output at `sigma` (DPM-Solver's
-/// `convert_model_output` for the data-prediction solvers: DPM++ 2M/2S, UniPC, DEIS).
-pub(crate) fn data_prediction(
-    prediction: PredictionType,
-    sigma: f32,
-    model_output: &Tensor,
-    sample: &Tensor,
-) -> Result<Tensor> {
-    let (alpha, sigma) = alpha_sigma(sigma);
-    match prediction {
-        PredictionType::Epsilon => div(&sub(sample, &mul(model_output, sigma)?)?, alpha),
-        PredictionType::Sample => Ok(model_output.clone()),
-        PredictionType::VPrediction => sub(&mul(sample, alpha)?, &mul(model_output, sigma)?),
-    }
-}
-
-/// λ = log α − log σ (+∞ at σ = 0).
-pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
-    alpha.ln() - sigma.ln()
-}
-
-/// DPM-Solver's timesteps and sigmas (diffusers' `DPMSolverMultistepScheduler.set_timesteps`,
-/// shared by UniPC and DEIS): `steps + 1` spaced timesteps with the last dropped and their
-/// interpolated sigmas, or Karras sigmas over the whole training range with their rounded
-/// timesteps (truncated for the cosine schedule unless `always_round`); then the final sigma.
-pub(crate) fn dpm_solver_sigmas(
-    cfg: &ResolvedConfig,
-    steps: usize,
-    always_round: bool,
-) -> Result<(Vec<f64>, Vec<f32>)> {
-    let noise: NoiseSchedule = cfg.noise_schedule()?;
-    let train = noise.train_sigmas();
-    let (timesteps, sigmas): (Vec<f64>, Vec<f64>) = if cfg.use_karras_sigmas {
-        // DPM's Karras bounds are the whole training range.
-        let sigma_min = f64::from(train[0]);
-        let sigma_max = f64::from(train[train.len() - 1]);
-        let sigmas = schedule::karras_sigmas(sigma_min, sigma_max, steps);
-        let log_sigmas = noise.log_train_sigmas();
-        let timesteps = sigmas
-            .iter()
-            .map(|&s| {
-                let t = schedule::sigma_to_t(s, &log_sigmas);
-                if !always_round && cfg.beta_schedule == schedule::BetaSchedule::SquaredCosCapV2 {
-                    t.trunc()
-                } else {
-                    schedule::round_half_even(t)
-                }
-            })
-            .collect();
-        (timesteps, sigmas)
-    } else {
-        let ts = schedule::dpm_timesteps(
-            cfg.timestep_spacing,
-            cfg.num_train_timesteps,
-            steps,
-            cfg.steps_offset,
-        );
-        let sigmas = ts
-            .iter()
-            .map(|&t| schedule::interp_sigma(t as f64, &train))
-            .collect();
-        (ts.into_iter().map(|t| t as f64).collect(), sigmas)
-    };
-    let last = if cfg.final_sigma_min {
-        f64::from(train[0])
-    } else {
-        0.0
-    };
-    let sigmas: Vec<f32> = sigmas
-        .into_iter()
-        .chain(std::iter::once(last))
-        .map(|s| s as f32)
-        .collect();
-    Ok((timesteps, sigmas))
-}
 
 /// The DPM-Solver++(2M) sampler.
 #[derive(Debug, Clone)]
 pub struct DpmPp2M {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
-    prediction: PredictionType,
+    vp: VpSteps,
     lower_order_final: bool,
     euler_at_final: bool,
     final_sigma_zero: bool,
@@ -118,12 +33,8 @@ pub struct DpmPp2M {
 impl DpmPp2M {
     /// Sets up `steps` steps with the resolved config.
     pub fn new(cfg: &ResolvedConfig, steps: usize) -> Result<Self> {
-        let (timesteps, sigmas) = dpm_solver_sigmas(cfg, steps, false)?;
         Ok(Self {
-            timesteps,
-            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
-            sigmas,
-            prediction: cfg.prediction_type,
+            vp: VpSteps::dpm_solver(cfg, steps, false)?,
             lower_order_final: cfg.lower_order_final,
             euler_at_final: cfg.euler_at_final,
             final_sigma_zero: !cfg.final_sigma_min,
@@ -142,35 +53,10 @@ impl DpmPp2M {
             ..Self::new(cfg, steps)?
         })
     }
-
-    /// The data prediction x₀ from the model output at step `step`.
-    fn data_prediction(
-        &self,
-        model_output: &Tensor,
-        sample: &Tensor,
-        step: usize,
-    ) -> Result<Tensor> {
-        data_prediction(self.prediction, self.sigmas[step], model_output, sample)
-    }
 }
 
 impl Sampler for DpmPp2M {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    vp_sampler_basics!();
 
     fn step(
         &mut self,
@@ -179,16 +65,16 @@ impl Sampler for DpmPp2M {
         sample: &Tensor,
         rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let n = self.timesteps.len();
+        check_step(step, self.vp.timesteps.len())?;
+        let n = self.vp.timesteps.len();
         let short = self.lower_order_final && n < 15;
         let lower_order_final =
             step == n - 1 && (self.euler_at_final || short || self.final_sigma_zero);
-        let x0 = self.data_prediction(model_output, sample, step)?;
+        let x0 = self.vp.data_prediction(model_output, sample, step)?;
         let previous = self.previous.replace(x0.clone());
 
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
+        let (alpha_t, sigma_t) = self.vp.alpha_sigma(step + 1);
+        let (alpha_s0, sigma_s0) = self.vp.alpha_sigma(step);
         let h = lambda(alpha_t, sigma_t) - lambda(alpha_s0, sigma_s0);
         let phi = alpha_t * ((-h).exp() - 1.0); // α_t (e^{−h} − 1)
         let scaled_sample = mul(sample, sigma_t / sigma_s0)?;
@@ -204,7 +90,7 @@ impl Sampler for DpmPp2M {
             let mut prev = add(&scaled_sample, &mul(&x0, data_weight)?)?;
             if let Some(m1) = previous.filter(|_| self.lower_order_nums >= 1 && !lower_order_final)
             {
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
+                let (alpha_s1, sigma_s1) = self.vp.alpha_sigma(step - 1);
                 let h_0 = lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1);
                 let d1 = mul(&sub(&x0, &m1)?, 1.0 / (h_0 / h))?;
                 let c = if self.heun {
@@ -223,7 +109,7 @@ impl Sampler for DpmPp2M {
         let prev = match previous {
             Some(m1) if self.lower_order_nums >= 1 && !lower_order_final => {
                 // Second order: D1 = (m0 − m1) / r0, r0 = h_prev / h.
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
+                let (alpha_s1, sigma_s1) = self.vp.alpha_sigma(step - 1);
                 let h_0 = lambda(alpha_s0, sigma_s0) - lambda(alpha_s1, sigma_s1);
                 let r0 = h_0 / h;
                 let d1 = mul(&sub(&x0, &m1)?, 1.0 / r0)?;
@@ -243,14 +129,8 @@ impl Sampler for DpmPp2M {
         Ok(prev)
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        add(&mul(original, alpha)?, &mul(noise, sigma)?)
-    }
-
     fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+        check_step(step, self.vp.timesteps.len())?;
         self.previous = None;
         self.lower_order_nums = 0;
         Ok(())

@@ -7,10 +7,10 @@
 
 use candle_core::Tensor;
 
-use super::dpmpp_2m::{alpha_sigma, data_prediction, dpm_solver_sigmas, lambda};
-use super::ops::{add, mul, sub};
+use super::ops::{mul, sub};
 use super::schedule::TimestepSpacing;
-use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::vp::{dpm_solver_sigmas, lambda, vp_sampler_basics, VpSteps};
+use super::{check_step, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::Result;
 
@@ -36,10 +36,7 @@ fn order_list(steps: usize) -> Vec<usize> {
 /// DPM-Solver++(2S) sampling.
 #[derive(Debug, Clone)]
 pub struct DpmPp2S {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
-    prediction: PredictionType,
+    vp: VpSteps,
     orders: Vec<usize>,
     /// The data prediction of the previous step.
     previous: Option<Tensor>,
@@ -57,43 +54,15 @@ impl DpmPp2S {
         let (timesteps, sigmas) = dpm_solver_sigmas(&linspace, steps, true)?;
         Ok(Self {
             orders: order_list(timesteps.len()),
-            timesteps,
-            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
-            sigmas,
-            prediction: cfg.prediction_type,
+            vp: VpSteps::new(timesteps, sigmas, cfg.prediction_type),
             previous: None,
             pair_start: None,
         })
     }
-
-    /// The data prediction x₀ at step `step`.
-    fn data_prediction(
-        &self,
-        model_output: &Tensor,
-        sample: &Tensor,
-        step: usize,
-    ) -> Result<Tensor> {
-        data_prediction(self.prediction, self.sigmas[step], model_output, sample)
-    }
 }
 
 impl Sampler for DpmPp2S {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    vp_sampler_basics!();
 
     fn step(
         &mut self,
@@ -102,16 +71,16 @@ impl Sampler for DpmPp2S {
         sample: &Tensor,
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let x0 = self.data_prediction(model_output, sample, step)?;
+        check_step(step, self.vp.timesteps.len())?;
+        let x0 = self.vp.data_prediction(model_output, sample, step)?;
         let previous = self.previous.replace(x0.clone());
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
+        let (alpha_t, sigma_t) = self.vp.alpha_sigma(step + 1);
         match previous {
             Some(m1) if self.orders[step] == 2 => {
                 // Second order over the pair, from its start at sigmas[step − 1].
                 let start = self.pair_start.clone().unwrap_or_else(|| sample.clone());
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
-                let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
+                let (alpha_s1, sigma_s1) = self.vp.alpha_sigma(step - 1);
+                let (alpha_s0, sigma_s0) = self.vp.alpha_sigma(step);
                 let lambda_s1 = lambda(alpha_s1, sigma_s1);
                 let h = lambda(alpha_t, sigma_t) - lambda_s1;
                 let h_0 = lambda(alpha_s0, sigma_s0) - lambda_s1;
@@ -125,7 +94,7 @@ impl Sampler for DpmPp2S {
             }
             _ => {
                 self.pair_start = Some(sample.clone());
-                let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[step]);
+                let (alpha_s, sigma_s) = self.vp.alpha_sigma(step);
                 let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
                 sub(
                     &mul(sample, sigma_t / sigma_s)?,
@@ -135,14 +104,8 @@ impl Sampler for DpmPp2S {
         }
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        add(&mul(original, alpha)?, &mul(noise, sigma)?)
-    }
-
     fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+        check_step(step, self.vp.timesteps.len())?;
         self.previous = None;
         self.pair_start = None;
         Ok(())

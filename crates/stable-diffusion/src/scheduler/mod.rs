@@ -67,6 +67,7 @@ pub mod dpmpp_sde;
 pub mod euler;
 pub mod euler_a;
 pub mod heun;
+pub mod k_dpm_solver;
 pub mod k_dpmpp;
 pub mod k_euler;
 pub mod k_heun;
@@ -81,6 +82,7 @@ pub mod schedule;
 pub mod sigmas;
 pub mod tcd;
 pub mod unipc;
+mod vp;
 
 pub use catalog::{DiffusersImpl, DiffusersSettings, KDiffusionImpl, KRun, SamplerInfo, CATALOG};
 pub use denoiser::{Blend, Denoiser, Model, StepInfo};
@@ -134,6 +136,10 @@ pub enum SamplerKind {
     Deis,
     /// DPM-Solver++ (2S) single-step, second order in pairs of steps (no noise).
     DpmPp2S,
+    /// DPM-Solver-fast: fixed steps of orders 3, 2 and 1 in log sigma (k-diffusion).
+    DpmFast,
+    /// DPM-Solver-23 with adaptive step size (k-diffusion).
+    DpmAdaptive,
 }
 
 /// Which reference a sampler reproduces: diffusers' scheduler class or k-diffusion's

@@ -10,9 +10,9 @@
 
 use candle_core::Tensor;
 
-use super::dpmpp_2m::{alpha_sigma, data_prediction, dpm_solver_sigmas, lambda};
 use super::ops::{add, div, mul, sub};
-use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::vp::{lambda, vp_sampler_basics, VpSteps};
+use super::{check_step, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::Result;
 
@@ -70,10 +70,7 @@ pub(crate) fn unipc_coefficients(h: f32, order: usize, bh1: bool) -> (f32, f32, 
 /// UniPC sampling (bh2, order 2, data prediction).
 #[derive(Debug, Clone)]
 pub struct UniPc {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
-    prediction: PredictionType,
+    vp: VpSteps,
     lower_order_final: bool,
     /// The data predictions of the last steps, newest last.
     outputs: Vec<Tensor>,
@@ -86,33 +83,13 @@ pub struct UniPc {
 impl UniPc {
     /// Sets up `steps` steps with the resolved config.
     pub fn new(cfg: &ResolvedConfig, steps: usize) -> Result<Self> {
-        let (timesteps, sigmas) = dpm_solver_sigmas(cfg, steps, true)?;
         Ok(Self {
-            timesteps,
-            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
-            sigmas,
-            prediction: cfg.prediction_type,
+            vp: VpSteps::dpm_solver(cfg, steps, true)?,
             lower_order_final: cfg.lower_order_final,
             outputs: Vec::new(),
             last_sample: None,
             last_order: 1,
         })
-    }
-
-    /// The data prediction x₀ at step `step`.
-    fn data_prediction(
-        &self,
-        model_output: &Tensor,
-        sample: &Tensor,
-        step: usize,
-    ) -> Result<Tensor> {
-        data_prediction(self.prediction, self.sigmas[step], model_output, sample)
-    }
-
-    /// λ at `sigmas[index]`.
-    fn lambda_at(&self, index: usize) -> f32 {
-        let (alpha, sigma) = alpha_sigma(self.sigmas[index]);
-        lambda(alpha, sigma)
     }
 
     /// One update from `sigmas[from]` to `sigmas[from + 1]` starting at `x`, with the newest
@@ -127,16 +104,16 @@ impl UniPc {
         m1: Option<&Tensor>,
         model_t: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[from + 1]);
-        let (_, sigma_s0) = alpha_sigma(self.sigmas[from]);
-        let lambda_s0 = self.lambda_at(from);
+        let (alpha_t, sigma_t) = self.vp.alpha_sigma(from + 1);
+        let (_, sigma_s0) = self.vp.alpha_sigma(from);
+        let lambda_s0 = self.vp.lambda_at(from);
         let h = lambda(alpha_t, sigma_t) - lambda_s0;
         let (h_phi_1, b_h, rhs) = unipc_coefficients(h, order, false);
         let base = sub(&mul(x, sigma_t / sigma_s0)?, &mul(m0, alpha_t * h_phi_1)?)?;
         // The earlier prediction's scaled difference D₁ = (m₁ − m₀) / r₁.
         let (r1, d1) = match m1 {
             Some(m1) if order >= 2 => {
-                let r1 = (self.lambda_at(from - 1) - lambda_s0) / h;
+                let r1 = (self.vp.lambda_at(from - 1) - lambda_s0) / h;
                 (r1, Some(div(&sub(m1, m0)?, r1)?))
             }
             _ => (1.0, None),
@@ -165,22 +142,7 @@ impl UniPc {
 }
 
 impl Sampler for UniPc {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    vp_sampler_basics!();
 
     fn step(
         &mut self,
@@ -189,8 +151,8 @@ impl Sampler for UniPc {
         sample: &Tensor,
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let x0 = self.data_prediction(model_output, sample, step)?;
+        check_step(step, self.vp.timesteps.len())?;
+        let x0 = self.vp.data_prediction(model_output, sample, step)?;
         // UniC: redo the last step with the new prediction at its end.
         let sample = match self.last_sample.take() {
             Some(last) if step > 0 => {
@@ -211,7 +173,7 @@ impl Sampler for UniPc {
         if self.outputs.len() > ORDER {
             self.outputs.remove(0);
         }
-        let remaining = self.timesteps.len() - step;
+        let remaining = self.vp.timesteps.len() - step;
         let order = if self.lower_order_final {
             ORDER.min(remaining)
         } else {
@@ -227,14 +189,8 @@ impl Sampler for UniPc {
         Ok(next)
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        add(&mul(original, alpha)?, &mul(noise, sigma)?)
-    }
-
     fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+        check_step(step, self.vp.timesteps.len())?;
         self.outputs.clear();
         self.last_sample = None;
         self.last_order = 1;
