@@ -539,3 +539,235 @@ fn diffusers_loop(
     }
     Ok(latents)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::rng::TorchCpuRng;
+    use crate::scheduler::{SamplerFlavor, CATALOG};
+
+    /// A stand-in model: ε = tanh(x)·0.9 + t/20000, counting its calls and steps.
+    #[derive(Default)]
+    struct Counting {
+        calls: usize,
+        steps: usize,
+        inputs: Vec<Tensor>,
+    }
+
+    impl Model for Counting {
+        fn predict(&mut self, input: &Tensor, timestep: f64) -> Result<Tensor> {
+            self.calls += 1;
+            self.inputs.push(input.clone());
+            Ok(input.tanh()?.affine(0.9, timestep / 20000.0)?)
+        }
+
+        fn step_done(&mut self, step: &StepInfo<'_>) -> Result<()> {
+            assert_eq!(step.step, self.steps, "steps are reported in order from 0");
+            self.steps += 1;
+            Ok(())
+        }
+    }
+
+    fn latents(seed: u64) -> Tensor {
+        TorchCpuRng::new(seed)
+            .randn(&[1, 4, 2, 2], &Device::Cpu)
+            .unwrap()
+    }
+
+    /// Every sampler in every flavor it has.
+    fn every_plan(steps: usize) -> Vec<(String, SamplerPlan)> {
+        let mut plans = Vec::new();
+        for row in CATALOG {
+            for flavor in [SamplerFlavor::Diffusers, SamplerFlavor::KDiffusion] {
+                let options = SamplerOptions {
+                    flavor: Some(flavor),
+                    ..SamplerOptions::default()
+                };
+                let config = SchedulerConfig::sd15();
+                if let Ok(plan) =
+                    build_sampler_with(row.kind, SigmaSchedule::Default, &config, steps, &options)
+                {
+                    plans.push((format!("{} {}", row.name, flavor.name()), plan));
+                }
+            }
+        }
+        plans
+    }
+
+    #[test]
+    fn the_progress_total_counts_the_steps_each_sampler_reports() {
+        let plans = every_plan(6);
+        assert!(plans.len() >= 30, "only {} plans", plans.len());
+        for (name, mut plan) in plans {
+            let mut model = Counting::default();
+            let x = (latents(1) * plan.init_noise_sigma()).unwrap();
+            let out = plan.run(&mut model, x, &mut TorchCpuRng::new(2), None);
+            out.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(model.steps, plan.steps(), "{name}: txt2img");
+            assert!(model.calls >= model.steps, "{name}");
+            let mut plan = plan;
+            if plan.start_img2img(6, 0.5).is_ok() {
+                let mut model = Counting::default();
+                let x = plan.noised_start(&latents(3), &latents(4)).unwrap();
+                plan.run(&mut model, x, &mut TorchCpuRng::new(2), None)
+                    .unwrap();
+                assert_eq!(model.steps, plan.steps(), "{name}: img2img");
+                assert!(
+                    model.steps < 6,
+                    "{name}: img2img at 0.5 ran {}",
+                    model.steps
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_handoff_splits_the_steps_between_base_and_refiner() {
+        for (name, base) in every_plan(8) {
+            if base.step_timesteps().is_err() {
+                continue; // A1111's timestep samplers run whole (tested with them).
+            }
+            let kind = base.kind();
+            let all = base.steps();
+            let mut base = base;
+            base.stop_after(3).unwrap();
+            let options = SamplerOptions {
+                flavor: Some(if base.diffusers().is_some() {
+                    SamplerFlavor::Diffusers
+                } else {
+                    SamplerFlavor::KDiffusion
+                }),
+                ..SamplerOptions::default()
+            };
+            let config = SchedulerConfig::sd15();
+            let mut refiner =
+                build_sampler_with(kind, SigmaSchedule::Default, &config, 8, &options).unwrap();
+            refiner.skip(3).unwrap();
+            assert_eq!(base.steps() + refiner.steps(), all, "{name}");
+            let (mut a, mut b) = (Counting::default(), Counting::default());
+            let mut rng = TorchCpuRng::new(5);
+            let x = (latents(1) * base.init_noise_sigma()).unwrap();
+            let x = base.run(&mut a, x, &mut rng, None).unwrap();
+            refiner.run(&mut b, x, &mut rng, None).unwrap();
+            assert_eq!((a.steps, b.steps), (3, all - 3), "{name}");
+        }
+    }
+
+    /// A mask that repaints the left column and keeps the right one, and init latents of 7.
+    fn blend() -> Blend {
+        let mask = Tensor::new(&[[[[1f32, 0.0], [1.0, 0.0]]]], &Device::Cpu)
+            .unwrap()
+            .repeat((1, 4, 1, 1))
+            .unwrap();
+        Blend {
+            mask,
+            image_latents: Tensor::full(7f32, (1, 4, 2, 2), &Device::Cpu).unwrap(),
+            noise: latents(9),
+        }
+    }
+
+    /// The kept column of `t` (index 1 of the last axis) as a flat list.
+    fn kept(t: &Tensor) -> Vec<f32> {
+        t.narrow(3, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn a1111_samplers_blend_the_init_image_into_the_denoised_estimate_and_the_result() {
+        let blend = blend();
+        let config = SchedulerConfig::sd15();
+        let k = SamplerOptions {
+            flavor: Some(SamplerFlavor::KDiffusion),
+            ..SamplerOptions::default()
+        };
+        // Sigma samplers: D(x, σ) holds the init latents in the kept part.
+        let plan =
+            build_sampler_with(SamplerKind::Euler, SigmaSchedule::Default, &config, 4, &k).unwrap();
+        let Run::Sigmas {
+            table, prediction, ..
+        } = &plan.run
+        else {
+            panic!("euler in A1111's flavor walks sigmas");
+        };
+        let mut model = Counting::default();
+        let mut denoiser = Denoiser::sigmas(&mut model, table, *prediction, Some(&blend));
+        let denoised = denoiser.denoise(&latents(1), 3.0).unwrap();
+        assert_eq!(kept(&denoised), vec![7.0; 8]);
+        let plain = Denoiser::sigmas(&mut model, table, *prediction, None)
+            .denoise(&latents(1), 3.0)
+            .unwrap();
+        let repainted = |t: &Tensor| -> Vec<f32> {
+            t.narrow(3, 0, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(repainted(&denoised), repainted(&plain));
+        // Timestep samplers: the model sees the blended sample (A1111's mask_before_denoising).
+        let plan =
+            build_sampler_with(SamplerKind::Ddim, SigmaSchedule::Default, &config, 4, &k).unwrap();
+        let Run::Timesteps {
+            alphas_cumprod,
+            prediction,
+            ..
+        } = &plan.run
+        else {
+            panic!("DDIM in A1111's flavor walks timesteps");
+        };
+        let mut model = Counting::default();
+        Denoiser::timesteps(&mut model, alphas_cumprod, *prediction, Some(&blend))
+            .eps(&latents(1), 501.0)
+            .unwrap();
+        assert_eq!(kept(&model.inputs[0]), vec![7.0; 8]);
+        // Both end with the init latents in the kept part.
+        for kind in [SamplerKind::Euler, SamplerKind::Ddim, SamplerKind::DpmPp2M] {
+            let mut plan =
+                build_sampler_with(kind, SigmaSchedule::Default, &config, 4, &k).unwrap();
+            let x = (latents(2) * plan.init_noise_sigma()).unwrap();
+            let mut model = Counting::default();
+            let out = plan
+                .run(&mut model, x, &mut TorchCpuRng::new(1), Some(&blend))
+                .unwrap();
+            assert_eq!(kept(&out), vec![7.0; 8], "{kind}");
+        }
+    }
+
+    #[test]
+    fn diffusers_samplers_put_the_noised_init_image_back_after_each_step() {
+        let blend = blend();
+        let options = SamplerOptions {
+            flavor: Some(SamplerFlavor::Diffusers),
+            ..SamplerOptions::default()
+        };
+        let config = SchedulerConfig::sd15();
+        let mut plan = build_sampler_with(
+            SamplerKind::Euler,
+            SigmaSchedule::Default,
+            &config,
+            4,
+            &options,
+        )
+        .unwrap();
+        let x = (latents(2) * plan.init_noise_sigma()).unwrap();
+        let mut model = Counting::default();
+        let out = plan
+            .run(&mut model, x, &mut TorchCpuRng::new(1), Some(&blend))
+            .unwrap();
+        assert_eq!(kept(&out), vec![7.0; 8]);
+        // The model's second input holds the init latents noised to the second timestep.
+        let sampler = plan.diffusers().unwrap();
+        let noised = sampler
+            .add_noise(&blend.image_latents, &blend.noise, 1)
+            .unwrap();
+        let expected = sampler.scale_model_input(&noised, 1).unwrap();
+        assert_eq!(kept(&model.inputs[1]), kept(&expected));
+    }
+}
