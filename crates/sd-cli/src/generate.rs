@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stable_diffusion::device::parse_device;
-use stable_diffusion::image::{read_parameters, save_png_with_infotext, ImageData, InfoText};
+use stable_diffusion::image::{
+    encode_png, read_parameters, write_all_atomically, ImageData, InfoText, PARAMETERS_KEY,
+};
 use stable_diffusion::loading::LoraSpec;
 use stable_diffusion::pipeline::{
     parse_dtype, precheck, Asset, Control, GenerationRequest, HiresFix, HiresUpscaler, LoadOptions,
@@ -567,6 +569,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             folder.display()
         )));
     }
+    if let Some(taken) = outputs.iter().find(|p| p.is_dir()) {
+        return Err(usage(format!(
+            "output path is a folder: {} (give a file name such as {}/out.png)",
+            taken.display(),
+            taken.display()
+        )));
+    }
 
     // 2. Generate, with a progress bar on a terminal and Ctrl-C as a clean cancel.
     let bar = ProgressBar::new(request.effective_steps() as u64);
@@ -611,10 +620,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!("seed: {}", output.request.seed_value());
     }
 
-    // 3. Write the PNGs, each atomically, with the parameters that re-create it.
+    // 3. Write the PNGs with the parameters that re-create them, all or nothing: a failure or
+    //    a kill leaves every earlier file as it was.
+    let mut files = Vec::with_capacity(outputs.len());
     for ((image, info), path) in output.images.iter().zip(&output.infotexts).zip(&outputs) {
-        save_png_with_infotext(path, image, info)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let text = [(PARAMETERS_KEY.to_string(), info.to_string())];
+        let bytes =
+            encode_png(image, &text).with_context(|| format!("encoding {}", path.display()))?;
+        files.push((path.as_path(), bytes));
+    }
+    let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    write_all_atomically(&files).context("writing the images")?;
+    for path in &outputs {
         outln!("{}", path.display());
     }
     let device = options.device;

@@ -19,8 +19,8 @@ use candle_core::{DType, Device, Tensor};
 pub use self::data::ImageData;
 pub use self::infotext::{format_float, quote, unquote, InfoText};
 pub use self::png::{
-    encode_png, read_parameters, read_png_text, save_png, save_png_with_infotext, write_atomically,
-    PARAMETERS_KEY,
+    encode_png, read_parameters, read_png_text, save_png, save_png_with_infotext,
+    write_all_atomically, write_atomically, PARAMETERS_KEY,
 };
 pub use ::image::RgbImage;
 

@@ -104,33 +104,110 @@ fn temporary_sibling(path: &Path) -> Result<PathBuf> {
 
 /// Writes `bytes` to a temporary file next to `path`, syncs it, and renames it into place.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary = temporary_sibling(path)?;
-    let written = (|| -> std::io::Result<()> {
-        let file = File::create(&temporary)?;
-        let mut writer = BufWriter::new(file);
-        writer.write_all(bytes)?;
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&temporary, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(Error::io(path, e));
+    write_all_atomically(&[(path, bytes)])
+}
+
+/// Writes several files all or nothing: every file's bytes go to a temporary sibling first and
+/// are synced; only when all are on disk are they renamed into place, so a failure (or a kill)
+/// before that point leaves every earlier file as it was. Temporary files that a killed run
+/// left next to these paths are removed first.
+pub fn write_all_atomically(files: &[(&Path, &[u8])]) -> Result<()> {
+    for (path, _) in files {
+        remove_stale_temporaries(path);
     }
-    // Make the rename itself durable where the platform allows syncing a folder.
+    let mut temporaries: Vec<PathBuf> = Vec::with_capacity(files.len());
+    let remove_all = |temporaries: &[PathBuf]| {
+        for t in temporaries {
+            let _ = std::fs::remove_file(t);
+        }
+    };
+    for (path, bytes) in files {
+        let temporary = match temporary_sibling(path) {
+            Ok(t) => t,
+            Err(e) => {
+                remove_all(&temporaries);
+                return Err(e);
+            }
+        };
+        let written = (|| -> std::io::Result<()> {
+            let file = File::create(&temporary)?;
+            let mut writer = BufWriter::new(file);
+            writer.write_all(bytes)?;
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()
+        })();
+        temporaries.push(temporary);
+        if let Err(e) = written {
+            remove_all(&temporaries);
+            return Err(Error::io(path, e));
+        }
+    }
+    for (i, ((path, _), temporary)) in files.iter().zip(&temporaries).enumerate() {
+        if let Err(e) = std::fs::rename(temporary, path) {
+            remove_all(&temporaries[i..]);
+            return Err(Error::io(path, e));
+        }
+    }
+    // Make the renames themselves durable where the platform allows syncing a folder.
     #[cfg(unix)]
-    if let Some(parent) = path.parent() {
-        let folder = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
+    for (path, _) in files {
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
         };
         if let Ok(dir) = File::open(folder) {
             let _ = dir.sync_all();
         }
     }
     Ok(())
+}
+
+/// Removes the temporary siblings of `path` ([`temporary_sibling`]) whose writing process is
+/// gone (a run killed mid-write); those of running processes are left alone.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(name), Some(folder)) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some((pid, counter)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), true) = (
+            pid.parse::<u32>(),
+            counter.bytes().all(|b| b.is_ascii_digit()),
+        ) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_is_running(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists (on Linux through /proc; elsewhere assumed running, so
+/// nothing is removed).
+fn process_is_running(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
 }
 
 /// Every text chunk of PNG data, as (key, text), in the order tEXt, zTXt, iTXt; compressed
@@ -178,4 +255,49 @@ pub fn read_parameters(path: impl AsRef<Path>) -> Result<Option<String>> {
         .into_iter()
         .find(|(key, _)| key == PARAMETERS_KEY)
         .map(|(_, value)| value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sd-png-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_written_whole_changes_nothing() {
+        let dir = scratch("batch");
+        let first = dir.join("a.png");
+        std::fs::write(&first, b"earlier").unwrap();
+        let second = dir.join("missing-folder").join("b.png");
+        let err = write_all_atomically(&[(&first, b"new a"), (&second, b"new b")]).unwrap_err();
+        assert!(err.to_string().contains("b.png"), "{err}");
+        assert_eq!(std::fs::read(&first).unwrap(), b"earlier");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "a.png's temporary was left: {left:?}");
+        write_all_atomically(&[(&first, b"new a")]).unwrap();
+        assert_eq!(std::fs::read(&first).unwrap(), b"new a");
+    }
+
+    #[test]
+    fn temporaries_of_dead_processes_are_cleared_and_live_ones_kept() {
+        let dir = scratch("stale");
+        let target = dir.join("out.png");
+        // A pid far above any Linux pid_max: no such process.
+        let dead = dir.join(".out.png.4294967295-0.tmp");
+        let mine = dir.join(format!(".out.png.{}-99.tmp", std::process::id()));
+        let unrelated = dir.join(".other.png.4294967295-0.tmp");
+        for f in [&dead, &mine, &unrelated] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        write_atomically(&target, b"whole").unwrap();
+        assert!(!dead.exists(), "a dead run's temporary stays");
+        assert!(mine.exists(), "a running process's temporary was removed");
+        assert!(unrelated.exists(), "another file's temporary was removed");
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+    }
 }
