@@ -299,15 +299,64 @@ def sampler_fn(sampler, x, opts):
 
 
 class Recorder:
-    """Wraps the model to list the timesteps it is called at."""
+    """Wraps the model to list the timesteps it is called at (and the samples it is given)."""
 
     def __init__(self, model):
         self.model = model
         self.timesteps = []
+        self.inputs = []
 
     def __call__(self, x, sigma, **kwargs):
         self.timesteps.append(float(self.model.sigma_to_t(sigma)[0]))
+        self.inputs.append(x.clone())
         return self.model(x, sigma, **kwargs)
+
+
+def dpm_solver_range(m, run, steps, img2img):
+    """sigma_min, sigma_max and n as A1111 hands them to sample_dpm_fast / sample_dpm_adaptive
+    (modules/sd_samplers_kdiffusion.py): txt2img passes the ends of the training sigma table and
+    n = steps; img2img the first and the last nonzero sigma of its part of the schedule and
+    n = its step count."""
+    if img2img:
+        return run[-2], run[0], len(run) - 1
+    return m.sigmas[0].item(), m.sigmas[-1].item(), steps
+
+
+def run_dpm_solver(sampler, rec, x, run, m, steps, img2img, opts):
+    """DPM fast / DPM adaptive at A1111's settings (eta from the options, 1 by default).
+
+    The reported samples are what our loops report as steps: for DPM fast every model
+    evaluation (n of them, as k-diffusion's progress bar counts it) with the sample it was
+    given; for DPM adaptive, whose step count is not known in advance, the share of the
+    -log(sigma) range covered, in len(run) - 1 parts: after each accepted step one report per
+    part completed (the last part when the run ends), with k-diffusion's callback sample."""
+    sigma_min, sigma_max, n = dpm_solver_range(m, run, steps, img2img)
+    eta = opts.get("eta", 1.0)
+    s_noise = opts.get("s_noise", 1.0)
+    if sampler == "dpm_fast":
+        out = sampling.sample_dpm_fast(rec, x, sigma_min, sigma_max, n, disable=True,
+                                       eta=eta, s_noise=s_noise)
+        return out, list(rec.inputs)
+    parts = len(run) - 1
+    t_start = float(-torch.as_tensor(sigma_max, dtype=torch.float32).log())
+    t_end = float(-torch.as_tensor(sigma_min, dtype=torch.float32).log())
+    starts = []
+    accepted = [0]
+
+    def callback(d):
+        if d["n_accept"] == accepted[0]:
+            return
+        accepted[0] = d["n_accept"]
+        done = (float(d["t"]) - t_start) / (t_end - t_start)
+        due = min(math.floor(done * parts), parts - 1)
+        while len(starts) < due:
+            starts.append(d["x"].clone())
+
+    out = sampling.sample_dpm_adaptive(rec, x, sigma_min, sigma_max, callback=callback,
+                                       disable=True, eta=eta, s_noise=s_noise)
+    while len(starts) < parts:
+        starts.append(out.clone())
+    return out, starts
 
 
 def run_case(name, sampler, schedule, config, steps, seed, opts=None, strength=None, sigmas=None):
@@ -341,9 +390,12 @@ def run_case(name, sampler, schedule, config, steps, seed, opts=None, strength=N
         case["offset"] = offset
         case["strength"] = strength
     rec = Recorder(m)
-    starts = []
-    fn = sampler_fn(sampler, x, opts)
-    out = fn(rec, x, run, lambda d: starts.append(d["x"].clone()))
+    if sampler in ("dpm_fast", "dpm_adaptive"):
+        out, starts = run_dpm_solver(sampler, rec, x, run, m, steps, strength is not None, opts)
+    else:
+        starts = []
+        fn = sampler_fn(sampler, x, opts)
+        out = fn(rec, x, run, lambda d: starts.append(d["x"].clone()))
     for i, s in enumerate(starts):
         tensors[f"{name}.start{i}"] = s
     tensors[f"{name}.final"] = out
@@ -389,6 +441,13 @@ def make(root):
     add("heun_img2img_karras", "heun", "karras", SD15, 10, strength=0.6)
     for sched in later:
         add(f"euler_{sched}_eps_7", "euler", sched, SD15, 7)
+    # DPM fast: n = 6, 7, 5 (n mod 3 = 0, 1, 2), v-prediction, img2img, eta 0 and 0.5.
+    add("dpm_fast_default_eps_6", "dpm_fast", "default", SD15, 6)
+    add("dpm_fast_default_eps_7", "dpm_fast", "default", SD15, 7)
+    add("dpm_fast_karras_v_5", "dpm_fast", "karras", SD15_V, 5)
+    add("dpm_fast_img2img_0.6", "dpm_fast", "default", SD15, 8, strength=0.6)
+    add("dpm_fast_eta_0", "dpm_fast", "default", SD15, 10, opts={"eta": 0.0})
+    add("dpm_fast_eta_0.5", "dpm_fast", "default", SD15_V, 9, opts={"eta": 0.5, "s_noise": 0.9})
 
     # Schedule-only checks (no loop): more step counts, and the SDXL AYS table.
     m = model_for(SD15)

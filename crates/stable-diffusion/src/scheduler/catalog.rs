@@ -6,8 +6,8 @@ use super::a1111_timesteps::TimestepSampler;
 use super::kdiff::SigmaSampler;
 use super::{
     a1111_ddim, a1111_unipc, ddim, ddpm, deis, dpm2, dpmpp_2m, dpmpp_2s, dpmpp_sde, euler, euler_a,
-    heun, k_dpmpp, k_euler, k_heun, k_lcm, k_lms, lcm, lms, pndm, tcd, unipc, ResolvedConfig,
-    Sampler, SamplerKind, SigmaSchedule, ZeroSnr,
+    heun, k_dpm_solver, k_dpmpp, k_euler, k_heun, k_lcm, k_lms, lcm, lms, pndm, tcd, unipc,
+    ResolvedConfig, Sampler, SamplerKind, SigmaSchedule, ZeroSnr,
 };
 use crate::Result;
 
@@ -88,7 +88,7 @@ pub struct SamplerInfo {
 }
 
 /// Every sampler, in display order.
-pub const CATALOG: [SamplerInfo; 21] = [
+pub const CATALOG: [SamplerInfo; 22] = [
     SamplerInfo {
         kind: SamplerKind::Euler,
         name: "euler",
@@ -355,6 +355,24 @@ pub const CATALOG: [SamplerInfo; 21] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: true,
+    },
+    SamplerInfo {
+        kind: SamplerKind::DpmFast,
+        name: "dpm_fast",
+        a1111_name: "DPM fast",
+        a1111_alias: Some("k_dpm_fast"),
+        description:
+            "DPM-Solver-fast: orders 3/2/1 on an even log-sigma grid, ends at sigma_min (--eta)",
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpm_fast",
+            run: KRun::Sigmas(k_dpm_solver::sample_dpm_fast),
+        }),
+        evaluates_twice_per_step: false,
+        walks_own_timesteps: false,
+        zero_snr: None,
+        a1111_default_schedule: SigmaSchedule::Discrete,
+        discards_next_to_last_sigma: false,
     },
     SamplerInfo {
         kind: SamplerKind::Ipndm,
