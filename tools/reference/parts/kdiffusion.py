@@ -448,6 +448,11 @@ def make(root):
     add("dpm_fast_img2img_0.6", "dpm_fast", "default", SD15, 8, strength=0.6)
     add("dpm_fast_eta_0", "dpm_fast", "default", SD15, 10, opts={"eta": 0.0})
     add("dpm_fast_eta_0.5", "dpm_fast", "default", SD15_V, 9, opts={"eta": 0.5, "s_noise": 0.9})
+    # DPM adaptive: its own step count; the steps only set the progress parts (and the ends).
+    add("dpm_adaptive_default_eps_10", "dpm_adaptive", "default", SD15, 10)
+    add("dpm_adaptive_karras_v_8", "dpm_adaptive", "karras", SD15_V, 8)
+    add("dpm_adaptive_img2img_0.6", "dpm_adaptive", "default", SD15, 12, strength=0.6)
+    add("dpm_adaptive_eta_0", "dpm_adaptive", "default", SD15, 20, opts={"eta": 0.0})
 
     # Schedule-only checks (no loop): more step counts, and the SDXL AYS table.
     m = model_for(SD15)

@@ -88,7 +88,7 @@ pub struct SamplerInfo {
 }
 
 /// Every sampler, in display order.
-pub const CATALOG: [SamplerInfo; 22] = [
+pub const CATALOG: [SamplerInfo; 23] = [
     SamplerInfo {
         kind: SamplerKind::Euler,
         name: "euler",
@@ -367,6 +367,24 @@ pub const CATALOG: [SamplerInfo; 22] = [
         kdiffusion: Some(KDiffusionImpl {
             function: "sample_dpm_fast",
             run: KRun::Sigmas(k_dpm_solver::sample_dpm_fast),
+        }),
+        evaluates_twice_per_step: false,
+        walks_own_timesteps: false,
+        zero_snr: None,
+        a1111_default_schedule: SigmaSchedule::Discrete,
+        discards_next_to_last_sigma: false,
+    },
+    SamplerInfo {
+        kind: SamplerKind::DpmAdaptive,
+        name: "dpm_adaptive",
+        a1111_name: "DPM adaptive",
+        a1111_alias: Some("k_dpm_ad"),
+        description:
+            "DPM-Solver-23 with adaptive step size: ignores the step count, ends at sigma_min",
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "sample_dpm_adaptive",
+            run: KRun::Sigmas(k_dpm_solver::sample_dpm_adaptive),
         }),
         evaluates_twice_per_step: false,
         walks_own_timesteps: false,

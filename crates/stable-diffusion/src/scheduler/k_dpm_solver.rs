@@ -1,16 +1,17 @@
-//! k-diffusion's `sample_dpm_fast` (A1111's "DPM fast"): DPM-Solver's first-, second- and
-//! third-order steps in t = −log σ on the noise prediction ε = (x − D(x, σ)) / σ, from σ_max
-//! down to σ_min (never to 0: the run ends on a sample at σ_min, which A1111 decodes as it is).
+//! k-diffusion's `sample_dpm_fast` and `sample_dpm_adaptive` (A1111's "DPM fast" and "DPM
+//! adaptive"): DPM-Solver's first-, second- and third-order steps in t = −log σ on the noise
+//! prediction ε = (x − D(x, σ)) / σ, from σ_max down to σ_min (never to 0: the run ends on a
+//! sample at σ_min, which A1111 decodes as it is).
 //!
-//! k-diffusion takes `sigma_min`, `sigma_max` and `n` instead of a sigma list. The loop reads
-//! them from the list it is handed, as A1111's img2img hands them over: σ_max = `sigmas[0]`,
-//! σ_min = the last nonzero sigma, n = `sigmas.len() − 1`. For txt2img A1111 passes the
-//! training table's smallest and largest sigma and n = steps instead; on the full list of the
-//! "Automatic" schedule (Uniform: training timesteps T − 1 down to 0) those are the same values,
-//! as they are (to rounding) for Karras, Exponential and Polyexponential, which also run between
-//! the table's ends. Other schedules are taken at their word (their ends are used), and img2img
-//! or a refiner handoff runs on its slice of the list. The loop takes A1111's eta (1 unless set:
-//! ancestral noise) and `s_noise`.
+//! k-diffusion takes `sigma_min`, `sigma_max` (and for DPM fast `n`) instead of a sigma list.
+//! These loops read them from the list they are handed, as A1111's img2img hands them over:
+//! σ_max = `sigmas[0]`, σ_min = the last nonzero sigma, n = `sigmas.len() − 1`. For txt2img
+//! A1111 passes the training table's smallest and largest sigma and n = steps instead; on the
+//! full list of the "Automatic" schedule (Uniform: training timesteps T − 1 down to 0) those are
+//! the same values, as they are (to rounding) for Karras, Exponential and Polyexponential, which
+//! also run between the table's ends. Other schedules are taken at their word (their ends are
+//! used), and img2img or a refiner handoff runs on its slice of the list. Both loops take
+//! A1111's eta (1 unless set: ancestral noise) and `s_noise`.
 
 use candle_core::Tensor;
 
@@ -208,6 +209,144 @@ pub(crate) fn sample_dpm_fast(
             _ => solver.step_3(&mut cache, &x, t, target)?,
         };
         x = add_step_noise(&x, rng, sigma_up, settings)?;
+    }
+    Ok(x)
+}
+
+/// k-diffusion's PID step-size controller, with the defaults A1111 runs DPM adaptive with
+/// (integral control only: pcoeff 0, icoeff 1, dcoeff 0; accept_safety 0.81).
+struct StepSizeController {
+    h: f64,
+    b1: f64,
+    b2: f64,
+    b3: f64,
+    errs: Option<[f64; 3]>,
+}
+
+impl StepSizeController {
+    /// Safety factor under which a proposed step is rejected.
+    const ACCEPT_SAFETY: f64 = 0.81;
+
+    /// A controller starting at step `h` for a method of order `order`.
+    fn new(h: f64, order: f64) -> Self {
+        let (pcoeff, icoeff, dcoeff) = (0.0f64, 1.0f64, 0.0f64);
+        Self {
+            h,
+            b1: (pcoeff + icoeff + dcoeff) / order,
+            b2: -(pcoeff + 2.0 * dcoeff) / order,
+            b3: dcoeff / order,
+            errs: None,
+        }
+    }
+
+    /// Scales the step by the error of the last one; whether that step is accepted.
+    fn propose(&mut self, error: f64) -> bool {
+        let inv_error = 1.0 / (error + 1e-8);
+        let errs = self.errs.get_or_insert([inv_error; 3]);
+        errs[0] = inv_error;
+        let factor = errs[0].powf(self.b1) * errs[1].powf(self.b2) * errs[2].powf(self.b3);
+        let factor = 1.0 + (factor - 1.0).atan();
+        let accept = factor >= Self::ACCEPT_SAFETY;
+        if accept {
+            errs[2] = errs[1];
+            errs[1] = errs[0];
+        }
+        self.h *= factor;
+        accept
+    }
+}
+
+/// The scaled error between the two solutions of a step:
+/// ‖(x_low − x_high) / max(atol, rtol · max(|x_low|, |x_prev|))‖₂ / √numel.
+fn step_error(x_low: &Tensor, x_high: &Tensor, x_prev: &Tensor) -> Result<f64> {
+    const RTOL: f64 = 0.05;
+    const ATOL: f32 = 0.0078;
+    let scale = x_low.abs()?.maximum(&x_prev.abs()?)?;
+    let delta = mul(&scale, RTOL as f32)?.maximum(ATOL)?;
+    let scaled = (x_low - x_high)?.broadcast_div(&delta)?;
+    let norm = scaled.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
+    Ok(f64::from(norm / (x_low.elem_count() as f64).sqrt() as f32))
+}
+
+/// The most step attempts DPM adaptive makes before it gives up (a sane model needs well under
+/// a thousand).
+const MAX_ATTEMPTS: usize = 100_000;
+
+/// DPM-Solver-23 with adaptive steps (k-diffusion's `sample_dpm_adaptive` at A1111's settings:
+/// order 3, rtol 0.05, atol 0.0078, h_init 0.05, integral control): each attempt makes a
+/// second- and a third-order solution from three model evaluations and the controller accepts
+/// or shrinks the step by their difference.
+///
+/// Progress: the number of steps is not known in advance, so the run reports the share of the
+/// t range (−log σ_max to −log σ_min) it has covered, in `sigmas.len() − 1` parts: after each
+/// accepted step, one report per part completed (the last when the run ends), each with the
+/// sample after that step and the denoised estimate at its start (what k-diffusion's callback
+/// is given). The progress total is then exact; how much work a part takes varies.
+pub(crate) fn sample_dpm_adaptive(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    sigmas: &[f32],
+    rng: &mut dyn NoiseSource,
+    settings: &KSettings,
+) -> Result<Tensor> {
+    let (sigma_max, sigma_min, parts) = sigma_range(sigmas, "DPM adaptive")?;
+    let (t_start, t_end) = (t_fn(sigma_max), t_fn(sigma_min));
+    let order = if settings.eta != 0.0 { 1.5 } else { 3.0 };
+    let mut pid = StepSizeController::new(0.05, order);
+    let mut solver = Solver {
+        model,
+        report: false,
+        evaluations: 0,
+    };
+    let mut s = t_start;
+    let mut x_prev = x.clone();
+    let mut reported = 0;
+    let mut last_denoised = None;
+    let mut attempts = 0usize;
+    while s < t_end - 1e-5 {
+        attempts += 1;
+        if attempts > MAX_ATTEMPTS {
+            return Err(Error::invalid(
+                "DPM adaptive",
+                format!(
+                    "no end after {MAX_ATTEMPTS} steps (stuck at sigma {})",
+                    sigma_fn(s)
+                ),
+            ));
+        }
+        let t = t_end.min(s + pid.h as f32);
+        let (target, sigma_up) = ancestral_target(s, t, t_end, settings.eta);
+        let mut cache = Cache::default();
+        solver.first(&mut cache, &x, s)?;
+        let x_low = solver.step_2(&mut cache, &x, s, target, 1.0 / 3.0)?;
+        let x_high = solver.step_3(&mut cache, &x, s, target)?;
+        let error = step_error(&x_low, &x_high, &x_prev)?;
+        if !error.is_finite() {
+            return Err(Error::invalid(
+                "DPM adaptive",
+                format!("the step error became {error} at sigma {}", sigma_fn(s)),
+            ));
+        }
+        if pid.propose(error) {
+            x = add_step_noise(&x_high, rng, sigma_up, settings)?;
+            x_prev = x_low;
+            s = t;
+            let denoised = cache.eps.take().map(|(_, d)| d);
+            let done =
+                (f64::from(s) - f64::from(t_start)) / (f64::from(t_end) - f64::from(t_start));
+            let due = ((done * parts as f64).floor() as usize).min(parts.saturating_sub(1));
+            while reported < due {
+                solver.model.step_done(reported, &x, denoised.as_ref())?;
+                reported += 1;
+            }
+            last_denoised = denoised;
+        }
+    }
+    while reported < parts {
+        solver
+            .model
+            .step_done(reported, &x, last_denoised.as_ref())?;
+        reported += 1;
     }
     Ok(x)
 }

@@ -138,6 +138,8 @@ pub enum SamplerKind {
     DpmPp2S,
     /// DPM-Solver-fast: fixed steps of orders 3, 2 and 1 in log sigma (k-diffusion).
     DpmFast,
+    /// DPM-Solver-23 with adaptive step size (k-diffusion).
+    DpmAdaptive,
 }
 
 /// Which reference a sampler reproduces: diffusers' scheduler class or k-diffusion's
