@@ -109,6 +109,10 @@ pub struct GenerateArgs {
     /// A VAE to use instead of the model's: a diffusers AutoencoderKL folder, or a single VAE file (.safetensors/.ckpt/.pt, A1111 or diffusers names).
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// Decode in overlapping tiles (bounded memory at any size, blended seams); without it,
+    /// tiles are used only when the whole decode would not fit in the available memory.
+    #[arg(long)]
+    vae_tiling: bool,
     /// The dtype weights are kept in: f32, f16 or bf16 (half weights stay half in memory) [default: f32].
     #[arg(long)]
     weight_dtype: Option<String>,
@@ -353,6 +357,9 @@ fn build_request(
     }
     if let Some(path) = &args.vae {
         request.vae = Some(given_path(store, Asset::Vae, path, "VAE", "")?);
+    }
+    if args.vae_tiling {
+        request.vae_tiling = Some(true);
     }
     for arg in &args.loras {
         let spec = LoraSpec::parse(arg).map_err(as_usage)?;

@@ -348,3 +348,64 @@ fn floats_are_formatted_as_a1111_shows_them() {
     assert_eq!(format_float(1e16), "1e+16");
     assert_eq!(format_float(12345.678), "12345.678");
 }
+
+/// CRC-32 (PNG's polynomial) of `bytes`.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header claims `width` x `height` 1-bit gray pixels, with a tiny (truncated)
+/// image stream: a few bytes that would decode to gigabytes.
+fn bomb_png(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([1, 0, 0, 0, 0]); // 1-bit grayscale, deflate, adaptive filter, no interlace
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    png
+}
+
+#[test]
+fn images_that_claim_too_many_pixels_are_refused_before_decoding() {
+    let bomb = stable_diffusion::image::ImageData(bomb_png(22000, 22000));
+    let err = bomb.decode("init image").unwrap_err().to_string();
+    assert!(
+        err.contains("22000x22000") && err.contains("megapixels") && err.contains("init image"),
+        "{err}"
+    );
+    let dir = scratch("bomb");
+    let path = dir.join("bomb.png");
+    std::fs::write(&path, bomb_png(9000, 9000)).unwrap();
+    let err = load_image(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("9000x9000") && err.contains("bomb.png"),
+        "{err}"
+    );
+    // Within the limit, the same truncated stream is an ordinary decode error.
+    let err = stable_diffusion::image::ImageData(bomb_png(64, 64))
+        .decode("mask")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot decode"), "{err}");
+}

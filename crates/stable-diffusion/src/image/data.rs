@@ -52,12 +52,10 @@ impl ImageData {
 
     /// Decodes the image to 8-bit RGB; `what` names it in errors ("init image", "mask").
     pub fn decode(&self, what: &str) -> Result<RgbImage> {
-        ::image::load_from_memory(&self.0)
-            .map(|image| image.to_rgb8())
-            .map_err(|e| Error::Image {
-                path: PathBuf::from(format!("<{what}>")),
-                msg: format!("cannot decode: {e}"),
-            })
+        super::decode_image(&self.0).map_err(|msg| Error::Image {
+            path: PathBuf::from(format!("<{what}>")),
+            msg,
+        })
     }
 }
 

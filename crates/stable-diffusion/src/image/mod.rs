@@ -108,8 +108,42 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
         msg,
     };
     let bytes = std::fs::read(path).map_err(|e| image_error(format!("cannot read: {e}")))?;
-    let decoded = ::image::load_from_memory(&bytes)
-        .map_err(|e| image_error(format!("cannot decode: {e}")))?;
+    decode_image(&bytes).map_err(image_error)
+}
+
+/// The most pixels an input image may have (64 megapixels: 16384 x 4096, 8192 x 8192, ...),
+/// checked from its header before any pixel is decoded, so a small file that claims a huge
+/// size (a decompression bomb) is refused without the memory.
+pub const MAX_INPUT_PIXELS: u64 = 64 << 20;
+
+/// The most bytes decoding one input image may allocate.
+const MAX_DECODE_ALLOC: u64 = 1 << 30;
+
+/// Decodes PNG, JPEG or WebP bytes to RGB8 within [`MAX_INPUT_PIXELS`]; the error is the
+/// message alone (callers add the source).
+pub(crate) fn decode_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let reader = ::image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_INPUT_PIXELS {
+        return Err(format!(
+            "{width}x{height} is {:.0} megapixels, more than the {} megapixels an input image may \
+             have",
+            pixels as f64 / (1 << 20) as f64,
+            MAX_INPUT_PIXELS >> 20
+        ));
+    }
+    let mut reader = ::image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let mut limits = ::image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
     Ok(decoded.to_rgb8())
 }
 

@@ -186,7 +186,7 @@ impl StableDiffusion {
 
         check(Progress::Decoding)?;
         let start = Instant::now();
-        let images = decoder.decode_latents(&latents)?;
+        let images = decoder.decode_latents(&latents, request.vae_tiling == Some(true))?;
         timings.decoding = start.elapsed();
         Ok(Generation {
             images,
@@ -264,6 +264,25 @@ impl StableDiffusion {
         Ok(())
     }
 
+    /// About how many bytes decoding `batch` images of `width` x `height` in one piece takes:
+    /// the decoder's largest activation (channels times pixels at the resolution of each up
+    /// block) times the few buffers alive around a resnet.
+    pub fn untiled_decode_bytes(&self, width: usize, height: usize, batch: usize) -> u64 {
+        const LIVE_BUFFERS: u64 = 4;
+        let pixels = (width * height) as u64;
+        let largest = self
+            .vae
+            .config()
+            .block_out_channels
+            .iter()
+            .enumerate()
+            .map(|(level, &channels)| channels as u64 * (pixels >> (2 * level)))
+            .max()
+            .unwrap_or(0);
+        let element = self.vae_dtype.size_in_bytes() as u64;
+        largest * element * batch as u64 * LIVE_BUFFERS
+    }
+
     /// The training timesteps of the model's schedule.
     fn train_timesteps(&self) -> usize {
         self.scheduler_config
@@ -333,8 +352,9 @@ impl StableDiffusion {
         }
     }
 
-    /// Decodes final latents to images, in the VAE's dtype (f32 when it must be upcast).
-    fn decode_latents(&self, latents: &Tensor) -> Result<Vec<image::RgbImage>> {
+    /// Decodes final latents to images, in the VAE's dtype (f32 when it must be upcast), in
+    /// tiles when `tiled` and the latents are larger than one.
+    fn decode_latents(&self, latents: &Tensor, tiled: bool) -> Result<Vec<image::RgbImage>> {
         let latents = latents.to_dtype(self.vae_dtype)?;
         let scaling = self.vae.config().scaling_factor;
         let unscaled = match self.latent_stats(&latents)? {
@@ -344,7 +364,11 @@ impl StableDiffusion {
                 .broadcast_add(&mean)?,
             None => (&latents / scaling)?,
         };
-        let decoded = self.vae.decode(&unscaled)?;
+        let decoded = if tiled {
+            self.vae.decode_tiled(&unscaled)?
+        } else {
+            self.vae.decode(&unscaled)?
+        };
         crate::image::tensor_to_images(&decoded.to_dtype(DType::F32)?)
     }
 

@@ -91,6 +91,9 @@ impl GenerationRequest {
         if self.eta_noise_seed_delta != 0 {
             info.push("ENSD", self.eta_noise_seed_delta);
         }
+        if self.vae_tiling == Some(true) {
+            info.push("VAE tiling", "True");
+        }
         self.push_sampler_options(&mut info);
         info
     }
@@ -188,6 +191,9 @@ impl GenerationRequest {
         options.rescale_zero_snr = info.get("Zero terminal SNR") == Some("True");
         if let Some(v) = info.get("Schedule type") {
             request.schedule = v.parse()?;
+        }
+        if let Some(v) = info.get("VAE tiling") {
+            request.vae_tiling = Some(v.trim().eq_ignore_ascii_case("true"));
         }
         if let Some(v) = info.get("Clip skip") {
             request.clip_skip = number("Clip skip", v)?;

@@ -20,6 +20,7 @@ mod family;
 mod hires;
 mod infotext;
 mod inpaint;
+pub mod memory;
 mod model;
 mod precision;
 pub mod refiner;

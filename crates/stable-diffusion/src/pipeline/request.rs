@@ -150,6 +150,11 @@ pub struct GenerationRequest {
     pub negative_aesthetic_score: f64,
     /// A VAE that decodes instead of the model's (a name of the store's `VAE` folder or a path).
     pub vae: Option<String>,
+    /// Decode the latents in overlapping tiles (diffusers' `enable_tiling`), which bounds the
+    /// decoder's memory at any size but blends the seams: `Some(true)` always (where the image
+    /// is larger than one tile), `Some(false)` never, `None` only when the untiled decode
+    /// would not fit in the memory available (the run reports the choice back).
+    pub vae_tiling: Option<bool>,
     /// Networks applied for this request, beside the prompt's `<lora:name:weight>` tags.
     pub loras: Vec<NetworkRef>,
     /// Textual-inversion embeddings loaded for this request whatever the prompt says (names or
@@ -204,6 +209,7 @@ impl Default for GenerationRequest {
             aesthetic_score: 6.0,
             negative_aesthetic_score: 2.5,
             vae: None,
+            vae_tiling: None,
             loras: Vec::new(),
             embeddings: Vec::new(),
             sampler_options: SamplerOptions::default(),

@@ -232,6 +232,7 @@ pub fn run(
     request.width.get_or_insert(model.native_size());
     request.height.get_or_insert(model.native_size());
     request.validate(model.spatial_factor())?;
+    choose_vae_tiling(&mut request, &model, &mut warnings);
 
     let (width, height) = (request.width_px() as u32, request.height_px() as u32);
     let device = options.device.clone();
@@ -277,6 +278,37 @@ pub fn run(
         timings: generation.timings,
         warnings,
     })
+}
+
+/// Decides an unset `vae_tiling`: tiles only when the untiled decode of the final image (after
+/// a hires pass) needs more memory than the machine has available now; says so when it tiles.
+fn choose_vae_tiling(
+    request: &mut GenerationRequest,
+    model: &StableDiffusion,
+    warnings: &mut Vec<String>,
+) {
+    if request.vae_tiling.is_some() {
+        return;
+    }
+    let (width, height) = match &request.hires {
+        Some(hires) => hires.target_size(
+            request.width_px(),
+            request.height_px(),
+            model.spatial_factor(),
+        ),
+        None => (request.width_px(), request.height_px()),
+    };
+    let needed = model.untiled_decode_bytes(width, height, request.batch_size.max(1));
+    let available = super::memory::available_memory();
+    if needed > available {
+        request.vae_tiling = Some(true);
+        warnings.push(format!(
+            "decoding the VAE in tiles: a {width}x{height} decode in one piece needs about \
+             {:.1} GB, {:.1} GB are available (--vae-tiling forces tiles)",
+            needed as f64 / 1e9,
+            available as f64 / 1e9
+        ));
+    }
 }
 
 /// The model at `path` loaded with `options` and, when given, the VAE at `vae`, from the

@@ -180,16 +180,9 @@ impl Default for ModelCache {
     }
 }
 
-/// Half the machine's memory (`MemTotal` of `/proc/meminfo`), or 8 GB where that is unknown.
+/// Half the machine's memory (`MemTotal` of `/proc/meminfo`).
 fn default_cache_budget() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024 / 2)
-        })
-        .unwrap_or(8_000_000_000)
+    super::memory::total_memory() / 2
 }
 
 /// The bytes of the files under `path` (a file, or a folder and its subfolders, at most 8

@@ -227,6 +227,76 @@ impl AutoencoderKL {
         DiagonalGaussian::from_moments(&moments)
     }
 
+    /// The tile sizes of diffusers' tiled decoding for this VAE: `(latent, sample)` with the
+    /// sample tile the config's `sample_size` and the latent tile that divided by the
+    /// downsampling factor.
+    pub fn tile_sizes(&self) -> (usize, usize) {
+        let sample = match &self.config.sample_size {
+            config::SampleSize::Square(s) => *s,
+            config::SampleSize::Rect(v) => v.first().copied().unwrap_or(512),
+        }
+        .max(8);
+        let factor = 1usize << self.config.block_out_channels.len().saturating_sub(1);
+        ((sample / factor).max(1), sample)
+    }
+
+    /// Whether latents of `h` x `w` are larger than one tile (tiled decoding changes them).
+    pub fn tiles_needed(&self, h: usize, w: usize) -> bool {
+        let (tile, _) = self.tile_sizes();
+        h > tile || w > tile
+    }
+
+    /// [`Vae::decode`] in overlapping tiles, as diffusers' `AutoencoderKL.tiled_decode`: tiles of
+    /// the latent tile size every ¾ tile, each decoded alone, each blended linearly over a
+    /// quarter tile into its already blended upper and left neighbours, then cropped to ¾ tile
+    /// and joined. Memory is that of one tile; the seams are blended, not exact.
+    /// Latents that fit in one tile decode whole, as diffusers' `decode` dispatches.
+    pub fn decode_tiled(&self, latents: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = latents.dims4()?;
+        if !self.tiles_needed(h, w) {
+            return self.decode(latents);
+        }
+        let (tile, sample_tile) = self.tile_sizes();
+        let overlap = ((tile as f64) * (1.0 - TILE_OVERLAP)) as usize;
+        let overlap = overlap.max(1);
+        let blend_extent = ((sample_tile as f64) * TILE_OVERLAP) as usize;
+        let row_limit = sample_tile - blend_extent;
+        let mut rows: Vec<Vec<Tensor>> = Vec::new();
+        for i in (0..h).step_by(overlap) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(overlap) {
+                let part = latents
+                    .narrow(2, i, tile.min(h - i))?
+                    .narrow(3, j, tile.min(w - j))?;
+                row.push(self.decode(&part)?);
+            }
+            rows.push(row);
+        }
+        let mut joined_rows = Vec::with_capacity(rows.len());
+        for i in 0..rows.len() {
+            let mut joined = Vec::with_capacity(rows[i].len());
+            for j in 0..rows[i].len() {
+                let mut tile = rows[i][j].clone();
+                if i > 0 {
+                    tile = blend(&rows[i - 1][j], &tile, blend_extent, 2)?;
+                }
+                if j > 0 {
+                    tile = blend(&rows[i][j - 1], &tile, blend_extent, 3)?;
+                }
+                // Later tiles blend into this one as diffusers' in-place blending leaves it.
+                rows[i][j] = tile.clone();
+                let (_, _, th, tw) = tile.dims4()?;
+                joined.push(tile.narrow(2, 0, row_limit.min(th))?.narrow(
+                    3,
+                    0,
+                    row_limit.min(tw),
+                )?);
+            }
+            joined_rows.push(Tensor::cat(&joined, 3)?);
+        }
+        Ok(Tensor::cat(&joined_rows, 2)?)
+    }
+
     /// Latents `(B, latent, h, w)`, already divided by `scaling_factor` → images
     /// `(B, 3, h·f, w·f)`, roughly in `[-1, 1]`.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
@@ -246,4 +316,33 @@ impl AutoencoderKL {
         };
         self.decoder.forward(&z)
     }
+}
+
+/// The fraction of a tile that neighbouring tiles share (diffusers' `tile_overlap_factor`).
+const TILE_OVERLAP: f64 = 0.25;
+
+/// diffusers' `blend_v` (`axis` 2) / `blend_h` (`axis` 3): the first `extent` rows (columns) of
+/// `b` fade in from the last ones of `a`, `a·(1 − k/extent) + b·(k/extent)` at offset k.
+fn blend(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tensor> {
+    let extent = extent.min(a.dim(axis)?).min(b.dim(axis)?);
+    if extent == 0 {
+        return Ok(b.clone());
+    }
+    let mut shape = [1usize; 4];
+    shape[axis] = extent;
+    let weights: Vec<f32> = (0..extent)
+        .map(|k| (k as f64 / extent as f64) as f32)
+        .collect();
+    let keep: Vec<f32> = (0..extent)
+        .map(|k| (1.0 - k as f64 / extent as f64) as f32)
+        .collect();
+    let device = b.device();
+    let dtype = b.dtype();
+    let weights = Tensor::from_vec(weights, &shape, device)?.to_dtype(dtype)?;
+    let keep = Tensor::from_vec(keep, &shape, device)?.to_dtype(dtype)?;
+    let a_end = a.narrow(axis, a.dim(axis)? - extent, extent)?;
+    let b_start = b.narrow(axis, 0, extent)?;
+    let faded = (a_end.broadcast_mul(&keep)? + b_start.broadcast_mul(&weights)?)?;
+    let rest = b.narrow(axis, extent, b.dim(axis)? - extent)?;
+    Ok(Tensor::cat(&[&faded, &rest], axis)?)
 }
