@@ -204,7 +204,7 @@ SCHEDULES = {
 A1111_DEFAULT = {
     "dpmpp_2m": "karras", "dpmpp_sde": "karras", "dpmpp_2s_a": "karras", "dpm2": "karras",
     "dpm2_a": "karras", "dpmpp_2m_sde": "exponential", "dpmpp_2m_sde_heun": "exponential",
-    "dpmpp_3m_sde": "exponential",
+    "dpmpp_3m_sde": "exponential", "restart": "karras",
 }
 DISCARD = {"dpm2", "dpm2_a", "dpmpp_3m_sde"}
 
@@ -273,6 +273,52 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None):
     return x
 
 
+@torch.no_grad()
+def sample_restart(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.0):
+    """A1111's Restart sampler (modules/sd_samplers_extra.py, restart_sampler with its automatic
+    restart list), restated: Heun steps down the list; from 20 steps the list becomes Karras
+    sigmas with fewer steps, and after the step that reaches the sigma nearest 0.1 the run jumps
+    back to the sigma nearest 2 (fresh noise for the difference) and walks Karras steps down
+    again, once (9 steps) or from 36 steps twice (steps // 4 each)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    n = len(sigmas) - 1
+    restart = None
+    if n >= 20:
+        length, times = (n // 4, 2) if n >= 36 else (9, 1)
+        sigmas = sampling.get_sigmas_karras(n - length * times, sigmas[-2].item(),
+                                            sigmas[0].item())
+        restart = (length + 1, times)
+    pairs = []
+    at = int(torch.argmin(abs(sigmas - 0.1), dim=0)) if restart else None
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if restart and i + 1 == at:
+            top = int(torch.argmin(abs(sigmas - 2), dim=0))
+            if top < at:
+                segment = sampling.get_sigmas_karras(restart[0], sigmas[at].item(),
+                                                     sigmas[top].item())[:-1]
+                for _ in range(restart[1]):
+                    pairs.extend(zip(segment[:-1], segment[1:]))
+    last = None
+    for step, (hi, lo) in enumerate(pairs):
+        if last is not None and last < hi:
+            x = x + torch.randn_like(x) * s_noise * (hi ** 2 - last ** 2) ** 0.5
+        denoised = model(x, hi * s_in, **extra_args)
+        d = sampling.to_d(x, hi, denoised)
+        if callback is not None:
+            callback({"x": x, "i": step, "sigma": lo, "sigma_hat": hi, "denoised": denoised})
+        dt = lo - hi
+        if lo == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = sampling.to_d(x_2, lo, model(x_2, lo * s_in, **extra_args))
+            x = x + (d + d_2) / 2 * dt
+        last = lo
+    return x
+
+
 def sampler_fn(sampler, x, opts):
     """The k-diffusion call for our sampler name, with a randn noise sampler where needed."""
     randn_noise = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
@@ -294,6 +340,7 @@ def sampler_fn(sampler, x, opts):
         "dpmpp_3m_sde": lambda m, x, s, cb: sampling.sample_dpmpp_3m_sde(m, x, s, callback=cb, disable=True, eta=eta, s_noise=s_noise, noise_sampler=randn_noise),
         "ipndm": lambda m, x, s, cb: sample_ipndm(m, x, s, callback=cb, disable=True),
         "lcm": lambda m, x, s, cb: sample_lcm(m, x, s, callback=cb, disable=True),
+        "restart": lambda m, x, s, cb: sample_restart(m, x, s, callback=cb, disable=True, s_noise=s_noise),
     }
     return table[sampler]
 
@@ -453,6 +500,12 @@ def make(root):
     add("dpm_adaptive_karras_v_8", "dpm_adaptive", "karras", SD15_V, 8)
     add("dpm_adaptive_img2img_0.6", "dpm_adaptive", "default", SD15, 12, strength=0.6)
     add("dpm_adaptive_eta_0", "dpm_adaptive", "default", SD15, 20, opts={"eta": 0.0})
+    # Restart: no restart under 20 steps, one of 9 steps from 20, two of steps // 4 from 36.
+    add("restart_default_eps_10", "restart", "default", SD15, 10)
+    add("restart_default_eps_20", "restart", "default", SD15, 20)
+    add("restart_default_v_40", "restart", "default", SD15_V, 40)
+    add("restart_discrete_eps_24", "restart", "discrete", SD15, 24, opts={"s_noise": 0.9})
+    add("restart_img2img_0.6", "restart", "default", SD15, 40, strength=0.6)
 
     # Schedule-only checks (no loop): more step counts, and the SDXL AYS table.
     m = model_for(SD15)

@@ -6,8 +6,8 @@ use super::a1111_timesteps::TimestepSampler;
 use super::kdiff::SigmaSampler;
 use super::{
     a1111_ddim, a1111_unipc, ddim, ddpm, deis, dpm2, dpmpp_2m, dpmpp_2s, dpmpp_sde, euler, euler_a,
-    heun, k_dpm_solver, k_dpmpp, k_euler, k_heun, k_lcm, k_lms, lcm, lms, pndm, tcd, unipc,
-    ResolvedConfig, Sampler, SamplerKind, SigmaSchedule, ZeroSnr,
+    heun, k_dpm_solver, k_dpmpp, k_euler, k_heun, k_lcm, k_lms, k_restart, lcm, lms, pndm, tcd,
+    unipc, ResolvedConfig, Sampler, SamplerKind, SigmaSchedule, ZeroSnr,
 };
 use crate::Result;
 
@@ -88,7 +88,7 @@ pub struct SamplerInfo {
 }
 
 /// Every sampler, in display order.
-pub const CATALOG: [SamplerInfo; 23] = [
+pub const CATALOG: [SamplerInfo; 24] = [
     SamplerInfo {
         kind: SamplerKind::Euler,
         name: "euler",
@@ -390,6 +390,24 @@ pub const CATALOG: [SamplerInfo; 23] = [
         walks_own_timesteps: false,
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
+        discards_next_to_last_sigma: false,
+    },
+    SamplerInfo {
+        kind: SamplerKind::Restart,
+        name: "restart",
+        a1111_name: "Restart",
+        a1111_alias: None,
+        description:
+            "Restart (A1111): Heun steps, from 20 steps with jumps back from sigma 0.1 to 2",
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "restart_sampler (A1111)",
+            run: KRun::Sigmas(k_restart::sample_restart),
+        }),
+        evaluates_twice_per_step: true,
+        walks_own_timesteps: false,
+        zero_snr: None,
+        a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
     },
     SamplerInfo {

@@ -73,6 +73,7 @@ pub mod k_euler;
 pub mod k_heun;
 pub mod k_lcm;
 pub mod k_lms;
+pub mod k_restart;
 pub mod kdiff;
 pub mod lcm;
 pub mod lms;
@@ -140,6 +141,8 @@ pub enum SamplerKind {
     DpmFast,
     /// DPM-Solver-23 with adaptive step size (k-diffusion).
     DpmAdaptive,
+    /// A1111's Restart sampler: Heun steps with jumps back up to a higher noise level.
+    Restart,
 }
 
 /// Which reference a sampler reproduces: diffusers' scheduler class or k-diffusion's
