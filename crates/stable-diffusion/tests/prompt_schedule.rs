@@ -39,7 +39,7 @@ fn prompt_schedules_match_a1111_rules_on_every_fixture_case() {
                 text: entry[1].as_str().unwrap().to_string(),
             })
             .collect();
-        let actual = prompt_schedule(prompt, steps);
+        let actual = prompt_schedule(prompt, steps).unwrap();
         if actual != expected {
             failures.push(format!(
                 "{name} {prompt:?}: expected {expected:?}, got {actual:?}"
@@ -51,11 +51,11 @@ fn prompt_schedules_match_a1111_rules_on_every_fixture_case() {
 
 #[test]
 fn step_counters_pick_the_first_entry_that_has_not_ended() {
-    let schedule = prompt_schedule("a [b:3]", ScheduleSteps::Single(10));
+    let schedule = prompt_schedule("a [b:3]", ScheduleSteps::Single(10)).unwrap();
     // A1111's denoiser counts from 0: counters 0..=3 still use the text ending at step 3.
     let picked: Vec<usize> = (0..=11).map(|c| schedule_index(&schedule, c)).collect();
     assert_eq!(picked, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0]);
-    let alternating = prompt_schedule("[a|b]", ScheduleSteps::Single(4));
+    let alternating = prompt_schedule("[a|b]", ScheduleSteps::Single(4)).unwrap();
     let texts: Vec<&str> = (0..4)
         .map(|c| alternating[schedule_index(&alternating, c)].text.as_str())
         .collect();

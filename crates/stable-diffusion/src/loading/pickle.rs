@@ -211,11 +211,17 @@ impl Value {
     }
 }
 
-/// One entry of the stack: a value or a MARK.
+/// How deep containers (lists, tuples, dicts) may nest in a checkpoint pickle. A state dict
+/// nests a few levels; the bound keeps every walk over the rebuilt value (and dropping it)
+/// from overflowing the stack.
+pub const MAX_NESTING: usize = 128;
+
+/// One entry of the stack: a MARK, or a value and how deep its containers nest (1 for a
+/// value that holds no other).
 #[derive(Debug)]
 enum Slot {
     Mark,
-    Value(Value),
+    Value(Value, usize),
 }
 
 /// Interprets `bytes` as a checkpoint pickle and returns the value it builds. Errors are
@@ -242,8 +248,9 @@ struct Unpickler<'a> {
     bytes: &'a [u8],
     pos: usize,
     stack: Vec<Slot>,
-    memo: HashMap<u32, Value>,
-    /// How many values BINGET may still copy (a bound against pickles built to exhaust memory).
+    /// Memoized values, with their nesting depth.
+    memo: HashMap<u32, (Value, usize)>,
+    /// How many values BINGET, PUT and DUP may still copy (a bound against pickles built to exhaust memory).
     clone_budget: usize,
 }
 
@@ -294,27 +301,48 @@ impl Unpickler<'_> {
             .map_err(|_| "a pickled string is not valid UTF-8".to_string())
     }
 
+    /// Pushes a value that holds no other.
     fn push(&mut self, value: Value) {
-        self.stack.push(Slot::Value(value));
+        self.stack.push(Slot::Value(value, 1));
+    }
+
+    /// Pushes a value whose containers nest `depth` deep, refusing more than [`MAX_NESTING`].
+    fn push_nested(&mut self, value: Value, depth: usize) -> Result<(), String> {
+        check_depth(depth)?;
+        self.stack.push(Slot::Value(value, depth));
+        Ok(())
     }
 
     fn pop(&mut self) -> Result<Value, String> {
+        self.pop_nested().map(|(value, _)| value)
+    }
+
+    /// Pops a value and its nesting depth.
+    fn pop_nested(&mut self) -> Result<(Value, usize), String> {
         match self.stack.pop() {
-            Some(Slot::Value(v)) => Ok(v),
+            Some(Slot::Value(v, depth)) => Ok((v, depth)),
             Some(Slot::Mark) => Err("a MARK where a value was expected".into()),
             None => Err("the pickle pops an empty stack".into()),
         }
     }
 
-    fn top(&mut self) -> Result<&mut Value, String> {
+    /// The top value, for adding to it `items` nested `depth` deep (its depth grows to fit).
+    fn top_for(&mut self, depth: usize) -> Result<&mut Value, String> {
         match self.stack.last_mut() {
-            Some(Slot::Value(v)) => Ok(v),
+            Some(Slot::Value(v, own)) => {
+                if depth > 0 {
+                    check_depth(depth + 1)?;
+                    *own = (*own).max(depth + 1);
+                }
+                Ok(v)
+            }
             _ => Err("no value on the stack".into()),
         }
     }
 
-    /// Pops everything down to the last MARK (removed too).
-    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+    /// Pops everything down to the last MARK (removed too), with the deepest nesting among
+    /// the values (0 when there are none).
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, usize), String> {
         let mark = self
             .stack
             .iter()
@@ -322,36 +350,47 @@ impl Unpickler<'_> {
             .ok_or("the pickle has no MARK where one is needed")?;
         let items = self.stack.split_off(mark + 1);
         self.stack.pop();
-        Ok(items
+        let mut deepest = 0;
+        let values = items
             .into_iter()
             .map(|s| match s {
-                Slot::Value(v) => v,
+                Slot::Value(v, depth) => {
+                    deepest = deepest.max(depth);
+                    v
+                }
                 Slot::Mark => unreachable!("marks end at the last one"),
             })
-            .collect())
+            .collect();
+        Ok((values, deepest))
     }
 
-    fn memo_get(&mut self, key: u32) -> Result<(), String> {
-        let value = self
-            .memo
-            .get(&key)
-            .ok_or_else(|| format!("the pickle reads memo slot {key}, which was never written"))?;
+    /// Takes the cost of copying `value` from the clone budget.
+    fn charge(&mut self, value: &Value) -> Result<(), String> {
         let weight = value.weight();
         if weight > self.clone_budget {
             return Err("the pickle copies more data than a checkpoint can hold".into());
         }
         self.clone_budget -= weight;
-        let value = value.clone();
-        self.push(value);
         Ok(())
     }
 
+    fn memo_get(&mut self, key: u32) -> Result<(), String> {
+        let (value, depth) = self
+            .memo
+            .get(&key)
+            .ok_or_else(|| format!("the pickle reads memo slot {key}, which was never written"))?;
+        let (value, depth) = (value.clone(), *depth);
+        self.charge(&value)?;
+        self.push_nested(value, depth)
+    }
+
     fn memo_put(&mut self, key: u32) -> Result<(), String> {
-        let value = match self.stack.last() {
-            Some(Slot::Value(v)) => v.clone(),
+        let (value, depth) = match self.stack.last() {
+            Some(Slot::Value(v, depth)) => (v.clone(), *depth),
             _ => return Err("the pickle memoizes a MARK or an empty stack".into()),
         };
-        self.memo.insert(key, value);
+        self.charge(&value)?;
+        self.memo.insert(key, (value, depth));
         Ok(())
     }
 
@@ -372,7 +411,7 @@ impl Unpickler<'_> {
     }
 
     fn reduce(&mut self) -> Result<(), String> {
-        let args = self.pop()?;
+        let (args, depth) = self.pop_nested()?;
         let callable = self.pop()?;
         let Value::Callable(GlobalHandle(global)) = callable else {
             return Err(format!(
@@ -409,8 +448,8 @@ impl Unpickler<'_> {
                 return Err("the pickle constructs a storage directly (not supported)".into())
             }
         };
-        self.push(value);
-        Ok(())
+        // The result nests no deeper than its arguments.
+        self.push_nested(value, depth)
     }
 
     fn persistent_load(&mut self) -> Result<(), String> {
@@ -554,59 +593,58 @@ impl Unpickler<'_> {
                     self.push(Value::Bytes(bytes))
                 }
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::Tuple(items), depth + 1)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
+                    let mut deepest = 0;
                     for _ in 0..n {
-                        items.push(self.pop()?);
+                        let (item, depth) = self.pop_nested()?;
+                        deepest = deepest.max(depth);
+                        items.push(item);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items))
+                    self.push_nested(Value::Tuple(items), deepest + 1)?
                 }
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items))
+                b'l' | 0x91 => {
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::List(items), depth + 1)?
                 }
                 b'a' => {
-                    let item = self.pop()?;
-                    match self.top()? {
+                    let (item, depth) = self.pop_nested()?;
+                    match self.top_for(depth)? {
                         Value::List(list) => list.push(item),
                         other => return Err(format!("APPEND to a {}", other.kind())),
                     }
                 }
                 b'e' | 0x90 => {
-                    let items = self.pop_mark()?;
-                    match self.top()? {
+                    let (items, depth) = self.pop_mark()?;
+                    match self.top_for(depth)? {
                         Value::List(list) => list.extend(items),
                         other => return Err(format!("APPENDS to a {}", other.kind())),
                     }
                 }
                 b'd' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Dict(pairs(items)?))
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_nested(Value::Dict(pairs(items)?), depth + 1)?
                 }
                 b's' => {
-                    let value = self.pop()?;
-                    let key = self.pop()?;
-                    match self.top()? {
+                    let (value, value_depth) = self.pop_nested()?;
+                    let (key, key_depth) = self.pop_nested()?;
+                    match self.top_for(value_depth.max(key_depth))? {
                         Value::Dict(dict) => dict.push((key, value)),
                         other => return Err(format!("SETITEM on a {}", other.kind())),
                     }
                 }
                 b'u' => {
-                    let items = self.pop_mark()?;
+                    let (items, depth) = self.pop_mark()?;
                     let items = pairs(items)?;
-                    match self.top()? {
+                    match self.top_for(depth)? {
                         Value::Dict(dict) => dict.extend(items),
                         other => return Err(format!("SETITEMS on a {}", other.kind())),
                     }
-                }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items))
                 }
                 b'q' => {
                     let key = self.u8()?;
@@ -671,7 +709,7 @@ impl Unpickler<'_> {
                     // BUILD sets an object's state; dicts and tensors have none to set, and
                     // the state is data only, so it is dropped.
                     let _state = self.pop()?;
-                    match self.top()? {
+                    match self.top_for(0)? {
                         Value::Dict(_) | Value::Tensor(_) => {}
                         other => return Err(format!("BUILD on a {}", other.kind())),
                     }
@@ -685,8 +723,12 @@ impl Unpickler<'_> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let top = self.top()?.clone();
-                    self.push(top)
+                    let (top, depth) = match self.stack.last() {
+                        Some(Slot::Value(v, depth)) => (v.clone(), *depth),
+                        _ => return Err("DUP of a MARK or an empty stack".into()),
+                    };
+                    self.charge(&top)?;
+                    self.push_nested(top, depth)?
                 }
                 other => {
                     return Err(format!(
@@ -696,6 +738,15 @@ impl Unpickler<'_> {
             }
         }
     }
+}
+
+fn check_depth(depth: usize) -> Result<(), String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "the pickle nests lists, tuples or dicts more than {MAX_NESTING} levels deep"
+        ));
+    }
+    Ok(())
 }
 
 fn refusal(module: &str, name: &str) -> String {

@@ -373,10 +373,11 @@ impl StableDiffusion {
         let options = TextOptions::of(request);
         // A1111 cuts the extra-network tags out before it reads the schedule.
         let schedule_of = |prompt: &str| prompt_schedule(&extract_extra_networks(prompt).0, steps);
-        let cond_schedule = schedule_of(&request.prompt);
+        let cond_schedule = schedule_of(&request.prompt)?;
         let uncond_schedule = request
             .uses_cfg()
-            .then(|| schedule_of(&request.negative_prompt));
+            .then(|| schedule_of(&request.negative_prompt))
+            .transpose()?;
 
         let mut texts: Vec<&str> = Vec::new();
         for entry in cond_schedule.iter().chain(uncond_schedule.iter().flatten()) {

@@ -26,6 +26,14 @@
 //! the attention parser's business). A `|` outside any alternation, or a backslash at the very
 //! end, makes A1111's grammar reject the whole prompt: it is then used as written at every step.
 
+use std::collections::HashSet;
+
+use crate::{Error, Result};
+
+/// How deep brackets may nest in a prompt read for its schedule (A1111 prompts nest a few
+/// levels; deeper nesting is refused rather than read with unbounded recursion).
+pub const MAX_PROMPT_NESTING: usize = 100;
+
 /// The steps a schedule is computed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleSteps {
@@ -64,17 +72,26 @@ enum Node {
     Alternate(Vec<Vec<Node>>),
 }
 
-/// A1111's schedule of `prompt` for `steps` (see the module documentation).
-pub fn prompt_schedule(prompt: &str, steps: ScheduleSteps) -> Vec<ScheduledText> {
+/// A1111's schedule of `prompt` for `steps` (see the module documentation). Brackets nested
+/// more than [`MAX_PROMPT_NESTING`] deep are an error.
+pub fn prompt_schedule(prompt: &str, steps: ScheduleSteps) -> Result<Vec<ScheduledText>> {
     let (total, int_offset, frac_offset) = match steps {
         ScheduleSteps::Single(steps) => (steps, 0.0, 0.0),
         ScheduleSteps::Hires { first_pass, steps } => (steps, first_pass as f64, 1.0),
     };
-    let Some(nodes) = Parser::new(prompt).top() else {
-        return vec![ScheduledText {
+    let mut parser = Parser::new(prompt);
+    let parsed = parser.top();
+    if parser.too_deep {
+        return Err(Error::invalid(
+            "prompt",
+            format!("brackets nest more than {MAX_PROMPT_NESTING} levels deep"),
+        ));
+    }
+    let Some(nodes) = parsed else {
+        return Ok(vec![ScheduledText {
             end_at_step: total,
             text: prompt.to_string(),
-        }];
+        }]);
     };
     let resolve = |when: &str| -> i64 {
         let value: f64 = when.parse().unwrap_or(0.0);
@@ -87,10 +104,12 @@ pub fn prompt_schedule(prompt: &str, steps: ScheduleSteps) -> Vec<ScheduledText>
         at.trunc().min(total as f64) as i64
     };
     let mut boundaries = vec![total];
-    collect_boundaries(&nodes, &resolve, total, &mut boundaries);
+    if collect_boundaries(&nodes, &resolve, &mut boundaries) {
+        boundaries.extend(1..=total);
+    }
     boundaries.sort_unstable();
     boundaries.dedup();
-    boundaries
+    Ok(boundaries
         .into_iter()
         .map(|step| {
             let mut text = String::new();
@@ -100,7 +119,7 @@ pub fn prompt_schedule(prompt: &str, steps: ScheduleSteps) -> Vec<ScheduledText>
                 text,
             }
         })
-        .collect()
+        .collect())
 }
 
 /// The entry of `schedule` that step counter `counter` (0-based, one per model evaluation)
@@ -112,12 +131,10 @@ pub fn schedule_index(schedule: &[ScheduledText], counter: usize) -> usize {
         .unwrap_or(0)
 }
 
-fn collect_boundaries(
-    nodes: &[Node],
-    resolve: &dyn Fn(&str) -> i64,
-    total: usize,
-    out: &mut Vec<usize>,
-) {
+/// Pushes the steps at which an edit in `nodes` switches; returns whether `nodes` hold an
+/// alternation (which makes every step a boundary).
+fn collect_boundaries(nodes: &[Node], resolve: &dyn Fn(&str) -> i64, out: &mut Vec<usize>) -> bool {
+    let mut alternates = false;
     for node in nodes {
         match node {
             Node::Text(_) => {}
@@ -131,18 +148,19 @@ fn collect_boundaries(
                     out.push(at as usize);
                 }
                 if let Some(before) = before {
-                    collect_boundaries(before, resolve, total, out);
+                    alternates |= collect_boundaries(before, resolve, out);
                 }
-                collect_boundaries(after, resolve, total, out);
+                alternates |= collect_boundaries(after, resolve, out);
             }
             Node::Alternate(options) => {
-                out.extend(1..=total);
+                alternates = true;
                 for option in options {
-                    collect_boundaries(option, resolve, total, out);
+                    collect_boundaries(option, resolve, out);
                 }
             }
         }
     }
+    alternates
 }
 
 fn render(nodes: &[Node], step: usize, resolve: &dyn Fn(&str) -> i64, out: &mut String) {
@@ -172,10 +190,17 @@ fn render(nodes: &[Node], step: usize, resolve: &dyn Fn(&str) -> i64, out: &mut 
 
 /// A recursive-descent reading of A1111's schedule grammar. At the top level a bracket that
 /// opens no valid construct is a plain character; inside a construct it makes the construct
-/// invalid.
+/// invalid. Nesting is bounded by [`MAX_PROMPT_NESTING`]; a construct that failed at a
+/// position fails there again, so each is tried once (no quadratic re-reading at the top).
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Brackets open around the cursor.
+    depth: usize,
+    /// Set when the nesting went past the limit (the whole parse is then refused).
+    too_deep: bool,
+    /// Positions where a `[...]` or `(...)` construct was read and failed.
+    failed: HashSet<usize>,
 }
 
 impl Parser {
@@ -183,7 +208,30 @@ impl Parser {
         Self {
             chars: text.chars().collect(),
             pos: 0,
+            depth: 0,
+            too_deep: false,
+            failed: HashSet::new(),
         }
+    }
+
+    /// Runs `read` (a bracket construct starting at the cursor) within the nesting limit,
+    /// remembering where it failed.
+    fn nested(&mut self, read: fn(&mut Self) -> Option<Vec<Node>>) -> Option<Vec<Node>> {
+        let start = self.pos;
+        if self.too_deep || self.failed.contains(&start) {
+            return None;
+        }
+        if self.depth >= MAX_PROMPT_NESTING {
+            self.too_deep = true;
+            return None;
+        }
+        self.depth += 1;
+        let found = read(self);
+        self.depth -= 1;
+        if found.is_none() {
+            self.failed.insert(start);
+        }
+        found
     }
 
     fn peek(&self) -> Option<char> {
@@ -198,12 +246,13 @@ impl Parser {
                 '[' | '(' => {
                     let start = self.pos;
                     let construct = if c == '[' {
-                        self.bracket()
+                        self.nested(Self::bracket)
                     } else {
-                        self.paren()
+                        self.nested(Self::paren)
                     };
                     match construct {
                         Some(found) => nodes.extend(found),
+                        None if self.too_deep => return None,
                         None => {
                             self.pos = start + 1;
                             nodes.push(Node::Text(c.to_string()));
@@ -226,8 +275,8 @@ impl Parser {
         let mut nodes = Vec::new();
         while let Some(c) = self.peek() {
             match c {
-                '[' => nodes.extend(self.bracket()?),
-                '(' => nodes.extend(self.paren()?),
+                '[' => nodes.extend(self.nested(Self::bracket)?),
+                '(' => nodes.extend(self.nested(Self::paren)?),
                 ':' | '|' | ']' | ')' => break,
                 _ => nodes.push(self.plain()?),
             }
