@@ -9,6 +9,7 @@ mod default_model;
 pub mod device;
 pub mod error;
 pub mod image;
+pub mod limits;
 pub mod loading;
 pub mod model_family;
 mod names;

@@ -371,6 +371,14 @@ fn check_extent(tensor: &TensorRef, entry_len: usize) -> std::result::Result<(),
     if numel == 0 {
         return Ok(());
     }
+    // Only overlapping (zero) strides reach fewer elements than the view has; refusing them
+    // keeps a few stored bytes from being expanded into a huge tensor.
+    if numel > tensor.storage.numel {
+        return Err(format!(
+            "view of shape {:?} has {numel} elements, more than its storage of {} (overlapping strides are not supported)",
+            tensor.shape, tensor.storage.numel
+        ));
+    }
     let last = tensor
         .shape
         .iter()
@@ -421,23 +429,25 @@ struct ZipEntry {
     local_header: u64,
 }
 
+/// The `n` bytes at `at`, if the file holds them (offsets come from the file: no overflow).
+fn bytes_at(bytes: &[u8], at: usize, n: usize) -> Option<&[u8]> {
+    bytes.get(at..at.checked_add(n)?)
+}
+
 fn read_u16(bytes: &[u8], at: usize) -> std::result::Result<u16, String> {
-    bytes
-        .get(at..at + 2)
+    bytes_at(bytes, at, 2)
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .ok_or_else(|| "the zip archive is truncated".to_string())
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> std::result::Result<u32, String> {
-    bytes
-        .get(at..at + 4)
+    bytes_at(bytes, at, 4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
         .ok_or_else(|| "the zip archive is truncated".to_string())
 }
 
 fn read_u64(bytes: &[u8], at: usize) -> std::result::Result<u64, String> {
-    bytes
-        .get(at..at + 8)
+    bytes_at(bytes, at, 8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
         .ok_or_else(|| "the zip archive is truncated".to_string())
 }

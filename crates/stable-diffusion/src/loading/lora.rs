@@ -137,20 +137,36 @@ struct ModulePatch {
 }
 
 impl ModulePatch {
-    /// The number of elements the delta has.
-    fn delta_len(&self) -> usize {
+    /// The number of elements the delta has, or `None` when the factors do not combine (or
+    /// their product overflows). Computed from the shapes alone, so that factors whose product
+    /// would not fit the weight are refused before anything is multiplied.
+    fn delta_len(&self) -> Option<usize> {
         match &self.factors {
             Factors::Lora { up, down } => {
-                up.dim(0).unwrap_or(0) * down.elem_count() / down.dim(0).unwrap_or(1).max(1)
-            }
-            Factors::Loha { w1a, w1b, t1, .. } => match t1 {
-                Some(t) => {
-                    w1a.dim(1).unwrap_or(0) * w1b.dim(1).unwrap_or(0) * t.elem_count()
-                        / (t.dim(0).unwrap_or(1) * t.dim(1).unwrap_or(1)).max(1)
+                let rank = down.dim(0).ok()?;
+                if up.dims().len() < 2 || up.elem_count() / up.dim(0).ok()?.max(1) != rank {
+                    return None;
                 }
-                None => w1a.dim(0).unwrap_or(0) * w1b.dim(1).unwrap_or(0),
-            },
-            Factors::Lokr { w1, w2, .. } => w1.elem_count() * w2.elem_count(),
+                up.dim(0).ok()?.checked_mul(down.elem_count() / rank.max(1))
+            }
+            Factors::Loha {
+                w1a,
+                w1b,
+                w2a,
+                w2b,
+                t1,
+                t2,
+            } => {
+                let first = loha_len(w1a, w1b, t1.as_ref())?;
+                let second = loha_len(w2a, w2b, t2.as_ref())?;
+                (first == second).then_some(first)
+            }
+            Factors::Lokr { w1, w2, .. } => {
+                if w1.dims().len() != 2 || w2.dims().len() < 2 {
+                    return None;
+                }
+                w1.elem_count().checked_mul(w2.elem_count())
+            }
         }
     }
 
@@ -183,6 +199,29 @@ impl ModulePatch {
             Factors::Lokr { w1, w2, .. } => kron(w1, &w2.flatten_from(1)?)?,
         };
         Ok((delta.reshape(shape)? * self.scale as f64)?)
+    }
+}
+
+/// The element count of one LoHa half, `a @ b` or the Tucker rebuild from `t`, if the
+/// factors' shapes combine.
+fn loha_len(a: &Tensor, b: &Tensor, t: Option<&Tensor>) -> Option<usize> {
+    match t {
+        Some(t) => {
+            let (i, j, k, l) = t.dims4().ok()?;
+            let (i2, p) = a.dims2().ok()?;
+            let (j2, r) = b.dims2().ok()?;
+            if i != i2 || j != j2 {
+                return None;
+            }
+            p.checked_mul(r)?.checked_mul(k)?.checked_mul(l)
+        }
+        None => {
+            let (out, rank) = a.dims2().ok()?;
+            if b.dims().len() < 2 || b.dim(0).ok()? != rank {
+                return None;
+            }
+            out.checked_mul(b.elem_count() / rank.max(1))
+        }
     }
 }
 
@@ -331,15 +370,35 @@ impl LoraFile {
                     Some(rank),
                 )
             } else if parts.keys().any(|p| p.starts_with("lokr_")) {
-                let product =
-                    |whole: &'static str, a: &'static str, b: &'static str| match get(whole) {
-                        Some(w) => Ok((w, None)),
-                        None => {
-                            let b = need(b)?;
-                            let rank = b.dim(0)?;
-                            Ok::<_, Error>((need(a)?.matmul(&b.flatten_from(1)?)?, Some(rank)))
+                let product = |whole: &'static str, a: &'static str, b: &'static str| match get(
+                    whole,
+                ) {
+                    Some(w) => Ok((w, None)),
+                    None => {
+                        let (a_name, b_name) = (a, b);
+                        let b = need(b_name)?.flatten_from(1)?;
+                        let a = need(a_name)?;
+                        let rank = b.dim(0)?;
+                        // The product is built here, before its size is checked against
+                        // the weight: bound it first.
+                        let (rows, inner) = a.dims2()?;
+                        let size = rows
+                            .checked_mul(b.dim(1)?)
+                            .filter(|&n| n <= MAX_LOKR_FACTOR);
+                        if inner != rank || size.is_none() {
+                            return Err(Error::invalid(
+                                    "LoRA",
+                                    format!(
+                                        "`{key}.{a_name}` {:?} and `{key}.{b_name}` {:?} in {} do not make a LoKr factor (at most {MAX_LOKR_FACTOR} values)",
+                                        a.dims(),
+                                        b.dims(),
+                                        self.path.display()
+                                    ),
+                                ));
                         }
-                    };
+                        Ok::<_, Error>((a.matmul(&b)?, Some(rank)))
+                    }
+                };
                 if parts.contains_key("lokr_t2") {
                     return Err(Error::Unsupported {
                         what: "LoKr layout",
@@ -371,6 +430,10 @@ impl LoraFile {
         Ok(modules)
     }
 }
+
+/// The most values a LoKr factor built from `_a @ _b` may have (SDXL's largest layer has
+/// 6.5 million weights).
+const MAX_LOKR_FACTOR: usize = 1 << 26;
 
 /// Key suffixes of a network module, and the part each names.
 const SUFFIXES: &[(&str, &str)] = &[
@@ -498,15 +561,16 @@ impl LoraPatches {
                     continue;
                 };
                 let shape = shape_of(name).unwrap_or_default();
-                let numel: usize = shape.iter().product();
-                if patch.delta_len() != numel {
+                let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if patch.delta_len().is_none() || patch.delta_len() != numel {
+                    let numel = numel.unwrap_or(usize::MAX);
                     return Err(Error::invalid(
                         "LoRA",
                         format!(
                             "`{}` in {} does not fit `{name}` of shape {shape:?} ({} values against {numel})",
                             patch.key,
                             network.path.display(),
-                            patch.delta_len(),
+                            patch.delta_len().map_or("a mismatched set of".to_string(), |n| n.to_string()),
                         ),
                     ));
                 }

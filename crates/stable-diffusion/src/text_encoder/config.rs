@@ -122,6 +122,28 @@ impl ClipTextConfig {
     /// Checks that the numbers make a buildable model.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::config("", format!("CLIP text config: {msg}")));
+        {
+            use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH};
+            for (field, value, max) in [
+                ("vocab_size", self.vocab_size, MAX_VOCAB),
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+                (
+                    "max_position_embeddings",
+                    self.max_position_embeddings,
+                    MAX_POSITIONS,
+                ),
+                ("projection_dim", self.projection_dim, MAX_WIDTH),
+            ] {
+                if value > max {
+                    return bad(format!(
+                        "`{field}` is {value}, more than the {max} this library accepts"
+                    ));
+                }
+            }
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {

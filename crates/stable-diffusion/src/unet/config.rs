@@ -322,6 +322,7 @@ impl UNetConfig {
 
     /// Checks the config and derives every block's shape, as diffusers' constructor does.
     pub(crate) fn layout(&self) -> Result<Layout> {
+        self.check_limits()?;
         self.check_supported()?;
         let blocks = self.down_block_types.len();
         if blocks == 0 {
@@ -491,6 +492,99 @@ impl UNetConfig {
             mid,
             up,
         })
+    }
+
+    /// Refuses sizes beyond [`crate::limits`], naming the field, before anything is built.
+    fn check_limits(&self) -> Result<()> {
+        use crate::limits::MAX_WIDTH;
+        use crate::limits::{all_at_most, at_most, MAX_BLOCKS, MAX_HEADS, MAX_KERNEL, MAX_LAYERS};
+        let p = Path::new("");
+        let per_block = |v: &PerBlock<usize>| match v {
+            PerBlock::Uniform(n) => vec![*n],
+            PerBlock::List(list) => list.clone(),
+        };
+        for (field, count) in [
+            ("number of down_block_types", self.down_block_types.len()),
+            ("number of up_block_types", self.up_block_types.len()),
+            (
+                "number of block_out_channels",
+                self.block_out_channels.len(),
+            ),
+        ] {
+            at_most(p, field, count, MAX_BLOCKS)?;
+        }
+        all_at_most(
+            p,
+            "block_out_channels",
+            self.block_out_channels.clone(),
+            MAX_WIDTH,
+        )?;
+        all_at_most(
+            p,
+            "layers_per_block",
+            per_block(&self.layers_per_block),
+            MAX_LAYERS,
+        )?;
+        all_at_most(
+            p,
+            "cross_attention_dim",
+            per_block(&self.cross_attention_dim),
+            MAX_WIDTH,
+        )?;
+        all_at_most(
+            p,
+            "attention_head_dim",
+            per_block(&self.attention_head_dim),
+            MAX_WIDTH,
+        )?;
+        if let Some(heads) = &self.num_attention_heads {
+            all_at_most(p, "num_attention_heads", per_block(heads), MAX_HEADS)?;
+        }
+        let depths = |list: &[PerBlock<usize>]| -> Vec<usize> {
+            list.iter().flat_map(|entry| per_block(entry)).collect()
+        };
+        match &self.transformer_layers_per_block {
+            TransformerLayers::Uniform(n) => {
+                at_most(p, "transformer_layers_per_block", *n, MAX_LAYERS)?
+            }
+            TransformerLayers::PerBlock(list) => {
+                all_at_most(p, "transformer_layers_per_block", depths(list), MAX_LAYERS)?
+            }
+        }
+        if let Some(list) = &self.reverse_transformer_layers_per_block {
+            all_at_most(
+                p,
+                "reverse_transformer_layers_per_block",
+                depths(list),
+                MAX_LAYERS,
+            )?;
+        }
+        for (field, value) in [
+            ("in_channels", Some(self.in_channels)),
+            ("out_channels", Some(self.out_channels)),
+            ("norm_num_groups", self.norm_num_groups),
+            ("time_embedding_dim", self.time_embedding_dim),
+            ("addition_time_embed_dim", self.addition_time_embed_dim),
+            (
+                "projection_class_embeddings_input_dim",
+                self.projection_class_embeddings_input_dim,
+            ),
+            ("encoder_hid_dim", self.encoder_hid_dim),
+            ("num_class_embeds", self.num_class_embeds),
+            ("time_cond_proj_dim", self.time_cond_proj_dim),
+        ] {
+            at_most(p, field, value.unwrap_or(0), MAX_WIDTH)?;
+        }
+        at_most(
+            p,
+            "addition_embed_type_num_heads",
+            self.addition_embed_type_num_heads,
+            MAX_HEADS,
+        )?;
+        at_most(p, "conv_in_kernel", self.conv_in_kernel, MAX_KERNEL)?;
+        at_most(p, "conv_out_kernel", self.conv_out_kernel, MAX_KERNEL)?;
+        at_most(p, "downsample_padding", self.downsample_padding, MAX_KERNEL)?;
+        Ok(())
     }
 
     /// Rejects settings this implementation does not build, naming them.

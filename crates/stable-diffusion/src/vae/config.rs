@@ -147,6 +147,26 @@ impl VaeConfig {
     pub fn validate(&self) -> Result<()> {
         let levels = self.block_out_channels.len();
         let bad = |msg: String| Err(Error::config("", msg));
+        {
+            use crate::limits::{all_at_most, at_most, MAX_BLOCKS, MAX_LAYERS, MAX_WIDTH};
+            let p = Path::new("");
+            at_most(p, "number of block_out_channels", levels, MAX_BLOCKS)?;
+            all_at_most(
+                p,
+                "block_out_channels",
+                self.block_out_channels.clone(),
+                MAX_WIDTH,
+            )?;
+            at_most(p, "layers_per_block", self.layers_per_block, MAX_LAYERS)?;
+            for (field, value) in [
+                ("in_channels", self.in_channels),
+                ("out_channels", self.out_channels),
+                ("latent_channels", self.latent_channels),
+                ("norm_num_groups", self.norm_num_groups),
+            ] {
+                at_most(p, field, value, MAX_WIDTH)?;
+            }
+        }
         if levels == 0 {
             return bad("block_out_channels is empty".into());
         }
