@@ -1,0 +1,6 @@
+//! Fuzz target `single_file`: see fuzz/README.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = sd_fuzz::targets::single_file(data);
+});
