@@ -541,7 +541,7 @@ impl UNetConfig {
             all_at_most(p, "num_attention_heads", per_block(heads), MAX_HEADS)?;
         }
         let depths = |list: &[PerBlock<usize>]| -> Vec<usize> {
-            list.iter().flat_map(|entry| per_block(entry)).collect()
+            list.iter().flat_map(&per_block).collect()
         };
         match &self.transformer_layers_per_block {
             TransformerLayers::Uniform(n) => {
