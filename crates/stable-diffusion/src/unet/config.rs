@@ -540,9 +540,8 @@ impl UNetConfig {
         if let Some(heads) = &self.num_attention_heads {
             all_at_most(p, "num_attention_heads", per_block(heads), MAX_HEADS)?;
         }
-        let depths = |list: &[PerBlock<usize>]| -> Vec<usize> {
-            list.iter().flat_map(&per_block).collect()
-        };
+        let depths =
+            |list: &[PerBlock<usize>]| -> Vec<usize> { list.iter().flat_map(&per_block).collect() };
         match &self.transformer_layers_per_block {
             TransformerLayers::Uniform(n) => {
                 at_most(p, "transformer_layers_per_block", *n, MAX_LAYERS)?
