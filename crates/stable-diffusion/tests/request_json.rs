@@ -32,6 +32,7 @@ fn everything() -> GenerationRequest {
         aesthetic_score: 5.0,
         negative_aesthetic_score: 2.0,
         vae: Some("vae-ft-mse.safetensors".into()),
+        vae_tiling: Some(true),
         loras: vec![NetworkRef {
             name: "style".into(),
             weight: -0.5,
