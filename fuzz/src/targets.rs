@@ -32,8 +32,14 @@ use stable_diffusion::vae::{AutoencoderKL, VaeConfig};
 /// What a target returns: `Ok` or the error's message.
 pub type Outcome = Result<(), String>;
 
+/// A fuzz target: bytes in, outcome out.
+pub type Target = fn(&[u8]) -> Outcome;
+
+/// A component's weight names and shapes.
+type Shapes = HashMap<String, Vec<usize>>;
+
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
-pub const TARGETS: &[(&str, fn(&[u8]) -> Outcome)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("ckpt", ckpt),
     ("pickle", pickle),
@@ -146,8 +152,8 @@ pub fn single_file(data: &[u8]) -> Outcome {
 }
 
 /// Weight names and shapes of the tiny SD 1.5 fixture's UNet and text encoder.
-fn lora_components() -> &'static [(LoraTarget, HashMap<String, Vec<usize>>)] {
-    static COMPONENTS: OnceLock<Vec<(LoraTarget, HashMap<String, Vec<usize>>)>> = OnceLock::new();
+fn lora_components() -> &'static [(LoraTarget, Shapes)] {
+    static COMPONENTS: OnceLock<Vec<(LoraTarget, Shapes)>> = OnceLock::new();
     COMPONENTS.get_or_init(|| {
         let models = repo_root().join("fixtures/models/tiny-sd15");
         let read = |file: &str| {
@@ -361,10 +367,8 @@ pub fn tokenizer(data: &[u8]) -> Outcome {
         .map_err(msg)?;
     let mut with_embedding = tokenizer.clone();
     let word = prompt.split_whitespace().next().unwrap_or("");
-    if !word.is_empty() {
-        if with_embedding.add_embedding(word, 3).is_ok() {
-            with_embedding.encode(&prompt).map_err(msg)?;
-        }
+    if !word.is_empty() && with_embedding.add_embedding(word, 3).is_ok() {
+        with_embedding.encode(&prompt).map_err(msg)?;
     }
     Ok(())
 }
