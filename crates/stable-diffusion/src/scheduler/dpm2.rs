@@ -186,10 +186,6 @@ impl Sampler for Dpm2 {
         Ok(img2img_start_step(steps, strength)? * 2)
     }
 
-    fn is_step_start(&self, step: usize) -> bool {
-        step < self.timesteps.len() && step.is_multiple_of(2)
-    }
-
     fn kind(&self) -> SamplerKind {
         if self.ancestral {
             SamplerKind::Dpm2A

@@ -161,10 +161,6 @@ impl Sampler for Heun {
         Ok(img2img_start_step(steps, strength)? * 2)
     }
 
-    fn is_step_start(&self, step: usize) -> bool {
-        step < self.timesteps.len() && step.is_multiple_of(2)
-    }
-
     fn kind(&self) -> SamplerKind {
         SamplerKind::Heun
     }

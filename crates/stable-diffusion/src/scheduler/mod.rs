@@ -850,7 +850,8 @@ impl ResolvedConfig {
     }
 }
 
-/// A sampler set up for one run of `steps` steps.
+/// A diffusers scheduler class set up for one run of `steps` steps (the diffusers flavor;
+/// [`SamplerPlan`] drives it).
 pub trait Sampler: Send {
     /// The model timesteps, in order, as diffusers' `scheduler.timesteps` (PNDM repeats one).
     fn timesteps(&self) -> &[f64];
@@ -883,29 +884,10 @@ pub trait Sampler: Send {
     /// histories and counters start fresh there, as in diffusers.
     fn start_at(&mut self, step: usize) -> Result<()>;
 
-    /// Called before the model sees the sample at step `step`; returns the sample to use.
-    /// Only k-diffusion's churn (Euler, Heun, DPM2 with `s_churn > 0`) changes it.
-    fn prepare_step(
-        &mut self,
-        sample: &Tensor,
-        step: usize,
-        _rng: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        check_step(step, self.timesteps().len())?;
-        Ok(sample.clone())
-    }
-
     /// The index into [`Sampler::timesteps`] where an img2img run of `steps` steps at
-    /// `strength` starts: diffusers' rule ([`img2img_start_step`]) for the diffusers flavor,
-    /// AUTOMATIC1111's for the k-diffusion flavor.
+    /// `strength` starts: diffusers' rule ([`img2img_start_step`]), in model calls.
     fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
         img2img_start_step(steps, strength)
-    }
-
-    /// Whether model evaluation `step` begins a sampler step (false for the extra evaluations
-    /// of second-order samplers).
-    fn is_step_start(&self, step: usize) -> bool {
-        step < self.timesteps().len()
     }
 
     /// Which sampler this is.

@@ -517,7 +517,6 @@ fn diffusers_loop(
 ) -> Result<Tensor> {
     let timesteps = sampler.timesteps().to_vec();
     for (step, index) in steps.enumerate() {
-        latents = sampler.prepare_step(&latents, index, rng)?;
         let input = sampler.scale_model_input(&latents, index)?;
         let output = model.predict(&input, timesteps[index])?;
         latents = sampler.step(&output, index, &latents, rng)?;
@@ -607,7 +606,6 @@ mod tests {
             out.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(model.steps, plan.steps(), "{name}: txt2img");
             assert!(model.calls >= model.steps, "{name}");
-            let mut plan = plan;
             if plan.start_img2img(6, 0.5).is_ok() {
                 let mut model = Counting::default();
                 let x = plan.noised_start(&latents(3), &latents(4)).unwrap();
