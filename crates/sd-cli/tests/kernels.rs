@@ -49,7 +49,7 @@ fn every_kernel_level_and_candle_make_the_same_image() {
     let (reference, stderr) = generate(&dir, "candle", "candle", "2");
     assert!(stderr.contains("CPU kernels: candle"), "{stderr}");
     let mut ran = 0;
-    for level in ["generic", "avx2"] {
+    for level in ["generic", "avx2", "avx512"] {
         let Some((image, stderr)) = try_generate(&dir, level, level, "2") else {
             eprintln!("{level}: not available on this CPU");
             continue;

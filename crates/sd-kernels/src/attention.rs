@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::cpu::{self, Level};
-use crate::gemm::{self, MicroKernel, SharedMut, KC, MR, NR};
+use crate::gemm::{SharedMut, Tiles, KC, MR, NR};
 
 /// The sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ fn kv_block(head_dim: usize) -> usize {
 
 /// Everything a task needs.
 struct Job<'a> {
-    kernel: MicroKernel,
+    tiles: Tiles,
     softmax: SoftmaxPanel,
     shape: AttentionShape,
     q: &'a [f32],
@@ -175,7 +175,7 @@ fn run(
         "kernel level {level} is not available"
     );
     let job = Job {
-        kernel: gemm::micro_kernel(level),
+        tiles: Tiles::of(level),
         softmax: softmax_panel(level),
         shape,
         q,
@@ -273,7 +273,11 @@ fn task(job: &Job, b: usize, h: usize, (q0, rows): (usize, usize), scratch: &mut
     } else {
         seq_kv
     };
-    let kernel = job.kernel;
+    let tiles = job.tiles;
+    // Consecutive key (and value) panels go to the kernel together where the level groups A
+    // panels; the key panels are `MR x d`, so only when one depth block covers `d`.
+    let a_group = tiles.groups().0;
+    let key_group = if d <= KC { a_group } else { 1 };
     for kv0 in (0..kv_end).step_by(bc) {
         let keys = bc.min(kv_end - kv0);
         let key_panels = keys.div_ceil(MR);
@@ -293,16 +297,20 @@ fn task(job: &Job, b: usize, h: usize, (q0, rows): (usize, usize), scratch: &mut
                 continue;
             }
             let q_panel = &q_pack[p * d * NR..][..d * NR];
-            for kp in 0..visible.div_ceil(MR) {
-                let a = &k_block[kp * MR * d..][..MR * d];
-                let c = &mut s[kp * MR * NR..][..MR * NR];
+            let key_panels = visible.div_ceil(MR);
+            for kp in (0..key_panels).step_by(key_group) {
+                let mp = key_group.min(key_panels - kp);
+                let a = &k_block[kp * MR * d..][..mp * MR * d];
+                let c = &mut s[kp * MR * NR..][..mp * MR * NR];
                 for k0 in (0..d).step_by(KC) {
                     let kc = KC.min(d - k0);
-                    // SAFETY: the level is available (asserted in `run`); `a` holds an MR x kc
-                    // panel from `k0·MR`, `q_panel` a kc x NR panel from `k0·NR`, and `c` an
-                    // MR x NR tile at row stride NR.
+                    // SAFETY: the level is available (asserted in `run`); `a` holds mp MR x kc
+                    // panels from `k0·MR` (mp > 1 only when kc = d), `q_panel` a kc x NR panel
+                    // from `k0·NR`, and `c` an (mp·MR) x NR tile at row stride NR.
                     unsafe {
-                        kernel(
+                        tiles.run(
+                            mp,
+                            1,
                             kc,
                             a[k0 * MR..].as_ptr(),
                             q_panel[k0 * NR..].as_ptr(),
@@ -331,14 +339,20 @@ fn task(job: &Job, b: usize, h: usize, (q0, rows): (usize, usize), scratch: &mut
                     }
                 }
             }
-            for dpanel in 0..dp / MR {
-                let a = &v_block[dpanel * MR * keys..][..MR * keys];
-                let c = &mut o[dpanel * MR * NR..][..MR * NR];
-                // SAFETY: the level is available; `a` holds an MR x keys panel (`visible ≤
-                // keys` steps are read), `scores` a visible x NR panel, `c` an MR x NR tile
-                // at row stride NR.
+            // Value panels are `MR x keys`: grouped when all their keys are visible.
+            let value_group = if visible == keys { a_group } else { 1 };
+            let value_panels = dp / MR;
+            for dpanel in (0..value_panels).step_by(value_group) {
+                let mp = value_group.min(value_panels - dpanel);
+                let a = &v_block[dpanel * MR * keys..][..mp * MR * keys];
+                let c = &mut o[dpanel * MR * NR..][..mp * MR * NR];
+                // SAFETY: the level is available; `a` holds mp MR x keys panels (`visible ≤
+                // keys` steps are read; mp > 1 only when visible = keys), `scores` a visible
+                // x NR panel, `c` an (mp·MR) x NR tile at row stride NR.
                 unsafe {
-                    kernel(
+                    tiles.run(
+                        mp,
+                        1,
                         visible,
                         a.as_ptr(),
                         scores.as_ptr(),
@@ -475,7 +489,7 @@ fn softmax_panel(level: Level) -> SoftmaxPanel {
     match level {
         Level::Generic => softmax_generic,
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => avx2::softmax,
+        Level::Avx2 | Level::Avx512 => avx2::softmax,
         #[cfg(not(target_arch = "x86_64"))]
         _ => softmax_generic,
     }

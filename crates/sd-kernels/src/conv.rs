@@ -201,7 +201,12 @@ impl PackA for Patches<'_> {
                         for (j, dst_k) in dst_run.chunks_exact_mut(MR).enumerate() {
                             let ix = left[0] + (kx0 + j) as isize;
                             if ix >= 0 && ix as usize + MR <= w {
-                                dst_k.copy_from_slice(&row[ix as usize..ix as usize + MR]);
+                                // Fixed-size arrays: a few register moves, not a memcpy call.
+                                let dst_k: &mut [f32; MR] = dst_k.try_into().expect("MR values");
+                                let src: &[f32; MR] = row[ix as usize..ix as usize + MR]
+                                    .try_into()
+                                    .expect("MR values");
+                                *dst_k = *src;
                             } else {
                                 for (i, d) in dst_k.iter_mut().enumerate() {
                                     let x = ix + i as isize;

@@ -16,17 +16,21 @@ pub enum Level {
     Generic,
     /// 256-bit AVX2 with FMA (x86-64 since Haswell / Zen 1).
     Avx2,
+    /// 512-bit AVX-512F (Skylake-SP and later Xeons, Zen 4), with AVX2 and FMA for the
+    /// kernels that have no wider version.
+    Avx512,
 }
 
 impl Level {
     /// Every level, slowest first.
-    pub const ALL: &'static [Level] = &[Level::Generic, Level::Avx2];
+    pub const ALL: &'static [Level] = &[Level::Generic, Level::Avx2, Level::Avx512];
 
     /// The name `SD_CPU_KERNELS` takes and `sd` prints.
     pub fn name(self) -> &'static str {
         match self {
             Level::Generic => "generic",
             Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
         }
     }
 
@@ -35,6 +39,7 @@ impl Level {
         match self {
             Level::Generic => "nothing",
             Level::Avx2 => "avx2 fma",
+            Level::Avx512 => "avx512f avx2 fma",
         }
     }
 
@@ -46,6 +51,10 @@ impl Level {
             Level::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => {
+                Level::Avx2.is_available() && std::arch::is_x86_feature_detected!("avx512f")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

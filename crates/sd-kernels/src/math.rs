@@ -117,9 +117,9 @@ impl Activation {
     pub(crate) fn apply_serial(self, level: Level, xs: &mut [f32]) {
         match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => {
+            Level::Avx2 | Level::Avx512 => {
                 // SAFETY: a thread only runs at a level its CPU has (`with_level` and the
-                // process level check `is_available`), and Avx2 needs AVX2 and FMA.
+                // process level check `is_available`), and both levels need AVX2 and FMA.
                 unsafe {
                     match self {
                         Activation::Silu => avx2::silu_slice(xs),
@@ -157,8 +157,8 @@ pub fn exp_at(level: Level, xs: &mut [f32]) {
 pub fn exp_serial(level: Level, xs: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => {
-            // SAFETY: a thread only runs at a level its CPU has; Avx2 needs AVX2 and FMA.
+        Level::Avx2 | Level::Avx512 => {
+            // SAFETY: a thread only runs at a level its CPU has; both levels need AVX2 and FMA.
             unsafe { avx2::exp_slice(xs) }
         }
         _ => xs.iter_mut().for_each(|x| *x = x.exp()),

@@ -7,6 +7,7 @@
 //! how the work is split.
 
 mod avx2;
+mod avx512;
 mod generic;
 mod pack;
 
@@ -155,13 +156,78 @@ impl Sink for RowMajorSink<'_> {
 pub(crate) type MicroKernel =
     unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool);
 
-pub(crate) fn micro_kernel(level: Level) -> MicroKernel {
-    match level {
-        Level::Generic => generic::kernel,
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => avx2::kernel,
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => generic::kernel,
+/// A kernel that multiplies `mp` consecutive A panels by `np` consecutive B panels in one
+/// call (`c` an `(mp·MR) x (np·NR)` tile at row stride `ldc`).
+type GroupKernel = unsafe fn(
+    mp: usize,
+    np: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+);
+
+/// How the driver multiplies a block at one level: panel by panel, or in groups of panels
+/// (wide registers need more than one `MR x NR` tile of accumulators to keep busy).
+#[derive(Clone, Copy)]
+pub(crate) enum Tiles {
+    Single(MicroKernel),
+    Grouped {
+        a_panels: usize,
+        b_panels: usize,
+        run: GroupKernel,
+    },
+}
+
+impl Tiles {
+    /// The tiles of `level`.
+    pub(crate) fn of(level: Level) -> Self {
+        match level {
+            Level::Generic => Tiles::Single(generic::kernel),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => Tiles::Single(avx2::kernel),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => Tiles::Grouped {
+                a_panels: avx512::A_PANELS,
+                b_panels: avx512::B_PANELS,
+                run: avx512::group,
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => Tiles::Single(generic::kernel),
+        }
+    }
+
+    /// The most A and B panels one call takes.
+    pub(crate) fn groups(self) -> (usize, usize) {
+        match self {
+            Tiles::Single(_) => (1, 1),
+            Tiles::Grouped {
+                a_panels, b_panels, ..
+            } => (a_panels, b_panels),
+        }
+    }
+
+    /// # Safety
+    /// The level is available; `mp`, `np` are at most [`Tiles::groups`]; the panels and the
+    /// tile hold what [`GroupKernel`] says.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn run(
+        self,
+        mp: usize,
+        np: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        match self {
+            Tiles::Single(kernel) => kernel(kc, a, b, c, ldc, accumulate),
+            Tiles::Grouped { run, .. } => run(mp, np, kc, a, b, c, ldc, accumulate),
+        }
     }
 }
 
@@ -200,7 +266,7 @@ pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
     if m == 0 || n == 0 {
         return;
     }
-    let kernel = micro_kernel(level);
+    let tiles = Tiles::of(level);
     let m_blocks = m.div_ceil(MC);
     let n_blocks = n.div_ceil(NC);
     let nc_step = n.div_ceil(n_blocks).div_ceil(NR) * NR;
@@ -211,7 +277,7 @@ pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
         let (mc, nc) = (MC.min(m - m0), nc_step.min(n - n0));
         SCRATCH.with(|scratch| {
             let scratch = &mut *scratch.borrow_mut();
-            block(kernel, a, b, (m0, mc), (n0, nc), k, scratch);
+            block(tiles, a, b, (m0, mc), (n0, nc), k, scratch);
             let ld = nc.div_ceil(NR) * NR;
             sink.write(m0, n0, mc, nc, &scratch.tile, ld);
         });
@@ -220,7 +286,7 @@ pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
 
 /// Computes one `mc x nc` block of C into `scratch.tile` (row stride `nc` rounded up to `NR`).
 fn block(
-    kernel: MicroKernel,
+    tiles: Tiles,
     a: &dyn PackA,
     b: &PackedB,
     (m0, mc): (usize, usize),
@@ -236,26 +302,31 @@ fn block(
         scratch.tile[..m_panels * MR * ld].fill(0.0);
         return;
     }
+    let (a_group, b_group) = tiles.groups();
     grow(&mut scratch.a, m_panels * MR * KC.min(k));
-    grow(&mut scratch.b, NR * KC.min(k));
+    grow(&mut scratch.b, b_group * NR * KC.min(k));
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let a_block = &mut scratch.a[..m_panels * MR * kc];
         a.pack(m0, mc, k0, kc, a_block);
-        for jp in 0..n_panels {
-            let panel = n0 / NR + jp;
-            let b_panel = b.panel(k0, kc, panel, &mut scratch.b);
-            for ip in 0..m_panels {
-                let a_panel = &a_block[ip * MR * kc..][..MR * kc];
+        for jp in (0..n_panels).step_by(b_group) {
+            let np = b_group.min(n_panels - jp);
+            let b_panels = b.panels(k0, kc, n0 / NR + jp, np, &mut scratch.b);
+            for ip in (0..m_panels).step_by(a_group) {
+                let mp = a_group.min(m_panels - ip);
+                let a_panels = &a_block[ip * MR * kc..][..mp * MR * kc];
                 let c = &mut scratch.tile[ip * MR * ld + jp * NR..];
-                debug_assert!(c.len() >= (MR - 1) * ld + NR);
-                // SAFETY: a_panel holds MR·kc values, b_panel kc·NR, c an MR x NR tile at
-                // row stride ld (the tile buffer was sized for it).
+                debug_assert!(c.len() >= (mp * MR - 1) * ld + np * NR);
+                // SAFETY: the level is available (the caller's); a_panels holds mp MR x kc
+                // panels, b_panels np kc x NR panels, c an (mp·MR) x (np·NR) tile at row
+                // stride ld (the tile buffer was sized for it).
                 unsafe {
-                    kernel(
+                    tiles.run(
+                        mp,
+                        np,
                         kc,
-                        a_panel.as_ptr(),
-                        b_panel.as_ptr(),
+                        a_panels.as_ptr(),
+                        b_panels.as_ptr(),
                         c.as_mut_ptr(),
                         ld,
                         k0 > 0,
