@@ -185,60 +185,60 @@ impl PackA for Patches<'_> {
                 && (1..MR).all(|i| {
                     image[i] == image[0] && top[i] == top[0] && left[i] == left[0] + i as isize
                 });
+            // Walk (channel, kernel row, kernel column) from k0 by counting, not dividing.
             let taps = kernel * kernel;
-            let mut k = k0;
-            while k < k0 + kc {
-                // One run of kernel columns of one (channel, kernel row).
-                let (ci, ky, kx0) = (k / taps, k % taps / kernel, k % kernel);
-                let run = (kernel - kx0).min(k0 + kc - k);
-                let dst_run = &mut panel[(k - k0) * MR..(k - k0 + run) * MR];
+            let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
+            for dst_k in panel.chunks_exact_mut(MR) {
+                let dst_k: &mut [f32; MR] = dst_k.try_into().expect("MR values");
                 if same_row {
                     let iy = top[0] + ky as isize;
+                    let ix = left[0] + kx as isize;
                     if iy < 0 || iy as usize >= h {
-                        dst_run.fill(0.0);
+                        *dst_k = [0.0; MR];
                     } else {
                         let row = &self.input[image[0] + ci * plane + iy as usize * w..][..w];
-                        for (j, dst_k) in dst_run.chunks_exact_mut(MR).enumerate() {
-                            let ix = left[0] + (kx0 + j) as isize;
-                            if ix >= 0 && ix as usize + MR <= w {
-                                // Fixed-size arrays: a few register moves, not a memcpy call.
-                                let dst_k: &mut [f32; MR] = dst_k.try_into().expect("MR values");
-                                let src: &[f32; MR] = row[ix as usize..ix as usize + MR]
-                                    .try_into()
-                                    .expect("MR values");
-                                *dst_k = *src;
-                            } else {
-                                for (i, d) in dst_k.iter_mut().enumerate() {
-                                    let x = ix + i as isize;
-                                    *d = if x >= 0 && (x as usize) < w {
-                                        row[x as usize]
-                                    } else {
-                                        0.0
-                                    };
-                                }
+                        if ix >= 0 && ix as usize + MR <= w {
+                            // Fixed-size arrays: a few register moves, not a memcpy call.
+                            let src: &[f32; MR] = row[ix as usize..ix as usize + MR]
+                                .try_into()
+                                .expect("MR values");
+                            *dst_k = *src;
+                        } else {
+                            for (i, d) in dst_k.iter_mut().enumerate() {
+                                let x = ix + i as isize;
+                                *d = if x >= 0 && (x as usize) < w {
+                                    row[x as usize]
+                                } else {
+                                    0.0
+                                };
                             }
                         }
                     }
                 } else {
-                    for (j, dst_k) in dst_run.chunks_exact_mut(MR).enumerate() {
-                        let kx = kx0 + j;
-                        for (i, d) in dst_k.iter_mut().enumerate() {
-                            let iy = top[i] + ky as isize;
-                            let ix = left[i] + kx as isize;
-                            let inside = i < valid
-                                && iy >= 0
-                                && (iy as usize) < h
-                                && ix >= 0
-                                && (ix as usize) < w;
-                            *d = if inside {
-                                self.input[image[i] + ci * plane + iy as usize * w + ix as usize]
-                            } else {
-                                0.0
-                            };
-                        }
+                    for (i, d) in dst_k.iter_mut().enumerate() {
+                        let iy = top[i] + ky as isize;
+                        let ix = left[i] + kx as isize;
+                        let inside = i < valid
+                            && iy >= 0
+                            && (iy as usize) < h
+                            && ix >= 0
+                            && (ix as usize) < w;
+                        *d = if inside {
+                            self.input[image[i] + ci * plane + iy as usize * w + ix as usize]
+                        } else {
+                            0.0
+                        };
                     }
                 }
-                k += run;
+                kx += 1;
+                if kx == kernel {
+                    kx = 0;
+                    ky += 1;
+                    if ky == kernel {
+                        ky = 0;
+                        ci += 1;
+                    }
+                }
             }
         }
     }
