@@ -1,8 +1,10 @@
-//! 2-D convolution on NCHW tensors as an implicit GEMM: `C[pixel, out] = patches · Wᵀ`,
-//! where each block of patches is gathered from the input as the product needs it (never a
-//! whole im2col matrix) and the weights are packed once.
+//! 2-D convolution on NCHW tensors as an implicit GEMM: `C[out, pixel] = W · patches`,
+//! where the weights are packed once as the left operand and each block of patches is
+//! gathered from the input as the product needs it (never a whole im2col matrix). With the
+//! pixels along the micro-kernel's wide side, a patch panel is `NR` neighbouring input
+//! values of one row (one copy), and C's rows are already NCHW output rows.
 
-use crate::gemm::{self, PackA, PackedB, SharedMut, Sink, Storage, MR};
+use crate::gemm::{self, PackB, PackedA, SharedMut, Sink, Storage, NR};
 
 /// The geometry of a convolution: square kernel, equal stride and zero padding on all sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,7 @@ impl ConvGeometry {
 #[derive(Debug, Clone)]
 pub struct PackedConv {
     geometry: ConvGeometry,
-    weights: PackedB,
+    weights: PackedA,
 }
 
 impl PackedConv {
@@ -59,14 +61,14 @@ impl PackedConv {
         );
         Self {
             geometry,
-            weights: PackedB::from_nxk(weight, depth, geometry.out_channels, depth, storage),
+            weights: PackedA::from_mxk(weight, geometry.out_channels, depth, depth, storage),
         }
     }
 
-    /// A convolution whose weights are already packed as the `in·k² x out` right operand.
-    pub fn from_packed(weights: PackedB, geometry: ConvGeometry) -> Self {
+    /// A convolution whose weights are already packed as the `out x in·k²` left operand.
+    pub fn from_packed(weights: PackedA, geometry: ConvGeometry) -> Self {
         assert_eq!(weights.depth(), geometry.depth(), "packed conv depth");
-        assert_eq!(weights.cols(), geometry.out_channels, "packed conv outputs");
+        assert_eq!(weights.rows(), geometry.out_channels, "packed conv outputs");
         Self { geometry, weights }
     }
 
@@ -75,8 +77,8 @@ impl PackedConv {
         self.geometry
     }
 
-    /// The packed weights (`in·k² x out`).
-    pub fn weights(&self) -> &PackedB {
+    /// The packed weights (`out x in·k²`).
+    pub fn weights(&self) -> &PackedA {
         &self.weights
     }
 
@@ -125,7 +127,7 @@ impl PackedConv {
             width,
             out_width: ow,
             pixels: oh * ow,
-            rows: batch * oh * ow,
+            columns: batch * oh * ow,
         };
         let sink = NchwSink {
             out: SharedMut(out.as_mut_ptr()),
@@ -136,11 +138,12 @@ impl PackedConv {
             batch_bias,
             residual,
         };
-        gemm::gemm(&patches, &self.weights, &sink);
+        gemm::gemm_packed_a(&self.weights, &patches, &sink);
     }
 }
 
-/// The patch matrix `(batch·oh·ow) x (in·k²)` of an NCHW input, gathered panel by panel.
+/// The patch matrix `(in·k²) x (batch·oh·ow)` of an NCHW input (one column per output pixel),
+/// gathered panel by panel as the right operand of `weights · patches`.
 struct Patches<'a> {
     input: &'a [f32],
     geometry: ConvGeometry,
@@ -148,60 +151,85 @@ struct Patches<'a> {
     width: usize,
     out_width: usize,
     pixels: usize,
-    rows: usize,
+    columns: usize,
 }
 
-impl PackA for Patches<'_> {
-    fn rows(&self) -> usize {
-        self.rows
+/// Consecutive lanes of one panel whose pixels lie in one output row of one image: their
+/// inputs are `stride` apart along one input row.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    /// The first lane and the number of lanes.
+    lane: usize,
+    len: usize,
+    /// The image's offset in the input, and the first lane's top-left input position.
+    image: usize,
+    top: isize,
+    left: isize,
+}
+
+impl Patches<'_> {
+    /// The runs of the `valid` lanes from column `col0`, in `runs`; returns how many.
+    fn runs(&self, col0: usize, valid: usize, runs: &mut [Run; NR]) -> usize {
+        let g = self.geometry;
+        let plane = self.height * self.width;
+        let mut count = 0;
+        let mut lane = 0;
+        while lane < valid {
+            let col = col0 + lane;
+            let (b, pixel) = (col / self.pixels, col % self.pixels);
+            let (oy, ox) = (pixel / self.out_width, pixel % self.out_width);
+            let len = (self.out_width - ox).min(valid - lane);
+            runs[count] = Run {
+                lane,
+                len,
+                image: b * g.in_channels * plane,
+                top: (oy * g.stride) as isize - g.padding as isize,
+                left: (ox * g.stride) as isize - g.padding as isize,
+            };
+            count += 1;
+            lane += len;
+        }
+        count
+    }
+}
+
+impl PackB for Patches<'_> {
+    fn cols(&self) -> usize {
+        self.columns
     }
 
     fn depth(&self) -> usize {
         self.geometry.depth()
     }
 
-    fn pack(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+    fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
         let g = self.geometry;
         let (h, w, kernel, stride) = (self.height, self.width, g.kernel, g.stride);
-        let pad = g.padding as isize;
         let plane = h * w;
-        for (p, panel) in dst.chunks_exact_mut(MR * kc).enumerate() {
-            // Each row of the panel: the image's offset and the top-left input position.
-            let mut image = [0usize; MR];
-            let mut top = [0isize; MR];
-            let mut left = [0isize; MR];
-            let valid = MR.min(mc.saturating_sub(p * MR));
-            for i in 0..valid {
-                let m = m0 + p * MR + i;
-                let (b, pixel) = (m / self.pixels, m % self.pixels);
-                image[i] = b * g.in_channels * plane;
-                top[i] = (pixel / self.out_width * stride) as isize - pad;
-                left[i] = (pixel % self.out_width * stride) as isize - pad;
-            }
-            // Rows in one image row, left to right with stride 1: the common interior case
-            // copies MR neighbours at once.
-            let same_row = valid == MR
-                && stride == 1
-                && (1..MR).all(|i| {
-                    image[i] == image[0] && top[i] == top[0] && left[i] == left[0] + i as isize
-                });
-            // Walk (channel, kernel row, kernel column) from k0 by counting, not dividing.
-            let taps = kernel * kernel;
+        let taps = kernel * kernel;
+        let mut runs = [Run::default(); NR];
+        for (q, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
+            let valid = NR.min(nc.saturating_sub(q * NR));
+            let count = self.runs(n0 + q * NR, valid, &mut runs);
+            let runs = &runs[..count];
+            // One panel row per (channel, kernel row, kernel column), walked by counting.
             let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
-            for dst_k in panel.chunks_exact_mut(MR) {
-                let dst_k: &mut [f32; MR] = dst_k.try_into().expect("MR values");
-                if same_row {
-                    let iy = top[0] + ky as isize;
-                    let ix = left[0] + kx as isize;
+            for dst_k in panel.chunks_exact_mut(NR) {
+                let dst_k: &mut [f32; NR] = dst_k.try_into().expect("NR values");
+                let full_row = count == 1 && valid == NR && stride == 1;
+                if full_row {
+                    // The common interior case: NR neighbours of one input row.
+                    let r = runs[0];
+                    let iy = r.top + ky as isize;
+                    let ix = r.left + kx as isize;
                     if iy < 0 || iy as usize >= h {
-                        *dst_k = [0.0; MR];
+                        *dst_k = [0.0; NR];
                     } else {
-                        let row = &self.input[image[0] + ci * plane + iy as usize * w..][..w];
-                        if ix >= 0 && ix as usize + MR <= w {
-                            // Fixed-size arrays: a few register moves, not a memcpy call.
-                            let src: &[f32; MR] = row[ix as usize..ix as usize + MR]
+                        let row = &self.input[r.image + ci * plane + iy as usize * w..][..w];
+                        if ix >= 0 && ix as usize + NR <= w {
+                            let src: &[f32; NR] = row[ix as usize..ix as usize + NR]
                                 .try_into()
-                                .expect("MR values");
+                                .expect("NR values");
                             *dst_k = *src;
                         } else {
                             for (i, d) in dst_k.iter_mut().enumerate() {
@@ -215,19 +243,23 @@ impl PackA for Patches<'_> {
                         }
                     }
                 } else {
-                    for (i, d) in dst_k.iter_mut().enumerate() {
-                        let iy = top[i] + ky as isize;
-                        let ix = left[i] + kx as isize;
-                        let inside = i < valid
-                            && iy >= 0
-                            && (iy as usize) < h
-                            && ix >= 0
-                            && (ix as usize) < w;
-                        *d = if inside {
-                            self.input[image[i] + ci * plane + iy as usize * w + ix as usize]
-                        } else {
-                            0.0
-                        };
+                    dst_k[valid..].fill(0.0);
+                    for r in runs {
+                        let out = &mut dst_k[r.lane..r.lane + r.len];
+                        let iy = r.top + ky as isize;
+                        if iy < 0 || iy as usize >= h {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let row = &self.input[r.image + ci * plane + iy as usize * w..][..w];
+                        for (j, d) in out.iter_mut().enumerate() {
+                            let x = r.left + (kx + j * stride) as isize;
+                            *d = if x >= 0 && (x as usize) < w {
+                                row[x as usize]
+                            } else {
+                                0.0
+                            };
+                        }
                     }
                 }
                 kx += 1;
@@ -244,7 +276,7 @@ impl PackA for Patches<'_> {
     }
 }
 
-/// Writes blocks of `C[pixel, channel]` into an NCHW output.
+/// Writes blocks of `C[channel, pixel]` into an NCHW output.
 struct NchwSink<'a> {
     out: SharedMut,
     len: usize,
@@ -257,14 +289,15 @@ struct NchwSink<'a> {
 
 impl Sink for NchwSink<'_> {
     fn write(&self, m0: usize, n0: usize, mc: usize, nc: usize, tile: &[f32], ld: usize) {
-        // Runs of rows that stay within one image are contiguous in each output channel.
-        let mut i = 0;
-        while i < mc {
-            let m = m0 + i;
-            let (b, pixel) = (m / self.pixels, m % self.pixels);
-            let run = (self.pixels - pixel).min(mc - i);
-            for j in 0..nc {
-                let channel = n0 + j;
+        for i in 0..mc {
+            let channel = m0 + i;
+            let row = &tile[i * ld..][..nc];
+            // Runs of columns that stay within one image are contiguous in the output.
+            let mut j = 0;
+            while j < nc {
+                let col = n0 + j;
+                let (b, pixel) = (col / self.pixels, col % self.pixels);
+                let run = (self.pixels - pixel).min(nc - j);
                 let start = (b * self.channels + channel) * self.pixels + pixel;
                 assert!(start + run <= self.len);
                 // SAFETY: in bounds (checked above); blocks of different tasks are disjoint.
@@ -273,16 +306,16 @@ impl Sink for NchwSink<'_> {
                 if let Some(bb) = self.batch_bias {
                     add += bb[b * self.channels + channel];
                 }
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = tile[(i + r) * ld + j] + add;
+                for (o, &c) in out.iter_mut().zip(&row[j..j + run]) {
+                    *o = c + add;
                 }
                 if let Some(residual) = self.residual {
                     for (o, r) in out.iter_mut().zip(&residual[start..start + run]) {
                         *o += r;
                     }
                 }
+                j += run;
             }
-            i += run;
         }
     }
 }

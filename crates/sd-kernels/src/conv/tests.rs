@@ -113,6 +113,13 @@ fn cases() -> Vec<Case> {
             height: 3,
             width: 3,
         },
+        // More output channels than one task's rows (several row blocks of the weights).
+        Case {
+            batch: 2,
+            geometry: geometry(3, 400, 3, 1, 1),
+            height: 5,
+            width: 6,
+        },
     ]
 }
 

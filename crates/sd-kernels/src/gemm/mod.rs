@@ -11,7 +11,7 @@ mod avx512;
 mod generic;
 mod pack;
 
-pub use pack::{Element, PackedB, Storage};
+pub use pack::{Element, PackedA, PackedB, Storage};
 
 use std::cell::RefCell;
 
@@ -282,6 +282,120 @@ pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
             sink.write(m0, n0, mc, nc, &scratch.tile, ld);
         });
     });
+}
+
+/// Fills packed panels of the right operand B (`K x N`) as a product with a packed A runs
+/// (convolution patches, gathered from the input block by block).
+pub trait PackB: Sync {
+    /// Columns of B.
+    fn cols(&self) -> usize;
+    /// Rows of B (the product's depth).
+    fn depth(&self) -> usize;
+    /// Packs columns `n0 .. n0 + nc` and rows `k0 .. k0 + kc` into `dst` as consecutive
+    /// `NR`-wide panels: panel `q` holds, for each `k`, the `NR` values of columns
+    /// `n0 + q·NR ..`, zero past `nc`. `dst` holds `nc.div_ceil(NR) · NR · kc` values.
+    fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]);
+}
+
+/// The most rows of C one task of [`gemm_packed_a`] computes (B's gathered block is reused
+/// across all of them, so it is packed `M / MC_A` times).
+pub const MC_A: usize = 384;
+/// The most columns of C one task of [`gemm_packed_a`] computes: a packed B block of
+/// `NC_B x KC` (256 KB) stays in L2 while every row panel of A passes over it.
+pub const NC_B: usize = 256;
+
+/// `C = A · B` with A packed once (the weights) and B gathered block by block, on the
+/// current thread's kernel level; each finished block goes to `sink`.
+pub fn gemm_packed_a(a: &PackedA, b: &dyn PackB, sink: &dyn Sink) {
+    gemm_packed_a_at(cpu::level(), a, b, sink)
+}
+
+/// [`gemm_packed_a`] at a given level.
+pub fn gemm_packed_a_at(level: Level, a: &PackedA, b: &dyn PackB, sink: &dyn Sink) {
+    let (m, k, n) = (a.rows(), a.depth(), b.cols());
+    assert_eq!(
+        k,
+        b.depth(),
+        "GEMM depths differ: A has {k} columns, B {} rows",
+        b.depth()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let tiles = Tiles::of(level);
+    // Equal blocks: rows in multiples of MR, columns in multiples of NR.
+    let m_blocks = m.div_ceil(MC_A);
+    let mc_step = m.div_ceil(m_blocks).div_ceil(MR) * MR;
+    let m_blocks = m.div_ceil(mc_step);
+    let n_blocks = n.div_ceil(NC_B);
+    let nc_step = n.div_ceil(n_blocks).div_ceil(NR) * NR;
+    let n_blocks = n.div_ceil(nc_step);
+    (0..m_blocks * n_blocks).into_par_iter().for_each(|task| {
+        // Neighbouring tasks share a block of B columns (the gathered input).
+        let (nb, mb) = (task / m_blocks, task % m_blocks);
+        let (m0, n0) = (mb * mc_step, nb * nc_step);
+        let (mc, nc) = (mc_step.min(m - m0), nc_step.min(n - n0));
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            block_packed_a(tiles, a, b, (m0, mc), (n0, nc), k, scratch);
+            let ld = nc.div_ceil(NR) * NR;
+            sink.write(m0, n0, mc, nc, &scratch.tile, ld);
+        });
+    });
+}
+
+/// Computes one `mc x nc` block of `C = A · B` with A packed once into `scratch.tile` (row
+/// stride `nc` rounded up to `NR`).
+fn block_packed_a(
+    tiles: Tiles,
+    a: &PackedA,
+    b: &dyn PackB,
+    (m0, mc): (usize, usize),
+    (n0, nc): (usize, usize),
+    k: usize,
+    scratch: &mut Scratch,
+) {
+    let m_panels = mc.div_ceil(MR);
+    let n_panels = nc.div_ceil(NR);
+    let ld = n_panels * NR;
+    grow(&mut scratch.tile, m_panels * MR * ld);
+    if k == 0 {
+        scratch.tile[..m_panels * MR * ld].fill(0.0);
+        return;
+    }
+    let (a_group, b_group) = tiles.groups();
+    grow(&mut scratch.b, n_panels * NR * KC.min(k));
+    grow(&mut scratch.a, a_group * MR * KC.min(k));
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let b_block = &mut scratch.b[..n_panels * NR * kc];
+        b.pack(n0, nc, k0, kc, b_block);
+        for ip in (0..m_panels).step_by(a_group) {
+            let mp = a_group.min(m_panels - ip);
+            let a_panels = a.panels(k0, kc, m0 / MR + ip, mp, &mut scratch.a);
+            for jp in (0..n_panels).step_by(b_group) {
+                let np = b_group.min(n_panels - jp);
+                let b_panels = &b_block[jp * NR * kc..][..np * NR * kc];
+                let c = &mut scratch.tile[ip * MR * ld + jp * NR..];
+                debug_assert!(c.len() >= (mp * MR - 1) * ld + np * NR);
+                // SAFETY: the level is available (the caller's); a_panels holds mp MR x kc
+                // panels, b_panels np kc x NR panels, c an (mp·MR) x (np·NR) tile at row
+                // stride ld (the tile buffer was sized for it).
+                unsafe {
+                    tiles.run(
+                        mp,
+                        np,
+                        kc,
+                        a_panels.as_ptr(),
+                        b_panels.as_ptr(),
+                        c.as_mut_ptr(),
+                        ld,
+                        k0 > 0,
+                    )
+                };
+            }
+        }
+    }
 }
 
 /// Computes one `mc x nc` block of C into `scratch.tile` (row stride `nc` rounded up to `NR`).

@@ -1,10 +1,10 @@
-//! The right operand B (`K x N`) packed once: `KC`-deep blocks of `NR`-wide column panels,
-//! in f32 or bf16.
+//! Operands packed once (the weights): B (`K x N`) as `KC`-deep blocks of `NR`-wide column
+//! panels, or A (`M x K`) as `KC`-deep blocks of `MR`-row panels, in f32 or bf16.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{KC, NR};
+use super::{KC, MR, NR};
 
 /// How packed values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +52,96 @@ enum Data {
     Bf16(Vec<u16>),
 }
 
-/// A `K x N` matrix in the layout the micro-kernels read.
+/// A `depth x len` matrix cut into `width`-wide panels along `len`, in `KC`-deep blocks
+/// along the depth: the layout both packed operands share.
 #[derive(Debug, Clone)]
-pub struct PackedB {
-    k: usize,
-    n: usize,
+struct Panels {
+    depth: usize,
+    len: usize,
+    width: usize,
     data: Data,
 }
+
+impl Panels {
+    /// Packs `get(k, j)` (`k < depth`, `j < len`), zero past `len`.
+    fn pack<T: Element>(
+        depth: usize,
+        len: usize,
+        width: usize,
+        storage: Storage,
+        get: impl Fn(usize, usize) -> T + Sync,
+    ) -> Self {
+        let data = match storage {
+            Storage::F32 => Data::F32(pack_blocks(depth, len, width, &get, 0f32, T::to_f32)),
+            Storage::Bf16 => {
+                Data::Bf16(pack_blocks(depth, len, width, &get, 0u16, T::to_bf16_bits))
+            }
+        };
+        Self {
+            depth,
+            len,
+            width,
+            data,
+        }
+    }
+
+    fn storage(&self) -> Storage {
+        match self.data {
+            Data::F32(_) => Storage::F32,
+            Data::Bf16(_) => Storage::Bf16,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(d) => d.len() * 4,
+            Data::Bf16(d) => d.len() * 2,
+        }
+    }
+
+    fn get(&self, k: usize, j: usize) -> f32 {
+        assert!(k < self.depth && j < self.len);
+        let w = self.width;
+        let panels = self.len.div_ceil(w);
+        let k0 = k / KC * KC;
+        let kc = KC.min(self.depth - k0);
+        let at = k0 * panels * w + (j / w) * kc * w + (k - k0) * w + j % w;
+        match &self.data {
+            Data::F32(d) => d[at],
+            Data::Bf16(d) => bf16::from_bits(d[at]).to_f32(),
+        }
+    }
+
+    fn panels<'s>(
+        &'s self,
+        k0: usize,
+        kc: usize,
+        first: usize,
+        count: usize,
+        scratch: &'s mut [f32],
+    ) -> &'s [f32] {
+        let w = self.width;
+        let panels = self.len.div_ceil(w);
+        debug_assert!(first + count <= panels);
+        let at = k0 * panels * w + first * kc * w;
+        let len = count * kc * w;
+        match &self.data {
+            // Read in place: the panels are already consecutive, and a copy (once measured
+            // faster on Zen 3 with one panel per call) cost 7% of a whole SD 1.5 image with
+            // AVX-512's two-panel groups, since every block of rows copied them again.
+            Data::F32(d) => &d[at..at + len],
+            Data::Bf16(d) => {
+                let dst = &mut scratch[..len];
+                widen_bf16(&d[at..at + len], dst);
+                dst
+            }
+        }
+    }
+}
+
+/// A `K x N` matrix in the layout the micro-kernels read as their right operand.
+#[derive(Debug, Clone)]
+pub struct PackedB(Panels);
 
 impl PackedB {
     /// Packs `B[k][n] = src[k·ld + n]`.
@@ -73,7 +156,7 @@ impl PackedB {
             k == 0 || n == 0 || (k - 1) * ld + n <= src.len(),
             "B source too small"
         );
-        Self::pack(k, n, storage, |kk, nn| src[kk * ld + nn])
+        Self(Panels::pack(k, n, NR, storage, |kk, nn| src[kk * ld + nn]))
     }
 
     /// Packs `B[k][n] = src[n·ld + k]`: a weight stored `(out, in)` gives `x · Wᵀ`.
@@ -88,59 +171,32 @@ impl PackedB {
             k == 0 || n == 0 || (n - 1) * ld + k <= src.len(),
             "B source too small"
         );
-        Self::pack(k, n, storage, |kk, nn| src[nn * ld + kk])
-    }
-
-    fn pack<T: Element>(
-        k: usize,
-        n: usize,
-        storage: Storage,
-        get: impl Fn(usize, usize) -> T + Sync,
-    ) -> Self {
-        let data = match storage {
-            Storage::F32 => Data::F32(pack_blocks(k, n, &get, 0f32, T::to_f32)),
-            Storage::Bf16 => Data::Bf16(pack_blocks(k, n, &get, 0u16, T::to_bf16_bits)),
-        };
-        Self { k, n, data }
+        Self(Panels::pack(k, n, NR, storage, |kk, nn| src[nn * ld + kk]))
     }
 
     /// Rows of B (the product's depth).
     pub fn depth(&self) -> usize {
-        self.k
+        self.0.depth
     }
 
     /// Columns of B.
     pub fn cols(&self) -> usize {
-        self.n
+        self.0.len
     }
 
     /// How the values are stored.
     pub fn storage(&self) -> Storage {
-        match self.data {
-            Data::F32(_) => Storage::F32,
-            Data::Bf16(_) => Storage::Bf16,
-        }
+        self.0.storage()
     }
 
     /// Bytes the packed values take.
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            Data::F32(d) => d.len() * 4,
-            Data::Bf16(d) => d.len() * 2,
-        }
+        self.0.bytes()
     }
 
     /// B's value at `(k, n)` (for tests and slow paths).
     pub fn get(&self, k: usize, n: usize) -> f32 {
-        assert!(k < self.k && n < self.n);
-        let panels = self.n.div_ceil(NR);
-        let k0 = k / KC * KC;
-        let kc = KC.min(self.k - k0);
-        let at = k0 * panels * NR + (n / NR) * kc * NR + (k - k0) * NR + n % NR;
-        match &self.data {
-            Data::F32(d) => d[at],
-            Data::Bf16(d) => bf16::from_bits(d[at]).to_f32(),
-        }
+        self.0.get(k, n)
     }
 
     /// Panels `first .. first + count` (each `kc x NR`, consecutive) of the block starting at
@@ -153,47 +209,95 @@ impl PackedB {
         count: usize,
         scratch: &'s mut [f32],
     ) -> &'s [f32] {
-        let panels = self.n.div_ceil(NR);
-        debug_assert!(first + count <= panels);
-        let at = k0 * panels * NR + first * kc * NR;
-        let len = count * kc * NR;
-        match &self.data {
-            // Read in place: the panels are already consecutive, and a copy (once measured
-            // faster on Zen 3 with one panel per call) cost 7% of a whole SD 1.5 image with
-            // AVX-512's two-panel groups, since every block of A rows copies them again.
-            Data::F32(d) => &d[at..at + len],
-            Data::Bf16(d) => {
-                let dst = &mut scratch[..len];
-                widen_bf16(&d[at..at + len], dst);
-                dst
-            }
-        }
+        self.0.panels(k0, kc, first, count, scratch)
     }
 }
 
-/// Packs `get(k, n)` converted by `convert` into `KC`-deep blocks of `NR`-wide panels, the
-/// padding columns past `n` zero.
+/// An `M x K` matrix in the layout the micro-kernels read as their left operand: the
+/// weights of a product whose right operand is gathered as it runs (convolution patches).
+#[derive(Debug, Clone)]
+pub struct PackedA(Panels);
+
+impl PackedA {
+    /// Packs `A[m][k] = src[m·ld + k]`: a weight stored `(out, in)` gives `W · x`.
+    pub fn from_mxk<T: Element>(
+        src: &[T],
+        m: usize,
+        k: usize,
+        ld: usize,
+        storage: Storage,
+    ) -> Self {
+        assert!(
+            k == 0 || m == 0 || (m - 1) * ld + k <= src.len(),
+            "A source too small"
+        );
+        Self(Panels::pack(k, m, MR, storage, |kk, mm| src[mm * ld + kk]))
+    }
+
+    /// Rows of A.
+    pub fn rows(&self) -> usize {
+        self.0.len
+    }
+
+    /// Columns of A (the product's depth).
+    pub fn depth(&self) -> usize {
+        self.0.depth
+    }
+
+    /// How the values are stored.
+    pub fn storage(&self) -> Storage {
+        self.0.storage()
+    }
+
+    /// Bytes the packed values take.
+    pub fn bytes(&self) -> usize {
+        self.0.bytes()
+    }
+
+    /// A's value at `(m, k)` (for tests and slow paths).
+    pub fn get(&self, m: usize, k: usize) -> f32 {
+        self.0.get(k, m)
+    }
+
+    /// Panels `first .. first + count` (each `MR x kc`, k-major, consecutive) of the block
+    /// starting at column `k0`, as f32: f32 panels in place, bf16 panels widened into
+    /// `scratch`.
+    pub(crate) fn panels<'s>(
+        &'s self,
+        k0: usize,
+        kc: usize,
+        first: usize,
+        count: usize,
+        scratch: &'s mut [f32],
+    ) -> &'s [f32] {
+        self.0.panels(k0, kc, first, count, scratch)
+    }
+}
+
+/// Packs `get(k, j)` converted by `convert` into `KC`-deep blocks of `width`-wide panels, the
+/// padding past `len` zero.
 fn pack_blocks<T: Element, D: Copy + Send + Sync>(
-    k: usize,
-    n: usize,
+    depth: usize,
+    len: usize,
+    width: usize,
     get: &(impl Fn(usize, usize) -> T + Sync),
     zero: D,
     convert: impl Fn(T) -> D + Sync,
 ) -> Vec<D> {
-    let panels = n.div_ceil(NR);
-    let mut data = vec![zero; k * panels * NR];
+    let panels = len.div_ceil(width);
+    let mut data = vec![zero; depth * panels * width];
     if data.is_empty() {
         return data;
     }
-    data.par_chunks_mut(KC * panels * NR)
+    data.par_chunks_mut(KC * panels * width)
         .enumerate()
         .for_each(|(b, block)| {
             let k0 = b * KC;
-            let kc = KC.min(k - k0);
-            for (p, panel) in block.chunks_exact_mut(kc * NR).enumerate() {
-                for j in 0..NR.min(n - p * NR) {
+            let kc = KC.min(depth - k0);
+            for (p, panel) in block.chunks_exact_mut(kc * width).enumerate() {
+                for j in 0..width.min(len - p * width) {
                     for kk in 0..kc {
-                        panel[kk * NR + j] = convert(get(k0 + kk, p * NR + j));
+                        panel[kk * width + j] = convert(get(k0 + kk, p * width + j));
                     }
                 }
             }

@@ -116,3 +116,82 @@ fn zero_depth_gives_bias_only() {
     matmul(&[], 2, &packed, Some(&[1.0, 2.0, 3.0]), None, &mut out);
     assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
 }
+
+/// A row-major `K x N` matrix as a gathered right operand.
+struct RowMajorB<'a> {
+    data: &'a [f32],
+    k: usize,
+    n: usize,
+}
+
+impl PackB for RowMajorB<'_> {
+    fn cols(&self) -> usize {
+        self.n
+    }
+
+    fn depth(&self) -> usize {
+        self.k
+    }
+
+    fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+        for (q, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
+            for kk in 0..kc {
+                for j in 0..NR {
+                    let col = q * NR + j;
+                    panel[kk * NR + j] = if col < nc {
+                        self.data[(k0 + kk) * self.n + n0 + col]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_a_products_match_the_plain_product_at_every_level() {
+    // Shapes past MC_A rows and NC_B columns, depths past KC, and odd edges.
+    let shapes = [
+        (1, 1, 1),
+        (7, 17, 15),
+        (13, 300, 33),
+        (400, 40, 270),
+        (50, 513, 600),
+    ];
+    for storage in [Storage::F32, Storage::Bf16] {
+        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+            let mut rng = Rng::new(40 + seed as u64);
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            let a_used: Vec<f32> = match storage {
+                Storage::F32 => a.clone(),
+                Storage::Bf16 => a.iter().map(|&x| round_bf16(x)).collect(),
+            };
+            let (want, scale) = reference(&a_used, &b, m, k, n);
+            let packed = PackedA::from_mxk(&a, m, k, k, storage);
+            assert_eq!(packed.get(m - 1, k - 1), a_used[m * k - 1]);
+            let gathered = RowMajorB { data: &b, k, n };
+            for &level in &Level::available() {
+                let mut out = vec![f32::NAN; m * n];
+                let sink = RowMajorSink::new(&mut out, n, None, None);
+                gemm_packed_a_at(level, &packed, &gathered, &sink);
+                assert_close(
+                    &format!("{level} {storage:?} {m}x{k}x{n}"),
+                    &out,
+                    &want,
+                    &scale,
+                    1e-6,
+                );
+                let once = out.clone();
+                let again = with_threads(1, || {
+                    let mut out = vec![0f32; m * n];
+                    let sink = RowMajorSink::new(&mut out, n, None, None);
+                    gemm_packed_a_at(level, &packed, &gathered, &sink);
+                    out
+                });
+                assert_eq!(once, again, "{level}: 1 thread differs");
+            }
+        }
+    }
+}

@@ -61,9 +61,9 @@ impl Conv2d {
             padding: options.padding,
         };
         let weights = if kernels::packs(&weight) {
-            // (out, in, k, k) is the (n, k) layout of the product's right operand.
+            // (out, in, k, k) is the (m, k) layout of the product's left operand.
             let depth = geometry.depth();
-            let packed = kernels::pack_transposed(&weight, depth, out_channels)?;
+            let packed = kernels::pack_rows(&weight, out_channels, depth)?;
             ConvWeights::Packed {
                 weight: Arc::new(PackedConv::from_packed(packed, geometry)),
                 bias: Arc::new(kernels::vector(&bias)?),

@@ -6,7 +6,7 @@
 //! `SD_CPU_KERNELS=candle` keep candle's ops.
 
 use candle_core::{DType, Device, Shape, Storage, Tensor};
-use sd_kernels::gemm::{Element, PackedB, Storage as Packing};
+use sd_kernels::gemm::{PackedA, PackedB, Storage as Packing};
 
 use crate::{Error, Result};
 
@@ -93,29 +93,47 @@ fn packing(dtype: DType) -> Packing {
     }
 }
 
+/// A weight's values in one of the element types the kernels pack from.
+enum Values<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+    F16(&'a [half::f16]),
+}
+
+/// Calls `f` with a weight's values and the storage to pack them in (other dtypes are
+/// converted to f32 first).
+fn with_values<R>(weight: &Tensor, f: impl FnOnce(Values, Packing) -> R) -> Result<R> {
+    let weight = weight.contiguous()?;
+    let storage = packing(weight.dtype());
+    match weight.dtype() {
+        DType::F32 => with_slice(&weight, |d| f(Values::F32(d), storage)),
+        DType::BF16 => with_slice(&weight, |d| f(Values::Bf16(d), storage)),
+        DType::F16 => with_slice(&weight, |d| f(Values::F16(d), storage)),
+        other => {
+            let weight = weight
+                .to_dtype(DType::F32)
+                .map_err(|_| unsupported(other))?;
+            with_slice(&weight, |d| f(Values::F32(d), storage))
+        }
+    }
+}
+
 /// Packs a weight `(n, k)` (rows are outputs) as the `k x n` right operand of `x · Wᵀ`.
 pub(crate) fn pack_transposed(weight: &Tensor, k: usize, n: usize) -> Result<PackedB> {
-    fn pack<T: candle_core::WithDType + Element>(
-        w: &Tensor,
-        k: usize,
-        n: usize,
-    ) -> Result<PackedB> {
-        let storage = packing(w.dtype());
-        with_slice(w, |data: &[T]| PackedB::from_nxk(data, k, n, k, storage))
-    }
-    let weight = weight.contiguous()?;
-    match weight.dtype() {
-        DType::F32 => pack::<f32>(&weight, k, n),
-        DType::BF16 => pack::<half::bf16>(&weight, k, n),
-        DType::F16 => pack::<half::f16>(&weight, k, n),
-        other => pack::<f32>(
-            &weight
-                .to_dtype(DType::F32)
-                .map_err(|_| unsupported(other))?,
-            k,
-            n,
-        ),
-    }
+    with_values(weight, |values, storage| match values {
+        Values::F32(d) => PackedB::from_nxk(d, k, n, k, storage),
+        Values::Bf16(d) => PackedB::from_nxk(d, k, n, k, storage),
+        Values::F16(d) => PackedB::from_nxk(d, k, n, k, storage),
+    })
+}
+
+/// Packs a weight `(m, k)` (rows are outputs) as the `m x k` left operand of `W · x`.
+pub(crate) fn pack_rows(weight: &Tensor, m: usize, k: usize) -> Result<PackedA> {
+    with_values(weight, |values, storage| match values {
+        Values::F32(d) => PackedA::from_mxk(d, m, k, k, storage),
+        Values::Bf16(d) => PackedA::from_mxk(d, m, k, k, storage),
+        Values::F16(d) => PackedA::from_mxk(d, m, k, k, storage),
+    })
 }
 
 /// Reads a vector (bias, norm weights) as f32.
