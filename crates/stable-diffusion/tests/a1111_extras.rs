@@ -95,6 +95,40 @@ mod variation {
         let err = resize.validate(8).unwrap_err().to_string();
         assert!(err.contains("seed resize from"), "{err}");
     }
+
+    #[test]
+    fn prompts_above_the_length_limit_are_refused_by_name() {
+        use stable_diffusion::pipeline::MAX_PROMPT_BYTES;
+        // Nested open brackets: the emphasis parser's worst case, at the limit, is accepted.
+        let at_limit = "(a".repeat(MAX_PROMPT_BYTES / 2);
+        let ok = GenerationRequest {
+            prompt: at_limit.clone(),
+            width: Some(64),
+            height: Some(64),
+            seed: Some(1),
+            ..Default::default()
+        };
+        ok.validate(8).unwrap();
+        let long = format!("{at_limit}!");
+        for negative in [false, true] {
+            let mut request = GenerationRequest::default();
+            if negative {
+                request.negative_prompt = long.clone();
+            } else {
+                request.prompt = long.clone();
+            }
+            let err = request.validate(8).unwrap_err().to_string();
+            let what = if negative {
+                "negative prompt"
+            } else {
+                "prompt"
+            };
+            assert!(
+                err.contains(what) && err.contains(&MAX_PROMPT_BYTES.to_string()),
+                "{err}"
+            );
+        }
+    }
 }
 
 mod batch_seeds {

@@ -39,7 +39,8 @@ pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
 pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
 pub use request::{
-    GenerationRequest, NetworkRef, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_SIDE, MAX_STEPS,
+    GenerationRequest, NetworkRef, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_PROMPT_BYTES,
+    MAX_SIDE, MAX_STEPS,
 };
 pub use run::{precheck, random_seed, run, RunOutput};
 pub use store::{asset_name, disk_bytes, Asset, Entry, ModelStore};

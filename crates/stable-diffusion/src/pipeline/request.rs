@@ -20,6 +20,11 @@ pub const MAX_BATCH: usize = 64;
 /// The largest number of sampling steps accepted.
 pub const MAX_STEPS: usize = 1000;
 
+/// The longest prompt or negative prompt accepted, in bytes (about 16,000 tokens, hundreds of
+/// 75-token chunks): A1111's emphasis parser costs the brackets left open times the pieces
+/// after them, so unbounded text could stall a run (or a server) on one request.
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+
 /// Which random stream the noise comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RngKind {
@@ -311,6 +316,20 @@ impl GenerationRequest {
     /// Checks every parameter against the model's spatial factor (8 for SD's VAE), before any
     /// work starts. The error names the parameter and says what is allowed.
     pub fn validate(&self, spatial_factor: usize) -> Result<()> {
+        for (what, text) in [
+            ("prompt", &self.prompt),
+            ("negative prompt", &self.negative_prompt),
+        ] {
+            if text.len() > MAX_PROMPT_BYTES {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "{} bytes is above the limit of {MAX_PROMPT_BYTES} bytes",
+                        text.len()
+                    ),
+                ));
+            }
+        }
         for (what, value) in [("width", self.width), ("height", self.height)] {
             let Some(value) = value else {
                 continue; // refused below, after the values that are set
