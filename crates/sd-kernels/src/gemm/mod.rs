@@ -344,6 +344,47 @@ pub fn gemm_packed_a_at(level: Level, a: &PackedA, b: &dyn PackB, sink: &dyn Sin
     });
 }
 
+/// Sizes the C tile for `len` values; with no depth the product is zero and there is nothing
+/// left to multiply (returns false).
+fn prepare_tile(scratch: &mut Scratch, len: usize, k: usize) -> bool {
+    grow(&mut scratch.tile, len);
+    if k == 0 {
+        scratch.tile[..len].fill(0.0);
+    }
+    k > 0
+}
+
+/// One kernel call of a block: `c (+)= a_panels · b_panels`, `mp x np` panels of depth `kc`,
+/// `c` at row stride `ld`.
+fn multiply_tile(
+    tiles: Tiles,
+    (mp, np, kc): (usize, usize, usize),
+    a_panels: &[f32],
+    b_panels: &[f32],
+    c: &mut [f32],
+    ld: usize,
+    accumulate: bool,
+) {
+    assert!(a_panels.len() >= mp * MR * kc && b_panels.len() >= np * NR * kc);
+    assert!(c.len() >= (mp * MR - 1) * ld + np * NR);
+    let (a_group, b_group) = tiles.groups();
+    assert!(mp <= a_group && np <= b_group);
+    // SAFETY: the level is available (the drivers' callers check it); the panels and the
+    // tile are as large as the kernel reads and writes (asserted above).
+    unsafe {
+        tiles.run(
+            mp,
+            np,
+            kc,
+            a_panels.as_ptr(),
+            b_panels.as_ptr(),
+            c.as_mut_ptr(),
+            ld,
+            accumulate,
+        )
+    };
+}
+
 /// Computes one `mc x nc` block of `C = A · B` with A packed once into `scratch.tile` (row
 /// stride `nc` rounded up to `NR`).
 fn block_packed_a(
@@ -355,12 +396,8 @@ fn block_packed_a(
     k: usize,
     scratch: &mut Scratch,
 ) {
-    let m_panels = mc.div_ceil(MR);
-    let n_panels = nc.div_ceil(NR);
-    let ld = n_panels * NR;
-    grow(&mut scratch.tile, m_panels * MR * ld);
-    if k == 0 {
-        scratch.tile[..m_panels * MR * ld].fill(0.0);
+    let (m_panels, n_panels, ld) = (mc.div_ceil(MR), nc.div_ceil(NR), nc.div_ceil(NR) * NR);
+    if !prepare_tile(scratch, m_panels * MR * ld, k) {
         return;
     }
     let (a_group, b_group) = tiles.groups();
@@ -377,22 +414,7 @@ fn block_packed_a(
                 let np = b_group.min(n_panels - jp);
                 let b_panels = &b_block[jp * NR * kc..][..np * NR * kc];
                 let c = &mut scratch.tile[ip * MR * ld + jp * NR..];
-                debug_assert!(c.len() >= (mp * MR - 1) * ld + np * NR);
-                // SAFETY: the level is available (the caller's); a_panels holds mp MR x kc
-                // panels, b_panels np kc x NR panels, c an (mp·MR) x (np·NR) tile at row
-                // stride ld (the tile buffer was sized for it).
-                unsafe {
-                    tiles.run(
-                        mp,
-                        np,
-                        kc,
-                        a_panels.as_ptr(),
-                        b_panels.as_ptr(),
-                        c.as_mut_ptr(),
-                        ld,
-                        k0 > 0,
-                    )
-                };
+                multiply_tile(tiles, (mp, np, kc), a_panels, b_panels, c, ld, k0 > 0);
             }
         }
     }
@@ -408,12 +430,8 @@ fn block(
     k: usize,
     scratch: &mut Scratch,
 ) {
-    let m_panels = mc.div_ceil(MR);
-    let n_panels = nc.div_ceil(NR);
-    let ld = n_panels * NR;
-    grow(&mut scratch.tile, m_panels * MR * ld);
-    if k == 0 {
-        scratch.tile[..m_panels * MR * ld].fill(0.0);
+    let (m_panels, n_panels, ld) = (mc.div_ceil(MR), nc.div_ceil(NR), nc.div_ceil(NR) * NR);
+    if !prepare_tile(scratch, m_panels * MR * ld, k) {
         return;
     }
     let (a_group, b_group) = tiles.groups();
@@ -430,22 +448,7 @@ fn block(
                 let mp = a_group.min(m_panels - ip);
                 let a_panels = &a_block[ip * MR * kc..][..mp * MR * kc];
                 let c = &mut scratch.tile[ip * MR * ld + jp * NR..];
-                debug_assert!(c.len() >= (mp * MR - 1) * ld + np * NR);
-                // SAFETY: the level is available (the caller's); a_panels holds mp MR x kc
-                // panels, b_panels np kc x NR panels, c an (mp·MR) x (np·NR) tile at row
-                // stride ld (the tile buffer was sized for it).
-                unsafe {
-                    tiles.run(
-                        mp,
-                        np,
-                        kc,
-                        a_panels.as_ptr(),
-                        b_panels.as_ptr(),
-                        c.as_mut_ptr(),
-                        ld,
-                        k0 > 0,
-                    )
-                };
+                multiply_tile(tiles, (mp, np, kc), a_panels, b_panels, c, ld, k0 > 0);
             }
         }
     }
