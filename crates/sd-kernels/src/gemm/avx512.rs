@@ -60,25 +60,46 @@ unsafe fn tile<const MP: usize, const NP: usize>(
             }
         }
     }
-    for k in 0..kc {
-        let mut bk = [_mm512_setzero_ps(); NP];
-        for (q, v) in bk.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(b.add(q * kc * NR + k * NR));
-        }
-        for (p, panel) in acc.iter_mut().enumerate() {
-            let ak = a.add(p * MR * kc + k * MR);
-            for (i, row) in panel.iter_mut().enumerate() {
-                let a_i = _mm512_set1_ps(*ak.add(i));
-                for (v, &bq) in row.iter_mut().zip(&bk) {
-                    *v = _mm512_fmadd_ps(a_i, bq, *v);
-                }
-            }
-        }
+    // Two depth steps per iteration: 3-10% faster on SD's convolutions than one (measured
+    // interleaved in one process); the sums keep their order, so results are unchanged.
+    let mut k = 0;
+    while k + 2 <= kc {
+        step(&mut acc, kc, a, b, k);
+        step(&mut acc, kc, a, b, k + 1);
+        k += 2;
+    }
+    if k < kc {
+        step(&mut acc, kc, a, b, k);
     }
     for (p, panel) in acc.iter().enumerate() {
         for (i, row) in panel.iter().enumerate() {
             for (q, v) in row.iter().enumerate() {
                 _mm512_storeu_ps(c.add((p * MR + i) * ldc + q * NR), *v);
+            }
+        }
+    }
+}
+
+/// One depth step `k` of [`tile`]: `acc += a[.., k] · b[k, ..]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn step<const MP: usize, const NP: usize>(
+    acc: &mut [[[__m512; NP]; MR]; MP],
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    k: usize,
+) {
+    let mut bk = [_mm512_setzero_ps(); NP];
+    for (q, v) in bk.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(b.add(q * kc * NR + k * NR));
+    }
+    for (p, panel) in acc.iter_mut().enumerate() {
+        let ak = a.add(p * MR * kc + k * MR);
+        for (i, row) in panel.iter_mut().enumerate() {
+            let a_i = _mm512_set1_ps(*ak.add(i));
+            for (v, &bq) in row.iter_mut().zip(&bk) {
+                *v = _mm512_fmadd_ps(a_i, bq, *v);
             }
         }
     }

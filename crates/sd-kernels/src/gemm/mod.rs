@@ -415,7 +415,15 @@ fn block_packed_a(
             let np = b_group.min(n_panels - jp);
             let b_panels = &b_block[jp * NR * kc..][..np * NR * kc];
             let tile = &mut scratch.tile[jp * NR..];
-            multiply_column(tiles, (m_panels, np, kc), a_block, b_panels, tile, ld, k0 > 0);
+            multiply_column(
+                tiles,
+                (m_panels, np, kc),
+                a_block,
+                b_panels,
+                tile,
+                ld,
+                k0 > 0,
+            );
         }
     }
 }
@@ -445,7 +453,15 @@ fn block(
             let np = b_group.min(n_panels - jp);
             let b_panels = b.panels(k0, kc, n0 / NR + jp, np, &mut scratch.b);
             let tile = &mut scratch.tile[jp * NR..];
-            multiply_column(tiles, (m_panels, np, kc), a_block, b_panels, tile, ld, k0 > 0);
+            multiply_column(
+                tiles,
+                (m_panels, np, kc),
+                a_block,
+                b_panels,
+                tile,
+                ld,
+                k0 > 0,
+            );
         }
     }
 }
