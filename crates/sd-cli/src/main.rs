@@ -22,6 +22,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use stable_diffusion::tokenizer::ClipTokenizer;
 
+/// Large activations reuse freed blocks instead of fresh pages from the system (see
+/// `sd_kernels::workspace`).
+#[global_allocator]
+static ALLOC: sd_kernels::workspace::Workspace = sd_kernels::workspace::Workspace::new();
+
 /// Stable Diffusion in Rust: the same images as diffusers, from your own checkpoints.
 #[derive(Parser, Debug)]
 #[command(name = "sd", version, about, long_about = None)]

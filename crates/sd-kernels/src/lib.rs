@@ -5,6 +5,8 @@
 //! - [`conv`]: 2-D convolution as implicit GEMM (patches packed on the fly, no im2col matrix);
 //! - [`math`]: vectorized `exp` and activations (SiLU, GELU erf/tanh, quick GELU) in place;
 //! - [`norm`]: GroupNorm (fused with SiLU), LayerNorm and GEGLU, one pass over the output.
+//! - [`workspace`]: a global allocator that reuses large freed blocks (no page faults in a
+//!   steady-state step).
 //!
 //! Every level is tested against the generic one on odd shapes; results never depend on the
 //! thread count.
@@ -15,6 +17,7 @@ pub mod cpu;
 pub mod gemm;
 pub mod math;
 pub mod norm;
+pub mod workspace;
 
 pub use cpu::Level;
 
