@@ -4,7 +4,7 @@
 //! pixels along the micro-kernel's wide side, a patch panel is `NR` neighbouring input
 //! values of one row (one copy), and C's rows are already NCHW output rows.
 
-use crate::gemm::{self, PackB, PackedA, SharedMut, Sink, Storage, NR};
+use crate::gemm::{self, PackB, PackedA, SharedMut, Sink, Storage, KC, NR};
 
 /// The geometry of a convolution: square kernel, equal stride and zero padding on all sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,11 +207,47 @@ impl PackB for Patches<'_> {
         let (h, w, kernel, stride) = (self.height, self.width, g.kernel, g.stride);
         let plane = h * w;
         let taps = kernel * kernel;
+        assert!(kc <= KC, "a depth block is at most KC rows");
         let mut runs = [Run::default(); NR];
+        // Each panel row's input offset from a patch's top-left corner, the same for every
+        // panel: (channel, kernel row, kernel column) walked from k0.
+        let mut offsets = [0usize; KC];
+        let offsets = &mut offsets[..kc];
+        let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
+        for offset in offsets.iter_mut() {
+            *offset = ci * plane + ky * w + kx;
+            kx += 1;
+            if kx == kernel {
+                kx = 0;
+                ky += 1;
+                if ky == kernel {
+                    ky = 0;
+                    ci += 1;
+                }
+            }
+        }
         for (q, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
             let valid = NR.min(nc.saturating_sub(q * NR));
             let count = self.runs(n0 + q * NR, valid, &mut runs);
             let runs = &runs[..count];
+            let r = runs[0];
+            let interior = count == 1
+                && valid == NR
+                && stride == 1
+                && r.top >= 0
+                && r.top as usize + kernel <= h
+                && r.left >= 0
+                && r.left as usize + kernel - 1 + NR <= w;
+            if interior {
+                // The common case: NR neighbours of one output row whose patches lie inside
+                // the input, so every panel row is NR consecutive input values.
+                let corner = r.image + r.top as usize * w + r.left as usize;
+                for (dst_k, &offset) in panel.chunks_exact_mut(NR).zip(offsets.iter()) {
+                    let at = corner + offset;
+                    dst_k.copy_from_slice(&self.input[at..at + NR]);
+                }
+                continue;
+            }
             // One panel row per (channel, kernel row, kernel column), walked by counting.
             let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
             for dst_k in panel.chunks_exact_mut(NR) {
