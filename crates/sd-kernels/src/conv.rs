@@ -251,43 +251,29 @@ impl PackB for Patches<'_> {
             // One panel row per (channel, kernel row, kernel column), walked by counting.
             let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
             for dst_k in panel.chunks_exact_mut(NR) {
-                let dst_k: &mut [f32; NR] = dst_k.try_into().expect("NR values");
-                let full_row = count == 1 && valid == NR && stride == 1;
-                if full_row {
-                    // The common interior case: NR neighbours of one input row.
-                    let r = runs[0];
+                dst_k[valid..].fill(0.0);
+                for r in runs {
+                    let out = &mut dst_k[r.lane..r.lane + r.len];
                     let iy = r.top + ky as isize;
-                    let ix = r.left + kx as isize;
                     if iy < 0 || iy as usize >= h {
-                        *dst_k = [0.0; NR];
-                    } else {
-                        let row = &self.input[r.image + ci * plane + iy as usize * w..][..w];
-                        if ix >= 0 && ix as usize + NR <= w {
-                            let src: &[f32; NR] = row[ix as usize..ix as usize + NR]
-                                .try_into()
-                                .expect("NR values");
-                            *dst_k = *src;
-                        } else {
-                            for (i, d) in dst_k.iter_mut().enumerate() {
-                                let x = ix + i as isize;
-                                *d = if x >= 0 && (x as usize) < w {
-                                    row[x as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
-                        }
+                        out.fill(0.0);
+                        continue;
                     }
-                } else {
-                    dst_k[valid..].fill(0.0);
-                    for r in runs {
-                        let out = &mut dst_k[r.lane..r.lane + r.len];
-                        let iy = r.top + ky as isize;
-                        if iy < 0 || iy as usize >= h {
-                            out.fill(0.0);
-                            continue;
+                    let row = &self.input[r.image + ci * plane + iy as usize * w..][..w];
+                    if stride == 1 {
+                        // Lanes `lo .. hi` read inside the row, one run of it; the rest are
+                        // padding.
+                        let x0 = r.left + kx as isize;
+                        let len = out.len() as isize;
+                        let lo = (-x0).clamp(0, len) as usize;
+                        let hi = (w as isize - x0).clamp(lo as isize, len) as usize;
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        if hi > lo {
+                            let from = (x0 + lo as isize) as usize;
+                            out[lo..hi].copy_from_slice(&row[from..from + (hi - lo)]);
                         }
-                        let row = &self.input[r.image + ci * plane + iy as usize * w..][..w];
+                    } else {
                         for (j, d) in out.iter_mut().enumerate() {
                             let x = r.left + (kx + j * stride) as isize;
                             *d = if x >= 0 && (x as usize) < w {

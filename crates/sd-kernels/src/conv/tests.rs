@@ -113,6 +113,26 @@ fn cases() -> Vec<Case> {
             height: 3,
             width: 3,
         },
+        // Rows wider than a panel: interior panels (straight copies) beside edge panels, and
+        // a depth over one block (360 > KC), so a block starts inside a channel's taps.
+        Case {
+            batch: 2,
+            geometry: geometry(40, 9, 3, 1, 1),
+            height: 5,
+            width: 37,
+        },
+        Case {
+            batch: 1,
+            geometry: geometry(7, 5, 3, 1, 0),
+            height: 4,
+            width: 40,
+        },
+        Case {
+            batch: 2,
+            geometry: geometry(6, 11, 1, 1, 0),
+            height: 3,
+            width: 34,
+        },
         // More output channels than one task's rows (several row blocks of the weights).
         Case {
             batch: 2,
