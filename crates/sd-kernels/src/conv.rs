@@ -193,6 +193,16 @@ impl Patches<'_> {
     }
 }
 
+/// One row of the patch matrix: an input channel and kernel position, and its input offset
+/// from a patch's top-left value.
+#[derive(Clone, Copy, Default)]
+struct Tap {
+    channel: usize,
+    ky: usize,
+    kx: usize,
+    offset: usize,
+}
+
 impl PackB for Patches<'_> {
     fn cols(&self) -> usize {
         self.columns
@@ -209,20 +219,25 @@ impl PackB for Patches<'_> {
         let taps = kernel * kernel;
         assert!(kc <= KC, "a depth block is at most KC rows");
         let mut runs = [Run::default(); NR];
-        // Each panel row's input offset from a patch's top-left corner, the same for every
-        // panel: (channel, kernel row, kernel column) walked from k0.
-        let mut offsets = [0usize; KC];
-        let offsets = &mut offsets[..kc];
-        let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
-        for offset in offsets.iter_mut() {
-            *offset = ci * plane + ky * w + kx;
+        // What each panel row reads, the same for every panel: (channel, kernel row, kernel
+        // column) walked from k0, and its offset from a patch's top-left input value.
+        let mut rows = [Tap::default(); KC];
+        let rows = &mut rows[..kc];
+        let (mut channel, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
+        for tap in rows.iter_mut() {
+            *tap = Tap {
+                channel,
+                ky,
+                kx,
+                offset: channel * plane + ky * w + kx,
+            };
             kx += 1;
             if kx == kernel {
                 kx = 0;
                 ky += 1;
                 if ky == kernel {
                     ky = 0;
-                    ci += 1;
+                    channel += 1;
                 }
             }
         }
@@ -242,15 +257,16 @@ impl PackB for Patches<'_> {
                 // The common case: NR neighbours of one output row whose patches lie inside
                 // the input, so every panel row is NR consecutive input values.
                 let corner = r.image + r.top as usize * w + r.left as usize;
-                for (dst_k, &offset) in panel.chunks_exact_mut(NR).zip(offsets.iter()) {
-                    let at = corner + offset;
+                for (dst_k, tap) in panel.chunks_exact_mut(NR).zip(rows.iter()) {
+                    let at = corner + tap.offset;
                     dst_k.copy_from_slice(&self.input[at..at + NR]);
                 }
                 continue;
             }
-            // One panel row per (channel, kernel row, kernel column), walked by counting.
-            let (mut ci, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
-            for dst_k in panel.chunks_exact_mut(NR) {
+            for (dst_k, tap) in panel.chunks_exact_mut(NR).zip(rows.iter()) {
+                let &Tap {
+                    channel, ky, kx, ..
+                } = tap;
                 dst_k[valid..].fill(0.0);
                 for r in runs {
                     let out = &mut dst_k[r.lane..r.lane + r.len];
@@ -259,7 +275,7 @@ impl PackB for Patches<'_> {
                         out.fill(0.0);
                         continue;
                     }
-                    let row = &self.input[r.image + ci * plane + iy as usize * w..][..w];
+                    let row = &self.input[r.image + channel * plane + iy as usize * w..][..w];
                     if stride == 1 {
                         // Lanes `lo .. hi` read inside the row, one run of it; the rest are
                         // padding.
@@ -282,15 +298,6 @@ impl PackB for Patches<'_> {
                                 0.0
                             };
                         }
-                    }
-                }
-                kx += 1;
-                if kx == kernel {
-                    kx = 0;
-                    ky += 1;
-                    if ky == kernel {
-                        ky = 0;
-                        ci += 1;
                     }
                 }
             }
