@@ -200,3 +200,27 @@ fn keys_that_change_a1111s_image_but_are_not_built_are_listed_for_a_warning() {
     let text = ours.to_infotext("m", None, 0);
     assert!(GenerationRequest::unsupported_infotext_keys(&text).is_empty());
 }
+
+#[test]
+fn ddim_cfgpp_reads_and_writes_as_a1111_names_it_with_ddim_s_eta() {
+    // As A1111 1.10 writes it (its eta is "Eta DDIM", written when not 0).
+    let request = a1111("Steps: 20, Sampler: DDIM CFG++, Schedule type: Automatic, CFG scale: 1, Seed: 5, Size: 512x512, Eta DDIM: 0.3, Version: v1.10.1");
+    assert_eq!(request.sampler, SamplerKind::DdimCfgPp);
+    assert_eq!(request.eta, 0.3);
+    assert_eq!(request.resolved_sampler_options().eta, Some(0.3));
+    // The negative prompt runs at CFG 1 too: CFG++ steps along it.
+    assert!(request.uses_cfg());
+    let text = request.to_infotext("m", None, 0).to_string();
+    assert!(
+        text.contains("Sampler: DDIM CFG++, Schedule type: Automatic, CFG scale: 1,")
+            && text.contains("Eta DDIM: 0.3")
+            && !text.contains("Eta: ")
+            && !text.contains("Sampler flavor"),
+        "{text}"
+    );
+    let back = GenerationRequest::from_infotext(&InfoText::parse(&text)).unwrap();
+    assert_eq!((back.sampler, back.eta), (SamplerKind::DdimCfgPp, 0.3));
+    // Other samplers keep guidance off at CFG 1.
+    let euler = a1111("Steps: 20, Sampler: Euler, CFG scale: 1, Seed: 5");
+    assert!(!euler.uses_cfg());
+}

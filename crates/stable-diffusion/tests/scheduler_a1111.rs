@@ -1,7 +1,8 @@
-//! Parity of A1111's own timestep samplers ("DDIM", "PLMS", "UniPC"; the k-diffusion flavor of
-//! ddim, pndm and unipc) with a transcription of A1111's loops (fixtures/scheduler_a1111/, made by
-//! tools/reference/parts/a1111_timesteps.py): the model timesteps, the sample at every model
-//! call and the final sample, with the k-diffusion fixtures' stand-in model.
+//! Parity of A1111's own timestep samplers ("DDIM", "DDIM CFG++", "PLMS", "UniPC"; the
+//! k-diffusion flavor of ddim, ddim_cfgpp, pndm and unipc) with a transcription of A1111's loops
+//! (fixtures/scheduler_a1111/, made by tools/reference/parts/a1111_timesteps.py): the model
+//! timesteps, the sample at every model call and the final sample, with the k-diffusion
+//! fixtures' stand-in model (DDIM CFG++: two stand-in outputs mixed by CFG).
 
 mod common;
 
@@ -16,11 +17,22 @@ const TOLERANCE: f32 = 1e-4;
 
 #[test]
 fn a1111_timestep_samplers_match_a1111_call_by_call() {
-    let fixture = common::load_json("scheduler_a1111/cases.json");
-    let tensors = common::load_tensors("scheduler_a1111/loops.safetensors");
+    check_fixture("cases.json", "loops.safetensors", 20);
+}
+
+#[test]
+fn a1111_ddim_cfgpp_matches_a1111_call_by_call() {
+    check_fixture("cfgpp.json", "cfgpp.safetensors", 8);
+}
+
+/// Runs every case of a fixture file of scheduler_a1111/ and compares each model call's input
+/// and the final sample; prints the worst difference.
+fn check_fixture(cases_file: &str, tensors_file: &str, min_cases: usize) {
+    let fixture = common::load_json(&format!("scheduler_a1111/{cases_file}"));
+    let tensors = common::load_tensors(&format!("scheduler_a1111/{tensors_file}"));
     let shape: Vec<usize> = serde_json::from_value(fixture["shape"].clone()).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 20, "only {} cases", cases.len());
+    assert!(cases.len() >= min_cases, "only {} cases", cases.len());
     let mut worst = (0f32, String::new());
     for case in cases {
         let name = case["name"].as_str().unwrap();
@@ -48,7 +60,10 @@ fn a1111_timestep_samplers_match_a1111_call_by_call() {
             common::assert_close(name, &initial, &tensors[&format!("{name}.initial")], 0.0);
             (initial * plan.init_noise_sigma()).unwrap()
         };
-        let mut model = common::RecordingModel::default();
+        let mut model = common::RecordingModel {
+            cfg_scale: case.get("cfg_scale").and_then(|v| v.as_f64()),
+            ..Default::default()
+        };
         let latents = plan.run(&mut model, latents, &mut rng, None).unwrap();
         let expected: Vec<f64> = serde_json::from_value(case["timesteps"].clone()).unwrap();
         let ours: Vec<f64> = model.calls.iter().map(|(_, t)| *t).collect();
@@ -77,7 +92,7 @@ fn a1111_timestep_samplers_match_a1111_call_by_call() {
         assert!(diff <= TOLERANCE, "{name}: final sample differs by {diff}");
     }
     println!(
-        "{} runs; worst diff (relative to max(1, |ref|)) {:e} ({})",
+        "{cases_file}: {} runs; worst diff (relative to max(1, |ref|)) {:e} ({})",
         cases.len(),
         worst.0,
         worst.1
@@ -87,7 +102,12 @@ fn a1111_timestep_samplers_match_a1111_call_by_call() {
 #[test]
 fn a1111_timestep_samplers_refuse_schedules_they_ignore() {
     let config = SchedulerConfig::sd15();
-    for kind in [SamplerKind::Ddim, SamplerKind::Pndm, SamplerKind::UniPc] {
+    for kind in [
+        SamplerKind::Ddim,
+        SamplerKind::DdimCfgPp,
+        SamplerKind::Pndm,
+        SamplerKind::UniPc,
+    ] {
         let options = SamplerOptions {
             flavor: Some(SamplerFlavor::KDiffusion),
             ..SamplerOptions::default()
@@ -183,4 +203,65 @@ fn a1111_names_select_a1111_timestep_samplers_and_ours_keep_diffusers() {
         .unwrap();
         assert_ne!(diffusers.diffusers().unwrap().timesteps(), calls, "{name}");
     }
+}
+
+#[test]
+fn ddim_cfgpp_goes_by_a1111_s_name_and_ours_and_runs_only_as_a1111_does() {
+    use stable_diffusion::scheduler::parse_sampler_name;
+    let kind = SamplerKind::DdimCfgPp;
+    assert_eq!(kind.a1111_name(), "DDIM CFG++");
+    assert_eq!(kind.name(), "ddim_cfgpp");
+    for name in ["DDIM CFG++", "ddim cfg++"] {
+        assert_eq!(
+            parse_sampler_name(name).unwrap(),
+            (kind, Some(SamplerFlavor::KDiffusion)),
+            "{name}"
+        );
+    }
+    assert_eq!(parse_sampler_name("ddim_cfgpp").unwrap(), (kind, None));
+    assert!(kind.needs_uncond() && kind.uses_ddim_eta());
+    assert!(SamplerKind::ALL
+        .iter()
+        .all(|k| k.needs_uncond() == (*k == kind)));
+    // Our name runs A1111's loop too (there is no diffusers class): 7 steps, 7 calls.
+    let config = SchedulerConfig::sd15();
+    let mut plan = build_sampler_with(
+        kind,
+        SigmaSchedule::Default,
+        &config,
+        7,
+        &SamplerOptions::default(),
+    )
+    .unwrap();
+    assert!(plan.diffusers().is_none());
+    let mut model = common::RecordingModel {
+        cfg_scale: Some(7.5),
+        ..Default::default()
+    };
+    let x = candle_core::Tensor::ones((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let first = plan
+        .run(&mut model, x.clone(), &mut TorchCpuRng::new(0), None)
+        .unwrap();
+    assert_eq!(model.calls.len(), 7);
+    // Its eta is DDIM's, 0 by default: the noise it draws does not count.
+    let again = plan
+        .run(&mut model, x, &mut TorchCpuRng::new(1), None)
+        .unwrap();
+    let diff = common::max_abs_diff(&first, &again);
+    assert_eq!(diff, 0.0);
+    let diffusers = SamplerOptions {
+        flavor: Some(SamplerFlavor::Diffusers),
+        ..SamplerOptions::default()
+    };
+    let err = build_sampler_with(kind, SigmaSchedule::Default, &config, 7, &diffusers)
+        .err()
+        .expect("no diffusers class")
+        .to_string();
+    assert!(err.contains("no diffusers scheduler class"), "{err}");
+    // A negative eta is refused.
+    let bad = SamplerOptions {
+        eta: Some(-1.0),
+        ..SamplerOptions::default()
+    };
+    assert!(build_sampler_with(kind, SigmaSchedule::Default, &config, 7, &bad).is_err());
 }

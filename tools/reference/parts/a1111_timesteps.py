@@ -1,4 +1,4 @@
-"""Fixtures for AUTOMATIC1111's own timestep samplers "DDIM", "PLMS" and "UniPC"
+"""Fixtures for AUTOMATIC1111's own timestep samplers "DDIM", "DDIM CFG++", "PLMS" and "UniPC"
 (src/scheduler/a1111_*.rs).
 
 A1111 does not run these through k-diffusion: modules/sd_samplers_timesteps.py walks the integer
@@ -10,6 +10,10 @@ are restated below, in our words, from A1111 v1.10:
 - DDIM visits timesteps[len-1] ... timesteps[1] (one model call fewer than planned) and ends at
   the cumulative alpha of timesteps[0]; it draws a noise tensor every step, scaled by
   eta * sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev)).
+- DDIM CFG++ (ddim_cfgpp, new in v1.10) is DDIM with two changes: it sets the CFG denoiser's
+  scale multiplier to 1/12.5 (the guidance scale times it mixes the prompt's and the negative
+  prompt's eps), and the direction term uses the unconditional eps of the same call (the CFG
+  denoiser keeps it when asked), the clean-sample estimate the guided one. It takes DDIM's eta.
 - PLMS visits the same timesteps; its first step is a pseudo improved Euler step (a second model
   call at the next timestep), the next ones Adams-Bashforth of order 2, 3, 4 on eps.
 - UniPC is A1111's port of the UniPC reference code (modules/models/diffusion/uni_pc) with
@@ -25,7 +29,10 @@ timesteps[:t_enc].
 
 Step-level cases use the k-diffusion fixtures' stand-in model (eps or v =
 0.9 * tanh(x) + 0.05 * t / 1000, t the model's fractional timestep) and record the model
-timesteps, the sample at every model call and the final sample. Noise: torch's global generator
+timesteps, the sample at every model call and the final sample. DDIM CFG++ cases
+(scheduler_a1111/cfgpp.*) add a stand-in negative-prompt output, 0.5 * tanh(x) + 0.2 * x -
+0.03 * t / 1000, mixed with the first by CFG at the case's scale, each turned into eps first as
+A1111's CFG denoiser sees them. Noise: torch's global generator
 seeded with the case's seed (initial noise torch.randn, then DDIM's per-step randn_like).
 End-to-end cases (through `sd generate` with the A1111 names) are in pipeline_samplers.py.
 """
@@ -80,6 +87,54 @@ def ddim(model, x, timesteps, alphas_cumprod, eta=0.0):
         s_t = noise_scale[k].item() * ones
         x0 = (x - (1 - a[k]).sqrt().item() * ones * eps) / a_t.sqrt()
         direction = (1.0 - a_p - s_t**2).sqrt() * eps
+        x = a_p.sqrt() * x0 + direction + s_t * torch.randn_like(x)
+    return x
+
+
+class CfgEpsModel(EpsModel):
+    """Two outputs (the prompt's, the negative prompt's) from `outputs_fn`, each turned into eps,
+    mixed by CFG as A1111's CFGDenoiser mixes them: uncond + (cond - uncond) * scale *
+    scale_multiplier. Like that denoiser it keeps the last call's unconditional eps."""
+
+    def __init__(self, outputs_fn, scale, alphas_cumprod, v_prediction):
+        super().__init__(None, alphas_cumprod, v_prediction)
+        self.outputs_fn, self.scale = outputs_fn, scale
+        self.scale_multiplier = 1.0
+        self.last_uncond = None
+
+    def eps(self, out, x, t):
+        if not self.v:
+            return out
+        i = t.to(torch.int)
+        return self.ac[i].sqrt()[:, None, None, None] * out + (1 - self.ac[i]).sqrt()[:, None, None, None] * x
+
+    def __call__(self, x, t):
+        t = t.reshape(-1).expand(x.shape[0])
+        self.calls.append(float(t[0]))
+        self.inputs.append(x.clone())
+        cond, uncond = self.outputs_fn(x, t)
+        cond, uncond = self.eps(cond, x, t), self.eps(uncond, x, t)
+        self.last_uncond = uncond.clone()
+        return uncond + (cond - uncond) * (self.scale * self.scale_multiplier)
+
+
+@torch.no_grad()
+def ddim_cfgpp(model, x, timesteps, alphas_cumprod, eta=0.0):
+    """DDIM with the CFG scale divided by 12.5 and the direction along the unconditional eps."""
+    model.scale_multiplier = 1 / 12.5
+    a = alphas_cumprod[timesteps]
+    a_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
+    noise_scale = eta * ((1 - a_prev) / (1 - a.double()) * (1 - a.double() / a_prev)).sqrt()
+    ones = x.new_ones([x.shape[0]])
+    for i in range(len(timesteps) - 1):
+        k = len(timesteps) - 1 - i
+        guided = model(x, timesteps[k].item() * ones)
+        uncond = model.last_uncond
+        a_t = a[k].item() * ones
+        a_p = a_prev[k].item() * ones
+        s_t = noise_scale[k].item() * ones
+        x0 = (x - (1 - a[k]).sqrt().item() * ones * guided) / a_t.sqrt()
+        direction = (1.0 - a_p - s_t**2).sqrt() * uncond
         x = a_p.sqrt() * x0 + direction + s_t * torch.randn_like(x)
     return x
 
@@ -217,16 +272,28 @@ def fake_output(x, t):
     return 0.9 * torch.tanh(x) + 0.05 * (t.float() / 1000.0)
 
 
-SAMPLERS = {"ddim": ddim, "pndm": plms, "unipc": unipc}
+def fake_uncond_output(x, t):
+    return 0.5 * torch.tanh(x) + 0.2 * x - 0.03 * (t.float() / 1000.0)
 
 
-def run_case(name, sampler, config, steps, seed, strength=None, eta=None, variant=None):
+SAMPLERS = {"ddim": ddim, "ddim_cfgpp": ddim_cfgpp, "pndm": plms, "unipc": unipc}
+
+
+def run_case(name, sampler, config, steps, seed, strength=None, eta=None, variant=None,
+             cfg_scale=None):
     ac = EulerDiscreteScheduler.from_config(config).alphas_cumprod
-    model = EpsModel(fake_output, ac, config.get("prediction_type") == "v_prediction")
+    v_prediction = config.get("prediction_type") == "v_prediction"
+    if cfg_scale is None:
+        model = EpsModel(fake_output, ac, v_prediction)
+    else:
+        both = lambda x, t: (fake_output(x, t), fake_uncond_output(x, t))  # noqa: E731
+        model = CfgEpsModel(both, cfg_scale, ac, v_prediction)
     timesteps = a1111_timesteps(steps)
     torch.manual_seed(seed)
     tensors = {}
     case = {"name": name, "sampler": sampler, "config": config, "steps": steps, "seed": seed}
+    if cfg_scale is not None:
+        case["cfg_scale"] = cfg_scale
     kwargs = {}
     if eta is not None:
         kwargs["eta"] = eta
@@ -281,3 +348,17 @@ def make(root):
     add("pndm_eps_4", "pndm", SD15, 4)
     save_tensors(out / "loops.safetensors", tensors)
     save_json(out / "cases.json", {"shape": list(SHAPE), "cases": cases})
+
+    # DDIM CFG++ on the two-output stand-in, in a file of its own.
+    cases, tensors = [], {}
+    seed = 800
+    add("ddim_cfgpp_eps_10", "ddim_cfgpp", SD15, 10, cfg_scale=7.5)
+    add("ddim_cfgpp_v_6", "ddim_cfgpp", SD15_V, 6, cfg_scale=5.0)
+    add("ddim_cfgpp_eps_7_cfg_12.5", "ddim_cfgpp", SD15, 7, cfg_scale=12.5)
+    add("ddim_cfgpp_cfg_0", "ddim_cfgpp", SD15, 8, cfg_scale=0.0)
+    add("ddim_cfgpp_cfg_1", "ddim_cfgpp", SD15, 8, cfg_scale=1.0)
+    add("ddim_cfgpp_eta_0.5", "ddim_cfgpp", SD15, 8, eta=0.5, cfg_scale=9.0)
+    add("ddim_cfgpp_img2img_0.6", "ddim_cfgpp", SD15, 10, strength=0.6, cfg_scale=7.5)
+    add("ddim_cfgpp_v_img2img_0.75", "ddim_cfgpp", SD15_V, 9, strength=0.75, cfg_scale=6.0)
+    save_tensors(out / "cfgpp.safetensors", tensors)
+    save_json(out / "cfgpp.json", {"shape": list(SHAPE), "cases": cases})

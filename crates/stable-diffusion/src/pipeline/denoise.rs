@@ -14,7 +14,7 @@ use super::{Control, Generation, GenerationRequest, Progress, Timings};
 use crate::prompt::ScheduleSteps;
 use crate::rng::NoiseSource;
 use crate::scheduler::Blend;
-use crate::scheduler::{build_sampler_with, Model, SamplerPlan, StepInfo};
+use crate::scheduler::{build_sampler_with, GuidedPrediction, Model, SamplerPlan, StepInfo};
 use crate::{Error, Result};
 
 /// The inputs of a generation besides the request: tensors and models the caller loaded.
@@ -437,8 +437,10 @@ struct Guided<'a> {
     step_done: &'a mut dyn FnMut() -> Result<()>,
 }
 
-impl Model for Guided<'_> {
-    fn predict(&mut self, input: &Tensor, timestep: f64) -> Result<Tensor> {
+impl Guided<'_> {
+    /// The UNet's output for `input` at `timestep`: the (unconditional, conditional) halves
+    /// with guidance, else the one conditional output.
+    fn forward(&mut self, input: &Tensor, timestep: f64) -> Result<(Option<Tensor>, Tensor)> {
         let conditioning = self.schedule.at(self.calls);
         self.calls += 1;
         let cfg = self.request.uses_cfg();
@@ -455,11 +457,42 @@ impl Model for Guided<'_> {
             conditioning.added.as_ref(),
         )?;
         if !cfg {
-            return Ok(prediction);
+            return Ok((None, prediction));
         }
         let halves = prediction.chunk(2, 0)?;
-        let (uncond, cond) = (&halves[0], &halves[1]);
-        Ok((uncond + ((cond - uncond)? * self.request.cfg_scale)?)?)
+        Ok((Some(halves[0].clone()), halves[1].clone()))
+    }
+}
+
+/// `uncond + (cond − uncond) · scale`.
+fn guide(uncond: &Tensor, cond: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok((uncond + ((cond - uncond)? * scale)?)?)
+}
+
+impl Model for Guided<'_> {
+    fn predict(&mut self, input: &Tensor, timestep: f64) -> Result<Tensor> {
+        match self.forward(input, timestep)? {
+            (Some(uncond), cond) => guide(&uncond, &cond, self.request.cfg_scale),
+            (None, cond) => Ok(cond),
+        }
+    }
+
+    fn predict_with_uncond(
+        &mut self,
+        input: &Tensor,
+        timestep: f64,
+        scale_multiplier: f64,
+    ) -> Result<GuidedPrediction> {
+        match self.forward(input, timestep)? {
+            (Some(uncond), cond) => Ok(GuidedPrediction {
+                guided: guide(&uncond, &cond, self.request.cfg_scale * scale_multiplier)?,
+                uncond,
+            }),
+            (None, cond) => Ok(GuidedPrediction {
+                guided: cond.clone(),
+                uncond: cond,
+            }),
+        }
     }
 
     fn step_done(&mut self, _step: &StepInfo<'_>) -> Result<()> {

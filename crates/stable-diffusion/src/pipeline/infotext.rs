@@ -3,7 +3,7 @@
 use super::{GenerationRequest, HiresFix, HiresUpscaler, RngKind};
 use crate::image::{format_float, InfoText};
 use crate::prompt::PromptSyntax;
-use crate::scheduler::{parse_sampler_and_schedule, SamplerFlavor, SamplerKind, SigmaSchedule};
+use crate::scheduler::{parse_sampler_and_schedule, SamplerFlavor, SigmaSchedule};
 use crate::{Error, Result};
 
 impl GenerationRequest {
@@ -81,7 +81,7 @@ impl GenerationRequest {
                 format_float(self.negative_aesthetic_score),
             );
         }
-        if self.sampler == SamplerKind::Ddim && self.eta != 0.0 {
+        if self.sampler.uses_ddim_eta() && self.eta != 0.0 {
             info.push("Eta DDIM", format_float(self.eta));
         }
         if self.batch_size > 1 && !per_image {
@@ -103,7 +103,7 @@ impl GenerationRequest {
     /// infotext means A1111's (k-diffusion) sampling.
     fn push_sampler_options(&self, info: &mut InfoText) {
         let options = &self.sampler_options;
-        if self.sampler != SamplerKind::Ddim {
+        if !self.sampler.uses_ddim_eta() {
             if let Some(eta) = options.eta {
                 info.push("Eta", format_float(eta));
             }

@@ -122,7 +122,8 @@ pub struct GenerationRequest {
     pub height: Option<usize>,
     /// Number of sampling steps (for img2img, before the strength truncation).
     pub steps: usize,
-    /// Classifier-free guidance scale; 1 or below skips the unconditional pass.
+    /// Classifier-free guidance scale; 1 or below skips the unconditional pass (except for
+    /// CFG++ samplers, which always run it).
     pub cfg_scale: f64,
     /// The sampler.
     pub sampler: SamplerKind,
@@ -134,7 +135,7 @@ pub struct GenerationRequest {
     pub rng: RngKind,
     /// Images made from the prompt in one run.
     pub batch_size: usize,
-    /// DDIM's eta (0 = deterministic DDIM).
+    /// DDIM's eta, also DDIM CFG++'s (0 = deterministic).
     pub eta: f64,
     /// The starting image for img2img (the bytes of a PNG, JPEG or WebP file; base64 in JSON).
     pub init_image: Option<ImageData>,
@@ -289,16 +290,18 @@ impl GenerationRequest {
         serde_json::to_string_pretty(self).expect("a request always serializes")
     }
 
-    /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one).
+    /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one):
+    /// above CFG scale 1, and always for a sampler that steps along the unconditional
+    /// prediction (CFG++).
     pub fn uses_cfg(&self) -> bool {
-        self.cfg_scale > 1.0
+        self.cfg_scale > 1.0 || self.sampler.needs_uncond()
     }
 
     /// The sampler options to build with: `sampler_options`, with `eta` filling in DDIM's eta
-    /// when the options leave it unset.
+    /// (also DDIM CFG++'s) when the options leave it unset.
     pub fn resolved_sampler_options(&self) -> SamplerOptions {
         let mut options = self.sampler_options.clone();
-        if options.eta.is_none() && self.sampler == SamplerKind::Ddim {
+        if options.eta.is_none() && self.sampler.uses_ddim_eta() {
             options.eta = Some(self.eta);
         }
         options

@@ -40,22 +40,38 @@ fn clean(x: &Tensor, eps: &Tensor, alpha: f32) -> Result<Tensor> {
 /// A1111's DDIM with noise amount η (`settings.eta`).
 pub(crate) fn sample_ddim(
     model: &mut Denoiser<'_>,
-    mut x: Tensor,
+    x: Tensor,
     grid: &[usize],
     _img2img: bool,
     rng: &mut dyn NoiseSource,
     settings: &KSettings,
 ) -> Result<Tensor> {
+    ddim_loop(model, x, grid, rng, settings.eta, |model, x, t| {
+        let eps = model.eps(x, t)?;
+        Ok((eps.clone(), eps))
+    })
+}
+
+/// DDIM's loop with η = `eta` over `grid`; `predict` gives, for the sample and a timestep, the
+/// ε of the clean-sample estimate and the ε of the direction back to the noise level (the
+/// same ε for DDIM; CFG++ takes the unconditional one for the direction).
+pub(super) fn ddim_loop(
+    model: &mut Denoiser<'_>,
+    mut x: Tensor,
+    grid: &[usize],
+    rng: &mut dyn NoiseSource,
+    eta: f32,
+    mut predict: impl FnMut(&mut Denoiser<'_>, &Tensor, f64) -> Result<(Tensor, Tensor)>,
+) -> Result<Tensor> {
     let table = model.alphas_cumprod().to_vec();
     for (step, k) in visited(grid.len()).enumerate() {
-        let eps = model.eps(&x, grid[k] as f64)?;
+        let (eps, eps_direction) = predict(model, &x, grid[k] as f64)?;
         let (a_t, a_prev) = alphas(&table, grid, k);
         let (a64, prev64) = (f64::from(a_t), f64::from(a_prev));
-        let sigma = (f64::from(settings.eta)
-            * ((1.0 - prev64) / (1.0 - a64) * (1.0 - a64 / prev64)).sqrt())
-            as f32;
+        let sigma =
+            (f64::from(eta) * ((1.0 - prev64) / (1.0 - a64) * (1.0 - a64 / prev64)).sqrt()) as f32;
         let x0 = clean(&x, &eps, a_t)?;
-        let direction = mul(&eps, (1.0 - a_prev - sigma * sigma).sqrt())?;
+        let direction = mul(&eps_direction, (1.0 - a_prev - sigma * sigma).sqrt())?;
         // A1111 draws the noise even when η = 0 (it keeps the random stream's position).
         let noise = noise_like(&x, rng)?;
         x = add(

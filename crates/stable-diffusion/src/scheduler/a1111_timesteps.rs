@@ -1,4 +1,4 @@
-//! AUTOMATIC1111's own timestep samplers, "DDIM", "PLMS" and "UniPC" (its
+//! AUTOMATIC1111's own timestep samplers, "DDIM", "DDIM CFG++", "PLMS" and "UniPC" (its
 //! `sd_samplers_timesteps`): they walk integer training timesteps, not a sigma schedule, so A1111's
 //! schedule types do not apply to them.
 //!
@@ -12,8 +12,9 @@
 //!
 //! img2img (A1111's default, `img2img_fix_steps` off): `t_enc = int(min(strength, 0.999) ·
 //! steps)`, the clean latents are noised to ᾱ of `grid[t_enc]`, and the sampler runs on
-//! `grid[..t_enc]`. Each sampler ([`super::a1111_ddim`], [`super::a1111_unipc`]) walks the grid it is
-//! given; the [`Denoiser`] turns the model's output into ε.
+//! `grid[..t_enc]`. Each sampler ([`super::a1111_ddim`], [`super::a1111_ddim_cfgpp`],
+//! [`super::a1111_unipc`]) walks the grid it is given; the [`Denoiser`] turns the model's output
+//! into ε.
 
 use candle_core::Tensor;
 

@@ -5,9 +5,10 @@
 use super::a1111_timesteps::TimestepSampler;
 use super::kdiff::SigmaSampler;
 use super::{
-    a1111_ddim, a1111_unipc, ddim, ddpm, deis, dpm2, dpmpp_2m, dpmpp_2s, dpmpp_sde, euler, euler_a,
-    heun, k_dpm_solver, k_dpmpp, k_euler, k_heun, k_lcm, k_lms, k_restart, lcm, lms, pndm, tcd,
-    unipc, ResolvedConfig, Sampler, SamplerKind, SigmaSchedule, ZeroSnr,
+    a1111_ddim, a1111_ddim_cfgpp, a1111_unipc, ddim, ddpm, deis, dpm2, dpmpp_2m, dpmpp_2s,
+    dpmpp_sde, euler, euler_a, heun, k_dpm_solver, k_dpmpp, k_euler, k_heun, k_lcm, k_lms,
+    k_restart, lcm, lms, pndm, tcd, unipc, ResolvedConfig, Sampler, SamplerKind, SigmaSchedule,
+    ZeroSnr,
 };
 use crate::Result;
 
@@ -85,10 +86,13 @@ pub struct SamplerInfo {
     pub a1111_default_schedule: SigmaSchedule,
     /// Whether A1111 plans one extra step and drops the next-to-last sigma.
     pub discards_next_to_last_sigma: bool,
+    /// Whether every model call needs the unconditional prediction beside the guided one,
+    /// whatever the CFG scale (CFG++ samplers step along it).
+    pub needs_uncond: bool,
 }
 
 /// Every sampler, in display order.
-pub const CATALOG: [SamplerInfo; 24] = [
+pub const CATALOG: [SamplerInfo; 25] = [
     SamplerInfo {
         kind: SamplerKind::Euler,
         name: "euler",
@@ -108,6 +112,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::EulerA,
@@ -128,6 +133,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Heun,
@@ -148,6 +154,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Dpm2,
@@ -168,6 +175,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: true,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Dpm2A,
@@ -188,6 +196,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: true,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Lms,
@@ -208,6 +217,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPp2M,
@@ -228,6 +238,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPp2S,
@@ -245,6 +256,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPp2SA,
@@ -262,6 +274,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPpSde,
@@ -282,6 +295,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPp2MSde,
@@ -310,6 +324,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPp2MSdeHeun,
@@ -338,6 +353,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmPp3MSde,
@@ -355,6 +371,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: true,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmFast,
@@ -373,6 +390,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::DpmAdaptive,
@@ -391,6 +409,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Restart,
@@ -409,6 +428,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Ipndm,
@@ -426,6 +446,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::UniPc,
@@ -450,6 +471,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Deis,
@@ -467,6 +489,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Ddim,
@@ -491,6 +514,29 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
+    },
+    SamplerInfo {
+        kind: SamplerKind::DdimCfgPp,
+        name: "ddim_cfgpp",
+        a1111_name: "DDIM CFG++",
+        a1111_alias: None,
+        description: "DDIM with CFG++: steps along the unconditional eps, CFG scale / 12.5 (A1111)",
+        diffusers: None,
+        kdiffusion: Some(KDiffusionImpl {
+            function: "ddim_cfgpp (A1111)",
+            run: KRun::Timesteps {
+                sample: a1111_ddim_cfgpp::sample_ddim_cfgpp,
+                min_steps: 0,
+                steps_on_grid: |m| m.saturating_sub(1),
+            },
+        }),
+        evaluates_twice_per_step: false,
+        walks_own_timesteps: true,
+        zero_snr: None,
+        a1111_default_schedule: SigmaSchedule::Discrete,
+        discards_next_to_last_sigma: false,
+        needs_uncond: true,
     },
     SamplerInfo {
         kind: SamplerKind::Pndm,
@@ -515,6 +561,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Ddpm,
@@ -532,6 +579,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Lcm,
@@ -552,6 +600,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
     SamplerInfo {
         kind: SamplerKind::Tcd,
@@ -569,6 +618,7 @@ pub const CATALOG: [SamplerInfo; 24] = [
         zero_snr: Some(ZeroSnr::Exact),
         a1111_default_schedule: SigmaSchedule::Discrete,
         discards_next_to_last_sigma: false,
+        needs_uncond: false,
     },
 ];
 

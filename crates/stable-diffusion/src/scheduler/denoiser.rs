@@ -8,7 +8,9 @@
 //!   scaled by c_in = 1/sqrt(σ² + 1), σ becomes a timestep by log-sigma interpolation of the
 //!   training sigmas, and the output becomes the denoised estimate (x − σ·ε for ε-prediction);
 //! - A1111's timestep samplers ask for ε at a training timestep ([`Denoiser::eps`]), the
-//!   model seeing the unscaled sample and a v-prediction turned into ε with ᾱ at `int(t)`.
+//!   model seeing the unscaled sample and a v-prediction turned into ε with ᾱ at `int(t)`;
+//!   its CFG++ sampler asks for the guided and the unconditional ε of one call
+//!   ([`Denoiser::eps_with_uncond`], through [`Model::predict_with_uncond`]).
 //!
 //! With an inpainting mask on a 4-channel model the denoiser blends in the init image's
 //! latents as A1111 does: into the denoised estimate for sigma samplers, into the model's input
@@ -31,9 +33,36 @@ pub trait Model {
     /// training timestep `timestep` (fractional for sigma samplers).
     fn predict(&mut self, input: &Tensor, timestep: f64) -> Result<Tensor>;
 
+    /// Like [`Model::predict`], with the guidance scale multiplied by `scale_multiplier`, and
+    /// the unconditional output the guided one was mixed from (A1111's
+    /// `cond_scale_miltiplier` and `last_noise_uncond`, which its CFG++ samplers use). A model
+    /// without guidance has one output, and returns it as both.
+    fn predict_with_uncond(
+        &mut self,
+        input: &Tensor,
+        timestep: f64,
+        scale_multiplier: f64,
+    ) -> Result<GuidedPrediction> {
+        let _ = scale_multiplier;
+        let output = self.predict(input, timestep)?;
+        Ok(GuidedPrediction {
+            guided: output.clone(),
+            uncond: output,
+        })
+    }
+
     /// Called once after each sampler step; an error (such as [`crate::Error::Cancelled`])
     /// ends the run.
     fn step_done(&mut self, step: &StepInfo<'_>) -> Result<()>;
+}
+
+/// A guided model output beside the unconditional output it was mixed from.
+#[derive(Debug, Clone)]
+pub struct GuidedPrediction {
+    /// `uncond + (cond − uncond) · scale`, the scale as the sampler asked for it.
+    pub guided: Tensor,
+    /// The unconditional (negative prompt) output.
+    pub uncond: Tensor,
 }
 
 /// What a sampler reports after a step.
@@ -153,17 +182,44 @@ impl<'a> Denoiser<'a> {
 
     /// ε at training timestep `timestep` for the sample `x` (A1111's timestep samplers).
     pub fn eps(&mut self, x: &Tensor, timestep: f64) -> Result<Tensor> {
-        let blended;
-        let x = match self.blend {
-            Some(blend) => {
-                blended = blend.keep_init(x)?;
-                &blended
-            }
-            None => x,
-        };
-        let output = self.model.predict(x, timestep)?;
+        let x = self.timestep_input(x)?;
+        let output = self.model.predict(&x, timestep)?;
+        self.output_to_eps(output, &x, timestep)
+    }
+
+    /// The guided ε, its guidance scale multiplied by `scale_multiplier`, and the
+    /// unconditional ε, at training timestep `timestep` for the sample `x` (A1111's CFG++
+    /// timestep samplers).
+    pub fn eps_with_uncond(
+        &mut self,
+        x: &Tensor,
+        timestep: f64,
+        scale_multiplier: f64,
+    ) -> Result<GuidedPrediction> {
+        let x = self.timestep_input(x)?;
+        let output = self
+            .model
+            .predict_with_uncond(&x, timestep, scale_multiplier)?;
+        Ok(GuidedPrediction {
+            guided: self.output_to_eps(output.guided, &x, timestep)?,
+            uncond: self.output_to_eps(output.uncond, &x, timestep)?,
+        })
+    }
+
+    /// The model's input for the timestep samplers: `x` with the init image blended in
+    /// (A1111's `mask_before_denoising`).
+    fn timestep_input(&self, x: &Tensor) -> Result<Tensor> {
+        match self.blend {
+            Some(blend) => blend.keep_init(x),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The model's output for the input `x` at `timestep` as ε: a v-prediction is turned
+    /// into ε with ᾱ at `int(timestep)`.
+    fn output_to_eps(&self, output: Tensor, x: &Tensor, timestep: f64) -> Result<Tensor> {
         match (self.prediction, &self.wrapping) {
-            (PredictionType::VPrediction, Wrapping::Alphas(table)) => {
+            (PredictionType::VPrediction, Wrapping::Alphas(table)) if !table.is_empty() => {
                 let alpha = table[(timestep as usize).min(table.len() - 1)];
                 add(&mul(&output, alpha.sqrt())?, &mul(x, (1.0 - alpha).sqrt())?)
             }

@@ -6,6 +6,7 @@
 //! | [`SamplerKind`] | diffusers class | A1111 name |
 //! |---|---|---|
 //! | `ddim` | `DDIMScheduler` | DDIM (A1111's own: `a1111_ddim`) |
+//! | `ddim_cfgpp` | — | DDIM CFG++ (A1111's own: `a1111_ddim_cfgpp`) |
 //! | `pndm` / `plms` | `PNDMScheduler` with `skip_prk_steps=True` | PLMS (A1111's own: `a1111_ddim`) |
 //! | `euler` | `EulerDiscreteScheduler` | Euler |
 //! | `euler_a` | `EulerAncestralDiscreteScheduler` | Euler a |
@@ -23,8 +24,8 @@
 //! | `dpmpp_sde` | `DPMSolverSDEScheduler` (i.i.d. noise for the Brownian tree) | DPM++ SDE |
 //!
 //! The k-diffusion flavor ([`SamplerFlavor::KDiffusion`], what A1111's names select) runs
-//! k-diffusion's `sample_*` loops on a sigma list ([`kdiff`], `k_*.rs`), and for DDIM, PLMS
-//! and UniPC A1111's own timestep samplers ([`a1111_timesteps`]). Each is a function
+//! k-diffusion's `sample_*` loops on a sigma list ([`kdiff`], `k_*.rs`), and for DDIM, DDIM
+//! CFG++, PLMS and UniPC A1111's own timestep samplers ([`a1111_timesteps`]). Each is a function
 //! `sample(denoiser, x, sigmas, noise)` around a [`Denoiser`], which owns the model (guidance,
 //! prompt schedule, inpainting, progress hooks) and wraps it as k-diffusion expects.
 //!
@@ -53,6 +54,7 @@ use crate::rng::NoiseSource;
 use crate::{Error, Result};
 
 pub mod a1111_ddim;
+pub mod a1111_ddim_cfgpp;
 pub mod a1111_timesteps;
 pub mod a1111_unipc;
 mod catalog;
@@ -86,7 +88,7 @@ pub mod unipc;
 mod vp;
 
 pub use catalog::{DiffusersImpl, DiffusersSettings, KDiffusionImpl, KRun, SamplerInfo, CATALOG};
-pub use denoiser::{Blend, Denoiser, Model, StepInfo};
+pub use denoiser::{Blend, Denoiser, GuidedPrediction, Model, StepInfo};
 pub use kdiff::KSettings;
 pub use plan::{build_sampler, build_sampler_with, SamplerPlan};
 pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
@@ -96,6 +98,8 @@ pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
 pub enum SamplerKind {
     /// DDIM (with `eta` for stochastic sampling).
     Ddim,
+    /// A1111's DDIM CFG++: DDIM stepping along the unconditional prediction, CFG scale / 12.5.
+    DdimCfgPp,
     /// PNDM's pseudo linear multistep method (PLMS), as diffusers' `PNDMScheduler` runs it with
     /// `skip_prk_steps=True`.
     Pndm,
@@ -248,8 +252,8 @@ impl SamplerKind {
         self.info().walks_own_timesteps
     }
 
-    /// Whether the k-diffusion flavor runs A1111's own timestep sampler (DDIM, PLMS, UniPC),
-    /// which walks integer timesteps and takes no sigma schedule.
+    /// Whether the k-diffusion flavor runs A1111's own timestep sampler (DDIM, DDIM CFG++,
+    /// PLMS, UniPC), which walks integer timesteps and takes no sigma schedule.
     pub fn a1111_timesteps(&self) -> bool {
         matches!(
             self.info().kdiffusion,
@@ -281,6 +285,18 @@ impl SamplerKind {
     /// then σ_{n−1} removed, so the last step goes straight from σ_{n−2} to 0).
     pub fn discards_next_to_last_sigma(&self) -> bool {
         self.info().discards_next_to_last_sigma
+    }
+
+    /// Whether every model call needs the unconditional prediction, whatever the CFG scale
+    /// (CFG++ samplers).
+    pub fn needs_uncond(&self) -> bool {
+        self.info().needs_uncond
+    }
+
+    /// Whether the sampler's eta is DDIM's (A1111's "Eta DDIM", default 0: the request's
+    /// `eta`) rather than an ancestral sampler's (default 1).
+    pub fn uses_ddim_eta(&self) -> bool {
+        matches!(self, SamplerKind::Ddim | SamplerKind::DdimCfgPp)
     }
 
     /// Every name [`SamplerKind::from_str`] accepts for this sampler.
@@ -967,7 +983,8 @@ impl SamplerOptions {
                 format!(
                     "{} in A1111's flavor (its \"{}\") walks its own integer timesteps, so {what} \
                      does not apply to it \
-                     (A1111 ignores schedule types for DDIM, PLMS and UniPC); drop the schedule, \
+                     (A1111 ignores schedule types for its timestep samplers: DDIM, DDIM CFG++, \
+                     PLMS, UniPC); drop the schedule, \
                      or use a sampler that takes one: {}",
                     kind.name(),
                     kind.a1111_name(),

@@ -60,8 +60,9 @@ enum Run {
     },
 }
 
-/// Builds a sampler for `steps` steps. `eta` is DDIM's stochasticity (0 = deterministic) and is
-/// ignored by the other samplers (which keep their defaults; see [`build_sampler_with`]).
+/// Builds a sampler for `steps` steps. `eta` is DDIM's stochasticity (0 = deterministic; also
+/// DDIM CFG++'s) and is ignored by the other samplers (which keep their defaults; see
+/// [`build_sampler_with`]).
 pub fn build_sampler(
     kind: SamplerKind,
     schedule: SigmaSchedule,
@@ -70,7 +71,7 @@ pub fn build_sampler(
     eta: f64,
 ) -> Result<SamplerPlan> {
     let options = SamplerOptions {
-        eta: (kind == SamplerKind::Ddim).then_some(eta),
+        eta: kind.uses_ddim_eta().then_some(eta),
         ..SamplerOptions::default()
     };
     build_sampler_with(kind, schedule, config, steps, &options)
@@ -86,7 +87,7 @@ pub fn build_sampler_with(
     options: &SamplerOptions,
 ) -> Result<SamplerPlan> {
     let default_eta = match kind {
-        SamplerKind::Ddim => 0.0,
+        _ if kind.uses_ddim_eta() => 0.0,
         SamplerKind::Tcd => super::tcd::DEFAULT_GAMMA,
         _ => 1.0,
     };

@@ -80,8 +80,20 @@ pub fn fake_model(x: &Tensor, t: f64) -> Tensor {
     x.tanh().unwrap().affine(0.9, 0.05 * (t / 1000.0)).unwrap()
 }
 
+/// The sampler fixtures' stand-in for the negative prompt's UNet output (DDIM CFG++ cases):
+/// `0.5 * tanh(x) + 0.2 * x - 0.03 * t / 1000`.
+#[allow(dead_code)]
+pub fn fake_uncond_model(x: &Tensor, t: f64) -> Tensor {
+    let tanh = x.tanh().unwrap().affine(0.5, 0.0).unwrap();
+    (tanh + x.affine(0.2, 0.0).unwrap())
+        .unwrap()
+        .affine(1.0, -0.03 * (t / 1000.0))
+        .unwrap()
+}
+
 /// The stand-in model as a sampler calls it: [`fake_model`], with every call's input and
-/// timestep and every step's reported sample recorded.
+/// timestep and every step's reported sample recorded. With `cfg_scale` set it is a guided
+/// model: [`fake_uncond_model`] + (fake_model − fake_uncond_model) · scale.
 #[allow(dead_code)]
 #[derive(Default)]
 pub struct RecordingModel {
@@ -89,12 +101,46 @@ pub struct RecordingModel {
     pub calls: Vec<(Tensor, f64)>,
     /// The sample each step reported (k-diffusion's callback `x`).
     pub steps: Vec<Tensor>,
+    /// The guidance scale of the two-output stand-in (`None`: the one-output model).
+    pub cfg_scale: Option<f64>,
+}
+
+impl RecordingModel {
+    /// The (guided, unconditional) outputs for `input` with guidance `scale`.
+    fn guided(input: &Tensor, timestep: f64, scale: f64) -> (Tensor, Tensor) {
+        let (cond, uncond) = (
+            fake_model(input, timestep),
+            fake_uncond_model(input, timestep),
+        );
+        let guided = (&uncond + ((&cond - &uncond).unwrap() * scale).unwrap()).unwrap();
+        (guided, uncond)
+    }
 }
 
 impl stable_diffusion::scheduler::Model for RecordingModel {
     fn predict(&mut self, input: &Tensor, timestep: f64) -> stable_diffusion::Result<Tensor> {
         self.calls.push((input.clone(), timestep));
-        Ok(fake_model(input, timestep))
+        Ok(match self.cfg_scale {
+            Some(scale) => Self::guided(input, timestep, scale).0,
+            None => fake_model(input, timestep),
+        })
+    }
+
+    fn predict_with_uncond(
+        &mut self,
+        input: &Tensor,
+        timestep: f64,
+        scale_multiplier: f64,
+    ) -> stable_diffusion::Result<stable_diffusion::scheduler::GuidedPrediction> {
+        self.calls.push((input.clone(), timestep));
+        let (guided, uncond) = match self.cfg_scale {
+            Some(scale) => Self::guided(input, timestep, scale * scale_multiplier),
+            None => {
+                let output = fake_model(input, timestep);
+                (output.clone(), output)
+            }
+        };
+        Ok(stable_diffusion::scheduler::GuidedPrediction { guided, uncond })
     }
 
     fn step_done(
