@@ -17,9 +17,7 @@ use stable_diffusion::pipeline::{
     ModelStore, NetworkRef, Progress, RngKind,
 };
 use stable_diffusion::prompt::PromptSyntax;
-use stable_diffusion::scheduler::{
-    parse_sampler_and_schedule, SamplerFlavor, SamplerKind, SigmaSchedule,
-};
+use stable_diffusion::scheduler::{parse_sampler_and_schedule, SamplerFlavor, SigmaSchedule};
 
 use crate::UsageError;
 
@@ -338,7 +336,7 @@ fn build_request(
     }
     if let Some(v) = args.eta {
         request.eta = v;
-        if request.sampler != SamplerKind::Ddim {
+        if !request.sampler.uses_ddim_eta() {
             request.sampler_options.eta = Some(v);
         }
     }

@@ -21,10 +21,12 @@ batch from one generator, as diffusers does. DPM++ SDE / 2M SDE / 3M SDE use i.i
 A1111 and diffusers' DPMSolverSDE use a Brownian tree (same statistics, not the same images).
 ddim, pndm, ddpm and tcd walk their own timesteps and take no sigma schedule; so does lcm in
 diffusers' flavor, while A1111's \"LCM\" (the k-diffusion flavor) walks LCM's 50-step grid on any
-schedule. A1111's \"DDIM\", \"PLMS\" and \"UniPC\" are its own samplers (not k-diffusion's): they
-walk A1111's integer timesteps 1, 1 + 1000/steps, ... (7 steps plan 8), take no schedule, and
-DDIM/PLMS stop one timestep short of 0 as A1111 does; UniPC is bh1 of order 3 in continuous time. lcm and tcd are for LCM/TCD-distilled models or LoRAs (few steps, low CFG); tcd's
---eta is its gamma (0.3).
+schedule. A1111's \"DDIM\", \"DDIM CFG++\", \"PLMS\" and \"UniPC\" are its own samplers (not
+k-diffusion's): they walk A1111's integer timesteps 1, 1 + 1000/steps, ... (7 steps plan 8), take
+no schedule, and the DDIMs and PLMS stop one timestep short of 0 as A1111 does; UniPC is bh1 of
+order 3 in continuous time. ddim_cfgpp (A1111's only) divides the CFG scale by 12.5 and runs the
+negative prompt even at CFG <= 1; its --eta is DDIM's. lcm and tcd are for LCM/TCD-distilled models or
+LoRAs (few steps, low CFG); tcd's --eta is its gamma (0.3).
 --rescale-zero-snr rescales the schedule to zero terminal SNR with trailing timesteps
 (ddim, ddpm, lcm, tcd, euler, euler_a, dpmpp_2m, dpmpp_2m_sde, unipc; v-prediction models).";
 

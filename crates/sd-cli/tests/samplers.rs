@@ -137,6 +137,8 @@ fn samplers_command_lists_every_sampler_and_schedule() {
         "dpmpp_3m_sde",
         "ipndm",
         "ddim",
+        "ddim_cfgpp",
+        "DDIM CFG++",
         "pndm",
         "ddpm",
         "lcm",
@@ -186,6 +188,15 @@ fn nonsense_combinations_and_unknown_names_are_explained() {
         err.contains("ddim") && err.contains("karras") && err.contains("euler"),
         "{err}"
     );
+    let (code, err) = run(&["--sampler", "DDIM CFG++", "--schedule", "karras"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("DDIM CFG++") && err.contains("own integer timesteps"),
+        "{err}"
+    );
+    let (code, err) = run(&["--sampler", "ddim_cfgpp", "--sampler-flavor", "diffusers"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no diffusers scheduler class"), "{err}");
     let (code, err) = run(&["--sampler", "eulr"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
