@@ -331,7 +331,8 @@ pub fn prompt(data: &[u8]) -> Outcome {
         },
         _ => ScheduleSteps::Single(1),
     };
-    stable_diffusion::loading::lora_tags(prompt);
+    // A malformed weight is a clean error; the rest of the prompt is read either way.
+    let _ = stable_diffusion::loading::lora_tags(prompt);
     let (without_networks, _) = extract_extra_networks(prompt);
     let tokenizer = embedded_tokenizer();
     let schedule = prompt_schedule(&without_networks, steps).map_err(msg)?;

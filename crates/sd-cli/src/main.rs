@@ -114,17 +114,38 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else if matches!(
-                err.downcast_ref::<stable_diffusion::Error>(),
-                Some(stable_diffusion::Error::Cancelled)
-            ) {
-                ExitCode::from(130)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(exit_code(&err))
         }
+    }
+}
+
+/// The exit code of a failed run: 2 when the input is at fault (a usage error, or a library
+/// error about a file, tensor, config, value, prompt or image the user gave), 130 for a
+/// cancelled run, 1 for anything else (I/O such as a full disk, the tensor library).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use stable_diffusion::Error as E;
+    if err.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    let library = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<E>())
+        .or_else(|| err.downcast_ref::<E>());
+    match library {
+        Some(E::Cancelled) => 130,
+        Some(
+            E::NotFound { .. }
+            | E::Safetensors { .. }
+            | E::Checkpoint { .. }
+            | E::Config { .. }
+            | E::MissingTensor { .. }
+            | E::ShapeMismatch { .. }
+            | E::Unsupported { .. }
+            | E::InvalidArgument { .. }
+            | E::Tokenizer(_)
+            | E::Image { .. },
+        ) => 2,
+        _ => 1,
     }
 }
 

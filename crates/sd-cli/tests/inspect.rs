@@ -95,7 +95,8 @@ fn inspect_refuses_a_pickle_that_runs_code() {
             .to_str()
             .unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // A hostile file is the input's fault: exit code 2.
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to load"), "{err}");
     assert!(err.contains("system"), "{err}");

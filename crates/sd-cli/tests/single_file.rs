@@ -63,7 +63,7 @@ fn tiny_single_file_without_config_is_refused_with_the_tensor_named() {
     let file = fixtures().join("single_file/tiny_sd15.safetensors");
     let run = generate(&file, &[], &dir.join("x.png"));
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("shape"), "{stderr}");
     assert!(!dir.join("x.png").exists());
 }

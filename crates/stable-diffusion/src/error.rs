@@ -42,7 +42,7 @@ pub enum Error {
     },
 
     /// A configuration file (or value) that cannot be used.
-    #[error("{}: invalid config: {msg}", path.display())]
+    #[error("{}invalid config: {msg}", if path.as_os_str().is_empty() { String::new() } else { format!("{}: ", path.display()) })]
     Config {
         /// The config file at fault (empty for in-memory configs).
         path: PathBuf,

@@ -71,6 +71,13 @@ impl LoraSpec {
                     weight,
                 });
             }
+            // `file.safetensors:abc`: the file exists, the weight is not a number.
+            if !Path::new(arg).exists() && Path::new(path).is_file() {
+                return Err(Error::invalid(
+                    "lora",
+                    format!("weight `{weight}` in `{arg}` is not a number"),
+                ));
+            }
         }
         Ok(Self {
             path: PathBuf::from(arg),
@@ -627,17 +634,27 @@ impl LoraPatches {
 }
 
 /// The `<lora:name[:weight]>` tags of an A1111 prompt, in order, as (name, weight); the
-/// weight is 1 when absent. (Removing the tags from the text is the prompt parser's job.)
-pub fn lora_tags(prompt: &str) -> Vec<(String, f32)> {
+/// weight is 1 when absent or empty. A weight that is not a finite number is an error naming
+/// the tag. (Removing the tags from the text is the prompt parser's job.)
+pub fn lora_tags(prompt: &str) -> Result<Vec<(String, f32)>> {
     let tag = regex::Regex::new(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
         .expect("valid regex");
     tag.captures_iter(prompt)
         .map(|c| {
-            let weight = c
-                .get(2)
-                .and_then(|w| w.as_str().trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            (c[1].trim().to_string(), weight)
+            let weight = match c.get(2).map(|w| w.as_str().trim()) {
+                None | Some("") => 1.0,
+                Some(w) => w
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|w| w.is_finite())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "LoRA tag",
+                            format!("`{}`: weight `{w}` is not a number", &c[0]),
+                        )
+                    })?,
+            };
+            Ok((c[1].trim().to_string(), weight))
         })
         .collect()
 }
@@ -725,13 +742,22 @@ mod tests {
     #[test]
     fn prompt_tags_give_names_and_weights() {
         assert_eq!(
-            lora_tags("a cat <lora:style_a:0.6>, <lora:b> and <lyco:c:1.2:0.5>"),
+            lora_tags("a cat <lora:style_a:0.6>, <lora:b> and <lyco:c:1.2:0.5>").unwrap(),
             vec![
                 ("style_a".into(), 0.6),
                 ("b".into(), 1.0),
                 ("c".into(), 1.2)
             ]
         );
+        for bad in [
+            "<lora:b:abc>",
+            "<lora:b:1.2.3>",
+            "<lora:b:inf>",
+            "<lora:b:NaN>",
+        ] {
+            let err = lora_tags(&format!("a cat {bad}")).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains("not a number"), "{err}");
+        }
     }
 
     #[test]

@@ -214,6 +214,20 @@ impl StableDiffusion {
                         format!("{} is not a factor of 1 or more", hires.scale),
                     ));
                 }
+                // Before the first pass: the enlarged picture must fit the size limit.
+                let (w, h) = hires.target_size(request.width_px(), request.height_px(), factor);
+                if w > super::MAX_SIDE || h > super::MAX_SIDE {
+                    return Err(Error::invalid(
+                        "hires scale",
+                        format!(
+                            "{} makes {w}x{h} of {}x{}, above the limit of {} pixels a side",
+                            hires.scale,
+                            request.width_px(),
+                            request.height_px(),
+                            super::MAX_SIDE
+                        ),
+                    ));
+                }
             }
             Some((x, y)) => {
                 let (w, h) = hires.target_size(request.width_px(), request.height_px(), factor);

@@ -269,13 +269,15 @@ impl StableDiffusion {
         )?;
         lora_warnings.extend(unmatched);
         let unet =
-            UNet2DConditionModel::new(precision.var_builder(unet_weights, device), unet_config)?;
+            UNet2DConditionModel::new(precision.var_builder(unet_weights, device), unet_config)
+                .map_err(|e| config_file(e, folder.root(), "unet"))?;
         let vae_config = &described.vae;
         let vae_precision = options.vae_precision(vae_config);
         let vae = AutoencoderKL::new(
             vae_precision.var_builder(folder.open_weights("vae", variant)?, device),
             vae_config,
-        )?;
+        )
+        .map_err(|e| config_file(e, folder.root(), "vae"))?;
         let mut scheduler_config: SchedulerConfig = folder.config("scheduler")?;
         if let Some(prediction) = options.prediction {
             scheduler_config.prediction_type = Some(prediction_name(prediction).to_string());
@@ -474,6 +476,18 @@ impl StableDiffusion {
 
 /// Opened LoRA networks with their multipliers.
 type Networks = Vec<(LoraFile, f32)>;
+
+/// A config error about an in-memory config (no file named) from building `component` of
+/// the folder at `root`: named by that component's `config.json`.
+fn config_file(err: Error, root: &Path, component: &str) -> Error {
+    match err {
+        Error::Config { path, msg } if path.as_os_str().is_empty() => Error::Config {
+            path: root.join(component).join("config.json"),
+            msg,
+        },
+        other => other,
+    }
+}
 
 /// Opens the LoRA networks to merge, with the warnings for their keys that no module claims.
 fn open_loras(specs: &[LoraSpec]) -> Result<(Networks, Vec<String>)> {

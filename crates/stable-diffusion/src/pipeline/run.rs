@@ -99,7 +99,7 @@ fn resolve(
             weight: network.weight as f32,
         });
     }
-    for (name, weight) in lora_tags(&request.prompt) {
+    for (name, weight) in lora_tags(&request.prompt)? {
         // As A1111: a network the prompt names but the store lacks is a warning.
         match store.find(Asset::Lora, &name) {
             Some(path) => loras.push(LoraSpec { path, weight }),
