@@ -489,7 +489,7 @@ fn softmax_panel(level: Level) -> SoftmaxPanel {
     match level {
         Level::Generic => softmax_generic,
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 => avx2::softmax,
+        Level::Avx2 | Level::Avx512 | Level::Amx => avx2::softmax,
         #[cfg(not(target_arch = "x86_64"))]
         _ => softmax_generic,
     }

@@ -19,11 +19,14 @@ pub enum Level {
     /// 512-bit AVX-512F (Skylake-SP and later Xeons, Zen 4), with AVX2 and FMA for the
     /// kernels that have no wider version.
     Avx512,
+    /// AVX-512 plus AMX-BF16 tiles (Sapphire Rapids and later Xeons): products whose packed
+    /// operand is bf16 run on the tiles with bf16 activations; everything else as `Avx512`.
+    Amx,
 }
 
 impl Level {
     /// Every level, slowest first.
-    pub const ALL: &'static [Level] = &[Level::Generic, Level::Avx2, Level::Avx512];
+    pub const ALL: &'static [Level] = &[Level::Generic, Level::Avx2, Level::Avx512, Level::Amx];
 
     /// The name `SD_CPU_KERNELS` takes and `sd` prints.
     pub fn name(self) -> &'static str {
@@ -31,6 +34,7 @@ impl Level {
             Level::Generic => "generic",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Amx => "amx",
         }
     }
 
@@ -40,6 +44,7 @@ impl Level {
             Level::Generic => "nothing",
             Level::Avx2 => "avx2 fma",
             Level::Avx512 => "avx512f avx2 fma",
+            Level::Amx => "amx_bf16 amx_tile avx512_bf16 avx512f avx2 fma (and Linux's permission)",
         }
     }
 
@@ -55,6 +60,12 @@ impl Level {
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => {
                 Level::Avx2.is_available() && std::arch::is_x86_feature_detected!("avx512f")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Amx => {
+                Level::Avx512.is_available()
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+                    && crate::gemm::amx::usable()
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

@@ -117,7 +117,7 @@ impl Activation {
     pub(crate) fn apply_serial(self, level: Level, xs: &mut [f32]) {
         match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 | Level::Avx512 => {
+            Level::Avx2 | Level::Avx512 | Level::Amx => {
                 // SAFETY: a thread only runs at a level its CPU has (`with_level` and the
                 // process level check `is_available`), and both levels need AVX2 and FMA.
                 unsafe {
@@ -157,7 +157,7 @@ pub fn exp_at(level: Level, xs: &mut [f32]) {
 pub fn exp_serial(level: Level, xs: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 => {
+        Level::Avx2 | Level::Avx512 | Level::Amx => {
             // SAFETY: a thread only runs at a level its CPU has; both levels need AVX2 and FMA.
             unsafe { avx2::exp_slice(xs) }
         }

@@ -29,7 +29,7 @@ fn size(what: &str, dims: &[usize]) -> usize {
 fn partial_sums(level: Level, xs: &[f32], shift: f32) -> (f64, f64) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 => {
+        Level::Avx2 | Level::Avx512 | Level::Amx => {
             // SAFETY: a thread only runs at a level its CPU has; both levels need AVX2 and FMA.
             unsafe { avx2::partial_sums(xs, shift) }
         }
@@ -91,7 +91,7 @@ fn affine(level: Level, src: Option<&[f32]>, dst: &mut [f32], a: Affine, silu: b
     let s = src.map_or(d as *const f32, |s| s.as_ptr());
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 => {
+        Level::Avx2 | Level::Avx512 | Level::Amx => {
             // SAFETY: the level implies AVX2 and FMA; `s` and `d` hold `dst.len()` values,
             // and `s` is either disjoint from `d` or equal to it (each value is read before
             // the same index is written).
@@ -298,7 +298,7 @@ fn layer_norm_impl(
             let s = input.map_or(d as *const f32, |s| s.as_ptr());
             match level {
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx2 | Level::Avx512 => {
+                Level::Avx2 | Level::Avx512 | Level::Amx => {
                     // SAFETY: the level implies AVX2 and FMA; `s` and `d` hold `dim` values
                     // (`weight` and `bias` too, checked), `s` disjoint from `d` or equal.
                     unsafe { avx2::layer_row(s, d, dim, a, weight, bias) }
@@ -332,7 +332,7 @@ pub fn geglu(projected: &[f32], rows: usize, inner: usize, out: &mut [f32]) {
             let (a, b) = projected[2 * r * inner..][..2 * inner].split_at(inner);
             match level {
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx2 | Level::Avx512 => {
+                Level::Avx2 | Level::Avx512 | Level::Amx => {
                     // SAFETY: the level implies AVX2 and FMA.
                     unsafe { avx2::geglu_row(a, b, out) }
                 }

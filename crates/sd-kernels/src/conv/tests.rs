@@ -226,10 +226,53 @@ fn bf16_weights_convolve_as_their_rounded_values() {
     let rounded: Vec<f32> = weight.iter().map(|&w| round_bf16(w)).collect();
     let zeros = vec![0f32; case.batch * g.out_channels * oh * ow];
     let (want, scale) = reference(case, &input, &rounded, &zeros, &zeros, &zeros);
-    let packed = PackedConv::new(&weight, g, Storage::Bf16);
+    // Panels, packed on a level without tiles, at every level.
+    let packed = with_level(Level::Generic, || {
+        PackedConv::new(&weight, g, Storage::Bf16)
+    });
     for &level in &Level::available() {
         let out = plain(&packed, case, &input, level);
         assert_close(&format!("{level} bf16"), &out, &want, &scale, 1e-6);
+    }
+}
+
+#[test]
+fn amx_tiles_convolve_the_rounded_input_with_the_rounded_weights() {
+    if !Level::Amx.is_available() {
+        eprintln!("no AMX on this CPU: skipped");
+        return;
+    }
+    for (seed, case) in cases().iter().enumerate() {
+        let g = case.geometry;
+        let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+        let mut rng = Rng::new(50 + seed as u64);
+        let input = rng.vec(case.batch * g.in_channels * case.height * case.width);
+        let weight = rng.vec(g.out_channels * g.depth());
+        let round = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<f32>>();
+        let zeros = vec![0f32; case.batch * g.out_channels * oh * ow];
+        let (want, scale) = reference(
+            case,
+            &round(&input),
+            &round(&weight),
+            &zeros,
+            &zeros,
+            &zeros,
+        );
+        let packed = with_level(Level::Amx, || PackedConv::new(&weight, g, Storage::Bf16));
+        let out = plain(&packed, case, &input, Level::Amx);
+        assert_close(&format!("amx case {seed}"), &out, &want, &scale, 1e-5);
+        let one = with_threads(1, || plain(&packed, case, &input, Level::Amx));
+        assert_eq!(out, one, "amx case {seed}: 1 thread differs");
+        // The same tiles read on a level without them: the rounded weights, f32 input.
+        let (want, scale) = reference(case, &input, &round(&weight), &zeros, &zeros, &zeros);
+        let out = plain(&packed, case, &input, Level::Avx2);
+        assert_close(
+            &format!("tiles at avx2, case {seed}"),
+            &out,
+            &want,
+            &scale,
+            1e-6,
+        );
     }
 }
 

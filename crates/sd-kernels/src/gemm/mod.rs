@@ -6,6 +6,7 @@
 //! its `K` products in the same order whatever the thread count, so results do not depend on
 //! how the work is split.
 
+pub(crate) mod amx;
 mod avx2;
 mod avx512;
 mod generic;
@@ -41,6 +42,23 @@ pub trait PackA: Sync {
     /// `MR`-row panels: panel `p` holds, for each `k`, the `MR` values of rows
     /// `m0 + p·MR ..`, zero past `mc`. `dst` holds `mc.div_ceil(MR) · MR · kc` values.
     fn pack(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]);
+
+    /// Packs rows `m0 .. m0 + mc` and columns `k0 .. k0 + kc` as bf16 AMX row tiles (the
+    /// layout of `amx`): `mc` rounded up to 32 rows (zero past `mc`), each row tile
+    /// `kc.div_ceil(32)` depth tiles (zero past `kc`). The default converts [`PackA::pack`]'s
+    /// panels; sources that hold rows convert them directly.
+    fn pack_bf16_tiles(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [u16]) {
+        let mut panels = vec![0f32; mc.div_ceil(MR) * MR * kc];
+        self.pack(m0, mc, k0, kc, &mut panels);
+        let mut rows = vec![0f32; mc * kc];
+        for (i, row) in rows.chunks_exact_mut(kc.max(1)).enumerate().take(mc) {
+            let panel = &panels[i / MR * MR * kc..];
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = panel[k * MR + i % MR];
+            }
+        }
+        amx::rows_to_tiles(&rows, kc, mc, kc, dst);
+    }
 }
 
 /// Receives finished blocks of C.
@@ -86,6 +104,17 @@ impl PackA for RowMajor<'_> {
                 }
             }
         }
+    }
+
+    fn pack_bf16_tiles(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [u16]) {
+        let src = &self.data[m0 * self.ld + k0..];
+        #[cfg(target_arch = "x86_64")]
+        if amx::usable() {
+            // SAFETY: `usable` implies AVX-512F/BW/BF16.
+            unsafe { amx::rows_to_tiles_avx512(src, self.ld, mc, kc, dst) };
+            return;
+        }
+        amx::rows_to_tiles(src, self.ld, mc, kc, dst);
     }
 }
 
@@ -189,7 +218,7 @@ impl Tiles {
             #[cfg(target_arch = "x86_64")]
             Level::Avx2 => Tiles::Single(avx2::kernel),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => Tiles::Grouped {
+            Level::Avx512 | Level::Amx => Tiles::Grouped {
                 a_panels: avx512::A_PANELS,
                 b_panels: avx512::B_PANELS,
                 run: avx512::group,
@@ -266,6 +295,12 @@ pub fn gemm_at(level: Level, a: &dyn PackA, b: &PackedB, sink: &dyn Sink) {
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Level::Amx, Some(b_tiles)) = (level, b.tiles()) {
+        // SAFETY: the level is available (its callers check).
+        unsafe { amx::gemm(a, b_tiles, n, sink) };
+        return;
+    }
     let tiles = Tiles::of(level);
     let m_blocks = m.div_ceil(MC);
     let n_blocks = n.div_ceil(NC);
@@ -320,6 +355,12 @@ pub fn gemm_packed_a_at(level: Level, a: &PackedA, b: &dyn PackB, sink: &dyn Sin
         b.depth()
     );
     if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Level::Amx, Some(a_tiles)) = (level, a.tiles()) {
+        // SAFETY: the level is available (its callers check).
+        unsafe { amx::gemm_packed_a(a_tiles, m, b, sink) };
         return;
     }
     let tiles = Tiles::of(level);

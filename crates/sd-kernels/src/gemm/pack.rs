@@ -4,14 +4,18 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::amx::{self, Role};
 use super::{KC, MR, NR};
+use crate::cpu::{self, Level};
 
 /// How packed values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
     /// 32-bit floats.
     F32,
-    /// bfloat16 (half the memory; widened to f32 as each panel is used).
+    /// bfloat16 (half the memory). Packed on the `amx` level, in AMX tiles that the tile
+    /// products read as they are (the other operand rounded to bf16 too); on the others,
+    /// widened to f32 as each panel is used.
     Bf16,
 }
 
@@ -50,6 +54,8 @@ impl Element for f16 {
 enum Data {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// bf16 in AMX tiles (the layout of [`amx`]).
+    Tiles(Vec<u16>, Role),
 }
 
 /// A `depth x len` matrix cut into `width`-wide panels along `len`, in `KC`-deep blocks
@@ -63,16 +69,21 @@ struct Panels {
 }
 
 impl Panels {
-    /// Packs `get(k, j)` (`k < depth`, `j < len`), zero past `len`.
+    /// Packs `get(k, j)` (`k < depth`, `j < len`), zero past `len`; bf16 on the `amx` level
+    /// in tiles of `role`.
     fn pack<T: Element>(
         depth: usize,
         len: usize,
         width: usize,
         storage: Storage,
+        role: Role,
         get: impl Fn(usize, usize) -> T + Sync,
     ) -> Self {
         let data = match storage {
             Storage::F32 => Data::F32(pack_blocks(depth, len, width, &get, 0f32, T::to_f32)),
+            Storage::Bf16 if cpu::level() == Level::Amx => {
+                Data::Tiles(amx::pack(depth, len, role, &get, T::to_bf16_bits), role)
+            }
             Storage::Bf16 => {
                 Data::Bf16(pack_blocks(depth, len, width, &get, 0u16, T::to_bf16_bits))
             }
@@ -88,19 +99,22 @@ impl Panels {
     fn storage(&self) -> Storage {
         match self.data {
             Data::F32(_) => Storage::F32,
-            Data::Bf16(_) => Storage::Bf16,
+            Data::Bf16(_) | Data::Tiles(..) => Storage::Bf16,
         }
     }
 
     fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(d) => d.len() * 4,
-            Data::Bf16(d) => d.len() * 2,
+            Data::Bf16(d) | Data::Tiles(d, _) => d.len() * 2,
         }
     }
 
     fn get(&self, k: usize, j: usize) -> f32 {
         assert!(k < self.depth && j < self.len);
+        if let Data::Tiles(d, role) = &self.data {
+            return bf16::from_bits(d[amx::index(self.depth, self.len, *role, k, j)]).to_f32();
+        }
         let w = self.width;
         let panels = self.len.div_ceil(w);
         let k0 = k / KC * KC;
@@ -109,6 +123,15 @@ impl Panels {
         match &self.data {
             Data::F32(d) => d[at],
             Data::Bf16(d) => bf16::from_bits(d[at]).to_f32(),
+            Data::Tiles(..) => unreachable!("tiles are read above"),
+        }
+    }
+
+    /// The AMX tiles, when packed in them.
+    fn tiles(&self) -> Option<&[u16]> {
+        match &self.data {
+            Data::Tiles(d, _) => Some(d),
+            _ => None,
         }
     }
 
@@ -135,6 +158,24 @@ impl Panels {
                 widen_bf16(&d[at..at + len], dst);
                 dst
             }
+            // Tiles read on another level (a thread that forced one): element by element.
+            Data::Tiles(d, role) => {
+                let dst = &mut scratch[..len];
+                for (p, panel) in dst.chunks_exact_mut(kc * w).enumerate() {
+                    for (kk, values) in panel.chunks_exact_mut(w).enumerate() {
+                        for (i, v) in values.iter_mut().enumerate() {
+                            let j = (first + p) * w + i;
+                            *v = if j < self.len {
+                                let at = amx::index(self.depth, self.len, *role, k0 + kk, j);
+                                bf16::from_bits(d[at]).to_f32()
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+                dst
+            }
         }
     }
 }
@@ -156,7 +197,9 @@ impl PackedB {
             k == 0 || n == 0 || (k - 1) * ld + n <= src.len(),
             "B source too small"
         );
-        Self(Panels::pack(k, n, NR, storage, |kk, nn| src[kk * ld + nn]))
+        Self(Panels::pack(k, n, NR, storage, Role::Pairs, |kk, nn| {
+            src[kk * ld + nn]
+        }))
     }
 
     /// Packs `B[k][n] = src[n·ld + k]`: a weight stored `(out, in)` gives `x · Wᵀ`.
@@ -171,7 +214,9 @@ impl PackedB {
             k == 0 || n == 0 || (n - 1) * ld + k <= src.len(),
             "B source too small"
         );
-        Self(Panels::pack(k, n, NR, storage, |kk, nn| src[nn * ld + kk]))
+        Self(Panels::pack(k, n, NR, storage, Role::Pairs, |kk, nn| {
+            src[nn * ld + kk]
+        }))
     }
 
     /// Rows of B (the product's depth).
@@ -197,6 +242,11 @@ impl PackedB {
     /// B's value at `(k, n)` (for tests and slow paths).
     pub fn get(&self, k: usize, n: usize) -> f32 {
         self.0.get(k, n)
+    }
+
+    /// The AMX pair tiles, when packed in them.
+    pub(crate) fn tiles(&self) -> Option<&[u16]> {
+        self.0.tiles()
     }
 
     /// Panels `first .. first + count` (each `kc x NR`, consecutive) of the block starting at
@@ -231,7 +281,9 @@ impl PackedA {
             k == 0 || m == 0 || (m - 1) * ld + k <= src.len(),
             "A source too small"
         );
-        Self(Panels::pack(k, m, MR, storage, |kk, mm| src[mm * ld + kk]))
+        Self(Panels::pack(k, m, MR, storage, Role::Rows, |kk, mm| {
+            src[mm * ld + kk]
+        }))
     }
 
     /// Rows of A.
@@ -257,6 +309,11 @@ impl PackedA {
     /// A's value at `(m, k)` (for tests and slow paths).
     pub fn get(&self, m: usize, k: usize) -> f32 {
         self.0.get(k, m)
+    }
+
+    /// The AMX row tiles, when packed in them.
+    pub(crate) fn tiles(&self) -> Option<&[u16]> {
+        self.0.tiles()
     }
 
     /// Panels `first .. first + count` (each `MR x kc`, k-major, consecutive) of the block

@@ -77,13 +77,147 @@ fn bf16_storage_multiplies_the_rounded_weights() {
     let b = rng.vec(k * n);
     let rounded: Vec<f32> = b.iter().map(|&x| round_bf16(x)).collect();
     let (want, scale) = reference(&a, &rounded, m, k, n);
-    let packed = PackedB::from_kxn(&b, k, n, n, Storage::Bf16);
+    // Panels (packed on a level without tiles) are read at every level as they are.
+    let packed = with_level(Level::Generic, || {
+        PackedB::from_kxn(&b, k, n, n, Storage::Bf16)
+    });
     assert_eq!(packed.bytes(), k * n.div_ceil(NR) * NR * 2);
     assert_eq!(packed.get(299, 49), rounded[299 * n + 49]);
     for &level in &Level::available() {
         let mut out = vec![0f32; m * n];
         with_level(level, || matmul(&a, m, &packed, None, None, &mut out));
         assert_close(&format!("{level} bf16"), &out, &want, &scale, 1e-6);
+    }
+    // AMX tiles: read on other levels element by element (the same product), and on the
+    // tiles with the activations rounded to bf16 too.
+    if !Level::Amx.is_available() {
+        return;
+    }
+    let tiled = with_level(Level::Amx, || PackedB::from_kxn(&b, k, n, n, Storage::Bf16));
+    assert!(tiled.tiles().is_some());
+    assert_eq!(tiled.get(299, 49), rounded[299 * n + 49]);
+    for &level in &Level::available() {
+        let mut out = vec![0f32; m * n];
+        with_level(level, || matmul(&a, m, &tiled, None, None, &mut out));
+        if level == Level::Amx {
+            let a_rounded: Vec<f32> = a.iter().map(|&x| round_bf16(x)).collect();
+            let (want, scale) = reference(&a_rounded, &rounded, m, k, n);
+            assert_close("amx tiles", &out, &want, &scale, 1e-5);
+        } else {
+            assert_close(&format!("{level} tiles"), &out, &want, &scale, 1e-6);
+        }
+    }
+}
+
+/// The plain product of the bf16-rounded operands (what AMX tiles compute).
+fn rounded_reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let a: Vec<f32> = a.iter().map(|&x| round_bf16(x)).collect();
+    let b: Vec<f32> = b.iter().map(|&x| round_bf16(x)).collect();
+    reference(&a, &b, m, k, n)
+}
+
+#[test]
+fn amx_tiles_match_the_rounded_product_on_odd_shapes() {
+    if !Level::Amx.is_available() {
+        eprintln!("no AMX on this CPU: skipped");
+        return;
+    }
+    // Edges of tiles (16), pairs (32), depth tiles (32), depth blocks (KC) and task blocks.
+    let shapes = [
+        (1, 1, 1),
+        (7, 17, 15),
+        (16, 32, 16),
+        (33, 33, 33),
+        (13, 255, 47),
+        (97, 257, 17),
+        (129, 513, 300),
+        (300, 40, 600),
+    ];
+    for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+        let mut rng = Rng::new(70 + seed as u64);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let (want, scale) = rounded_reference(&a, &b, m, k, n);
+        let what = format!("{m}x{k}x{n}");
+        // Weights as B (linear layers).
+        let packed = with_level(Level::Amx, || PackedB::from_kxn(&b, k, n, n, Storage::Bf16));
+        let mut out = vec![f32::NAN; m * n];
+        with_level(Level::Amx, || matmul(&a, m, &packed, None, None, &mut out));
+        assert_close(&format!("B tiles {what}"), &out, &want, &scale, 1e-5);
+        let one = with_threads(1, || {
+            let mut out = vec![0f32; m * n];
+            with_level(Level::Amx, || matmul(&a, m, &packed, None, None, &mut out));
+            out
+        });
+        assert_eq!(out, one, "B tiles {what}: 1 thread differs");
+        // Weights as A (convolutions), B gathered.
+        let packed = with_level(Level::Amx, || PackedA::from_mxk(&a, m, k, k, Storage::Bf16));
+        assert!(packed.tiles().is_some());
+        let gathered = RowMajorB { data: &b, k, n };
+        let mut out = vec![f32::NAN; m * n];
+        let sink = RowMajorSink::new(&mut out, n, None, None);
+        gemm_packed_a_at(Level::Amx, &packed, &gathered, &sink);
+        assert_close(&format!("A tiles {what}"), &out, &want, &scale, 1e-5);
+        let one = with_threads(1, || {
+            let mut out = vec![0f32; m * n];
+            let sink = RowMajorSink::new(&mut out, n, None, None);
+            gemm_packed_a_at(Level::Amx, &packed, &gathered, &sink);
+            out
+        });
+        assert_eq!(out, one, "A tiles {what}: 1 thread differs");
+    }
+}
+
+#[test]
+fn amx_conversions_match_their_plain_versions() {
+    if !Level::Amx.is_available() {
+        return;
+    }
+    for kc in [1, 2, 31, 32, 33, 100, KC] {
+        let mut rng = Rng::new(kc as u64);
+        let panel = rng.vec(kc * NR);
+        let tiles = kc.div_ceil(amx::TILE_K) * amx::TILE_VALUES;
+        let (mut fast, mut plain) = (vec![7u16; tiles], vec![9u16; tiles]);
+        amx::panel_to_pairs_for_tests(&panel, kc, &mut fast);
+        amx::panel_to_pairs_reference(&panel, kc, &mut plain);
+        assert_eq!(fast, plain, "pairs, depth {kc}");
+        for rows in [1, 5, 16, 17, 40] {
+            let ld = kc + 3;
+            let src = rng.vec(rows * ld);
+            let len = rows.div_ceil(amx::PAIR) * amx::PAIR * kc.div_ceil(amx::TILE_K) * amx::TILE_K;
+            let (mut fast, mut plain) = (vec![7u16; len], vec![9u16; len]);
+            // SAFETY: AMX is available, which implies the conversion's features.
+            unsafe { amx::rows_to_tiles_avx512(&src, ld, rows, kc, &mut fast) };
+            amx::rows_to_tiles(&src, ld, rows, kc, &mut plain);
+            assert_eq!(fast, plain, "rows {rows}, depth {kc}");
+            // The trait's default (through f32 panels) agrees with the direct conversion.
+            let a = RowMajor {
+                data: &src,
+                rows,
+                cols: ld,
+                ld,
+            };
+            let mut default = vec![5u16; len];
+            PackADefault(&a).pack_bf16_tiles(0, rows, 0, kc, &mut default);
+            assert_eq!(default, plain, "default, rows {rows}, depth {kc}");
+        }
+    }
+}
+
+/// A left operand that only implements [`PackA::pack`] (the trait's default conversion).
+struct PackADefault<'a>(&'a RowMajor<'a>);
+
+impl PackA for PackADefault<'_> {
+    fn rows(&self) -> usize {
+        self.0.rows()
+    }
+
+    fn depth(&self) -> usize {
+        self.0.depth()
+    }
+
+    fn pack(&self, m0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+        self.0.pack(m0, mc, k0, kc, dst)
     }
 }
 
@@ -159,6 +293,7 @@ fn packed_a_products_match_the_plain_product_at_every_level() {
         (400, 40, 270),
         (50, 513, 600),
     ];
+    // bf16 packed on a level without tiles (the AMX tiles have their own test).
     for storage in [Storage::F32, Storage::Bf16] {
         for (seed, &(m, k, n)) in shapes.iter().enumerate() {
             let mut rng = Rng::new(40 + seed as u64);
@@ -169,7 +304,7 @@ fn packed_a_products_match_the_plain_product_at_every_level() {
                 Storage::Bf16 => a.iter().map(|&x| round_bf16(x)).collect(),
             };
             let (want, scale) = reference(&a_used, &b, m, k, n);
-            let packed = PackedA::from_mxk(&a, m, k, k, storage);
+            let packed = with_level(Level::Generic, || PackedA::from_mxk(&a, m, k, k, storage));
             assert_eq!(packed.get(m - 1, k - 1), a_used[m * k - 1]);
             let gathered = RowMajorB { data: &b, k, n };
             for &level in &Level::available() {
