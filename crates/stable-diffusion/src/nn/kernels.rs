@@ -75,6 +75,12 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     if t.dtype() == DType::F32 && t.is_contiguous() {
         return with_slice(t, f);
     }
+    if t.dtype() == DType::BF16 && t.is_contiguous() && t.device().is_cpu() {
+        let wide = with_slice(t, |d: &[half::bf16]| {
+            sd_kernels::convert::widen_bf16(bf16_bits(d))
+        })?;
+        return Ok(f(&wide));
+    }
     let t = t.to_dtype(DType::F32)?.contiguous()?;
     with_slice(&t, f)
 }
@@ -182,9 +188,32 @@ pub(crate) fn fill(
 
 /// `out` converted to `like`'s dtype (free when they agree).
 pub(crate) fn in_dtype_of(like: &Tensor, out: Tensor) -> Result<Tensor> {
-    Ok(if out.dtype() == like.dtype() {
-        out
-    } else {
-        out.to_dtype(like.dtype())?
-    })
+    if out.dtype() == like.dtype() {
+        return Ok(out);
+    }
+    if out.dtype() == DType::F32
+        && like.dtype() == DType::BF16
+        && out.is_contiguous()
+        && out.device().is_cpu()
+    {
+        let narrow =
+            std::mem::ManuallyDrop::new(with_slice(&out, sd_kernels::convert::narrow_to_bf16)?);
+        // SAFETY: `bf16` is a `repr(transparent)` wrapper of `u16`: same size and alignment,
+        // so the allocation is the same; `narrow` is not dropped.
+        let values: Vec<half::bf16> = unsafe {
+            Vec::from_raw_parts(
+                narrow.as_ptr() as *mut half::bf16,
+                narrow.len(),
+                narrow.capacity(),
+            )
+        };
+        return Ok(Tensor::from_vec(values, out.shape().clone(), out.device())?);
+    }
+    Ok(out.to_dtype(like.dtype())?)
+}
+
+/// bf16 values as their bits.
+fn bf16_bits(values: &[half::bf16]) -> &[u16] {
+    // SAFETY: `bf16` is a `repr(transparent)` wrapper of `u16`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
 }
