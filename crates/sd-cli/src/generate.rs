@@ -12,6 +12,7 @@ use stable_diffusion::image::{
     encode_png, read_parameters, write_all_atomically, ImageData, InfoText, PARAMETERS_KEY,
 };
 use stable_diffusion::loading::LoraSpec;
+use stable_diffusion::pipeline::memory::parse_memory_size;
 use stable_diffusion::pipeline::{
     parse_dtype, precheck, Asset, Control, GenerationRequest, HiresFix, HiresUpscaler, LoadOptions,
     ModelStore, NetworkRef, Progress, RngKind,
@@ -108,9 +109,12 @@ pub struct GenerateArgs {
     #[arg(long)]
     vae: Option<PathBuf>,
     /// Decode in overlapping tiles (bounded memory at any size, blended seams); without it,
-    /// tiles are used only when the whole decode would not fit in the available memory.
+    /// tiles are used only when the whole decode would not fit in --max-memory.
     #[arg(long)]
     vae_tiling: bool,
+    /// The most memory the run may use: bytes or a size such as 8G, 512M, 1.5GB, 4GiB. A model or a request estimated above it is refused (exit code 2) before anything is allocated [default: the memory available now, MemAvailable].
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
     /// The dtype weights are kept in: f32, f16 or bf16 (half weights stay half in memory) [default: f32].
     #[arg(long)]
     weight_dtype: Option<String>,
@@ -457,6 +461,9 @@ fn base_request(args: &GenerateArgs) -> Result<Option<GenerationRequest>> {
 /// The load options of the model flags (device, dtypes, family, prediction, config).
 fn load_options(args: &GenerateArgs) -> Result<LoadOptions> {
     let mut options = LoadOptions::default();
+    if let Some(v) = &args.max_memory {
+        options.max_memory = Some(parse_memory_size(v).map_err(as_usage)?);
+    }
     if let Some(v) = &args.weight_dtype {
         options.weight_dtype = parse_dtype("weight dtype", v).map_err(as_usage)?;
     }

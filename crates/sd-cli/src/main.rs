@@ -143,7 +143,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             | E::Unsupported { .. }
             | E::InvalidArgument { .. }
             | E::Tokenizer(_)
-            | E::Image { .. },
+            | E::Image { .. }
+            | E::MemoryBudget { .. },
         ) => 2,
         _ => 1,
     }

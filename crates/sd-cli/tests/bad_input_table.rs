@@ -393,6 +393,21 @@ fn cases(dir: &Path) -> Vec<Case> {
         "above the limit",
     );
     c.tiny(
+        "memory limit below the model's weights",
+        &["--max-memory", "1M"],
+        "limit of 1.0 MB",
+    );
+    c.tiny(
+        "image too large for the memory limit",
+        &["--max-memory", "20M", "--width", "4096", "--height", "4096"],
+        "4096x4096 image",
+    );
+    c.tiny(
+        "memory limit that is not a size",
+        &["--max-memory", "lots"],
+        "memory size",
+    );
+    c.tiny(
         "variation strength without a variation seed",
         &["--variation-strength", "0.5"],
         "--variation-seed",

@@ -103,6 +103,28 @@ pub enum Error {
         msg: String,
     },
 
+    /// A model or a request that needs more memory than the run may use (estimated before
+    /// anything is allocated; see [`crate::pipeline::memory`]).
+    #[error(
+        "not enough memory: {what} needs about {}, {}",
+        crate::pipeline::memory::format_bytes(*needed),
+        if *limit_given {
+            format!("more than the limit of {} (--max-memory)", crate::pipeline::memory::format_bytes(*allowed))
+        } else {
+            format!("{} are available", crate::pipeline::memory::format_bytes(*allowed))
+        }
+    )]
+    MemoryBudget {
+        /// What needs the memory ("the model's weights (f32)", "a 4096x4096 image").
+        what: String,
+        /// The bytes needed (with what is already loaded, when a limit was given).
+        needed: u64,
+        /// The bytes allowed: the limit, or what the machine had available.
+        allowed: u64,
+        /// Whether `allowed` is a limit the caller gave (else the machine's available memory).
+        limit_given: bool,
+    },
+
     /// The run was cancelled by the caller (for example Ctrl-C).
     #[error("cancelled")]
     Cancelled,

@@ -4,7 +4,7 @@ use crate::Result;
 
 /// The most bytes one block of attention scores may take; longer queries are processed in
 /// row chunks of this size (64x64 latents give 4096x4096 scores per head).
-const MAX_SCORE_BYTES: usize = 128 << 20;
+pub(crate) const MAX_SCORE_BYTES: usize = 128 << 20;
 
 /// Scaled dot-product attention: `softmax(q kᵀ · scale + mask) v`.
 ///

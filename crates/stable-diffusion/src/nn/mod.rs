@@ -2,7 +2,7 @@
 //! so faster kernels can replace the first versions without touching the models.
 
 mod activation;
-mod attention;
+pub(crate) mod attention;
 mod conv;
 pub mod flops;
 pub mod kernels;

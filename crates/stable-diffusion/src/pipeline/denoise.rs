@@ -264,23 +264,22 @@ impl StableDiffusion {
         Ok(())
     }
 
-    /// About how many bytes decoding `batch` images of `width` x `height` in one piece takes:
-    /// the decoder's largest activation (channels times pixels at the resolution of each up
-    /// block) times the few buffers alive around a resnet.
+    /// About how many bytes decoding `batch` images of `width` x `height` in one piece takes
+    /// (see [`super::memory::decode_bytes`]).
     pub fn untiled_decode_bytes(&self, width: usize, height: usize, batch: usize) -> u64 {
-        const LIVE_BUFFERS: u64 = 4;
-        let pixels = (width * height) as u64;
-        let largest = self
-            .vae
-            .config()
-            .block_out_channels
-            .iter()
-            .enumerate()
-            .map(|(level, &channels)| channels as u64 * (pixels >> (2 * level)))
-            .max()
-            .unwrap_or(0);
-        let element = self.vae_dtype.size_in_bytes() as u64;
-        largest * element * batch as u64 * LIVE_BUFFERS
+        super::memory::decode_bytes(self.vae.config(), width, height, batch, self.vae_dtype)
+    }
+
+    /// About how many bytes a request of `size` takes beyond the weights (see
+    /// [`super::memory::request_bytes`]).
+    pub fn request_bytes(&self, size: super::memory::RequestSize) -> u64 {
+        super::memory::request_bytes(
+            self.unet.config(),
+            self.vae.config(),
+            size,
+            self.dtype,
+            self.vae_dtype,
+        )
     }
 
     /// The training timesteps of the model's schedule.

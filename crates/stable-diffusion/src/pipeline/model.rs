@@ -42,6 +42,10 @@ pub struct LoadOptions {
     pub config: Option<PathBuf>,
     /// LoRA / LyCORIS networks merged into the weights as they load, with their multipliers.
     pub loras: Vec<LoraSpec>,
+    /// The most memory a run may use, in bytes (weights, then a request's work): a model or a
+    /// request estimated above it is refused before it allocates ([`Error::MemoryBudget`]).
+    /// `None`: what the machine has available (`MemAvailable`) when each is checked.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -55,6 +59,7 @@ impl Default for LoadOptions {
             prediction: None,
             config: None,
             loras: Vec::new(),
+            max_memory: None,
         }
     }
 }
@@ -78,6 +83,29 @@ impl LoadOptions {
         } else {
             self.compute_dtype
         }
+    }
+
+    /// Refuses a model whose weights, kept in `weight_dtype`, would not fit
+    /// [`LoadOptions::max_memory`] (or the available memory); returns their size.
+    pub fn check_weights_fit(&self, description: &FullDescription) -> Result<u64> {
+        self.check_weights_fit_located(description, |err, _| err)
+    }
+
+    /// [`LoadOptions::check_weights_fit`], with `locate` naming the config file of a
+    /// component whose config cannot be built (see [`super::memory::weight_bytes`]).
+    fn check_weights_fit_located(
+        &self,
+        description: &FullDescription,
+        locate: impl Fn(Error, &str) -> Error,
+    ) -> Result<u64> {
+        let bytes = super::memory::weight_bytes_located(description, self.weight_dtype, locate)?;
+        let what = format!(
+            "loading the {} model (weights in {})",
+            description.name(),
+            self.weight_dtype.as_str()
+        );
+        super::memory::check_fits(&what, bytes, 0, self.max_memory)?;
+        Ok(bytes)
     }
 
     /// The precision of a VAE: computed in f32 when its config says it overflows in f16
@@ -232,6 +260,9 @@ impl StableDiffusion {
         if let Some(family) = options.family {
             described.family = family;
         }
+        options.check_weights_fit_located(&described, |err, component| {
+            config_file(err, folder.root(), component)
+        })?;
         let family = described.family;
         let variant = options.variant.as_deref();
         let precision = options.precision();
@@ -324,6 +355,7 @@ impl StableDiffusion {
             }
             None => checkpoint.describe().clone(),
         };
+        options.check_weights_fit(&described)?;
         let family = described.family;
         let precision = options.precision();
         let device = &options.device;

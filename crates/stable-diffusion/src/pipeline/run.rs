@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::memory;
 use super::store::{asset_name, disk_bytes, Asset, ModelStore};
 use super::{
     format_network_hashes, load_vae, mask_to_tensor, Control, GenerationRequest, LoadOptions,
@@ -232,7 +233,33 @@ pub fn run(
     request.width.get_or_insert(model.native_size());
     request.height.get_or_insert(model.native_size());
     request.validate(model.spatial_factor())?;
-    choose_vae_tiling(&mut request, &model, &mut warnings);
+    // With a limit, the loaded weights count against it; without one, the memory available
+    // now is what they left.
+    let resident = match options.max_memory {
+        Some(_) => {
+            let mut bytes = memory::weight_bytes(model.description(), options.weight_dtype)?;
+            if let Some(refiner) = &refiner {
+                bytes += memory::weight_bytes(refiner.description(), options.weight_dtype)?;
+            }
+            bytes
+        }
+        None => 0,
+    };
+    choose_vae_tiling(
+        &mut request,
+        &model,
+        resident,
+        options.max_memory,
+        &mut warnings,
+    );
+    check_request_fits(
+        &request,
+        &model,
+        refiner.as_deref(),
+        resolved.init_image.is_some(),
+        resident,
+        options.max_memory,
+    )?;
 
     let (width, height) = (request.width_px() as u32, request.height_px() as u32);
     let device = options.device.clone();
@@ -280,35 +307,94 @@ pub fn run(
     })
 }
 
-/// Decides an unset `vae_tiling`: tiles only when the untiled decode of the final image (after
-/// a hires pass) needs more memory than the machine has available now; says so when it tiles.
-fn choose_vae_tiling(
-    request: &mut GenerationRequest,
-    model: &StableDiffusion,
-    warnings: &mut Vec<String>,
-) {
-    if request.vae_tiling.is_some() {
-        return;
-    }
-    let (width, height) = match &request.hires {
+/// The size of the final image of `request` (after a hires pass).
+fn final_size(request: &GenerationRequest, model: &StableDiffusion) -> (usize, usize) {
+    match &request.hires {
         Some(hires) => hires.target_size(
             request.width_px(),
             request.height_px(),
             model.spatial_factor(),
         ),
         None => (request.width_px(), request.height_px()),
-    };
+    }
+}
+
+/// Decides an unset `vae_tiling`: tiles only when the untiled decode of the final image (after
+/// a hires pass) would not fit `max_memory` beside the `resident` weights (without a limit:
+/// the memory available now); says so when it tiles.
+fn choose_vae_tiling(
+    request: &mut GenerationRequest,
+    model: &StableDiffusion,
+    resident: u64,
+    max_memory: Option<u64>,
+    warnings: &mut Vec<String>,
+) {
+    if request.vae_tiling.is_some() {
+        return;
+    }
+    let (width, height) = final_size(request, model);
     let needed = model.untiled_decode_bytes(width, height, request.batch_size.max(1));
-    let available = super::memory::available_memory();
-    if needed > available {
+    if let Err(Error::MemoryBudget {
+        needed, allowed, ..
+    }) = memory::check_fits("", needed, resident, max_memory)
+    {
         request.vae_tiling = Some(true);
         warnings.push(format!(
             "decoding the VAE in tiles: a {width}x{height} decode in one piece needs about \
-             {:.1} GB, {:.1} GB are available (--vae-tiling forces tiles)",
-            needed as f64 / 1e9,
-            available as f64 / 1e9
+             {}, {} {} (--vae-tiling forces tiles)",
+            memory::format_bytes(needed),
+            memory::format_bytes(allowed),
+            match max_memory {
+                Some(_) => "are allowed",
+                None => "are available",
+            }
         ));
     }
+}
+
+/// Refuses a request whose work (denoising, VAE decode and encode at its final size, with
+/// `model` and the refiner) would not fit `max_memory` beside the `resident` weights (without a
+/// limit: the memory available now), before anything is allocated.
+fn check_request_fits(
+    request: &GenerationRequest,
+    model: &StableDiffusion,
+    refiner: Option<&StableDiffusion>,
+    init_image: bool,
+    resident: u64,
+    max_memory: Option<u64>,
+) -> Result<()> {
+    let (width, height) = final_size(request, model);
+    if width > super::MAX_SIDE || height > super::MAX_SIDE {
+        // A hires pass past the size limit: generate_hires refuses it, naming the scale.
+        return Ok(());
+    }
+    let batch = request.batch_size.max(1);
+    let size = memory::RequestSize {
+        width,
+        height,
+        batch,
+        encodes: init_image || request.hires.is_some(),
+        tiled: request.vae_tiling == Some(true),
+        attention_scores: !(model.device.is_cpu() && crate::nn::kernels::enabled()),
+    };
+    let needed = refiner
+        .map_or(0, |refiner| refiner.request_bytes(size))
+        .max(model.request_bytes(size));
+    let images = match batch {
+        1 => String::new(),
+        n => format!(" x {n}"),
+    };
+    let what = format!(
+        "a {width}x{height}{images} image{} (denoising{}, {} VAE decode)",
+        if batch > 1 { "s" } else { "" },
+        if request.hires.is_some() {
+            " with the hires pass"
+        } else {
+            ""
+        },
+        if size.tiled { "tiled" } else { "untiled" },
+    );
+    memory::check_fits(&what, needed, resident, max_memory)
 }
 
 /// The model at `path` loaded with `options` and, when given, the VAE at `vae`, from the

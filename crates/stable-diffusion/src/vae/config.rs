@@ -143,6 +143,18 @@ impl VaeConfig {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
 
+    /// The tile sizes of diffusers' tiled decoding for this VAE: `(latent, sample)` with the
+    /// sample tile the config's `sample_size` and the latent tile that divided by the
+    /// downsampling factor.
+    pub fn tile_sizes(&self) -> (usize, usize) {
+        let sample = match &self.sample_size {
+            SampleSize::Square(s) => *s,
+            SampleSize::Rect(v) => v.first().copied().unwrap_or(512),
+        }
+        .max(8);
+        ((sample / self.downsample_factor()).max(1), sample)
+    }
+
     /// Checks that the config describes a network this module can build.
     pub fn validate(&self) -> Result<()> {
         let levels = self.block_out_channels.len();

@@ -231,13 +231,7 @@ impl AutoencoderKL {
     /// sample tile the config's `sample_size` and the latent tile that divided by the
     /// downsampling factor.
     pub fn tile_sizes(&self) -> (usize, usize) {
-        let sample = match &self.config.sample_size {
-            config::SampleSize::Square(s) => *s,
-            config::SampleSize::Rect(v) => v.first().copied().unwrap_or(512),
-        }
-        .max(8);
-        let factor = 1usize << self.config.block_out_channels.len().saturating_sub(1);
-        ((sample / factor).max(1), sample)
+        self.config.tile_sizes()
     }
 
     /// Whether latents of `h` x `w` are larger than one tile (tiled decoding changes them).
