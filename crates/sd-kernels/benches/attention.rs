@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use rayon::prelude::*;
-use sd_kernels::attention::{attention, AttentionShape};
+use sd_kernels::attention::{attention, attention_with, AttentionShape, Precision};
 use sd_kernels::cpu;
 use sd_kernels::gemm::{self, PackedB, RowMajor, RowMajorSink, Storage};
 
@@ -146,6 +146,23 @@ fn bench(name: &str, shape: AttentionShape, runs: usize, with_naive: bool) {
         attention(shape, &q, &k, &v, scale, false, &mut out)
     });
     let flops = shape.flops();
+    // A bf16 model's attention (on the tiles where the level is amx).
+    let mut rounded = vec![0f32; shape.q_len()];
+    let bf16 = best_of(runs, || {
+        let level = cpu::level();
+        attention_with(
+            level,
+            Precision::Bf16,
+            shape,
+            &q,
+            &k,
+            &v,
+            scale,
+            false,
+            &mut rounded,
+        )
+    });
+    println!("{name:<32} bf16  {}", bf16.rate(flops));
     if !with_naive {
         println!("{name:<32} flash {}", flash.rate(flops));
         return;
@@ -200,6 +217,8 @@ fn main() {
     };
     let cases = [
         ("SD 1.5 self-attn 2x8x4096, d 40", shape(2, 8, 4096, 40)),
+        ("SD 1.5 self-attn 2x8x1024, d 80", shape(2, 8, 1024, 80)),
+        ("SDXL self-attn 2x10x4096, d 64", shape(2, 10, 4096, 64)),
         ("VAE mid-block 1x1x4096, d 512", shape(1, 1, 4096, 512)),
     ];
     for (name, shape) in cases {

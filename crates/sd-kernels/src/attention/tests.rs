@@ -200,7 +200,16 @@ fn results_do_not_depend_on_the_thread_count_or_the_query_block() {
             for q_block in [NR, 48, 128, MAX_Q_BLOCK] {
                 let mut out = vec![f32::NAN; s.q_len()];
                 run(
-                    level, s, &data.q, &data.k, &data.v, scale, causal, &mut out, q_block,
+                    level,
+                    Precision::F32,
+                    s,
+                    &data.q,
+                    &data.k,
+                    &data.v,
+                    scale,
+                    causal,
+                    &mut out,
+                    q_block,
                 );
                 assert!(
                     one.iter()
@@ -235,4 +244,82 @@ fn query_blocks_stay_multiples_of_the_panel() {
             "{block}"
         );
     }
+}
+
+#[test]
+fn amx_tiles_match_the_plain_softmax_within_bf16_rounding() {
+    if !Level::Amx.is_available() {
+        eprintln!("no AMX on this CPU: skipped");
+        return;
+    }
+    for (seed, &(b, h, sq, skv, d)) in SHAPES.iter().enumerate() {
+        let s = shape(b, h, sq, skv, d);
+        let data = inputs(s, seed as u64);
+        let scale = 1.0 / (d as f32).sqrt();
+        for causal in [false, true] {
+            let (want, magnitude) = reference(s, &data.q, &data.k, &data.v, scale, causal);
+            let what = format!("amx {s:?} causal {causal}");
+            let run_with = |threads: usize, q_block: Option<usize>| {
+                with_threads(threads, || {
+                    let mut out = vec![f32::NAN; s.q_len()];
+                    let (q, k, v) = (&data.q, &data.k, &data.v);
+                    match q_block {
+                        None => attention_with(
+                            Level::Amx,
+                            Precision::Bf16,
+                            s,
+                            q,
+                            k,
+                            v,
+                            scale,
+                            causal,
+                            &mut out,
+                        ),
+                        Some(block) => run(
+                            Level::Amx,
+                            Precision::Bf16,
+                            s,
+                            q,
+                            k,
+                            v,
+                            scale,
+                            causal,
+                            &mut out,
+                            block,
+                        ),
+                    }
+                    out
+                })
+            };
+            let out = run_with(2, None);
+            // bf16 keeps 8 significant bits: scores and values err by ~2^-9 each.
+            assert_close(&what, &out, &want, &magnitude, 1.5e-2);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&run_with(1, None)), "{what}: 1 thread");
+            assert_eq!(
+                bits(&out),
+                bits(&run_with(2, Some(NR))),
+                "{what}: query block"
+            );
+        }
+    }
+    // The tiles really round: on a shape with many keys the result differs from f32's.
+    let s = shape(1, 1, 40, 300, 40);
+    let data = inputs(s, 9);
+    let mut tiles = vec![0f32; s.q_len()];
+    let mut plain = vec![0f32; s.q_len()];
+    for (precision, out) in [(Precision::Bf16, &mut tiles), (Precision::F32, &mut plain)] {
+        attention_with(
+            Level::Amx,
+            precision,
+            s,
+            &data.q,
+            &data.k,
+            &data.v,
+            0.2,
+            false,
+            out,
+        );
+    }
+    assert_ne!(tiles, plain);
 }

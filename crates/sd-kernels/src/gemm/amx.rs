@@ -227,12 +227,12 @@ mod x86 {
     };
 
     /// The tile registers configured on this thread for as long as it lives.
-    struct Configured;
+    pub(crate) struct Configured;
 
     impl Configured {
         /// # Safety
         /// [`usable`] is true.
-        unsafe fn new() -> Self {
+        pub(crate) unsafe fn new() -> Self {
             asm!("ldtilecfg [{}]", in(reg) &raw const CONFIG, options(nostack, readonly));
             Configured
         }
@@ -262,22 +262,52 @@ mod x86 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let ld = ldc * 4;
         let c_low = c.add(TILE * ldc);
+        let c = [c, c.add(TILE), c_low, c_low.add(TILE)];
+        kernel4(depth_tiles, [a0, a1], [b0, b1], c, ldc, accumulate)
+    }
+
+    /// The tile product behind every AMX kernel: `c[i·2 + j] (+)= A_i · B_j` (four 16 x 16 f32
+    /// tiles, each at row stride `ldc` floats) over `depth_tiles` depth tiles, `a[i]` holding
+    /// consecutive row tiles and `b[j]` consecutive pair tiles.
+    ///
+    /// # Safety
+    /// The thread is [`Configured`]; `depth_tiles ≥ 1`; each pointer holds what is said above.
+    pub(crate) unsafe fn kernel4(
+        depth_tiles: usize,
+        [a0, a1]: [*const u16; 2],
+        [b0, b1]: [*const u16; 2],
+        [c00, c01, c10, c11]: [*mut f32; 4],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let ld = ldc * 4;
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{c00} + {ld}*1]",
+                "tileloadd tmm1, [{c01} + {ld}*1]",
+                "tileloadd tmm2, [{c10} + {ld}*1]",
+                "tileloadd tmm3, [{c11} + {ld}*1]",
+                c00 = in(reg) c00,
+                c01 = in(reg) c01,
+                c10 = in(reg) c10,
+                c11 = in(reg) c11,
+                ld = in(reg) ld,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+        }
+        // The C tiles stay in tmm0-3 between the blocks: nothing else in the thread uses the
+        // tile registers.
         asm!(
-            "test {acc}, {acc}",
-            "jz 3f",
-            "tileloadd tmm0, [{c} + {ld}*1]",
-            "tileloadd tmm1, [{c} + {ld}*1 + 64]",
-            "tileloadd tmm2, [{cl} + {ld}*1]",
-            "tileloadd tmm3, [{cl} + {ld}*1 + 64]",
-            "jmp 4f",
-            "3:",
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "4:",
+            "2:",
             "tileloadd tmm4, [{a0} + {s}*1]",
             "tileloadd tmm6, [{b0} + {s}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
@@ -291,14 +321,15 @@ mod x86 {
             "add {b0}, 1024",
             "add {b1}, 1024",
             "dec {n}",
-            "jnz 4b",
-            "tilestored [{c} + {ld}*1], tmm0",
-            "tilestored [{c} + {ld}*1 + 64], tmm1",
-            "tilestored [{cl} + {ld}*1], tmm2",
-            "tilestored [{cl} + {ld}*1 + 64], tmm3",
-            acc = in(reg) accumulate as usize,
-            c = in(reg) c,
-            cl = in(reg) c_low,
+            "jnz 2b",
+            "tilestored [{c00} + {ld}*1], tmm0",
+            "tilestored [{c01} + {ld}*1], tmm1",
+            "tilestored [{c10} + {ld}*1], tmm2",
+            "tilestored [{c11} + {ld}*1], tmm3",
+            c00 = in(reg) c00,
+            c01 = in(reg) c01,
+            c10 = in(reg) c10,
+            c11 = in(reg) c11,
             ld = in(reg) ld,
             s = in(reg) 64usize,
             a0 = inout(reg) a0 => _,
@@ -401,7 +432,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F/BW/BF16 (implied by [`usable`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn panel_to_pairs(panel: &[f32], kc: usize, dst: &mut [u16]) {
+    pub(crate) unsafe fn panel_to_pairs(panel: &[f32], kc: usize, dst: &mut [u16]) {
         let depth_tiles = kc.div_ceil(TILE_K);
         assert!(panel.len() >= kc * TILE && dst.len() >= depth_tiles * TILE_VALUES);
         // Lane 2c takes column c of the first row, lane 2c + 1 column c of the second.

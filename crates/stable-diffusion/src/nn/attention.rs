@@ -123,11 +123,29 @@ pub fn attention_tokens(
             seq_kv,
             head_dim,
         };
+        // A bf16 model's attention rounds its products' inputs to bf16 where the CPU has
+        // bf16 tiles (AMX), as its linear layers and convolutions do.
+        let precision = if q.dtype() == DType::BF16 {
+            sd_kernels::attention::Precision::Bf16
+        } else {
+            sd_kernels::attention::Precision::F32
+        };
+        let level = sd_kernels::cpu::level();
         return super::kernels::fill(q, q.shape().clone(), |out| {
             super::kernels::with_f32(q, |q| {
                 super::kernels::with_f32(k, |k| {
                     super::kernels::with_f32(v, |v| {
-                        sd_kernels::attention::attention(shape, q, k, v, scale as f32, false, out)
+                        sd_kernels::attention::attention_with(
+                            level,
+                            precision,
+                            shape,
+                            q,
+                            k,
+                            v,
+                            scale as f32,
+                            false,
+                            out,
+                        )
                     })
                 })
             })??
