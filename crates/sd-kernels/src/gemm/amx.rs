@@ -73,7 +73,9 @@ pub(crate) fn tiled_len(depth: usize, len: usize) -> usize {
     block_offset(len, blocks - 1) + side_tiles(len) * last.div_ceil(TILE_K) * TILE_VALUES
 }
 
-/// Packs `get(k, j)` as bf16 bits into tiles of `role` (zero padding).
+/// Packs `get(k, j)` as bf16 bits into tiles of `role` (zero padding). Each tile is filled
+/// source row by source row (`j` outer, `k` inner), so a row-major `(len, depth)` weight is
+/// read in order.
 pub(crate) fn pack<T: Send + Sync>(
     depth: usize,
     len: usize,
@@ -91,10 +93,20 @@ pub(crate) fn pack<T: Send + Sync>(
         .enumerate()
         .for_each(|(block, values)| {
             let k0 = block * KC;
-            let base = block_offset(len, block);
-            for kk in 0..KC.min(depth - k0) {
-                for j in 0..len {
-                    values[index(depth, len, role, k0 + kk, j) - base] = convert(get(k0 + kk, j));
+            let kc = KC.min(depth - k0);
+            let depth_tiles = kc.div_ceil(TILE_K);
+            for (at, tile) in values.chunks_exact_mut(TILE_VALUES).enumerate() {
+                let (s, t) = (at / depth_tiles, at % depth_tiles);
+                let ks = t * TILE_K..(t * TILE_K + TILE_K).min(kc);
+                for jj in 0..TILE.min(len.saturating_sub(s * TILE)) {
+                    let j = s * TILE + jj;
+                    for (kk, k) in ks.clone().enumerate() {
+                        let v = convert(get(k0 + k, j));
+                        match role {
+                            Role::Rows => tile[jj * TILE_K + kk] = v,
+                            Role::Pairs => tile[kk / 2 * TILE_K + jj * 2 + kk % 2] = v,
+                        }
+                    }
                 }
             }
         });

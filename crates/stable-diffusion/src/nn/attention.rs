@@ -100,6 +100,21 @@ pub fn attention_tokens(
     heads: usize,
     scale: f64,
 ) -> Result<Tensor> {
+    let rounded = q.dtype() == DType::BF16;
+    attention_tokens_in(q, k, v, heads, scale, rounded)
+}
+
+/// [`attention_tokens`] for a layer of a bf16 model when `bf16` is true: where the CPU has
+/// bf16 tiles (AMX) the kernels round the products' inputs to bf16, as that model's linear
+/// layers and convolutions do (its activations are f32 between layers on the CPU).
+pub fn attention_tokens_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    bf16: bool,
+) -> Result<Tensor> {
     let (batch, seq_q, inner) = q.dims3()?;
     let seq_kv = k.dim(1)?;
     let head_dim = inner / heads.max(1);
@@ -123,9 +138,7 @@ pub fn attention_tokens(
             seq_kv,
             head_dim,
         };
-        // A bf16 model's attention rounds its products' inputs to bf16 where the CPU has
-        // bf16 tiles (AMX), as its linear layers and convolutions do.
-        let precision = if q.dtype() == DType::BF16 {
+        let precision = if bf16 {
             sd_kernels::attention::Precision::Bf16
         } else {
             sd_kernels::attention::Precision::F32

@@ -49,6 +49,16 @@ impl Linear {
         })
     }
 
+    /// Whether the weight is kept in bf16 (a bf16 model's layer).
+    pub fn stores_bf16(&self) -> bool {
+        match &self.weights {
+            LinearWeights::Packed { weight, .. } => {
+                weight.storage() == sd_kernels::gemm::Storage::Bf16
+            }
+            LinearWeights::Candle(layer) => layer.weight().dtype() == candle_core::DType::BF16,
+        }
+    }
+
     /// Applies the layer to `x` of shape `(..., in)`, giving `(..., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_residual(x, None)

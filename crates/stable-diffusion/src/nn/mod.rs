@@ -11,7 +11,7 @@ mod norm;
 mod training;
 
 pub use activation::{Activation, GeGlu};
-pub use attention::{attention, attention_tokens, causal_mask};
+pub use attention::{attention, attention_tokens, attention_tokens_in, causal_mask};
 pub use conv::{Conv2d, Conv2dOptions};
 pub use linear::Linear;
 pub use norm::{GroupNorm, LayerNorm};

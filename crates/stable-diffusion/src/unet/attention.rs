@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::nn::{attention_tokens, Conv2d, Conv2dOptions, GeGlu, GroupNorm, LayerNorm, Linear};
+use crate::nn::{attention_tokens_in, Conv2d, Conv2dOptions, GeGlu, GroupNorm, LayerNorm, Linear};
 use crate::Result;
 
 /// diffusers' `Attention` as the UNet uses it: bias-free q/k/v projections, `to_out.0` with bias.
@@ -52,7 +52,8 @@ impl Attention {
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = attention_tokens(&q, &k, &v, self.heads, scale)?; // (batch, seq, inner)
+        let bf16 = self.to_q.stores_bf16();
+        let out = attention_tokens_in(&q, &k, &v, self.heads, scale, bf16)?; // (batch, seq, inner)
         self.to_out.forward_residual(&out, residual)
     }
 

@@ -4,7 +4,7 @@
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::nn::{attention_tokens, Activation, Conv2d, Conv2dOptions, GroupNorm, Linear};
+use crate::nn::{attention_tokens_in, Activation, Conv2d, Conv2dOptions, GroupNorm, Linear};
 use crate::Result;
 
 /// The epsilon of every group norm in the VAE.
@@ -166,7 +166,8 @@ impl SpatialSelfAttention {
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
         let scale = 1.0 / (self.channels as f64).sqrt();
-        let attended = attention_tokens(&q, &k, &v, 1, scale)?; // (B, HW, C), one head
+        let bf16 = self.to_q.stores_bf16();
+        let attended = attention_tokens_in(&q, &k, &v, 1, scale, bf16)?; // (B, HW, C), one head
         let projected = self.to_out.forward(&attended)?;
         let spatial = projected
             .transpose(1, 2)?
