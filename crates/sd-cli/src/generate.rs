@@ -188,6 +188,9 @@ pub struct GenerateArgs {
     /// Print the JSON request that the options make, and exit without running it.
     #[arg(long)]
     print_request: bool,
+    /// Print the JSON Schema of a request (the fields --request reads, with their defaults), and exit.
+    #[arg(long)]
+    print_schema: bool,
     /// A models folder in AUTOMATIC1111's layout (models/Stable-diffusion, models/Lora, models/VAE, embeddings): --model, --vae, --refiner, <lora:> tags, embedding names and --from-png's model resolve in it by name.
     #[arg(long, value_name = "DIR")]
     models_dir: Option<PathBuf>,
@@ -521,6 +524,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 std::process::exit(130);
             }
         });
+    }
+    if args.print_schema {
+        let schema = GenerationRequest::json_schema();
+        outln!("{}", serde_json::to_string_pretty(&schema)?);
+        return Ok(());
     }
     // 1. Everything the user gave is checked before the model is loaded.
     let mut store = model_store(&args)?;

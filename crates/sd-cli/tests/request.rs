@@ -198,6 +198,15 @@ fn flags_override_a_json_request_and_an_unset_seed_is_reported() {
 }
 
 #[test]
+fn print_schema_prints_the_librarys_json_schema() {
+    let output = sd(["generate", "--print-schema"]);
+    assert_success(&output, "--print-schema");
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, GenerationRequest::json_schema());
+    assert!(printed["properties"]["prompt"].is_object(), "{printed:#}");
+}
+
+#[test]
 fn a_malformed_request_is_refused_naming_the_field() {
     let dir = scratch("request-bad");
     for (json, field) in [

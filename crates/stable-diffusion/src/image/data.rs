@@ -71,6 +71,20 @@ impl Serialize for ImageData {
     }
 }
 
+impl schemars::JsonSchema for ImageData {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ImageData".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "An image file (PNG, JPEG or WebP) in base64, or a `data:image/...;base64,` URI."
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for ImageData {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;

@@ -18,7 +18,7 @@ use crate::image::image_to_tensor;
 use crate::{Error, Result};
 
 /// The second pass of a hires-fix run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct HiresFix {
     /// The factor the first pass's size is multiplied by (A1111's "Hires upscale").

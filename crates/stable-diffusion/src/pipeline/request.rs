@@ -84,7 +84,7 @@ impl FromStr for RngKind {
 
 /// A LoRA / LyCORIS network for one request, by name (a file of the model store's `Lora`
 /// folder, or a path) with its multiplier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct NetworkRef {
     /// The network's name (its file name without extension) or a path to its file.
@@ -105,7 +105,7 @@ impl Default for NetworkRef {
 /// Everything that defines one generation: the same value gives the same images. Plain data
 /// (JSON through serde, every field optional, unknown fields ignored); models and networks are
 /// names that a [`ModelStore`](super::ModelStore) resolves, images are their files' bytes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct GenerationRequest {
     /// The checkpoint: a name, an A1111 title (`name [hash]`), a hash or a path (`None`: the
@@ -288,6 +288,13 @@ impl GenerationRequest {
     /// The request as pretty-printed JSON (every field written).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a request always serializes")
+    }
+
+    /// The JSON Schema (draft 2020-12) of a request as [`Self::from_json`] reads it: every
+    /// field with its type, default and documentation (the doc comments above).
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(GenerationRequest))
+            .expect("a schema always serializes")
     }
 
     /// Whether classifier-free guidance runs (an unconditional pass beside the conditional one):

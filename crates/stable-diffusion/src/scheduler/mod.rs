@@ -912,7 +912,9 @@ pub trait Sampler: Send {
 
 /// The options users tune beside the sampler and schedule. `Default` gives each sampler its
 /// reference's defaults.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(default)]
 pub struct SamplerOptions {
     /// Noise amount of stochastic samplers: DDIM's eta (default 0), the ancestral and SDE
