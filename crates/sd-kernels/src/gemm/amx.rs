@@ -4,7 +4,7 @@
 //! are f32.
 //!
 //! Tile layout (16 rows of 32 bf16 values, 1 KiB per tile). A packed operand is cut along its
-//! depth into `KC`-deep blocks as everywhere in [`super`]; within a block, its long side (the
+//! depth into [`KB`]-deep blocks; within a block, its long side (the
 //! rows of A, the columns of B) into 16-wide tiles, an even number of them (zero past the
 //! end), and the block's depth into [`TILE_K`]-deep tiles (zero past the end). Tile
 //! `(s, t)` (long-side tile `s`, depth tile `t`) of a block lies at `(s · depth_tiles + t) ·
@@ -20,6 +20,10 @@
 use half::bf16;
 
 use super::KC;
+
+/// Depth of one block of a tile product: the C tiles are loaded and stored once per block.
+pub(crate) const KB: usize = 256;
+const _: () = assert!(KB.is_multiple_of(KC) && KC.is_multiple_of(TILE_K));
 
 /// Rows (and columns of C) per tile.
 pub(crate) const TILE: usize = 16;
@@ -44,17 +48,17 @@ pub(crate) fn side_tiles(len: usize) -> usize {
     len.div_ceil(PAIR) * 2
 }
 
-/// Where block `block` (depth `k0 = block · KC`) starts, in values.
+/// Where block `block` (depth `k0 = block · KB`) starts, in values.
 pub(crate) fn block_offset(len: usize, block: usize) -> usize {
-    block * side_tiles(len) * (KC / TILE_K) * TILE_VALUES
+    block * side_tiles(len) * (KB / TILE_K) * TILE_VALUES
 }
 
 /// The index of element `(k, j)` (depth `k`, long side `j`) in tiles of `role`.
 pub(crate) fn index(depth: usize, len: usize, role: Role, k: usize, j: usize) -> usize {
-    let block = k / KC;
-    let kc = KC.min(depth - block * KC);
+    let block = k / KB;
+    let kc = KB.min(depth - block * KB);
     let depth_tiles = kc.div_ceil(TILE_K);
-    let kk = k % KC;
+    let kk = k % KB;
     let (s, t) = (j / TILE, kk / TILE_K);
     let within = match role {
         Role::Rows => (j % TILE) * TILE_K + kk % TILE_K,
@@ -68,8 +72,8 @@ pub(crate) fn tiled_len(depth: usize, len: usize) -> usize {
     if depth == 0 || len == 0 {
         return 0;
     }
-    let blocks = depth.div_ceil(KC);
-    let last = depth - (blocks - 1) * KC;
+    let blocks = depth.div_ceil(KB);
+    let last = depth - (blocks - 1) * KB;
     block_offset(len, blocks - 1) + side_tiles(len) * last.div_ceil(TILE_K) * TILE_VALUES
 }
 
@@ -92,8 +96,8 @@ pub(crate) fn pack<T: Send + Sync>(
     data.par_chunks_mut(block_len)
         .enumerate()
         .for_each(|(block, values)| {
-            let k0 = block * KC;
-            let kc = KC.min(depth - k0);
+            let k0 = block * KB;
+            let kc = KB.min(depth - k0);
             let depth_tiles = kc.div_ceil(TILE_K);
             for (at, tile) in values.chunks_exact_mut(TILE_VALUES).enumerate() {
                 let (s, t) = (at / depth_tiles, at % depth_tiles);
@@ -530,8 +534,8 @@ mod x86 {
                 }
                 // SAFETY: the caller checked `usable`.
                 let configured = Configured::new();
-                for (block, k0) in (0..k).step_by(KC).enumerate() {
-                    let kc = KC.min(k - k0);
+                for (block, k0) in (0..k).step_by(KB).enumerate() {
+                    let kc = KB.min(k - k0);
                     let depth_tiles = kc.div_ceil(TILE_K);
                     let a_tiles = grow(&mut scratch.tiles, m_tiles * depth_tiles * TILE_VALUES);
                     a.pack_bf16_tiles(m0, mc, k0, kc, a_tiles);
@@ -578,8 +582,8 @@ mod x86 {
                 let panel = grow(&mut scratch.panel, KC.min(k) * TILE);
                 // SAFETY: the caller checked `usable`.
                 let configured = Configured::new();
-                for (block, k0) in (0..k).step_by(KC).enumerate() {
-                    let kc = KC.min(k - k0);
+                for (block, k0) in (0..k).step_by(KB).enumerate() {
+                    let kc = KB.min(k - k0);
                     let depth_tiles = kc.div_ceil(TILE_K);
                     let step = depth_tiles * TILE_VALUES;
                     let b_tiles = grow(&mut scratch.tiles, n_tiles * step);
@@ -589,9 +593,14 @@ mod x86 {
                             dst.fill(0);
                             continue;
                         }
-                        b.pack(n0 + q * TILE, valid, k0, kc, &mut panel[..kc * TILE]);
-                        // SAFETY: `usable` implies AVX-512F/BW/BF16.
-                        panel_to_pairs(&panel[..kc * TILE], kc, dst);
+                        // Gathered KC rows at a time (what `PackB` takes at most).
+                        for sub in (0..kc).step_by(KC) {
+                            let rows = KC.min(kc - sub);
+                            let panel = &mut panel[..rows * TILE];
+                            b.pack(n0 + q * TILE, valid, k0 + sub, rows, panel);
+                            // SAFETY: `usable` implies AVX-512F/BW/BF16.
+                            panel_to_pairs(panel, rows, &mut dst[sub / TILE_K * TILE_VALUES..]);
+                        }
                     }
                     let a = &a_tiles[block_offset(m, block) + (m0 / TILE) * step..];
                     multiply_block(

@@ -132,6 +132,7 @@ fn amx_tiles_match_the_rounded_product_on_odd_shapes() {
         (97, 257, 17),
         (129, 513, 300),
         (300, 40, 600),
+        (40, 2100, 50),
     ];
     for (seed, &(m, k, n)) in shapes.iter().enumerate() {
         let mut rng = Rng::new(70 + seed as u64);
