@@ -21,6 +21,8 @@ pub const MAX_KERNEL: usize = 15;
 pub const MAX_POSITIONS: usize = 4096;
 /// Largest vocabulary of a text encoder (CLIP's has 49408 tokens).
 pub const MAX_VOCAB: usize = 1 << 20;
+/// Most training timesteps of a noise schedule (`num_train_timesteps`; SD's are 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 /// `value` of config field `field` must be at most `max`; `path` names the config file.
 pub(crate) fn at_most(path: &Path, field: &str, value: usize, max: usize) -> Result<()> {

@@ -42,6 +42,12 @@ const REGRESSIONS: &[(&str, &str, &str)] = &[
     // Zero-byte factors whose product is 10^10 values (40 GB) before any shape check.
     ("lora", "loha_huge_second_half", "does not fit"),
     ("lora", "lokr_huge_factor", "do not make a LoKr factor"),
+    // 10^12 training timesteps: a beta table of 4 TB allocated before anything refused it.
+    (
+        "scheduler_config",
+        "huge_train_timesteps",
+        "num_train_timesteps: 999999999991 is more than",
+    ),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -737,8 +737,10 @@ impl SchedulerConfig {
                 })
             }
         };
+        let num_train_timesteps = self.num_train_timesteps.unwrap_or(1000);
+        schedule::check_train_timesteps(num_train_timesteps)?;
         Ok(ResolvedConfig {
-            num_train_timesteps: self.num_train_timesteps.unwrap_or(1000),
+            num_train_timesteps,
             beta_start: self.beta_start.unwrap_or(default_beta_start),
             beta_end: self.beta_end.unwrap_or(default_beta_end),
             beta_schedule: self

@@ -144,6 +144,19 @@ pub struct NoiseSchedule {
     pub alphas_cumprod: Vec<f32>,
 }
 
+/// Refuses a `num_train_timesteps` above [`crate::limits::MAX_TRAIN_TIMESTEPS`] (the schedule,
+/// and every sampler's timestep table, has one entry per training timestep).
+pub(crate) fn check_train_timesteps(num_train_timesteps: usize) -> Result<()> {
+    let max = crate::limits::MAX_TRAIN_TIMESTEPS;
+    if num_train_timesteps > max {
+        return Err(Error::invalid(
+            "num_train_timesteps",
+            format!("{num_train_timesteps} is more than the {max} this library accepts"),
+        ));
+    }
+    Ok(())
+}
+
 impl NoiseSchedule {
     /// Builds the schedule from the betas' description (or explicit `trained_betas`).
     pub fn new(
@@ -159,6 +172,7 @@ impl NoiseSchedule {
                 format!("must be at least 2, got {num_train_timesteps}"),
             ));
         }
+        check_train_timesteps(num_train_timesteps)?;
         let betas: Vec<f32> = match (trained_betas, kind) {
             (Some(b), _) => b.iter().map(|&x| x as f32).collect(),
             (None, BetaSchedule::Linear) => {
