@@ -203,28 +203,15 @@ struct Tap {
     offset: usize,
 }
 
-impl PackB for Patches<'_> {
-    fn cols(&self) -> usize {
-        self.columns
-    }
-
-    fn depth(&self) -> usize {
-        self.geometry.depth()
-    }
-
-    fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
-        let g = self.geometry;
-        let (h, w, kernel, stride) = (self.height, self.width, g.kernel, g.stride);
-        let plane = h * w;
-        let taps = kernel * kernel;
+impl Patches<'_> {
+    /// What each panel row `k0 .. k0 + kc` reads, the same for every panel: (channel, kernel
+    /// row, kernel column) walked from `k0`, and its offset from a patch's top-left value.
+    fn taps<'t>(&self, k0: usize, kc: usize, rows: &'t mut [Tap; KC]) -> &'t [Tap] {
         assert!(kc <= KC, "a depth block is at most KC rows");
-        let mut runs = [Run::default(); NR];
-        // What each panel row reads, the same for every panel: (channel, kernel row, kernel
-        // column) walked from k0, and its offset from a patch's top-left input value.
-        let mut rows = [Tap::default(); KC];
-        let rows = &mut rows[..kc];
+        let (kernel, w, plane) = (self.geometry.kernel, self.width, self.height * self.width);
+        let taps = kernel * kernel;
         let (mut channel, mut ky, mut kx) = (k0 / taps, k0 % taps / kernel, k0 % kernel);
-        for tap in rows.iter_mut() {
+        for tap in rows[..kc].iter_mut() {
             *tap = Tap {
                 channel,
                 ky,
@@ -241,22 +228,48 @@ impl PackB for Patches<'_> {
                 }
             }
         }
+        &rows[..kc]
+    }
+
+    /// For a full panel of NR neighbours of one output row whose patches lie inside the
+    /// input (stride 1), the input offset of its first patch's top-left value.
+    fn interior(&self, runs: &[Run], valid: usize) -> Option<usize> {
+        let (kernel, h, w) = (self.geometry.kernel, self.height, self.width);
+        let r = *runs.first()?;
+        let inside = runs.len() == 1
+            && valid == NR
+            && self.geometry.stride == 1
+            && r.top >= 0
+            && r.top as usize + kernel <= h
+            && r.left >= 0
+            && r.left as usize + kernel - 1 + NR <= w;
+        inside.then(|| r.image + r.top as usize * w + r.left as usize)
+    }
+}
+
+impl PackB for Patches<'_> {
+    fn cols(&self) -> usize {
+        self.columns
+    }
+
+    fn depth(&self) -> usize {
+        self.geometry.depth()
+    }
+
+    fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+        let g = self.geometry;
+        let (h, w, stride) = (self.height, self.width, g.stride);
+        let plane = h * w;
+        let mut runs = [Run::default(); NR];
+        let mut rows = [Tap::default(); KC];
+        let rows = self.taps(k0, kc, &mut rows);
         for (q, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
             let valid = NR.min(nc.saturating_sub(q * NR));
             let count = self.runs(n0 + q * NR, valid, &mut runs);
             let runs = &runs[..count];
-            let r = runs[0];
-            let interior = count == 1
-                && valid == NR
-                && stride == 1
-                && r.top >= 0
-                && r.top as usize + kernel <= h
-                && r.left >= 0
-                && r.left as usize + kernel - 1 + NR <= w;
-            if interior {
+            if let Some(corner) = self.interior(runs, valid) {
                 // The common case: NR neighbours of one output row whose patches lie inside
                 // the input, so every panel row is NR consecutive input values.
-                let corner = r.image + r.top as usize * w + r.left as usize;
                 for (dst_k, tap) in panel.chunks_exact_mut(NR).zip(rows.iter()) {
                     let at = corner + tap.offset;
                     dst_k.copy_from_slice(&self.input[at..at + NR]);
@@ -302,6 +315,65 @@ impl PackB for Patches<'_> {
                 }
             }
         }
+    }
+
+    fn pack_pair_tiles(
+        &self,
+        n0: usize,
+        nc: usize,
+        k0: usize,
+        kc: usize,
+        scratch: &mut [f32],
+        dst: &mut [u16],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::gemm::amx::usable() {
+            let mut runs = [Run::default(); NR];
+            let count = self.runs(n0, NR.min(nc), &mut runs);
+            if let Some(corner) = self.interior(&runs[..count], NR.min(nc)) {
+                let mut rows = [Tap::default(); KC];
+                let rows = self.taps(k0, kc, &mut rows);
+                // SAFETY: `usable` implies AVX-512F/BW/BF16; `interior` keeps every read
+                // inside the input (checked again inside).
+                unsafe { gather_pairs(self.input, corner, rows, dst) };
+                return;
+            }
+        }
+        let panel = &mut scratch[..kc * NR];
+        self.pack(n0, nc, k0, kc, panel);
+        crate::gemm::amx::panel_to_pairs_any(panel, kc, dst);
+    }
+}
+
+/// An interior panel's pair tiles straight from the input: for each pair of panel rows, the
+/// NR consecutive values each reads (from `corner` plus the tap's offset), rounded to bf16
+/// and interleaved as `amx` lays out B; zero past the last row.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn gather_pairs(input: &[f32], corner: usize, rows: &[Tap], dst: &mut [u16]) {
+    use crate::gemm::amx::{TILE, TILE_K, TILE_VALUES};
+    use std::arch::x86_64::*;
+    const _: () = assert!(NR == TILE);
+    let tiles = rows.len().div_ceil(TILE_K);
+    assert!(dst.len() >= tiles * TILE_VALUES);
+    assert!(rows.iter().all(|t| corner + t.offset + NR <= input.len()));
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let src = input.as_ptr().add(corner);
+    let load = |k: usize| match rows.get(k) {
+        Some(tap) => _mm512_loadu_ps(src.add(tap.offset)),
+        None => _mm512_setzero_ps(),
+    };
+    for pair in 0..tiles * TILE {
+        let (first, second) = (load(2 * pair), load(2 * pair + 1));
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
+        let out = dst.as_mut_ptr().add(pair * TILE_K);
+        _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, packed));
     }
 }
 

@@ -147,9 +147,18 @@ pub(crate) fn rows_to_tiles(src: &[f32], ld: usize, rows: usize, kc: usize, dst:
 }
 
 /// Converts one `kc x TILE` f32 panel (depth-major, `TILE` values per depth) into
-/// `kc.div_ceil(TILE_K)` pair-interleaved tiles in `dst`: the plain version of the vector
-/// conversion, for its tests.
-#[cfg(test)]
+/// `kc.div_ceil(TILE_K)` pair-interleaved tiles in `dst`, with AVX-512 where the CPU has AMX.
+pub(crate) fn panel_to_pairs_any(panel: &[f32], kc: usize, dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if usable() {
+        // SAFETY: `usable` implies AVX-512F/BW/BF16.
+        unsafe { panel_to_pairs(panel, kc, dst) };
+        return;
+    }
+    panel_to_pairs_reference(panel, kc, dst)
+}
+
+/// [`panel_to_pairs_any`] without vectors: the plain version of the conversion.
 pub(crate) fn panel_to_pairs_reference(panel: &[f32], kc: usize, dst: &mut [u16]) {
     for t in 0..kc.div_ceil(TILE_K) {
         for r in 0..TILE {
@@ -596,10 +605,8 @@ mod x86 {
                         // Gathered KC rows at a time (what `PackB` takes at most).
                         for sub in (0..kc).step_by(KC) {
                             let rows = KC.min(kc - sub);
-                            let panel = &mut panel[..rows * TILE];
-                            b.pack(n0 + q * TILE, valid, k0 + sub, rows, panel);
-                            // SAFETY: `usable` implies AVX-512F/BW/BF16.
-                            panel_to_pairs(panel, rows, &mut dst[sub / TILE_K * TILE_VALUES..]);
+                            let dst = &mut dst[sub / TILE_K * TILE_VALUES..];
+                            b.pack_pair_tiles(n0 + q * TILE, valid, k0 + sub, rows, panel, dst);
                         }
                     }
                     let a = &a_tiles[block_offset(m, block) + (m0 / TILE) * step..];

@@ -330,6 +330,24 @@ pub trait PackB: Sync {
     /// `NR`-wide panels: panel `q` holds, for each `k`, the `NR` values of columns
     /// `n0 + q·NR ..`, zero past `nc`. `dst` holds `nc.div_ceil(NR) · NR · kc` values.
     fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]);
+
+    /// Packs one panel, columns `n0 .. n0 + nc` (`nc ≤ NR`) and rows `k0 .. k0 + kc`
+    /// (`kc ≤ KC`), as bf16 AMX pair tiles (the layout of `amx`): `kc.div_ceil(32)` tiles in
+    /// `dst`, zero past `nc` and `kc`. The default packs the f32 panel into `scratch`
+    /// (`kc · NR` values) with [`PackB::pack`] and converts it.
+    fn pack_pair_tiles(
+        &self,
+        n0: usize,
+        nc: usize,
+        k0: usize,
+        kc: usize,
+        scratch: &mut [f32],
+        dst: &mut [u16],
+    ) {
+        let panel = &mut scratch[..kc * NR];
+        self.pack(n0, nc, k0, kc, panel);
+        amx::panel_to_pairs_any(panel, kc, dst);
+    }
 }
 
 /// The most rows of C one task of [`gemm_packed_a`] computes (B's gathered block is reused
