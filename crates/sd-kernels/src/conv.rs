@@ -317,6 +317,7 @@ impl PackB for Patches<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn pack_pair_tiles(
         &self,
         n0: usize,
@@ -325,23 +326,28 @@ impl PackB for Patches<'_> {
         kc: usize,
         scratch: &mut [f32],
         dst: &mut [u16],
+        stride: usize,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::gemm::amx::usable() {
-            let mut runs = [Run::default(); NR];
-            let count = self.runs(n0, NR.min(nc), &mut runs);
-            if let Some(corner) = self.interior(&runs[..count], NR.min(nc)) {
-                let mut rows = [Tap::default(); KC];
-                let rows = self.taps(k0, kc, &mut rows);
-                // SAFETY: `usable` implies AVX-512F/BW/BF16; `interior` keeps every read
-                // inside the input (checked again inside).
-                unsafe { gather_pairs(self.input, corner, rows, dst) };
-                return;
+        let mut rows = [Tap::default(); KC];
+        let rows = self.taps(k0, kc, &mut rows);
+        let mut runs = [Run::default(); NR];
+        for q in 0..nc.div_ceil(NR) {
+            let (col0, valid) = (n0 + q * NR, NR.min(nc - q * NR));
+            let dst = &mut dst[q * stride..];
+            #[cfg(target_arch = "x86_64")]
+            if crate::gemm::amx::usable() {
+                let count = self.runs(col0, valid, &mut runs);
+                if let Some(corner) = self.interior(&runs[..count], valid) {
+                    // SAFETY: `usable` implies AVX-512F/BW/BF16; `interior` keeps every read
+                    // inside the input (checked again inside).
+                    unsafe { gather_pairs(self.input, corner, rows, dst) };
+                    continue;
+                }
             }
+            let panel = &mut scratch[..kc * NR];
+            self.pack(col0, valid, k0, kc, panel);
+            crate::gemm::amx::panel_to_pairs_any(panel, kc, dst);
         }
-        let panel = &mut scratch[..kc * NR];
-        self.pack(n0, nc, k0, kc, panel);
-        crate::gemm::amx::panel_to_pairs_any(panel, kc, dst);
     }
 }
 

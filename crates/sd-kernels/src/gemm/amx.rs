@@ -596,18 +596,13 @@ mod x86 {
                     let depth_tiles = kc.div_ceil(TILE_K);
                     let step = depth_tiles * TILE_VALUES;
                     let b_tiles = grow(&mut scratch.tiles, n_tiles * step);
-                    for (q, dst) in b_tiles.chunks_exact_mut(step).enumerate() {
-                        let valid = TILE.min(nc.saturating_sub(q * TILE));
-                        if valid == 0 {
-                            dst.fill(0);
-                            continue;
-                        }
-                        // Gathered KC rows at a time (what `PackB` takes at most).
-                        for sub in (0..kc).step_by(KC) {
-                            let rows = KC.min(kc - sub);
-                            let dst = &mut dst[sub / TILE_K * TILE_VALUES..];
-                            b.pack_pair_tiles(n0 + q * TILE, valid, k0 + sub, rows, panel, dst);
-                        }
+                    // The padding tile of an odd panel count.
+                    b_tiles[nc.div_ceil(TILE) * step..].fill(0);
+                    // Gathered KC rows at a time (what `PackB` takes at most).
+                    for sub in (0..kc).step_by(KC) {
+                        let rows = KC.min(kc - sub);
+                        let dst = &mut b_tiles[sub / TILE_K * TILE_VALUES..];
+                        b.pack_pair_tiles(n0, nc, k0 + sub, rows, panel, dst, step);
                     }
                     let a = &a_tiles[block_offset(m, block) + (m0 / TILE) * step..];
                     multiply_block(

@@ -331,10 +331,11 @@ pub trait PackB: Sync {
     /// `n0 + q·NR ..`, zero past `nc`. `dst` holds `nc.div_ceil(NR) · NR · kc` values.
     fn pack(&self, n0: usize, nc: usize, k0: usize, kc: usize, dst: &mut [f32]);
 
-    /// Packs one panel, columns `n0 .. n0 + nc` (`nc ≤ NR`) and rows `k0 .. k0 + kc`
-    /// (`kc ≤ KC`), as bf16 AMX pair tiles (the layout of `amx`): `kc.div_ceil(32)` tiles in
-    /// `dst`, zero past `nc` and `kc`. The default packs the f32 panel into `scratch`
-    /// (`kc · NR` values) with [`PackB::pack`] and converts it.
+    /// Packs columns `n0 .. n0 + nc` and rows `k0 .. k0 + kc` (`kc ≤ KC`) as bf16 AMX pair
+    /// tiles (the layout of `amx`): for each `NR`-wide panel `q`, `kc.div_ceil(32)` tiles at
+    /// `dst[q · stride ..]`, zero past `nc` and `kc`. The default packs each f32 panel into
+    /// `scratch` (`kc · NR` values) with [`PackB::pack`] and converts it.
+    #[allow(clippy::too_many_arguments)]
     fn pack_pair_tiles(
         &self,
         n0: usize,
@@ -343,10 +344,14 @@ pub trait PackB: Sync {
         kc: usize,
         scratch: &mut [f32],
         dst: &mut [u16],
+        stride: usize,
     ) {
         let panel = &mut scratch[..kc * NR];
-        self.pack(n0, nc, k0, kc, panel);
-        amx::panel_to_pairs_any(panel, kc, dst);
+        for q in 0..nc.div_ceil(NR) {
+            let valid = NR.min(nc - q * NR);
+            self.pack(n0 + q * NR, valid, k0, kc, panel);
+            amx::panel_to_pairs_any(panel, kc, &mut dst[q * stride..]);
+        }
     }
 }
 
