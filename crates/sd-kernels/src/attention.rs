@@ -639,7 +639,7 @@ mod avx2 {
 
     /// [`exp2_8`] on sixteen lanes.
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp2_16(x: __m512) -> __m512 {
+    pub(super) unsafe fn exp2_16(x: __m512) -> __m512 {
         const SHIFT: f32 = 12_582_912.0 + 127.0;
         let x = _mm512_max_ps(x, _mm512_set1_ps(-127.0));
         let t = _mm512_add_ps(x, _mm512_set1_ps(SHIFT));

@@ -13,7 +13,9 @@
 //! Queries go in pairs of panels (32), keys and head dimensions in multiples of 32 (zero
 //! padded), so every tile product is a full 2 x 2 block.
 
-use super::{grow, mask_future, pack_queries, Job, Scratch, NR};
+use std::arch::x86_64::*;
+
+use super::{avx2::exp2_16, grow, mask_future, pack_queries, Job, Scratch, NR};
 use crate::gemm::amx::{self, Configured, PAIR, TILE, TILE_K, TILE_VALUES};
 
 /// Keys per block on the tiles: the f32 path's block, rounded up to whole depth tiles. It
@@ -165,9 +167,9 @@ pub(super) unsafe fn task(
                 let mut alpha = [0f32; NR];
                 let max = &mut max[panel * NR..][..NR];
                 let sum = &mut sum[panel * NR..][..NR];
-                // SAFETY: the level is available (asserted in `run`), so the CPU has its
-                // features; the slice lengths are checked inside.
-                (job.softmax)(scores, max, sum, &mut alpha);
+                let probabilities = &mut p_tiles[i * p_step..][..p_tiles_len];
+                // SAFETY: AMX is usable (the caller's contract), which implies AVX-512F/BW/BF16.
+                softmax_pairs(scores, max, sum, &mut alpha, probabilities);
                 let o = &mut acc[panel * dp * NR..][..dp * NR];
                 if kv0 > 0 && alpha.iter().any(|&a| a != 1.0) {
                     for row in o.chunks_exact_mut(NR) {
@@ -176,7 +178,6 @@ pub(super) unsafe fn task(
                         }
                     }
                 }
-                amx::panel_to_pairs(scores, visible, &mut p_tiles[i * p_step..][..p_tiles_len]);
             }
             // Oᵀ += Vᵀ·Pᵀ over the visible keys.
             let pt = [p_tiles.as_ptr(), p_tiles[p_step..].as_ptr()];
@@ -215,4 +216,57 @@ pub(super) unsafe fn task(
             }
         }
     }
+}
+
+/// The online softmax of the f32 path (same operations, same sums) over a `keys x 16` panel
+/// of base-2 scores, writing the probabilities as bf16 pair tiles into `dst` (zero past the
+/// last key) instead of back into the scores: the product `Oᵀ += Vᵀ·Pᵀ` reads them as they
+/// are.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn softmax_pairs(
+    scores: &[f32],
+    max: &mut [f32],
+    sum: &mut [f32],
+    alpha: &mut [f32; NR],
+    dst: &mut [u16],
+) {
+    assert!(max.len() >= NR && sum.len() >= NR && scores.len().is_multiple_of(NR));
+    let rows = scores.len() / NR;
+    let tiles = rows.div_ceil(TILE_K);
+    assert!(dst.len() >= tiles * TILE_VALUES);
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let s = scores.as_ptr();
+    let old = _mm512_loadu_ps(max.as_ptr());
+    let mut m = old;
+    for r in 0..rows {
+        m = _mm512_max_ps(m, _mm512_loadu_ps(s.add(r * NR)));
+    }
+    let mut total = _mm512_setzero_ps();
+    let mut probability = |r: usize| {
+        if r < rows {
+            let p = exp2_16(_mm512_sub_ps(_mm512_loadu_ps(s.add(r * NR)), m));
+            total = _mm512_add_ps(total, p);
+            p
+        } else {
+            _mm512_setzero_ps()
+        }
+    };
+    for pair in 0..tiles * TILE {
+        let first = probability(2 * pair);
+        let second = probability(2 * pair + 1);
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
+        let out = dst.as_mut_ptr().add(pair * TILE_K);
+        _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, packed));
+    }
+    let a = exp2_16(_mm512_sub_ps(old, m));
+    let l = _mm512_fmadd_ps(_mm512_loadu_ps(sum.as_ptr()), a, total);
+    _mm512_storeu_ps(sum.as_mut_ptr(), l);
+    _mm512_storeu_ps(max.as_mut_ptr(), m);
+    _mm512_storeu_ps(alpha.as_mut_ptr(), a);
 }
