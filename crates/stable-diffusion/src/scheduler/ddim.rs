@@ -63,6 +63,23 @@ impl AlphaSteps {
     }
 }
 
+/// The [`Sampler`] methods that every ᾱ sampler (DDIM, DDPM, PLMS, LCM, TCD) answers from its
+/// `timesteps` (integers), `timesteps_f64` and `alphas: AlphaSteps` fields: the timesteps and
+/// add_noise.
+macro_rules! alpha_sampler_basics {
+    () => {
+        fn timesteps(&self) -> &[f64] {
+            &self.timesteps_f64
+        }
+
+        fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+            super::check_step(step, self.timesteps.len())?;
+            self.alphas.add_noise(original, noise, self.timesteps[step])
+        }
+    };
+}
+pub(crate) use alpha_sampler_basics;
+
 /// The clean-sample and noise estimates (x₀, ε) from the model output at cumulative alpha
 /// `alpha_t`, as diffusers' ᾱ-based schedulers compute them (f32 scalars).
 pub(crate) fn x0_and_eps(
@@ -132,18 +149,7 @@ impl Ddim {
 }
 
 impl Sampler for Ddim {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps_f64
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    alpha_sampler_basics!();
 
     fn step(
         &mut self,
@@ -174,11 +180,6 @@ impl Sampler for Ddim {
             return add(&prev, &mul(&noise, std_dev)?);
         }
         Ok(prev)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        self.alphas.add_noise(original, noise, self.timesteps[step])
     }
 
     fn start_at(&mut self, step: usize) -> Result<()> {

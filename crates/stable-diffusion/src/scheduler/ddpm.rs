@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 
-use super::ddim::{x0_and_eps, AlphaSteps};
+use super::ddim::{alpha_sampler_basics, x0_and_eps, AlphaSteps};
 use super::ops::{add, mul};
 use super::schedule;
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -58,18 +58,7 @@ impl Ddpm {
 }
 
 impl Sampler for Ddpm {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps_f64
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    alpha_sampler_basics!();
 
     fn step(
         &mut self,
@@ -105,11 +94,6 @@ impl Sampler for Ddpm {
             DdpmVariance::FixedLarge => current_beta,
         };
         add(&mean, &mul(&noise, variance.sqrt())?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        self.alphas.add_noise(original, noise, self.timesteps[step])
     }
 
     fn start_at(&mut self, step: usize) -> Result<()> {

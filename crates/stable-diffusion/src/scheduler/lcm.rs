@@ -8,7 +8,7 @@
 
 use candle_core::Tensor;
 
-use super::ddim::{x0_and_eps, AlphaSteps};
+use super::ddim::{alpha_sampler_basics, x0_and_eps, AlphaSteps};
 use super::ops::{add, mul};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
@@ -91,18 +91,7 @@ impl Lcm {
 }
 
 impl Sampler for Lcm {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps_f64
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    alpha_sampler_basics!();
 
     fn step(
         &mut self,
@@ -131,11 +120,6 @@ impl Sampler for Lcm {
             &mul(&denoised, alpha_prev.sqrt())?,
             &mul(&noise, (1.0 - alpha_prev).sqrt())?,
         )
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        self.alphas.add_noise(original, noise, self.timesteps[step])
     }
 
     fn start_at(&mut self, step: usize) -> Result<()> {

@@ -879,11 +879,18 @@ pub trait Sampler: Send {
         None
     }
 
-    /// The standard deviation of the initial noise (multiply fresh N(0, 1) latents by it).
-    fn init_noise_sigma(&self) -> f64;
+    /// The standard deviation of the initial noise (multiply fresh N(0, 1) latents by it):
+    /// 1 unless the sampler works in sigmas (the ᾱ and VP samplers keep the default).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// Scales the latents before they go into the model at step `step`.
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
+    /// Scales the latents before they go into the model at step `step`: unchanged unless the
+    /// sampler works in sigmas (which divide by √(σ² + 1)).
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(step, self.timesteps().len())?;
+        Ok(sample.clone())
+    }
 
     /// One denoising step: maps the model output at `timesteps()[step]` and the current sample
     /// to the next sample, drawing any noise from `rng`.

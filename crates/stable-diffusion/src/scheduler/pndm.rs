@@ -8,7 +8,7 @@
 
 use candle_core::Tensor;
 
-use super::ddim::AlphaSteps;
+use super::ddim::{alpha_sampler_basics, AlphaSteps};
 use super::ops::{add, div, mul, sub};
 use super::schedule;
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -95,18 +95,7 @@ fn combine(terms: &[(f32, &Tensor)], denom: f32) -> Result<Tensor> {
 }
 
 impl Sampler for Plms {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps_f64
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
+    alpha_sampler_basics!();
 
     fn step(
         &mut self,
@@ -167,11 +156,6 @@ impl Sampler for Plms {
         let prev = self.prev_sample(&sample, t, prev_t, &eps)?;
         self.counter += 1;
         Ok(prev)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        self.alphas.add_noise(original, noise, self.timesteps[step])
     }
 
     fn start_at(&mut self, step: usize) -> Result<()> {

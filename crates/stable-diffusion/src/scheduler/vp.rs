@@ -153,7 +153,8 @@ impl VpSteps {
 }
 
 /// The [`super::Sampler`] methods that every VP multistep sampler answers from its `vp:
-/// VpSteps` field: timesteps, sigmas, unit initial noise, unscaled model input, add_noise.
+/// VpSteps` field: timesteps, sigmas, add_noise (unit initial noise and unscaled model input
+/// are the trait's defaults).
 macro_rules! vp_sampler_basics {
     () => {
         fn timesteps(&self) -> &[f64] {
@@ -162,15 +163,6 @@ macro_rules! vp_sampler_basics {
 
         fn sigmas(&self) -> Option<&[f64]> {
             Some(&self.vp.sigmas_f64)
-        }
-
-        fn init_noise_sigma(&self) -> f64 {
-            1.0
-        }
-
-        fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-            super::check_step(step, self.vp.timesteps.len())?;
-            Ok(sample.clone())
         }
 
         fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
