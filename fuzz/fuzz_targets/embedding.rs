@@ -1,6 +1,6 @@
 //! Fuzz target `embedding`: see fuzz/README.md.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+libfuzzer_sys::fuzz_target!(init: sd_fuzz::targets::warm_up(), |data: &[u8]| {
     let _ = sd_fuzz::targets::embedding(data);
 });
