@@ -97,6 +97,67 @@ impl PackedConv {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        let (len, ptr) = (out.len(), out.as_mut_ptr());
+        // SAFETY: `out` is `len` valid values, borrowed for the call.
+        unsafe {
+            self.forward_raw(
+                input,
+                batch,
+                height,
+                width,
+                (bias, batch_bias, residual),
+                ptr,
+                len,
+            )
+        }
+    }
+
+    /// [`PackedConv::forward`] into a new buffer (never zeroed first: the product writes
+    /// every value).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_to_vec(
+        &self,
+        input: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+        bias: Option<&[f32]>,
+        batch_bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let g = self.geometry;
+        let (oh, ow) = g
+            .output_size(height, width)
+            .expect("kernel larger than the input");
+        let len = batch * g.out_channels * oh * ow;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        // SAFETY: the capacity holds `len` values, written only by the call.
+        unsafe {
+            let extras = (bias, batch_bias, residual);
+            self.forward_raw(input, batch, height, width, extras, out.as_mut_ptr(), len);
+            // Every output value was written: each block of C goes to the sink (a product of
+            // no depth as zeros), and the blocks cover the output.
+            out.set_len(len);
+        }
+        out
+    }
+
+    /// The convolution into `len` values at `out`, which may be uninitialised (only written).
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `len` values during the call, and nothing else accesses
+    /// them meanwhile.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    unsafe fn forward_raw(
+        &self,
+        input: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+        (bias, batch_bias, residual): (Option<&[f32]>, Option<&[f32]>, Option<&[f32]>),
+        out: *mut f32,
+        len: usize,
+    ) {
         let g = self.geometry;
         let (oh, ow) = g
             .output_size(height, width)
@@ -106,11 +167,7 @@ impl PackedConv {
             batch * g.in_channels * height * width,
             "conv input size"
         );
-        assert_eq!(
-            out.len(),
-            batch * g.out_channels * oh * ow,
-            "conv output size"
-        );
+        assert_eq!(len, batch * g.out_channels * oh * ow, "conv output size");
         if let Some(b) = bias {
             assert_eq!(b.len(), g.out_channels, "conv bias size");
         }
@@ -118,7 +175,7 @@ impl PackedConv {
             assert_eq!(b.len(), batch * g.out_channels, "conv batch bias size");
         }
         if let Some(r) = residual {
-            assert_eq!(r.len(), out.len(), "conv residual size");
+            assert_eq!(r.len(), len, "conv residual size");
         }
         let patches = Patches {
             input,
@@ -130,8 +187,8 @@ impl PackedConv {
             columns: batch * oh * ow,
         };
         let sink = NchwSink {
-            out: SharedMut(out.as_mut_ptr()),
-            len: out.len(),
+            out: SharedMut(out),
+            len,
             pixels: oh * ow,
             channels: g.out_channels,
             bias,
@@ -407,19 +464,21 @@ impl Sink for NchwSink<'_> {
                 let run = (self.pixels - pixel).min(nc - j);
                 let start = (b * self.channels + channel) * self.pixels + pixel;
                 assert!(start + run <= self.len);
-                // SAFETY: in bounds (checked above); blocks of different tasks are disjoint.
-                let out = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(start), run) };
                 let mut add = self.bias.map_or(0.0, |b| b[channel]);
                 if let Some(bb) = self.batch_bias {
                     add += bb[b * self.channels + channel];
                 }
-                for (o, &c) in out.iter_mut().zip(&row[j..j + run]) {
-                    *o = c + add;
-                }
-                if let Some(residual) = self.residual {
-                    for (o, r) in out.iter_mut().zip(&residual[start..start + run]) {
-                        *o += r;
+                let residual = self.residual.map(|r| &r[start..start + run]);
+                // Written through the pointer, never read: the output may be uninitialised.
+                let out = self.out.0;
+                for (i, &c) in row[j..j + run].iter().enumerate() {
+                    let mut v = c + add;
+                    if let Some(r) = residual {
+                        v += r[i];
                     }
+                    // SAFETY: in bounds (checked above); blocks of different tasks are
+                    // disjoint.
+                    unsafe { out.add(start + i).write(v) };
                 }
                 j += run;
             }

@@ -144,12 +144,29 @@ impl<'a> RowMajorSink<'a> {
         bias: Option<&'a [f32]>,
         residual: Option<&'a [f32]>,
     ) -> Self {
+        let len = out.len();
+        // SAFETY: `out` is `len` valid values, borrowed for the sink's lifetime.
+        unsafe { Self::from_raw(out.as_mut_ptr(), len, ld, bias, residual) }
+    }
+
+    /// A sink over `len` values at `out` that may be uninitialised: it only writes them.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `len` values for the sink's lifetime, and nothing else
+    /// accesses them meanwhile.
+    unsafe fn from_raw(
+        out: *mut f32,
+        len: usize,
+        ld: usize,
+        bias: Option<&'a [f32]>,
+        residual: Option<&'a [f32]>,
+    ) -> Self {
         if let Some(r) = residual {
-            assert_eq!(r.len(), out.len(), "residual and output sizes differ");
+            assert_eq!(r.len(), len, "residual and output sizes differ");
         }
         Self {
-            len: out.len(),
-            out: SharedMut(out.as_mut_ptr()),
+            len,
+            out: SharedMut(out),
             ld,
             bias,
             residual,
@@ -162,19 +179,21 @@ impl Sink for RowMajorSink<'_> {
         for i in 0..mc {
             let start = (m0 + i) * self.ld + n0;
             assert!(start + nc <= self.len);
-            // SAFETY: in bounds (checked above); tasks write disjoint blocks.
-            let out = unsafe { std::slice::from_raw_parts_mut(self.out.0.add(start), nc) };
             let src = &tile[i * ld..][..nc];
-            out.copy_from_slice(src);
-            if let Some(bias) = self.bias {
-                for (o, b) in out.iter_mut().zip(&bias[n0..n0 + nc]) {
-                    *o += b;
+            let bias = self.bias.map(|b| &b[n0..n0 + nc]);
+            let residual = self.residual.map(|r| &r[start..start + nc]);
+            // Written through the pointer, never read: the output may be uninitialised.
+            let out = self.out.0;
+            for (j, &c) in src.iter().enumerate() {
+                let mut v = c;
+                if let Some(b) = bias {
+                    v += b[j];
                 }
-            }
-            if let Some(residual) = self.residual {
-                for (o, r) in out.iter_mut().zip(&residual[start..start + nc]) {
-                    *o += r;
+                if let Some(r) = residual {
+                    v += r[j];
                 }
+                // SAFETY: in bounds (checked above); tasks write disjoint blocks.
+                unsafe { out.add(start + j).write(v) };
             }
         }
     }
@@ -548,6 +567,34 @@ fn multiply_column(
         let c = &mut tile[ip * MR * ld..];
         multiply_tile(tiles, (mp, np, kc), a_panels, b_panels, c, ld, accumulate);
     }
+}
+
+/// [`matmul`] into a new buffer (never zeroed first: the product writes every value).
+pub fn matmul_to_vec(
+    a: &[f32],
+    m: usize,
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let (k, n) = (b.depth(), b.cols());
+    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    let len = m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let a = RowMajor {
+        data: a,
+        rows: m,
+        cols: k,
+        ld: k,
+    };
+    // SAFETY: the capacity holds `len` values, written only through the sink until the
+    // product returns.
+    let sink = unsafe { RowMajorSink::from_raw(out.as_mut_ptr(), len, n, bias, residual) };
+    gemm(&a, b, &sink);
+    // SAFETY: the product wrote all `m x n` values (every block of C goes to the sink, a
+    // product of no depth as zeros); with `m` or `n` zero there are none.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// `out (m x n, row-major) = a (m x k, row-major) · b + bias + residual`: the plain entry

@@ -105,10 +105,9 @@ impl Conv2d {
                                 k = g.kernel
                             ),
                         })?;
-                let mut out = vec![0f32; batch * g.out_channels * oh * ow];
-                let mut run = |channel_bias: Option<&[f32]>, residual: Option<&[f32]>| {
+                let run = |channel_bias: Option<&[f32]>, residual: Option<&[f32]>| {
                     kernels::with_f32(x, |x| {
-                        weight.forward(
+                        weight.forward_to_vec(
                             x,
                             batch,
                             height,
@@ -116,18 +115,17 @@ impl Conv2d {
                             Some(bias),
                             channel_bias,
                             residual,
-                            &mut out,
                         )
                     })
                 };
-                match (channel_bias, residual) {
+                let out = match (channel_bias, residual) {
                     (None, None) => run(None, None)?,
                     (Some(c), None) => kernels::with_f32(c, |c| run(Some(c), None))??,
                     (None, Some(r)) => kernels::with_f32(r, |r| run(None, Some(r)))??,
                     (Some(c), Some(r)) => {
                         kernels::with_f32(c, |c| kernels::with_f32(r, |r| run(Some(c), Some(r))))???
                     }
-                }
+                };
                 let out = kernels::tensor(out, (batch, g.out_channels, oh, ow))?;
                 super::flops::add(2 * (out.elem_count() * g.depth()) as u64);
                 return kernels::in_dtype_of(x, out);

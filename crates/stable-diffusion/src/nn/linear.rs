@@ -75,23 +75,21 @@ impl Linear {
         let out = match &self.weights {
             LinearWeights::Packed { weight, bias } => {
                 let rows = x.elem_count() / self.in_dim.max(1);
-                let mut out = vec![0f32; rows * self.out_dim];
-                let mut apply = |residual: Option<&[f32]>| {
+                let apply = |residual: Option<&[f32]>| {
                     kernels::with_f32(x, |x| {
-                        sd_kernels::gemm::matmul(
+                        sd_kernels::gemm::matmul_to_vec(
                             x,
                             rows,
                             weight,
                             bias.as_ref().map(|b| b.as_slice()),
                             residual,
-                            &mut out,
                         )
                     })
                 };
-                match residual {
+                let out = match residual {
                     Some(r) => kernels::with_f32(r, |r| apply(Some(r)))??,
                     None => apply(None)?,
-                }
+                };
                 let out = kernels::tensor(out, out_shape)?;
                 return kernels::in_dtype_of(x, out);
             }
