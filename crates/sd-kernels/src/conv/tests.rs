@@ -302,3 +302,23 @@ fn output_size_refuses_kernels_larger_than_the_padded_input() {
     assert_eq!(g.output_size(2, 5), None);
     assert_eq!(g.output_size(3, 5), Some((1, 3)));
 }
+
+#[test]
+fn convolution_into_a_fresh_buffer_equals_the_one_into_a_given_buffer() {
+    for (seed, case) in cases().iter().enumerate() {
+        let g = case.geometry;
+        let (oh, ow) = g.output_size(case.height, case.width).unwrap();
+        let mut rng = Rng::new(70 + seed as u64);
+        let input = rng.vec(case.batch * g.in_channels * case.height * case.width);
+        let packed = PackedConv::new(&rng.vec(g.out_channels * g.depth()), g, Storage::F32);
+        let bias = rng.vec(g.out_channels);
+        let batch_bias = rng.vec(case.batch * g.out_channels);
+        let residual = rng.vec(case.batch * g.out_channels * oh * ow);
+        let (b, bb, r) = (Some(&bias[..]), Some(&batch_bias[..]), Some(&residual[..]));
+        let mut given = vec![f32::NAN; residual.len()];
+        let (h, w) = (case.height, case.width);
+        packed.forward(&input, case.batch, h, w, b, bb, r, &mut given);
+        let fresh = packed.forward_to_vec(&input, case.batch, h, w, b, bb, r);
+        assert_eq!(fresh, given, "case {seed}");
+    }
+}

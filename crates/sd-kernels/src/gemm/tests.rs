@@ -331,3 +331,26 @@ fn packed_a_products_match_the_plain_product_at_every_level() {
         }
     }
 }
+
+#[test]
+fn products_into_fresh_buffers_equal_the_ones_into_given_buffers() {
+    for &level in &Level::available() {
+        for (seed, &(m, k, n)) in SHAPES.iter().enumerate() {
+            let mut rng = Rng::new(90 + seed as u64);
+            let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+            let (bias, residual) = (rng.vec(n), rng.vec(m * n));
+            let packed = PackedB::from_kxn(&b, k, n, n, Storage::F32);
+            let mut given = vec![f32::NAN; m * n];
+            let fresh = with_level(level, || {
+                matmul(&a, m, &packed, Some(&bias), Some(&residual), &mut given);
+                matmul_to_vec(&a, m, &packed, Some(&bias), Some(&residual))
+            });
+            assert_eq!(fresh, given, "{level} {m}x{k}x{n}");
+        }
+    }
+    let empty = PackedB::from_kxn::<f32>(&[], 0, 3, 3, Storage::F32);
+    assert_eq!(
+        matmul_to_vec(&[], 2, &empty, Some(&[1.0, 2.0, 3.0]), None),
+        [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    );
+}
