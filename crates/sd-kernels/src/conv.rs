@@ -423,10 +423,6 @@ unsafe fn gather_pairs(input: &[f32], corner: usize, rows: &[Tap], dst: &mut [u1
     let tiles = rows.len().div_ceil(TILE_K);
     assert!(dst.len() >= tiles * TILE_VALUES);
     assert!(rows.iter().all(|t| corner + t.offset + NR <= input.len()));
-    let interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     let src = input.as_ptr().add(corner);
     let load = |k: usize| match rows.get(k) {
         Some(tap) => _mm512_loadu_ps(src.add(tap.offset)),
@@ -434,9 +430,7 @@ unsafe fn gather_pairs(input: &[f32], corner: usize, rows: &[Tap], dst: &mut [u1
     };
     for pair in 0..tiles * TILE {
         let (first, second) = (load(2 * pair), load(2 * pair + 1));
-        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
-        let out = dst.as_mut_ptr().add(pair * TILE_K);
-        _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, packed));
+        crate::gemm::amx::store_pair_row(dst.as_mut_ptr().add(pair * TILE_K), first, second);
     }
 }
 

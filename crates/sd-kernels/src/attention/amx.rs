@@ -237,10 +237,6 @@ unsafe fn softmax_pairs(
     let rows = scores.len() / NR;
     let tiles = rows.div_ceil(TILE_K);
     assert!(dst.len() >= tiles * TILE_VALUES);
-    let interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     let s = scores.as_ptr();
     let old = _mm512_loadu_ps(max.as_ptr());
     let mut m = old;
@@ -260,9 +256,7 @@ unsafe fn softmax_pairs(
     for pair in 0..tiles * TILE {
         let first = probability(2 * pair);
         let second = probability(2 * pair + 1);
-        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
-        let out = dst.as_mut_ptr().add(pair * TILE_K);
-        _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, packed));
+        amx::store_pair_row(dst.as_mut_ptr().add(pair * TILE_K), first, second);
     }
     let a = exp2_16(_mm512_sub_ps(old, m));
     let l = _mm512_fmadd_ps(_mm512_loadu_ps(sum.as_ptr()), a, total);

@@ -451,6 +451,23 @@ mod x86 {
         }
     }
 
+    /// Stores one pair-tile row at `out`: for each of the 16 columns, `first`'s and `second`'s
+    /// value (two consecutive depths) rounded to bf16, interleaved as `tdpbf16ps` reads B.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/BF16; `out` is valid for 32 values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(crate) unsafe fn store_pair_row(out: *mut u16, first: __m512, second: __m512) {
+        // Lane 2c takes column c of the first row, lane 2c + 1 column c of the second.
+        let interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
+        _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, packed));
+    }
+
     /// Converts one `kc x TILE` f32 panel into pair tiles, as `panel_to_pairs_reference`,
     /// with AVX-512 BF16 conversions.
     ///
@@ -460,11 +477,6 @@ mod x86 {
     pub(crate) unsafe fn panel_to_pairs(panel: &[f32], kc: usize, dst: &mut [u16]) {
         let depth_tiles = kc.div_ceil(TILE_K);
         assert!(panel.len() >= kc * TILE && dst.len() >= depth_tiles * TILE_VALUES);
-        // Lane 2c takes column c of the first row, lane 2c + 1 column c of the second.
-        let interleave = _mm512_set_epi16(
-            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
-            4, 19, 3, 18, 2, 17, 1, 16, 0,
-        );
         let src = panel.as_ptr();
         for pair in 0..depth_tiles * TILE {
             let k = 2 * pair;
@@ -479,8 +491,7 @@ mod x86 {
             } else {
                 _mm512_setzero_ps()
             };
-            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
-            _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, packed));
+            store_pair_row(out, first, second);
         }
     }
 
