@@ -6,6 +6,8 @@
 # The targets are built once (`cargo +nightly fuzz build -a`; FUZZ_NO_BUILD=1 skips that and
 # runs what was built last), then each binary runs on its own. New inputs go to grown/TARGET
 # (ignored by git); corpus/TARGET is read as the seed corpus; crashes land in artifacts/TARGET/.
+# An input over 1 s is a timeout (FUZZ_TIMEOUT=S raises that wall-clock limit on a machine
+# busy with other work; inputs over 1 s are still saved as artifacts/TARGET/slow-unit-*).
 set -u
 cd "$(dirname "$0")"
 if [ "${1:-}" = "--runs" ]; then
@@ -30,7 +32,8 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "grown/$t" "artifacts/$t"
     start=$(date +%s)
     if "$bin/$t" -artifact_prefix="artifacts/$t/" "${limit[@]}" -rss_limit_mb=2048 \
-        -malloc_limit_mb=2048 -timeout=1 -max_len=65536 -print_final_stats=1 \
+        -malloc_limit_mb=2048 -timeout="${FUZZ_TIMEOUT:-1}" -report_slow_units=1 \
+        -max_len=65536 -print_final_stats=1 \
         "grown/$t" "corpus/$t" >"logs/$t.log" 2>&1; then
         echo "$t: clean in $(($(date +%s) - start)) s: $(grep -E '^#[0-9]+' "logs/$t.log" | tail -1)"
     else
