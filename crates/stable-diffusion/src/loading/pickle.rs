@@ -238,7 +238,7 @@ pub fn unpickle_at(bytes: &[u8], start: usize) -> Result<(Value, usize), String>
         pos: start.min(bytes.len()),
         stack: Vec::new(),
         memo: HashMap::new(),
-        clone_budget: 16 * bytes.len() + (1 << 20),
+        clone_budget: 16 * bytes.len() + (1 << 16),
     };
     let value = unpickler.run()?;
     Ok((value, unpickler.pos))
