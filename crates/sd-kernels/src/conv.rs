@@ -394,10 +394,17 @@ impl PackB for Patches<'_> {
             #[cfg(target_arch = "x86_64")]
             if crate::gemm::amx::usable() {
                 let count = self.runs(col0, valid, &mut runs);
-                if let Some(corner) = self.interior(&runs[..count], valid) {
+                let runs = &runs[..count];
+                if let Some(corner) = self.interior(runs, valid) {
                     // SAFETY: `usable` implies AVX-512F/BW/BF16; `interior` keeps every read
                     // inside the input (checked again inside).
                     unsafe { gather_pairs(self.input, corner, rows, dst) };
+                    continue;
+                }
+                if self.geometry.stride == 1 {
+                    // SAFETY: `usable` implies AVX-512F/BW/BF16; the masks keep every read
+                    // inside the input rows.
+                    unsafe { self.gather_pairs_masked(runs, rows, dst) };
                     continue;
                 }
             }
@@ -431,6 +438,60 @@ unsafe fn gather_pairs(input: &[f32], corner: usize, rows: &[Tap], dst: &mut [u1
     for pair in 0..tiles * TILE {
         let (first, second) = (load(2 * pair), load(2 * pair + 1));
         crate::gemm::amx::store_pair_row(dst.as_mut_ptr().add(pair * TILE_K), first, second);
+    }
+}
+
+impl Patches<'_> {
+    /// A stride-1 panel's pair tiles straight from the input, as `pack` then
+    /// `panel_to_pairs` make them: each run of lanes is one masked load per panel row (lanes
+    /// that read padding, or lie past the panel's valid lanes, stay zero).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/BF16; the stride is 1; `runs` are this panel's.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn gather_pairs_masked(&self, runs: &[Run], rows: &[Tap], dst: &mut [u16]) {
+        use crate::gemm::amx::{TILE, TILE_K, TILE_VALUES};
+        use std::arch::x86_64::*;
+        const _: () = assert!(NR == TILE);
+        debug_assert_eq!(self.geometry.stride, 1);
+        let tiles = rows.len().div_ceil(TILE_K);
+        assert!(dst.len() >= tiles * TILE_VALUES);
+        let (h, w) = (self.height as isize, self.width as isize);
+        let plane = self.height * self.width;
+        let input = self.input.as_ptr();
+        let load = |k: usize| {
+            let mut v = _mm512_setzero_ps();
+            let Some(tap) = rows.get(k) else {
+                return v;
+            };
+            for r in runs {
+                let iy = r.top + tap.ky as isize;
+                if iy < 0 || iy >= h {
+                    continue;
+                }
+                // Lanes `lo .. hi` of the run read inside the row.
+                let x0 = r.left + tap.kx as isize;
+                let len = r.len as isize;
+                let lo = (-x0).clamp(0, len);
+                let hi = (w - x0).clamp(lo, len);
+                if hi == lo {
+                    continue;
+                }
+                let row = r.image + tap.channel * plane + iy as usize * self.width;
+                assert!(row as isize + x0 + hi <= self.input.len() as isize);
+                let lanes = (((1u32 << (hi - lo)) - 1) << (r.lane as isize + lo)) as __mmask16;
+                // Lane `l` reads `row + x0 + (l - r.lane)`; only the masked lanes, all of
+                // them inside the row, are read.
+                let base = input.wrapping_offset(row as isize + x0 - r.lane as isize);
+                v = _mm512_mask_loadu_ps(v, lanes, base);
+            }
+            v
+        };
+        for pair in 0..tiles * TILE {
+            let (first, second) = (load(2 * pair), load(2 * pair + 1));
+            crate::gemm::amx::store_pair_row(dst.as_mut_ptr().add(pair * TILE_K), first, second);
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! 512x512. Prints seconds and GFLOP/s, and the ratio to a plain f32 GEMM measured in the same
 //! run (the practical peak of this machine), so numbers from different machines compare.
 //!
-//! Run: `cargo bench -p stable-diffusion --bench models [-- 256|512]`.
+//! Run: `cargo bench -p stable-diffusion --bench models [-- 256|512] [bf16] [unet]` (`bf16`:
+//! weights stored as bf16, as `--dtype bf16` loads them; `unet`: skip the VAE).
 
 use std::time::Instant;
 
@@ -63,17 +64,21 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
-/// Random f32 weights.
-fn random_vb(device: &Device) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone())
+/// Random weights of `dtype`.
+fn random_vb(device: &Device, dtype: DType) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone())
 }
 
 fn main() {
     let device = Device::Cpu;
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let dtype = if args.iter().any(|a| a == "bf16") {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let unet_only = args.iter().any(|a| a == "unet");
     let sizes = if sizes.is_empty() {
         vec![256, 512]
     } else {
@@ -81,17 +86,17 @@ fn main() {
     };
     let threads = candle_core::utils::get_num_threads();
     println!(
-        "threads: {threads}, CPU kernels: {}",
+        "threads: {threads}, CPU kernels: {}, weights: {dtype:?}",
         stable_diffusion::nn::kernels::cpu_backend_name()
     );
     let peak = gemm_gflops(&device);
     println!("baseline: f32 GEMM 2048^3: {peak:.1} GFLOP/s");
 
     let unet_config = UNetConfig::sd15();
-    let vb = random_vb(&device);
+    let vb = random_vb(&device, dtype);
     let unet = UNet2DConditionModel::new(vb, &unet_config).expect("build SD 1.5 UNet");
     let vae_config = VaeConfig::sd15();
-    let vb = random_vb(&device);
+    let vb = random_vb(&device, dtype);
     let vae = AutoencoderKL::new(vb, &vae_config).expect("build SD 1.5 VAE");
 
     for size in sizes {
@@ -111,6 +116,9 @@ fn main() {
             unet_flops / 1e9,
             100.0 * gflops / peak
         );
+        if unet_only {
+            continue;
+        }
 
         let latents = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device).unwrap();
         flops::reset();

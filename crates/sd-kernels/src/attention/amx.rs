@@ -142,20 +142,31 @@ pub(super) unsafe fn task(
             );
             debug_assert!(visible_tiles <= key_tiles);
             let scores_at = s.as_mut_ptr();
-            let c = |panel: usize, tile: usize| scores_at.add(panel * bc * NR + tile * TILE * NR);
-            for kt in (0..visible_tiles).step_by(2) {
-                let out = [c(0, kt), c(1, kt), c(0, kt + 1), c(1, kt + 1)];
-                amx::kernel4(
+            if depth_tiles <= 2 {
+                scores_resident(
                     depth_tiles,
-                    [
-                        k_tiles[kt * k_step..].as_ptr(),
-                        k_tiles[(kt + 1) * k_step..].as_ptr(),
-                    ],
                     [qt0, qt1],
-                    out,
-                    NR,
-                    false,
+                    k_tiles.as_ptr(),
+                    visible_tiles,
+                    [scores_at, scores_at.add(bc * NR)],
                 );
+            } else {
+                let c =
+                    |panel: usize, tile: usize| scores_at.add(panel * bc * NR + tile * TILE * NR);
+                for kt in (0..visible_tiles).step_by(2) {
+                    let out = [c(0, kt), c(1, kt), c(0, kt + 1), c(1, kt + 1)];
+                    amx::kernel4(
+                        depth_tiles,
+                        [
+                            k_tiles[kt * k_step..].as_ptr(),
+                            k_tiles[(kt + 1) * k_step..].as_ptr(),
+                        ],
+                        [qt0, qt1],
+                        out,
+                        NR,
+                        false,
+                    );
+                }
             }
             let p_tiles_len = visible.div_ceil(TILE_K) * TILE_VALUES;
             for i in 0..2 {
@@ -218,8 +229,114 @@ pub(super) unsafe fn task(
     }
 }
 
-/// The online softmax of the f32 path (same operations, same sums) over a `keys x 16` panel
-/// of base-2 scores, writing the probabilities as bf16 pair tiles into `dst` (zero past the
+/// `Sᵀ = K·Qᵀ` for two query panels whose pair tiles (`depth_tiles` ≤ 2 each, at `q[i]`)
+/// stay in the tile registers while the `key_tiles` key row tiles stream past (key tile `t`
+/// at `k + t · depth_tiles · TILE_VALUES`): one tile load per key tile and depth tile, each
+/// used by both panels (half the loads of [`amx::kernel4`], whose operands are both
+/// reloaded; tile loads, not products, bound these kernels). Panel `i`'s scores go to
+/// `out[i]`, key rows of 16 values.
+///
+/// # Safety
+/// The thread is [`Configured`]; `1 ≤ depth_tiles ≤ 2`; the pointers hold what is said.
+unsafe fn scores_resident(
+    depth_tiles: usize,
+    [q0, q1]: [*const u16; 2],
+    k: *const u16,
+    key_tiles: usize,
+    [out0, out1]: [*mut f32; 2],
+) {
+    use std::arch::asm;
+    debug_assert!((1..=2).contains(&depth_tiles));
+    let ld = NR * 4;
+    if depth_tiles == 2 {
+        asm!(
+            "tileloadd tmm2, [{q0} + {s}*1]",
+            "tileloadd tmm3, [{q0} + {s}*1 + 1024]",
+            "tileloadd tmm4, [{q1} + {s}*1]",
+            "tileloadd tmm5, [{q1} + {s}*1 + 1024]",
+            "2:",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tileloadd tmm6, [{k} + {s}*1]",
+            "tdpbf16ps tmm0, tmm6, tmm2",
+            "tdpbf16ps tmm1, tmm6, tmm4",
+            "tileloadd tmm7, [{k} + {s}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm7, tmm3",
+            "tdpbf16ps tmm1, tmm7, tmm5",
+            "tilestored [{o0} + {ld}*1], tmm0",
+            "tilestored [{o1} + {ld}*1], tmm1",
+            "add {k}, 2048",
+            "add {o0}, 1024",
+            "add {o1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            q0 = in(reg) q0,
+            q1 = in(reg) q1,
+            s = in(reg) 64usize,
+            ld = in(reg) ld,
+            k = inout(reg) k => _,
+            o0 = inout(reg) out0 => _,
+            o1 = inout(reg) out1 => _,
+            n = inout(reg) key_tiles => _,
+            options(nostack),
+        );
+    } else {
+        asm!(
+            "tileloadd tmm2, [{q0} + {s}*1]",
+            "tileloadd tmm4, [{q1} + {s}*1]",
+            "2:",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tileloadd tmm6, [{k} + {s}*1]",
+            "tdpbf16ps tmm0, tmm6, tmm2",
+            "tdpbf16ps tmm1, tmm6, tmm4",
+            "tilestored [{o0} + {ld}*1], tmm0",
+            "tilestored [{o1} + {ld}*1], tmm1",
+            "add {k}, 1024",
+            "add {o0}, 1024",
+            "add {o1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            q0 = in(reg) q0,
+            q1 = in(reg) q1,
+            s = in(reg) 64usize,
+            ld = in(reg) ld,
+            k = inout(reg) k => _,
+            o0 = inout(reg) out0 => _,
+            o1 = inout(reg) out1 => _,
+            n = inout(reg) key_tiles => _,
+            options(nostack),
+        );
+    }
+}
+
+/// `2^x` for probabilities about to be rounded to bf16: degree-4 Taylor polynomial of `2^r`
+/// on `|r| ≤ ½` (relative error below 5e-5, a fortieth of bf16's half-ulp) scaled by `2^n`;
+/// four operations fewer than [`exp2_16`], which the f32 sums and rescaling keep.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp2_for_bf16(x: __m512) -> __m512 {
+    const C: [f32; 4] = [
+        9.618_129e-3,
+        5.550_411e-2,
+        0.240_226_5,
+        std::f32::consts::LN_2,
+    ];
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-127.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+    let r = _mm512_sub_ps(x, n);
+    let mut p = _mm512_set1_ps(C[0]);
+    for c in &C[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    _mm512_scalef_ps(_mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0)), n)
+}
+
+/// The online softmax of the f32 path (the same max, rescaling and sums; the probabilities'
+/// exponential is [`exp2_for_bf16`]) over a `keys x 16` panel of base-2 scores, writing the probabilities as bf16 pair tiles into `dst` (zero past the
 /// last key) instead of back into the scores: the product `Oᵀ += Vᵀ·Pᵀ` reads them as they
 /// are.
 ///
@@ -246,7 +363,7 @@ unsafe fn softmax_pairs(
     let mut total = _mm512_setzero_ps();
     let mut probability = |r: usize| {
         if r < rows {
-            let p = exp2_16(_mm512_sub_ps(_mm512_loadu_ps(s.add(r * NR)), m));
+            let p = exp2_for_bf16(_mm512_sub_ps(_mm512_loadu_ps(s.add(r * NR)), m));
             total = _mm512_add_ps(total, p);
             p
         } else {
