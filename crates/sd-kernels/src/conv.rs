@@ -401,10 +401,10 @@ impl PackB for Patches<'_> {
                     unsafe { gather_pairs(self.input, corner, rows, dst) };
                     continue;
                 }
-                if self.geometry.stride == 1 {
-                    // SAFETY: `usable` implies AVX-512F/BW/BF16; the masks keep every read
-                    // inside the input rows.
-                    unsafe { self.gather_pairs_masked(runs, rows, dst) };
+                // SAFETY: `usable` implies AVX-512F/BW/BF16; the masks keep every read
+                // inside the input rows.
+                if self.geometry.stride == 1 && unsafe { self.gather_pairs_masked(runs, rows, dst) }
+                {
                     continue;
                 }
             }
@@ -441,57 +441,88 @@ unsafe fn gather_pairs(input: &[f32], corner: usize, rows: &[Tap], dst: &mut [u1
     }
 }
 
+/// The largest kernel whose border panels [`Patches::gather_pairs_masked`] gathers (a table
+/// of `kernel²` masks per run); larger kernels take the scalar path.
+const MASKED_KERNEL: usize = 7;
+
 impl Patches<'_> {
     /// A stride-1 panel's pair tiles straight from the input, as `pack` then
     /// `panel_to_pairs` make them: each run of lanes is one masked load per panel row (lanes
-    /// that read padding, or lie past the panel's valid lanes, stay zero).
+    /// that read padding, or lie past the panel's valid lanes, stay zero). Returns false (and
+    /// writes nothing) for kernels above [`MASKED_KERNEL`].
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/BF16; the stride is 1; `runs` are this panel's.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn gather_pairs_masked(&self, runs: &[Run], rows: &[Tap], dst: &mut [u16]) {
+    unsafe fn gather_pairs_masked(&self, runs: &[Run], rows: &[Tap], dst: &mut [u16]) -> bool {
         use crate::gemm::amx::{TILE, TILE_K, TILE_VALUES};
         use std::arch::x86_64::*;
         const _: () = assert!(NR == TILE);
+        let kernel = self.geometry.kernel;
+        if kernel > MASKED_KERNEL || runs.len() > NR {
+            return false;
+        }
         debug_assert_eq!(self.geometry.stride, 1);
         let tiles = rows.len().div_ceil(TILE_K);
         assert!(dst.len() >= tiles * TILE_VALUES);
+        let Some(last) = rows.last() else {
+            dst[..tiles * TILE_VALUES].fill(0);
+            return true;
+        };
         let (h, w) = (self.height as isize, self.width as isize);
+        // Per run: where lane 0 of a tap at offset 0 would read, and the lanes each kernel
+        // position reads inside the input (rows outside it read nothing).
+        let mut bases = [0isize; NR];
+        let mut masks = [[0u16; MASKED_KERNEL * MASKED_KERNEL]; NR];
         let plane = self.height * self.width;
-        let input = self.input.as_ptr();
-        let load = |k: usize| {
-            let mut v = _mm512_setzero_ps();
-            let Some(tap) = rows.get(k) else {
-                return v;
-            };
-            for r in runs {
-                let iy = r.top + tap.ky as isize;
+        for ((r, base), masks) in runs.iter().zip(&mut bases).zip(&mut masks) {
+            // A masked lane of a tap reads its channel's plane at row `top + ky` (inside the
+            // image) and column `left + kx + lane - r.lane` (inside the row): inside the
+            // input while the image holds the panel rows' last (largest) channel.
+            assert!(r.image + (last.channel + 1) * plane <= self.input.len());
+            *base = r.image as isize + r.top * w + r.left - r.lane as isize;
+            for ky in 0..kernel {
+                let iy = r.top + ky as isize;
                 if iy < 0 || iy >= h {
                     continue;
                 }
-                // Lanes `lo .. hi` of the run read inside the row.
-                let x0 = r.left + tap.kx as isize;
-                let len = r.len as isize;
-                let lo = (-x0).clamp(0, len);
-                let hi = (w - x0).clamp(lo, len);
-                if hi == lo {
-                    continue;
+                for kx in 0..kernel {
+                    let x0 = r.left + kx as isize;
+                    let n = r.len as isize;
+                    let lo = (-x0).clamp(0, n);
+                    let hi = (w - x0).clamp(lo, n);
+                    if hi == lo {
+                        continue;
+                    }
+                    masks[ky * kernel + kx] =
+                        (((1u32 << (hi - lo)) - 1) << (r.lane as isize + lo)) as u16;
                 }
-                let row = r.image + tap.channel * plane + iy as usize * self.width;
-                assert!(row as isize + x0 + hi <= self.input.len() as isize);
-                let lanes = (((1u32 << (hi - lo)) - 1) << (r.lane as isize + lo)) as __mmask16;
-                // Lane `l` reads `row + x0 + (l - r.lane)`; only the masked lanes, all of
-                // them inside the row, are read.
-                let base = input.wrapping_offset(row as isize + x0 - r.lane as isize);
-                v = _mm512_mask_loadu_ps(v, lanes, base);
+            }
+        }
+        let input = self.input.as_ptr();
+        let runs = runs.len();
+        let load = |k: usize| {
+            let mut v = _mm512_setzero_ps();
+            if let Some(tap) = rows.get(k) {
+                let position = tap.ky * kernel + tap.kx;
+                for r in 0..runs {
+                    let mask = masks[r][position];
+                    if mask != 0 {
+                        // Lane `l` reads `base + offset + l`; only the masked lanes are read,
+                        // all inside the input (asserted above).
+                        let at = input.wrapping_offset(bases[r] + tap.offset as isize);
+                        v = _mm512_mask_loadu_ps(v, mask, at);
+                    }
+                }
             }
             v
         };
         for pair in 0..tiles * TILE {
-            let (first, second) = (load(2 * pair), load(2 * pair + 1));
-            crate::gemm::amx::store_pair_row(dst.as_mut_ptr().add(pair * TILE_K), first, second);
+            let (a, b) = (load(2 * pair), load(2 * pair + 1));
+            crate::gemm::amx::store_pair_row(dst.as_mut_ptr().add(pair * TILE_K), a, b);
         }
+        true
     }
 }
 
