@@ -16,6 +16,10 @@ use stable_diffusion::nn::flops;
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
 use stable_diffusion::vae::{AutoencoderKL, VaeConfig};
 
+/// The allocator `sd` runs with, so that steps reuse their large blocks here too.
+#[global_allocator]
+static ALLOC: sd_kernels::workspace::Workspace = sd_kernels::workspace::Workspace::new();
+
 /// Median wall time of `runs` calls of `f`, after one warm-up call.
 fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> f64 {
     f();
