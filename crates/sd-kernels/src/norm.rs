@@ -330,19 +330,24 @@ pub fn geglu(projected: &[f32], rows: usize, inner: usize, out: &mut [f32]) {
         .enumerate()
         .for_each(|(r, out)| {
             let (a, b) = projected[2 * r * inner..][..2 * inner].split_at(inner);
-            match level {
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2 | Level::Avx512 | Level::Amx => {
-                    // SAFETY: the level implies AVX2 and FMA.
-                    unsafe { avx2::geglu_row(a, b, out) }
-                }
-                _ => {
-                    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                        *o = a * Activation::GeluErf.scalar(b);
-                    }
-                }
-            }
+            geglu_row(level, a, b, out);
         });
+}
+
+/// `out[j] = a[j] · gelu_erf(b[j])` at `level` (the same operations as [`geglu`]).
+pub(crate) fn geglu_row(level: Level, a: &[f32], b: &[f32], out: &mut [f32]) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Avx512 | Level::Amx => {
+            // SAFETY: the level implies AVX2 and FMA.
+            unsafe { avx2::geglu_row(a, b, out) }
+        }
+        _ => {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = a * Activation::GeluErf.scalar(b);
+            }
+        }
+    }
 }
 
 /// The generic level.

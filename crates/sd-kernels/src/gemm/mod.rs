@@ -597,6 +597,114 @@ pub fn matmul_to_vec(
     out
 }
 
+/// Columns per half of a GEGLU group: the projection's output columns go in groups of
+/// `2 · GEGLU_GROUP`, the values of `GEGLU_GROUP` features then their gates (see
+/// [`geglu_interleave`]). Every driver cuts C at multiples of [`NR`], a multiple of the
+/// group, so each block the sink takes holds whole groups.
+pub const GEGLU_GROUP: usize = 8;
+const _: () = assert!(NR.is_multiple_of(2 * GEGLU_GROUP));
+
+/// The column order [`matmul_geglu_to_vec`] takes a GEGLU projection in (`2 · inner`
+/// columns, values then gates, `inner` a multiple of [`GEGLU_GROUP`]): packed column `p` is
+/// original column `order[p]`.
+pub fn geglu_interleave(inner: usize) -> Vec<usize> {
+    assert!(
+        inner.is_multiple_of(GEGLU_GROUP),
+        "GEGLU width {inner} is not whole groups"
+    );
+    (0..2 * inner)
+        .map(|p| {
+            let (group, at) = (p / (2 * GEGLU_GROUP), p % (2 * GEGLU_GROUP));
+            let feature = group * GEGLU_GROUP + at % GEGLU_GROUP;
+            if at < GEGLU_GROUP {
+                feature
+            } else {
+                inner + feature
+            }
+        })
+        .collect()
+}
+
+/// Writes `value · gelu_erf(gate)` of each group of an interleaved GEGLU projection (bias
+/// added first, as [`RowMajorSink`] adds it) into a row-major `rows x inner` output.
+struct GegluSink<'a> {
+    out: SharedMut,
+    len: usize,
+    inner: usize,
+    bias: Option<&'a [f32]>,
+    level: crate::cpu::Level,
+}
+
+impl Sink for GegluSink<'_> {
+    fn write(&self, m0: usize, n0: usize, mc: usize, nc: usize, tile: &[f32], ld: usize) {
+        const G: usize = GEGLU_GROUP;
+        assert!(n0.is_multiple_of(2 * G) && nc.is_multiple_of(2 * G));
+        let mut values = [0f32; G];
+        let mut gates = [0f32; G];
+        let mut result = [0f32; G];
+        for i in 0..mc {
+            let start = (m0 + i) * self.inner + n0 / 2;
+            assert!(start + nc / 2 <= self.len);
+            for (g, src) in tile[i * ld..][..nc].chunks_exact(2 * G).enumerate() {
+                let col = n0 + g * 2 * G;
+                values.copy_from_slice(&src[..G]);
+                gates.copy_from_slice(&src[G..]);
+                if let Some(b) = self.bias {
+                    for (v, b) in values.iter_mut().zip(&b[col..col + G]) {
+                        *v += b;
+                    }
+                    for (v, b) in gates.iter_mut().zip(&b[col + G..col + 2 * G]) {
+                        *v += b;
+                    }
+                }
+                crate::norm::geglu_row(self.level, &values, &gates, &mut result);
+                // Written through the pointer, never read: the output may be uninitialised.
+                // SAFETY: in bounds (asserted above); blocks of C do not overlap, so no two
+                // writers share an element.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(result.as_ptr(), self.out.0.add(start + g * G), G)
+                };
+            }
+        }
+    }
+}
+
+/// GEGLU fused with its projection: `a (m x k) · b + bias` where `b` (and `bias`) hold the
+/// projection's `2 · inner` columns in [`geglu_interleave`]'s order, then `value ·
+/// gelu_erf(gate)` per feature, into a new `m x inner` buffer. The same values as the
+/// product followed by [`crate::norm::geglu`], without writing the projection out.
+pub fn matmul_geglu_to_vec(a: &[f32], m: usize, b: &PackedB, bias: Option<&[f32]>) -> Vec<f32> {
+    let (k, n) = (b.depth(), b.cols());
+    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    assert!(
+        n.is_multiple_of(2 * GEGLU_GROUP),
+        "GEGLU projection of {n} columns"
+    );
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "bias size");
+    }
+    let inner = n / 2;
+    let len = m * inner;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let a = RowMajor {
+        data: a,
+        rows: m,
+        cols: k,
+        ld: k,
+    };
+    let sink = GegluSink {
+        out: SharedMut(out.as_mut_ptr()),
+        len,
+        inner,
+        bias,
+        level: crate::cpu::level(),
+    };
+    gemm(&a, b, &sink);
+    // SAFETY: the sink wrote all `m x inner` values (every block of C reaches it).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `out (m x n, row-major) = a (m x k, row-major) · b + bias + residual`: the plain entry
 /// point for linear layers.
 pub fn matmul(

@@ -354,3 +354,56 @@ fn products_into_fresh_buffers_equal_the_ones_into_given_buffers() {
         [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
     );
 }
+
+#[test]
+fn fused_geglu_equals_the_product_then_geglu_bit_for_bit() {
+    // (rows, depth, inner): inner in whole groups, odd rows and depths, more than one block
+    // of C along both sides.
+    for (seed, &(m, k, inner)) in [(1, 1, 8), (7, 17, 24), (33, 70, 40), (200, 257, 328)]
+        .iter()
+        .enumerate()
+    {
+        let n = 2 * inner;
+        let mut rng = Rng::new(40 + seed as u64);
+        let a = rng.vec(m * k);
+        let w = rng.vec(n * k); // (out, in): values then gates
+        let bias = rng.vec(n);
+        let order = geglu_interleave(inner);
+        let w_fused: Vec<f32> = order
+            .iter()
+            .flat_map(|&c| w[c * k..][..k].to_vec())
+            .collect();
+        let bias_fused: Vec<f32> = order.iter().map(|&c| bias[c]).collect();
+        for &level in &Level::available() {
+            for storage in [Storage::F32, Storage::Bf16] {
+                let what = format!("{level} {storage:?} {m}x{k}x{inner}");
+                let (plain, fused) = with_level(level, || {
+                    let plain = PackedB::from_nxk(&w, k, n, k, storage);
+                    let fused = PackedB::from_nxk(&w_fused, k, n, k, storage);
+                    (plain, fused)
+                });
+                let (want, got) = with_level(level, || {
+                    let projected = matmul_to_vec(&a, m, &plain, Some(&bias), None);
+                    let mut want = vec![0f32; m * inner];
+                    crate::norm::geglu(&projected, m, inner, &mut want);
+                    (want, matmul_geglu_to_vec(&a, m, &fused, Some(&bias_fused)))
+                });
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn geglu_interleave_puts_each_value_beside_its_gate() {
+    let order = geglu_interleave(16);
+    assert_eq!(order.len(), 32);
+    assert_eq!(&order[..8], &[0, 1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(&order[8..16], &[16, 17, 18, 19, 20, 21, 22, 23]);
+    assert_eq!(&order[16..24], &[8, 9, 10, 11, 12, 13, 14, 15]);
+    assert_eq!(&order[24..], &[24, 25, 26, 27, 28, 29, 30, 31]);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..32).collect::<Vec<_>>());
+}

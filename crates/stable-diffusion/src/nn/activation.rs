@@ -78,18 +78,46 @@ impl<'de> serde::Deserialize<'de> for Activation {
 #[derive(Debug, Clone)]
 pub struct GeGlu {
     proj: Linear,
+    /// Whether `proj`'s columns are interleaved for the fused kernel (values and gates of a
+    /// group side by side, so the product's sink applies the gate and the projection is
+    /// never written out).
+    fused: bool,
 }
 
 impl GeGlu {
     /// Loads `proj` (`dim` → `2 · inner_dim`) under `vb`.
     pub fn new(vb: VarBuilder, dim: usize, inner_dim: usize) -> Result<Self> {
+        let vb = vb.pp("proj");
+        let weight = vb.get((inner_dim * 2, dim), "weight")?;
+        let bias = vb.get(inner_dim * 2, "bias")?;
+        if kernels::packs(&weight) && inner_dim.is_multiple_of(sd_kernels::gemm::GEGLU_GROUP) {
+            let order: Vec<u32> = sd_kernels::gemm::geglu_interleave(inner_dim)
+                .into_iter()
+                .map(|c| c as u32)
+                .collect();
+            let order = Tensor::new(order.as_slice(), weight.device())?;
+            let proj = Linear::from_tensors(
+                weight.index_select(&order, 0)?,
+                Some(bias.index_select(&order, 0)?),
+                dim,
+                inner_dim * 2,
+            )?;
+            if proj.packed() {
+                return Ok(Self { proj, fused: true });
+            }
+        }
         Ok(Self {
-            proj: Linear::new(vb.pp("proj"), dim, inner_dim * 2, true)?,
+            proj: Linear::from_tensors(weight, Some(bias), dim, inner_dim * 2)?,
+            fused: false,
         })
     }
 
     /// `(..., dim)` → `(..., inner_dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            // A packed layer always runs on the kernels.
+            return self.proj.forward_geglu(x);
+        }
         let projected = self.proj.forward(x)?;
         if kernels::runs(&projected) {
             let inner = projected.dim(candle_core::D::Minus1)? / 2;

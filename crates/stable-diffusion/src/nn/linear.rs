@@ -32,6 +32,16 @@ impl Linear {
         } else {
             None
         };
+        Self::from_tensors(weight, bias, in_dim, out_dim)
+    }
+
+    /// A layer over `weight` (`(out, in)`) and `bias` (`out`) as loaded.
+    pub(crate) fn from_tensors(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self> {
         let weights = if kernels::packs(&weight) {
             LinearWeights::Packed {
                 weight: std::sync::Arc::new(kernels::pack_transposed(&weight, in_dim, out_dim)?),
@@ -57,6 +67,37 @@ impl Linear {
             }
             LinearWeights::Candle(layer) => layer.weight().dtype() == candle_core::DType::BF16,
         }
+    }
+
+    /// Whether the CPU kernels run this layer (its weight is packed).
+    pub(crate) fn packed(&self) -> bool {
+        matches!(self.weights, LinearWeights::Packed { .. })
+    }
+
+    /// GEGLU fused with this layer, whose output columns are in
+    /// [`sd_kernels::gemm::geglu_interleave`]'s order: `(..., in)` → `(..., out / 2)`. Only
+    /// for a [`Self::packed`] layer.
+    pub(crate) fn forward_geglu(&self, x: &Tensor) -> Result<Tensor> {
+        super::flops::add(2 * (x.elem_count() / self.in_dim.max(1) * self.out_dim) as u64);
+        let LinearWeights::Packed { weight, bias } = &self.weights else {
+            let message = "fused GEGLU needs a layer packed for the CPU kernels";
+            return Err(candle_core::Error::Msg(message.into()).into());
+        };
+        let mut out_shape = x.dims().to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = self.out_dim / 2;
+        }
+        let rows = x.elem_count() / self.in_dim.max(1);
+        let out = kernels::with_f32(x, |x| {
+            sd_kernels::gemm::matmul_geglu_to_vec(
+                x,
+                rows,
+                weight,
+                bias.as_ref().map(|b| b.as_slice()),
+            )
+        })?;
+        let out = kernels::tensor(out, out_shape)?;
+        kernels::in_dtype_of(x, out)
     }
 
     /// Applies the layer to `x` of shape `(..., in)`, giving `(..., out)`.
