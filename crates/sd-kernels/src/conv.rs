@@ -142,6 +142,56 @@ impl PackedConv {
         out
     }
 
+    /// A 1x1 convolution (stride 1, no padding) of `input` (`batch x in x height x width`)
+    /// written channels last: `(batch · height · width) x out`, plus `bias` per output
+    /// channel, in a new buffer. The same values as [`PackedConv::forward_to_vec`] followed
+    /// by a transpose.
+    pub fn forward_channels_last_to_vec(
+        &self,
+        input: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let g = self.geometry;
+        assert!(
+            g.kernel == 1 && g.stride == 1 && g.padding == 0,
+            "channels-last output is for 1x1 convolutions"
+        );
+        assert_eq!(
+            input.len(),
+            batch * g.in_channels * height * width,
+            "conv input size"
+        );
+        if let Some(b) = bias {
+            assert_eq!(b.len(), g.out_channels, "conv bias size");
+        }
+        let pixels = height * width;
+        let len = batch * g.out_channels * pixels;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let patches = Patches {
+            input,
+            geometry: g,
+            height,
+            width,
+            out_width: width,
+            pixels,
+            columns: batch * pixels,
+        };
+        let sink = gemm::ChannelsLastSink {
+            out: SharedMut(out.as_mut_ptr()),
+            len,
+            channels: g.out_channels,
+            bias,
+        };
+        gemm::gemm_packed_a(&self.weights, &patches, &sink);
+        // SAFETY: every block of C reached the sink (a product of no depth as zeros), and
+        // the blocks cover the output.
+        unsafe { out.set_len(len) };
+        out
+    }
+
     /// The convolution into `len` values at `out`, which may be uninitialised (only written).
     ///
     /// # Safety

@@ -334,8 +334,49 @@ pub fn geglu(projected: &[f32], rows: usize, inner: usize, out: &mut [f32]) {
         });
 }
 
+/// One row of an interleaved GEGLU projection (groups of 8 values then their 8 gates, `bias`
+/// in the same order) into `len / 8` groups of `value · gelu_erf(gate)` at `out`, the bias
+/// added first: the same operations as adding the bias, then [`geglu_row`].
+///
+/// # Safety
+/// `out` is valid for writes of `len` values (which may be uninitialised: only written).
+pub(crate) unsafe fn geglu_interleaved(
+    level: Level,
+    src: &[f32],
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    len: usize,
+) {
+    assert!(len.is_multiple_of(8) && src.len() >= 2 * len);
+    assert!(bias.is_none_or(|b| b.len() >= 2 * len));
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Avx512 | Level::Amx => {
+            // SAFETY: the level implies AVX2 and FMA; sizes checked above; `out` is the
+            // caller's.
+            unsafe { avx2::geglu_interleaved(src, bias, out, len / 8) }
+        }
+        _ => {
+            for g in 0..len / 8 {
+                for t in 0..8 {
+                    let (mut value, mut gate) = (src[16 * g + t], src[16 * g + 8 + t]);
+                    if let Some(b) = bias {
+                        value += b[16 * g + t];
+                        gate += b[16 * g + 8 + t];
+                    }
+                    // SAFETY: `8 g + t < len`, the caller's contract.
+                    unsafe {
+                        out.add(8 * g + t)
+                            .write(value * Activation::GeluErf.scalar(gate))
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// `out[j] = a[j] · gelu_erf(b[j])` at `level` (the same operations as [`geglu`]).
-pub(crate) fn geglu_row(level: Level, a: &[f32], b: &[f32], out: &mut [f32]) {
+fn geglu_row(level: Level, a: &[f32], b: &[f32], out: &mut [f32]) {
     match level {
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 | Level::Avx512 | Level::Amx => {
@@ -547,6 +588,30 @@ mod avx2 {
             let wv = w.map(|w| load_tail(w.add(full), n));
             let bv = b.map(|b| load_tail(b.add(full), n));
             store_tail(d.add(full), row(load_tail(s.add(full), n), wv, bv), n);
+        }
+    }
+
+    /// [`super::geglu_interleaved`] with AVX2, `groups` groups.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `src` (and `bias`) hold `16 · groups` values; `o` is valid
+    /// for writes of `8 · groups`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn geglu_interleaved(
+        src: &[f32],
+        bias: Option<&[f32]>,
+        o: *mut f32,
+        groups: usize,
+    ) {
+        let s = src.as_ptr();
+        for g in 0..groups {
+            let mut value = _mm256_loadu_ps(s.add(16 * g));
+            let mut gate = _mm256_loadu_ps(s.add(16 * g + 8));
+            if let Some(b) = bias {
+                value = _mm256_add_ps(value, _mm256_loadu_ps(b.as_ptr().add(16 * g)));
+                gate = _mm256_add_ps(gate, _mm256_loadu_ps(b.as_ptr().add(16 * g + 8)));
+            }
+            _mm256_storeu_ps(o.add(8 * g), _mm256_mul_ps(value, vmath::gelu_erf(gate)));
         }
     }
 

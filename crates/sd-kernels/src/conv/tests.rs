@@ -322,3 +322,50 @@ fn convolution_into_a_fresh_buffer_equals_the_one_into_a_given_buffer() {
         assert_eq!(fresh, given, "case {seed}");
     }
 }
+
+#[test]
+fn channels_last_1x1_convolution_is_the_transposed_map_bit_for_bit() {
+    // (batch, in, out, height, width): panels inside one row, across rows (narrow images),
+    // a partial last panel, more than one block of output channels.
+    let cases = [
+        (1, 1, 1, 1, 1),
+        (2, 3, 5, 4, 4),
+        (1, 20, 33, 5, 7),
+        (2, 64, 17, 8, 8),
+        (2, 40, 400, 9, 16),
+    ];
+    for (seed, &(batch, cin, cout, h, w)) in cases.iter().enumerate() {
+        let g = ConvGeometry {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        };
+        let mut rng = Rng::new(90 + seed as u64);
+        let input = rng.vec(batch * cin * h * w);
+        let weight = rng.vec(cout * cin);
+        let bias = rng.vec(cout);
+        for &level in &Level::available() {
+            for storage in [Storage::F32, Storage::Bf16] {
+                let packed = with_level(level, || PackedConv::new(&weight, g, storage));
+                let (map, sequence) = with_level(level, || {
+                    let map = packed.forward_to_vec(&input, batch, h, w, Some(&bias), None, None);
+                    let sequence =
+                        packed.forward_channels_last_to_vec(&input, batch, h, w, Some(&bias));
+                    (map, sequence)
+                });
+                let pixels = h * w;
+                let want: Vec<u32> = (0..batch * pixels * cout)
+                    .map(|at| {
+                        let (row, channel) = (at / cout, at % cout);
+                        let (b, pixel) = (row / pixels, row % pixels);
+                        map[(b * cout + channel) * pixels + pixel].to_bits()
+                    })
+                    .collect();
+                let got: Vec<u32> = sequence.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{level} {storage:?} case {seed}");
+            }
+        }
+    }
+}

@@ -11,8 +11,11 @@ mod avx2;
 mod avx512;
 mod generic;
 mod pack;
+mod transposed;
 
 pub use pack::{Element, PackedA, PackedB, Storage};
+use transposed::ChannelsFirstSink;
+pub(crate) use transposed::ChannelsLastSink;
 
 use std::cell::RefCell;
 
@@ -637,34 +640,18 @@ struct GegluSink<'a> {
 
 impl Sink for GegluSink<'_> {
     fn write(&self, m0: usize, n0: usize, mc: usize, nc: usize, tile: &[f32], ld: usize) {
-        const G: usize = GEGLU_GROUP;
-        assert!(n0.is_multiple_of(2 * G) && nc.is_multiple_of(2 * G));
-        let mut values = [0f32; G];
-        let mut gates = [0f32; G];
-        let mut result = [0f32; G];
+        assert!(n0.is_multiple_of(2 * GEGLU_GROUP) && nc.is_multiple_of(2 * GEGLU_GROUP));
+        let bias = self.bias.map(|b| &b[n0..n0 + nc]);
         for i in 0..mc {
             let start = (m0 + i) * self.inner + n0 / 2;
             assert!(start + nc / 2 <= self.len);
-            for (g, src) in tile[i * ld..][..nc].chunks_exact(2 * G).enumerate() {
-                let col = n0 + g * 2 * G;
-                values.copy_from_slice(&src[..G]);
-                gates.copy_from_slice(&src[G..]);
-                if let Some(b) = self.bias {
-                    for (v, b) in values.iter_mut().zip(&b[col..col + G]) {
-                        *v += b;
-                    }
-                    for (v, b) in gates.iter_mut().zip(&b[col + G..col + 2 * G]) {
-                        *v += b;
-                    }
-                }
-                crate::norm::geglu_row(self.level, &values, &gates, &mut result);
-                // Written through the pointer, never read: the output may be uninitialised.
-                // SAFETY: in bounds (asserted above); blocks of C do not overlap, so no two
-                // writers share an element.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(result.as_ptr(), self.out.0.add(start + g * G), G)
-                };
-            }
+            // Written through the pointer, never read: the output may be uninitialised.
+            // SAFETY: in bounds (asserted above); blocks of C do not overlap, so no two
+            // writers share an element.
+            unsafe {
+                let out = self.out.0.add(start);
+                crate::norm::geglu_interleaved(self.level, &tile[i * ld..][..nc], bias, out, nc / 2)
+            };
         }
     }
 }
@@ -701,6 +688,49 @@ pub fn matmul_geglu_to_vec(a: &[f32], m: usize, b: &PackedB, bias: Option<&[f32]
     };
     gemm(&a, b, &sink);
     // SAFETY: the sink wrote all `m x inner` values (every block of C reaches it).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// A linear layer over a channels-last sequence written as a channels-first map: `a` is
+/// `m = batch · pixels` rows of `k` features, and the result `(batch, n, pixels)` holds
+/// `a · b + bias + residual` (the residual shaped like the result), in a new buffer. The
+/// same values as [`matmul_to_vec`] followed by a transpose and the residual's addition.
+pub fn matmul_channels_first_to_vec(
+    a: &[f32],
+    m: usize,
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    pixels: usize,
+) -> Vec<f32> {
+    let (k, n) = (b.depth(), b.cols());
+    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    assert!(
+        pixels > 0 && m.is_multiple_of(pixels),
+        "{m} rows are not whole images of {pixels}"
+    );
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "bias size");
+    }
+    let len = m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let a = RowMajor {
+        data: a,
+        rows: m,
+        cols: k,
+        ld: k,
+    };
+    let sink = ChannelsFirstSink {
+        out: SharedMut(out.as_mut_ptr()),
+        len,
+        pixels,
+        channels: n,
+        bias,
+        residual,
+    };
+    gemm(&a, b, &sink);
+    // SAFETY: the sink wrote all `m x n` values (every block of C reaches it).
     unsafe { out.set_len(len) };
     out
 }

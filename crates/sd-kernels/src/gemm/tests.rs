@@ -407,3 +407,57 @@ fn geglu_interleave_puts_each_value_beside_its_gate() {
     sorted.sort();
     assert_eq!(sorted, (0..32).collect::<Vec<_>>());
 }
+
+#[test]
+fn channels_first_product_is_the_transposed_product_bit_for_bit() {
+    // (batch, pixels, depth, channels): images that end inside a block of C, several blocks.
+    for (seed, &(batch, pixels, k, n)) in [
+        (1, 1, 1, 1),
+        (2, 7, 5, 3),
+        (2, 64, 40, 33),
+        (3, 100, 77, 520),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = batch * pixels;
+        let mut rng = Rng::new(60 + seed as u64);
+        let a = rng.vec(m * k);
+        let w = rng.vec(n * k);
+        let bias = rng.vec(n);
+        let residual = rng.vec(m * n); // channels first
+        let residual_rows: Vec<f32> = (0..m * n)
+            .map(|at| {
+                let (row, channel) = (at / n, at % n);
+                let (b, pixel) = (row / pixels, row % pixels);
+                residual[(b * n + channel) * pixels + pixel]
+            })
+            .collect();
+        for &level in &Level::available() {
+            for storage in [Storage::F32, Storage::Bf16] {
+                let packed = with_level(level, || PackedB::from_nxk(&w, k, n, k, storage));
+                let (rows, map) = with_level(level, || {
+                    let rows = matmul_to_vec(&a, m, &packed, Some(&bias), Some(&residual_rows));
+                    let map = matmul_channels_first_to_vec(
+                        &a,
+                        m,
+                        &packed,
+                        Some(&bias),
+                        Some(&residual),
+                        pixels,
+                    );
+                    (rows, map)
+                });
+                let want: Vec<u32> = (0..m * n)
+                    .map(|at| {
+                        let (bc, pixel) = (at / pixels, at % pixels);
+                        let (b, channel) = (bc / n, bc % n);
+                        rows[(b * pixels + pixel) * n + channel].to_bits()
+                    })
+                    .collect();
+                let got: Vec<u32> = map.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{level} {storage:?} case {seed}");
+            }
+        }
+    }
+}

@@ -60,6 +60,20 @@ impl Conv2d {
             stride: options.stride,
             padding: options.padding,
         };
+        Self::from_tensors(weight, bias, geometry)
+    }
+
+    /// A convolution over `weight` (`(out, in, k, k)`) and `bias` (`out`) as loaded.
+    pub(crate) fn from_tensors(
+        weight: Tensor,
+        bias: Tensor,
+        geometry: ConvGeometry,
+    ) -> Result<Self> {
+        let out_channels = geometry.out_channels;
+        let options = Conv2dOptions {
+            padding: geometry.padding,
+            stride: geometry.stride,
+        };
         let weights = if kernels::packs(&weight) {
             // (out, in, k, k) is the (m, k) layout of the product's left operand.
             let depth = geometry.depth();
@@ -77,6 +91,26 @@ impl Conv2d {
             ConvWeights::Candle(candle_nn::Conv2d::new(weight, Some(bias), config))
         };
         Ok(Self { weights, geometry })
+    }
+
+    /// A 1x1 convolution on the kernels written channels last: `(batch, in, h, w)` →
+    /// `(batch, h·w, out)` with no separate transpose; `None` where the kernels do not run
+    /// it (another kernel size, stride or padding, or candle's weights).
+    pub(crate) fn forward_channels_last(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let g = self.geometry;
+        let ConvWeights::Packed { weight, bias } = &self.weights else {
+            return Ok(None);
+        };
+        if g.kernel != 1 || g.stride != 1 || g.padding != 0 {
+            return Ok(None);
+        }
+        let (batch, _, height, width) = x.dims4()?;
+        let out = kernels::with_f32(x, |x| {
+            weight.forward_channels_last_to_vec(x, batch, height, width, Some(bias))
+        })?;
+        let out = kernels::tensor(out, (batch, height * width, g.out_channels))?;
+        super::flops::add(2 * (out.elem_count() * g.depth()) as u64);
+        Ok(Some(kernels::in_dtype_of(x, out)?))
     }
 
     /// Applies the convolution to `x` of shape `(batch, in, h, w)`.

@@ -100,6 +100,38 @@ impl Linear {
         kernels::in_dtype_of(x, out)
     }
 
+    /// The layer over a channels-last sequence `x` (`(batch, height·width, in)`) written as
+    /// a channels-first map `(batch, out, height, width)` plus `residual` (shaped like the
+    /// map), with no separate transpose; `None` where the kernels do not run the layer.
+    pub(crate) fn forward_channels_first(
+        &self,
+        x: &Tensor,
+        (height, width): (usize, usize),
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let LinearWeights::Packed { weight, bias } = &self.weights else {
+            return Ok(None);
+        };
+        let (batch, seq, _) = x.dims3()?;
+        if seq != height * width || seq == 0 {
+            return Ok(None);
+        }
+        super::flops::add(2 * (batch * seq * self.out_dim) as u64 * self.in_dim as u64);
+        let rows = batch * seq;
+        let bias = bias.as_ref().map(|b| b.as_slice());
+        let run = |residual: Option<&[f32]>| {
+            kernels::with_f32(x, |x| {
+                sd_kernels::gemm::matmul_channels_first_to_vec(x, rows, weight, bias, residual, seq)
+            })
+        };
+        let out = match residual {
+            Some(r) => kernels::with_f32(r, |r| run(Some(r)))??,
+            None => run(None)?,
+        };
+        let out = kernels::tensor(out, (batch, self.out_dim, height, width))?;
+        Ok(Some(kernels::in_dtype_of(x, out)?))
+    }
+
     /// Applies the layer to `x` of shape `(..., in)`, giving `(..., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_residual(x, None)

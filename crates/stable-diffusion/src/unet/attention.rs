@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::nn::{attention_tokens_in, Conv2d, Conv2dOptions, GeGlu, GroupNorm, LayerNorm, Linear};
+use crate::nn::{attention_tokens_in, Conv2d, GeGlu, GroupNorm, LayerNorm, Linear};
 use crate::Result;
 
 /// diffusers' `Attention` as the UNet uses it: bias-free q/k/v projections, `to_out.0` with bias.
@@ -144,17 +144,50 @@ enum Projection {
 }
 
 impl Projection {
-    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, linear: bool) -> Result<Self> {
-        Ok(if linear {
-            Projection::Linear(Linear::new(vb, in_dim, out_dim, true)?)
+    /// Loads the projection; `entry` (proj_in) or not (proj_out) picks the form the CPU
+    /// kernels run without a transpose: a 1x1 convolution into the sequence, a linear layer
+    /// out of it. The checkpoint's tensors are the same either way (a 1x1 kernel's
+    /// `(out, in, 1, 1)` weight is the linear layer's `(out, in)`).
+    fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        linear: bool,
+        entry: bool,
+    ) -> Result<Self> {
+        let weight = if linear {
+            vb.get((out_dim, in_dim), "weight")?
         } else {
-            Projection::Conv(Conv2d::new(
-                vb,
-                in_dim,
-                out_dim,
-                1,
-                Conv2dOptions::default(),
-            )?)
+            vb.get((out_dim, in_dim, 1, 1), "weight")?
+        };
+        let bias = vb.get(out_dim, "bias")?;
+        let as_linear = if crate::nn::kernels::packs(&weight) {
+            !entry
+        } else {
+            linear
+        };
+        // Reshaped only when the form changes (trainable weights keep their identity).
+        Ok(if as_linear {
+            let weight = if linear {
+                weight
+            } else {
+                weight.reshape((out_dim, in_dim))?
+            };
+            Projection::Linear(Linear::from_tensors(weight, Some(bias), in_dim, out_dim)?)
+        } else {
+            let geometry = sd_kernels::conv::ConvGeometry {
+                in_channels: in_dim,
+                out_channels: out_dim,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+            };
+            let weight = if linear {
+                weight.reshape((out_dim, in_dim, 1, 1))?
+            } else {
+                weight
+            };
+            Projection::Conv(Conv2d::from_tensors(weight, bias, geometry)?)
         })
     }
 }
@@ -196,9 +229,15 @@ impl Transformer2DModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: GroupNorm::new(vb.pp("norm"), groups, channels, 1e-6)?,
-            proj_in: Projection::new(vb.pp("proj_in"), channels, inner, linear_projection)?,
+            proj_in: Projection::new(vb.pp("proj_in"), channels, inner, linear_projection, true)?,
             blocks,
-            proj_out: Projection::new(vb.pp("proj_out"), inner, channels, linear_projection)?,
+            proj_out: Projection::new(
+                vb.pp("proj_out"),
+                inner,
+                channels,
+                linear_projection,
+                false,
+            )?,
         })
     }
 
@@ -213,7 +252,10 @@ impl Transformer2DModel {
                 .reshape((batch, height * width, c))?)
         };
         let mut hidden = match &self.proj_in {
-            Projection::Conv(conv) => to_sequence(&conv.forward(&normed)?)?,
+            Projection::Conv(conv) => match conv.forward_channels_last(&normed)? {
+                Some(sequence) => sequence,
+                None => to_sequence(&conv.forward(&normed)?)?,
+            },
             Projection::Linear(linear) => linear.forward(&to_sequence(&normed)?)?,
         };
         for block in &self.blocks {
@@ -227,7 +269,14 @@ impl Transformer2DModel {
                 .contiguous()?)
         };
         let out = match &self.proj_out {
-            Projection::Linear(linear) => to_map(&linear.forward(&hidden)?)?,
+            Projection::Linear(linear) => {
+                if let Some(map) =
+                    linear.forward_channels_first(&hidden, (height, width), Some(x))?
+                {
+                    return Ok(map);
+                }
+                to_map(&linear.forward(&hidden)?)?
+            }
             Projection::Conv(conv) => conv.forward(&to_map(&hidden)?)?,
         };
         Ok((out + x)?)
