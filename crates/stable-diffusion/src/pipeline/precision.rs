@@ -2,8 +2,9 @@
 //! layer, as each layer runs, to the compute dtype (f32 on the CPU by default).
 //!
 //! The split is made when the weights are read: every matrix and convolution kernel (rank >= 2)
-//! is kept in the storage dtype; vectors (biases, norms) and the text encoder's embedding tables
-//! (read by index, not multiplied) are converted to the compute dtype once. The `nn` layers
+//! is kept in the storage dtype, the text encoder's token table too (its rows are widened as
+//! they are looked up; 76 MB less for SD 1.5 in bf16); vectors (biases, norms) and the small
+//! position table are converted to the compute dtype once. The `nn` layers
 //! convert a weight whose dtype differs from their input's for that call only, so peak memory
 //! is the half weights plus one layer's converted copy.
 
@@ -79,9 +80,7 @@ struct SplitPrecision {
 
 /// Whether the tensor `name` of shape `dims` is kept in the storage dtype.
 fn kept_in_storage(name: &str, dims: &[usize]) -> bool {
-    let looked_up_by_index =
-        name.ends_with("token_embedding.weight") || name.ends_with("position_embedding.weight");
-    dims.len() >= 2 && !looked_up_by_index
+    dims.len() >= 2 && !name.ends_with("position_embedding.weight")
 }
 
 impl SimpleBackend for SplitPrecision {
@@ -130,14 +129,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn matrices_stay_in_storage_and_vectors_and_embeddings_do_not() {
+    fn matrices_and_the_token_table_stay_in_storage_vectors_and_positions_do_not() {
         assert!(kept_in_storage(
             "down_blocks.0.resnets.0.conv1.weight",
             &[8, 4, 3, 3]
         ));
         assert!(kept_in_storage("time_embedding.linear_1.weight", &[32, 8]));
         assert!(!kept_in_storage("down_blocks.0.resnets.0.conv1.bias", &[8]));
-        assert!(!kept_in_storage(
+        assert!(kept_in_storage(
             "text_model.embeddings.token_embedding.weight",
             &[49408, 32]
         ));

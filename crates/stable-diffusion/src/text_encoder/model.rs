@@ -82,11 +82,13 @@ impl Embeddings {
     fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let hidden = self.token_embedding.dim(1)?;
+        let positions = self.position_embedding.narrow(0, 0, seq)?;
+        // The table may be kept in a half storage dtype: only the rows looked up are widened.
         let tokens = self
             .token_embedding
             .index_select(&input_ids.flatten_all()?, 0)?
+            .to_dtype(positions.dtype())?
             .reshape((batch, seq, hidden))?;
-        let positions = self.position_embedding.narrow(0, 0, seq)?;
         Ok(tokens.broadcast_add(&positions)?)
     }
 }
@@ -256,9 +258,12 @@ impl ClipTextModel {
     /// Appends rows to the token embedding (textual inversion): `rows` `(n, hidden)` get the ids
     /// `vocab_size..vocab_size + n`, and the vocabulary grows by `n`.
     pub fn append_token_embeddings(&mut self, rows: &Tensor) -> Result<()> {
-        let table = &self.embeddings.token_embedding;
-        let rows = rows.to_dtype(table.dtype())?.to_device(table.device())?;
-        self.embeddings.token_embedding = Tensor::cat(&[table, &rows], 0)?;
+        // In the compute dtype (the position table's): a table kept in half precision is
+        // widened first, so the new rows are not rounded.
+        let dtype = self.embeddings.position_embedding.dtype();
+        let table = self.embeddings.token_embedding.to_dtype(dtype)?;
+        let rows = rows.to_dtype(dtype)?.to_device(table.device())?;
+        self.embeddings.token_embedding = Tensor::cat(&[&table, &rows], 0)?;
         self.config.vocab_size += rows.dim(0)?;
         Ok(())
     }
@@ -374,5 +379,38 @@ impl ClipTextModel {
             .into_iter()
             .map(|row| row.into_iter().map(|id| id as u32).collect())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn table(rows: usize, hidden: usize, seed: f32) -> Tensor {
+        let values: Vec<f32> = (0..rows * hidden)
+            .map(|i| ((i as f32 * 0.37 + seed).sin() * 3.0) + 1e-3 * i as f32)
+            .collect();
+        Tensor::from_vec(values, (rows, hidden), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_half_token_table_looks_up_its_rows_widened() {
+        let (vocab, hidden) = (11, 6);
+        let half = table(vocab, hidden, 0.5).to_dtype(DType::BF16).unwrap();
+        let positions = table(4, hidden, 1.5);
+        let wide = Embeddings {
+            token_embedding: half.to_dtype(DType::F32).unwrap(),
+            position_embedding: positions.clone(),
+        };
+        let narrow = Embeddings {
+            token_embedding: half,
+            position_embedding: positions,
+        };
+        let ids = Tensor::new(&[[3u32, 0, 10, 3]], &Device::Cpu).unwrap();
+        let (a, b) = (wide.forward(&ids).unwrap(), narrow.forward(&ids).unwrap());
+        assert_eq!(b.dtype(), DType::F32);
+        let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+        assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
     }
 }
