@@ -5,8 +5,8 @@
 //! A job is a list of requests (A1111's iterations, `n_iter`), each run through
 //! [`pipeline::run`]. While it runs, the worker keeps a [`Running`] snapshot (iteration, step,
 //! stage) that progress routes read, and checks after every stage and step whether the job was
-//! cancelled (its ticket dropped, or [`Ticket::cancel`]), interrupted (stop, keep what is
-//! done), skipped (drop the current iteration, go on) or the server is shutting down.
+//! cancelled (its ticket dropped, or [`Ticket::cancel`]), interrupted (stop sampling, decode
+//! the estimate so far, keep what is done), skipped (drop the current iteration, go on) or the server is shutting down.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -40,8 +40,8 @@ pub struct Job {
 /// How a job ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Every iteration ran, or an interrupt or skips dropped some: `outputs` holds those that
-    /// finished, in order.
+    /// Every iteration ran, or an interrupt or skips stopped some: `outputs` holds those that
+    /// finished (the interrupted one with its partial images), in order.
     Finished {
         /// The finished iterations' outputs.
         outputs: Vec<RunOutput>,
@@ -182,10 +182,14 @@ pub struct Ticket {
 impl Ticket {
     /// Waits for the job to end.
     pub async fn outcome(mut self) -> Outcome {
-        let reply = self.reply.take().expect("outcome is awaited once");
-        let outcome = reply.await.unwrap_or(Outcome::ShuttingDown);
+        // Awaited in place: a future dropped while waiting (a client gone) still holds the
+        // receiver, and its drop cancels the job.
+        let outcome = match self.reply.as_mut() {
+            Some(reply) => reply.await.unwrap_or(Outcome::ShuttingDown),
+            None => Outcome::ShuttingDown,
+        };
         // Ended: dropping the ticket now must not flag a cancel.
-        self.cancel = Arc::new(AtomicBool::new(false));
+        self.reply = None;
         outcome
     }
 
@@ -273,7 +277,8 @@ impl Queue {
         lock(&self.shared.running).as_ref().map(|(r, _)| r.clone())
     }
 
-    /// Stops the running job after its current step; the iterations done are its result.
+    /// Stops the running job after its current step: the running iteration's images are its
+    /// estimate at that step, and with the iterations done they are the job's result.
     /// Returns whether a job was running.
     pub fn interrupt(&self) -> bool {
         let mut running = lock(&self.shared.running);
@@ -425,11 +430,19 @@ fn run_job(
             state.stage = Stage::Starting;
             state.skipped = false;
         }
-        let stop = || {
-            shared.shutdown.load(Ordering::SeqCst)
+        // Shutdown, a cancel and a skip drop the iteration; an interrupt finishes it early
+        // with the estimate so far (A1111's partial image).
+        let control = || {
+            if shared.shutdown.load(Ordering::SeqCst)
                 || queued.cancel.load(Ordering::SeqCst)
-                || shared.interrupt.load(Ordering::SeqCst)
                 || shared.skip.load(Ordering::SeqCst)
+            {
+                Control::Cancel
+            } else if shared.interrupt.load(Ordering::SeqCst) {
+                Control::Finish
+            } else {
+                Control::Continue
+            }
         };
         let mut on_progress = |event: Progress| {
             let snapshot = {
@@ -454,11 +467,7 @@ fn run_job(
             if let (Some(hook), Some(snapshot)) = (on_step, snapshot) {
                 hook(&snapshot);
             }
-            if stop() {
-                Control::Cancel
-            } else {
-                Control::Continue
-            }
+            control()
         };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             pipeline::run(&store, options, request, &mut on_progress)

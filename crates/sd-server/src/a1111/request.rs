@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use stable_diffusion::image::ImageData;
 use stable_diffusion::pipeline::{
-    random_seed, Asset, GenerationRequest, HiresFix, HiresUpscaler, ModelStore,
+    random_seed, Asset, GenerationRequest, HiresFix, HiresUpscaler, ModelStore, MAX_BATCH,
 };
 use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_and_schedule, SigmaSchedule};
@@ -313,14 +313,10 @@ pub fn requests(
         eta_noise_seed_delta: options.eta_noise_seed_delta,
         ..GenerationRequest::default()
     };
-    if body.n_iter == 0 || body.n_iter > stable_diffusion::pipeline::MAX_BATCH {
+    if body.n_iter == 0 || body.n_iter > MAX_BATCH {
         return Err(ApiError::field(
             "n_iter",
-            format!(
-                "{} is not in 1..={}",
-                body.n_iter,
-                stable_diffusion::pipeline::MAX_BATCH
-            ),
+            format!("{} is not in 1..={MAX_BATCH}", body.n_iter),
         ));
     }
 
@@ -413,13 +409,26 @@ pub fn requests(
         Mode::Img2Img => img2img(&mut request, body)?,
     }
 
+    // The library's hires pass makes one image at a time; under A1111's per-image seeds a
+    // batch is the same images made one by one.
+    let mut runs = body.n_iter;
+    if request.hires.is_some() && body.batch_size > 1 && body.batch_size <= MAX_BATCH {
+        if !request.per_image_seeds().unwrap_or(false) {
+            return Err(ApiError::field(
+                "batch_size",
+                "a hires batch needs A1111's per-image seeds (an A1111 sampler name)",
+            ));
+        }
+        runs = body.n_iter * body.batch_size;
+        request.batch_size = 1;
+    }
     stable_diffusion::pipeline::precheck(&request)
         .map_err(|e| ApiError::from_library(&e, field_of))?;
 
     // A1111's iterations: image i of the whole job has seed + i (the variation seed + i
-    // under a variation), so iteration k starts at k · batch_size.
-    let per_iteration = body.batch_size as u64;
-    Ok((0..body.n_iter as u64)
+    // under a variation), so run k starts at k · its batch size.
+    let per_iteration = request.batch_size as u64;
+    Ok((0..runs as u64)
         .map(|k| {
             let mut iteration = request.clone();
             let offset = k * per_iteration;
@@ -715,6 +724,22 @@ mod tests {
         .unwrap();
         let seeds: Vec<_> = all.iter().map(|r| r.seed.unwrap()).collect();
         assert_eq!(seeds, [10, 12, 14]);
+    }
+
+    #[test]
+    fn a_hires_batch_runs_image_by_image_with_a1111s_seeds() {
+        let all = requests(
+            &body(r#"{"seed": 3, "batch_size": 2, "n_iter": 2, "enable_hr": true, "sampler_name": "Euler a"}"#),
+            Mode::Txt2Img,
+            &Options::default(),
+            &ModelStore::new(),
+        )
+        .unwrap();
+        let seeds: Vec<_> = all
+            .iter()
+            .map(|r| (r.seed.unwrap(), r.batch_size))
+            .collect();
+        assert_eq!(seeds, [(3, 1), (4, 1), (5, 1), (6, 1)]);
     }
 
     #[test]
