@@ -53,7 +53,8 @@ fn start_server() -> (Server, SocketAddr) {
 fn generate(name: &str, flags: &[&str], count: usize) -> Vec<(image::RgbImage, String)> {
     let dir = scratch(name);
     let output = dir.join("out.png");
-    let mut args = vec!["generate", "--model", tiny_model().to_str().unwrap()];
+    let model = tiny_model();
+    let mut args = vec!["generate", "--model", model.to_str().unwrap()];
     let output_text = output.display().to_string();
     args.extend(["--output", &output_text]);
     args.extend_from_slice(flags);
