@@ -238,7 +238,7 @@ pub fn output_paths(output: &Path, count: usize) -> Vec<PathBuf> {
 
 /// A path given on the command line, as the name the store knows it by: `what` names it in
 /// the error when it does not exist (a name of the models folder is kept as it is).
-fn given_path(
+pub(crate) fn given_path(
     store: &mut ModelStore,
     asset: Asset,
     path: &Path,

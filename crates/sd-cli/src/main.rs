@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod models;
 mod samplers;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ enum Command {
     Samplers,
     /// List the checkpoints, VAEs, LoRAs and embeddings of a models folder with A1111's titles.
     Models(models::ModelsArgs),
+    /// Serve AUTOMATIC1111's web API (/sdapi/v1) on the library: one worker, a bounded queue.
+    Serve(Box<serve::ServeArgs>),
     /// Train the small shapes model from scratch (VAE, text encoder, then UNet).
     Train(Box<train::TrainArgs>),
     /// Score a model on shapes captions: colours, position, size and shape read from pixels.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Samplers => samplers::run(),
         Command::Models(args) => models::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => train::run_eval(args),
     });

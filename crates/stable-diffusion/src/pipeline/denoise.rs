@@ -66,9 +66,16 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress) -> Control,
     ) -> Result<Generation> {
         self.check_inputs(request, inputs)?;
+        // Set when the caller asks to finish early: the sampler's error is then a stop.
+        let finish = std::cell::Cell::new(false);
         let mut check = |event: Progress| match progress(event) {
             Control::Continue => Ok(()),
-            Control::Cancel => Err(Error::Cancelled),
+            Control::Finish if matches!(event, Progress::Decoding) => Ok(()),
+            Control::Finish if matches!(event, Progress::Step { .. }) => {
+                finish.set(true);
+                Err(Error::Cancelled)
+            }
+            Control::Cancel | Control::Finish => Err(Error::Cancelled),
         };
         let mut timings = Timings::default();
         let batch = request.batch_size;
@@ -156,12 +163,14 @@ impl StableDiffusion {
             request,
             inpaint: &inpaint,
             step_done: &mut step_done,
+            last_estimate: None,
         };
         let blend = inpaint.blend();
-        let mut latents = plan.run(&mut guided, latents, &mut rng, blend)?;
+        let sampled = plan.run(&mut guided, latents, &mut rng, blend);
+        let (mut latents, mut interrupted) = finished_early(sampled, &mut guided, &finish)?;
         let calls = guided.calls;
         let decoder = match refiner_run {
-            Some((refiner, mut refiner_plan)) => {
+            Some((refiner, mut refiner_plan)) if !interrupted => {
                 let conditioning = refiner.scheduled_conditioning(request, schedule_steps)?;
                 let mut guided = Guided {
                     model: refiner,
@@ -170,16 +179,18 @@ impl StableDiffusion {
                     request,
                     inpaint: &InpaintMode::None,
                     step_done: &mut step_done,
+                    last_estimate: None,
                 };
-                latents = refiner_plan.run(
+                let sampled = refiner_plan.run(
                     &mut guided,
                     latents.to_dtype(refiner.dtype)?,
                     &mut rng,
                     None,
-                )?;
+                );
+                (latents, interrupted) = finished_early(sampled, &mut guided, &finish)?;
                 refiner
             }
-            None => self,
+            _ => self,
         };
         timings.sampling = start.elapsed();
         timings.steps = total;
@@ -192,6 +203,7 @@ impl StableDiffusion {
             images,
             latents,
             timings,
+            interrupted,
         })
     }
 
@@ -426,6 +438,23 @@ impl StableDiffusion {
 /// The model as the sampler calls it for one request: the UNet with classifier-free
 /// guidance, the prompt schedule (by model call, as A1111 counts it) and a 9-channel
 /// inpainting model's extra inputs.
+/// The sampler's result, or after [`Control::Finish`] stopped it, the estimate of the last
+/// step (and `true`).
+fn finished_early(
+    sampled: Result<Tensor>,
+    guided: &mut Guided<'_>,
+    finish: &std::cell::Cell<bool>,
+) -> Result<(Tensor, bool)> {
+    match sampled {
+        Ok(latents) => Ok((latents, false)),
+        Err(Error::Cancelled) if finish.get() => match guided.last_estimate.take() {
+            Some(estimate) => Ok((estimate, true)),
+            None => Err(Error::Cancelled),
+        },
+        Err(e) => Err(e),
+    }
+}
+
 struct Guided<'a> {
     model: &'a StableDiffusion,
     schedule: &'a ConditioningSchedule,
@@ -434,6 +463,8 @@ struct Guided<'a> {
     request: &'a GenerationRequest,
     inpaint: &'a InpaintMode,
     step_done: &'a mut dyn FnMut() -> Result<()>,
+    /// The step's denoised estimate (else its sample) when the caller stopped the run there.
+    last_estimate: Option<Tensor>,
 }
 
 impl Guided<'_> {
@@ -494,7 +525,12 @@ impl Model for Guided<'_> {
         }
     }
 
-    fn step_done(&mut self, _step: &StepInfo<'_>) -> Result<()> {
-        (self.step_done)()
+    fn step_done(&mut self, step: &StepInfo<'_>) -> Result<()> {
+        let result = (self.step_done)();
+        if result.is_err() {
+            // Kept for Control::Finish: what A1111 decodes when interrupted.
+            self.last_estimate = Some(step.denoised.unwrap_or(step.x).clone());
+        }
+        result
     }
 }

@@ -257,6 +257,10 @@ impl StableDiffusion {
             }
         }
         let first = self.generate(request, &Inputs::default(), progress)?;
+        if first.interrupted {
+            // As A1111: an interrupted first pass is the result, without the hires pass.
+            return Ok(first);
+        }
         let second_request = hires.second_pass(request, factor);
         let (width, height) = (second_request.width_px(), second_request.height_px());
         let (init_image, init_latents) = match hires.upscaler {

@@ -73,6 +73,11 @@ pub enum Control {
     Continue,
     /// Stop as soon as possible; the run ends with [`crate::Error::Cancelled`].
     Cancel,
+    /// Stop sampling after this step and decode the sampler's current estimate (A1111's
+    /// interrupt): the run returns images, marked [`Generation::interrupted`]. Before sampling
+    /// starts there is nothing to decode, and it cancels as [`Control::Cancel`] does; while
+    /// decoding it lets the decode finish.
+    Finish,
 }
 
 /// Time spent in each stage of a generation.
@@ -110,4 +115,7 @@ pub struct Generation {
     pub latents: candle_core::Tensor,
     /// Where the time went.
     pub timings: Timings,
+    /// Whether [`Control::Finish`] stopped the sampling early (the images are the estimate at
+    /// that step).
+    pub interrupted: bool,
 }

@@ -35,6 +35,9 @@ pub struct RunOutput {
     pub request: GenerationRequest,
     /// Where the time went.
     pub timings: Timings,
+    /// Whether [`Control::Finish`] stopped the sampling early (the images are the estimate
+    /// at that step; A1111's interrupted result).
+    pub interrupted: bool,
     /// Things the user should know that did not stop the run (an unknown `<lora:>` tag, LoRA
     /// keys that match no weight, a model that could not be hashed).
     pub warnings: Vec<String>,
@@ -180,7 +183,8 @@ pub fn precheck(request: &GenerationRequest) -> Result<()> {
 /// Runs `request` end to end: names resolved in `store`, models loaded with `options`, the
 /// seed chosen when unset, sizes from the init image or the model, hires fix, refiner, VAE,
 /// networks and embeddings, and the full infotext of each image. `progress` is called after
-/// each stage and step; returning [`Control::Cancel`] ends the run with [`Error::Cancelled`].
+/// each stage and step; returning [`Control::Cancel`] ends the run with [`Error::Cancelled`],
+/// [`Control::Finish`] ends the sampling and decodes the estimate so far.
 pub fn run(
     store: &ModelStore,
     options: &LoadOptions,
@@ -303,6 +307,7 @@ pub fn run(
         seeds,
         request,
         timings: generation.timings,
+        interrupted: generation.interrupted,
         warnings,
     })
 }

@@ -1,0 +1,25 @@
+//! `sd serve`: AUTOMATIC1111's web API over the `stable-diffusion` library.
+//!
+//! ```text
+//! HTTP (axum) ─► A1111 routes (a1111/) ─► GenerationRequest per iteration ─► Queue (bounded)
+//!                      ▲                                                      │ one worker thread
+//!                      └──────────── Outcome (RunOutput per iteration) ◄──── pipeline::run
+//! ```
+//!
+//! Every generation goes through [`stable_diffusion::pipeline::run`] with the same
+//! [`GenerationRequest`](stable_diffusion::pipeline::GenerationRequest) that `sd generate`
+//! builds, so the server makes the images the CLI makes. One worker thread owns the compute;
+//! handlers put jobs on a bounded [`queue::Queue`] (full: 429) and await their outcome.
+//!
+//! Files: `queue` (jobs, the worker, progress state), `a1111/` (the `/sdapi/v1` routes, the
+//! mapping of A1111's fields to a request, the `info` reply), `error` (A1111's error bodies),
+//! `http` (the router, auth, CORS, body limit, request log, binding and shutdown).
+
+pub mod a1111;
+pub mod error;
+pub mod http;
+pub mod queue;
+
+pub use error::ApiError;
+pub use http::{bind, router, run_until_signal, BoundServer, ServerConfig, DEFAULT_BODY_LIMIT};
+pub use queue::{JobId, Outcome, Queue, Running, StepHook};
