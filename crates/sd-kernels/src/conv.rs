@@ -159,26 +159,13 @@ impl PackedConv {
             g.kernel == 1 && g.stride == 1 && g.padding == 0,
             "channels-last output is for 1x1 convolutions"
         );
-        assert_eq!(
-            input.len(),
-            batch * g.in_channels * height * width,
-            "conv input size"
-        );
         if let Some(b) = bias {
             assert_eq!(b.len(), g.out_channels, "conv bias size");
         }
         let pixels = height * width;
         let len = batch * g.out_channels * pixels;
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        let patches = Patches {
-            input,
-            geometry: g,
-            height,
-            width,
-            out_width: width,
-            pixels,
-            columns: batch * pixels,
-        };
+        let patches = self.patches(input, batch, height, width);
         let sink = gemm::ChannelsLastSink {
             out: SharedMut(out.as_mut_ptr()),
             len,
@@ -190,6 +177,34 @@ impl PackedConv {
         // the blocks cover the output.
         unsafe { out.set_len(len) };
         out
+    }
+
+    /// The patch matrix of `input` (`batch x in x height x width`, size checked).
+    fn patches<'a>(
+        &self,
+        input: &'a [f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Patches<'a> {
+        let g = self.geometry;
+        let (oh, ow) = g
+            .output_size(height, width)
+            .expect("kernel larger than the input");
+        assert_eq!(
+            input.len(),
+            batch * g.in_channels * height * width,
+            "conv input size"
+        );
+        Patches {
+            input,
+            geometry: g,
+            height,
+            width,
+            out_width: ow,
+            pixels: oh * ow,
+            columns: batch * oh * ow,
+        }
     }
 
     /// The convolution into `len` values at `out`, which may be uninitialised (only written).
@@ -212,11 +227,7 @@ impl PackedConv {
         let (oh, ow) = g
             .output_size(height, width)
             .expect("kernel larger than the input");
-        assert_eq!(
-            input.len(),
-            batch * g.in_channels * height * width,
-            "conv input size"
-        );
+        let patches = self.patches(input, batch, height, width);
         assert_eq!(len, batch * g.out_channels * oh * ow, "conv output size");
         if let Some(b) = bias {
             assert_eq!(b.len(), g.out_channels, "conv bias size");
@@ -227,15 +238,6 @@ impl PackedConv {
         if let Some(r) = residual {
             assert_eq!(r.len(), len, "conv residual size");
         }
-        let patches = Patches {
-            input,
-            geometry: g,
-            height,
-            width,
-            out_width: ow,
-            pixels: oh * ow,
-            columns: batch * oh * ow,
-        };
         let sink = NchwSink {
             out: SharedMut(out),
             len,

@@ -580,9 +580,30 @@ pub fn matmul_to_vec(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (k, n) = (b.depth(), b.cols());
-    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    let n = b.cols();
     let len = m * n;
+    // SAFETY: the sink writes every value of C, row stride `n`, through the pointer only.
+    unsafe {
+        gemm_to_vec(a, m, b, len, |out| {
+            RowMajorSink::from_raw(out, len, n, bias, residual)
+        })
+    }
+}
+
+/// The product `a (m x k) · b` into a new buffer of `len` values (never zeroed first):
+/// `sink_over` makes the sink that writes them, given the buffer's pointer.
+///
+/// # Safety
+/// That sink writes every one of the `len` values at the pointer, and no others.
+unsafe fn gemm_to_vec<S: Sink>(
+    a: &[f32],
+    m: usize,
+    b: &PackedB,
+    len: usize,
+    sink_over: impl FnOnce(*mut f32) -> S,
+) -> Vec<f32> {
+    let k = b.depth();
+    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let a = RowMajor {
         data: a,
@@ -590,12 +611,10 @@ pub fn matmul_to_vec(
         cols: k,
         ld: k,
     };
-    // SAFETY: the capacity holds `len` values, written only through the sink until the
-    // product returns.
-    let sink = unsafe { RowMajorSink::from_raw(out.as_mut_ptr(), len, n, bias, residual) };
+    let sink = sink_over(out.as_mut_ptr());
     gemm(&a, b, &sink);
-    // SAFETY: the product wrote all `m x n` values (every block of C goes to the sink, a
-    // product of no depth as zeros); with `m` or `n` zero there are none.
+    // SAFETY: the sink wrote all `len` values (the caller's contract: every block of C
+    // reaches it, a product of no depth as zeros).
     unsafe { out.set_len(len) };
     out
 }
@@ -661,8 +680,7 @@ impl Sink for GegluSink<'_> {
 /// gelu_erf(gate)` per feature, into a new `m x inner` buffer. The same values as the
 /// product followed by [`crate::norm::geglu`], without writing the projection out.
 pub fn matmul_geglu_to_vec(a: &[f32], m: usize, b: &PackedB, bias: Option<&[f32]>) -> Vec<f32> {
-    let (k, n) = (b.depth(), b.cols());
-    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    let n = b.cols();
     assert!(
         n.is_multiple_of(2 * GEGLU_GROUP),
         "GEGLU projection of {n} columns"
@@ -672,24 +690,17 @@ pub fn matmul_geglu_to_vec(a: &[f32], m: usize, b: &PackedB, bias: Option<&[f32]
     }
     let inner = n / 2;
     let len = m * inner;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let a = RowMajor {
-        data: a,
-        rows: m,
-        cols: k,
-        ld: k,
-    };
-    let sink = GegluSink {
-        out: SharedMut(out.as_mut_ptr()),
-        len,
-        inner,
-        bias,
-        level: crate::cpu::level(),
-    };
-    gemm(&a, b, &sink);
-    // SAFETY: the sink wrote all `m x inner` values (every block of C reaches it).
-    unsafe { out.set_len(len) };
-    out
+    let level = crate::cpu::level();
+    // SAFETY: the sink writes all `m x inner` values (every block of C reaches it).
+    unsafe {
+        gemm_to_vec(a, m, b, len, |out| GegluSink {
+            out: SharedMut(out),
+            len,
+            inner,
+            bias,
+            level,
+        })
+    }
 }
 
 /// A linear layer over a channels-last sequence written as a channels-first map: `a` is
@@ -704,8 +715,7 @@ pub fn matmul_channels_first_to_vec(
     residual: Option<&[f32]>,
     pixels: usize,
 ) -> Vec<f32> {
-    let (k, n) = (b.depth(), b.cols());
-    assert_eq!(a.len(), m * k, "A is not {m} x {k}");
+    let n = b.cols();
     assert!(
         pixels > 0 && m.is_multiple_of(pixels),
         "{m} rows are not whole images of {pixels}"
@@ -714,25 +724,17 @@ pub fn matmul_channels_first_to_vec(
         assert_eq!(bias.len(), n, "bias size");
     }
     let len = m * n;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let a = RowMajor {
-        data: a,
-        rows: m,
-        cols: k,
-        ld: k,
-    };
-    let sink = ChannelsFirstSink {
-        out: SharedMut(out.as_mut_ptr()),
-        len,
-        pixels,
-        channels: n,
-        bias,
-        residual,
-    };
-    gemm(&a, b, &sink);
-    // SAFETY: the sink wrote all `m x n` values (every block of C reaches it).
-    unsafe { out.set_len(len) };
-    out
+    // SAFETY: the sink writes all `m x n` values (every block of C reaches it).
+    unsafe {
+        gemm_to_vec(a, m, b, len, |out| ChannelsFirstSink {
+            out: SharedMut(out),
+            len,
+            pixels,
+            channels: n,
+            bias,
+            residual,
+        })
+    }
 }
 
 /// `out (m x n, row-major) = a (m x k, row-major) · b + bias + residual`: the plain entry
