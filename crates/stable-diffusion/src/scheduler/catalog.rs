@@ -1,14 +1,13 @@
 //! The sampler catalog: one row per sampler with everything the parser, `sd samplers`, the
-//! infotext and the flavor logic ask about it. Adding a sampler means one row here, its variant
-//! in [`SamplerKind`] and its own file.
+//! infotext and the flavor logic ask about it. [`SamplerKind`] is made from the rows, so adding
+//! a sampler means one row here and its own file (declared beside the others in `mod.rs`).
 
 use super::a1111_timesteps::TimestepSampler;
 use super::kdiff::SigmaSampler;
 use super::{
     a1111_ddim, a1111_ddim_cfgpp, a1111_unipc, ddim, ddpm, deis, dpm2, dpmpp_2m, dpmpp_2s,
     dpmpp_sde, euler, euler_a, heun, k_dpm_solver, k_dpmpp, k_euler, k_heun, k_lcm, k_lms,
-    k_restart, lcm, lms, pndm, tcd, unipc, ResolvedConfig, Sampler, SamplerKind, SigmaSchedule,
-    ZeroSnr,
+    k_restart, lcm, lms, pndm, tcd, unipc, ResolvedConfig, Sampler, SigmaSchedule, ZeroSnr,
 };
 use crate::Result;
 
@@ -70,6 +69,8 @@ pub struct SamplerInfo {
     pub a1111_name: &'static str,
     /// A1111's old alias (`k_dpmpp_2m`, ...), which also selects the k-diffusion flavor.
     pub a1111_alias: Option<&'static str>,
+    /// Further names of ours that select it (`plms` for PNDM), flavor left open.
+    pub other_names: &'static [&'static str],
     /// One line saying what the sampler does (for `sd samplers`).
     pub description: &'static str,
     /// The diffusers scheduler class it mirrors in the diffusers flavor.
@@ -91,10 +92,63 @@ pub struct SamplerInfo {
     pub needs_uncond: bool,
 }
 
-/// Every sampler, in display order.
-pub const CATALOG: [SamplerInfo; 25] = [
-    SamplerInfo {
+impl SamplerInfo {
+    /// What a row leaves unsaid: no alias, no flavor, one model call per step, a sigma
+    /// schedule, no zero-SNR rescaling, A1111's "Uniform" as its automatic schedule. Every row
+    /// sets its kind, names and description (the catalog test checks them).
+    const DEFAULTS: SamplerInfo = SamplerInfo {
         kind: SamplerKind::Euler,
+        name: "",
+        a1111_name: "",
+        a1111_alias: None,
+        other_names: &[],
+        description: "",
+        diffusers: None,
+        kdiffusion: None,
+        evaluates_twice_per_step: false,
+        walks_own_timesteps: false,
+        zero_snr: None,
+        a1111_default_schedule: SigmaSchedule::Discrete,
+        discards_next_to_last_sigma: false,
+        needs_uncond: false,
+    };
+}
+
+/// Makes [`SamplerKind`] (one variant per row, in the rows' order) and [`CATALOG`] from the
+/// rows: `Variant { field: value, ... }` with the fields of [`SamplerInfo`] that differ from
+/// [`SamplerInfo::DEFAULTS`].
+macro_rules! samplers {
+    ($($(#[doc = $doc:literal])+ $kind:ident { $($field:ident: $value:expr),* $(,)? }),* $(,)?) => {
+        /// The samplers this library implements (one per row of [`CATALOG`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum SamplerKind {
+            $($(#[doc = $doc])+ $kind,)*
+        }
+
+        impl SamplerKind {
+            /// Every sampler, in display order (the catalog's).
+            pub const ALL: [SamplerKind; [$(SamplerKind::$kind),*].len()] =
+                [$(SamplerKind::$kind),*];
+
+            /// This sampler's row of the catalog.
+            pub fn info(&self) -> &'static SamplerInfo {
+                // The variants are declared in the rows' order.
+                &CATALOG[*self as usize]
+            }
+        }
+
+        /// Every sampler, in display order.
+        pub const CATALOG: [SamplerInfo; SamplerKind::ALL.len()] = [$(SamplerInfo {
+            kind: SamplerKind::$kind,
+            $($field: $value,)*
+            ..SamplerInfo::DEFAULTS
+        },)*];
+    };
+}
+
+samplers! {
+    /// Euler's method on the probability-flow ODE (k-diffusion's `sample_euler`).
+    Euler {
         name: "euler",
         a1111_name: "Euler",
         a1111_alias: Some("k_euler"),
@@ -107,15 +161,10 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_euler",
             run: KRun::Sigmas(k_euler::sample_euler),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::EulerA,
+    /// Euler ancestral: Euler steps plus fresh noise each step.
+    EulerA {
         name: "euler_a",
         a1111_name: "Euler a",
         a1111_alias: Some("k_euler_a"),
@@ -128,15 +177,10 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_euler_ancestral",
             run: KRun::Sigmas(k_euler::sample_euler_ancestral),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Heun,
+    /// Heun's second-order method (two model evaluations per step).
+    Heun {
         name: "heun",
         a1111_name: "Heun",
         a1111_alias: Some("k_heun"),
@@ -150,14 +194,9 @@ pub const CATALOG: [SamplerInfo; 25] = [
             run: KRun::Sigmas(k_heun::sample_heun),
         }),
         evaluates_twice_per_step: true,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Dpm2,
+    /// k-diffusion's DPM2 (midpoint second-order steps).
+    Dpm2 {
         name: "dpm2",
         a1111_name: "DPM2",
         a1111_alias: Some("k_dpm_2"),
@@ -171,14 +210,11 @@ pub const CATALOG: [SamplerInfo; 25] = [
             run: KRun::Sigmas(k_heun::sample_dpm_2),
         }),
         evaluates_twice_per_step: true,
-        walks_own_timesteps: false,
-        zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: true,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Dpm2A,
+    /// DPM2 with ancestral noise.
+    Dpm2A {
         name: "dpm2_a",
         a1111_name: "DPM2 a",
         a1111_alias: Some("k_dpm_2_a"),
@@ -192,14 +228,11 @@ pub const CATALOG: [SamplerInfo; 25] = [
             run: KRun::Sigmas(k_heun::sample_dpm_2_ancestral),
         }),
         evaluates_twice_per_step: true,
-        walks_own_timesteps: false,
-        zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
         discards_next_to_last_sigma: true,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Lms,
+    /// Linear multistep (order 4).
+    Lms {
         name: "lms",
         a1111_name: "LMS",
         a1111_alias: Some("k_lms"),
@@ -212,15 +245,9 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_lms",
             run: KRun::Sigmas(k_lms::sample_lms),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPp2M,
+    /// DPM-Solver++ (2M): second-order multistep on the data prediction.
+    DpmPp2M {
         name: "dpmpp_2m",
         a1111_name: "DPM++ 2M",
         a1111_alias: Some("k_dpmpp_2m"),
@@ -233,51 +260,34 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_dpmpp_2m",
             run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2m),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Karras,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPp2S,
+    /// DPM-Solver++ (2S) single-step, second order in pairs of steps (no noise).
+    DpmPp2S {
         name: "dpmpp_2s",
         a1111_name: "DPM++ 2S",
-        a1111_alias: None,
         description: "DPM-Solver++ 2S: single-step second order, steps in pairs",
         diffusers: Some(DiffusersImpl {
             class: "DPMSolverSinglestepScheduler",
             build: |c, n, _| Ok(Box::new(dpmpp_2s::DpmPp2S::new(c, n)?)),
         }),
-        kdiffusion: None,
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPp2SA,
+    /// DPM-Solver++ (2S) single-step with ancestral noise.
+    DpmPp2SA {
         name: "dpmpp_2s_a",
         a1111_name: "DPM++ 2S a",
         a1111_alias: Some("k_dpmpp_2s_a"),
         description: "DPM-Solver++ 2S ancestral: single-step second order plus noise",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "sample_dpmpp_2s_ancestral",
             run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2s_ancestral),
         }),
         evaluates_twice_per_step: true,
-        walks_own_timesteps: false,
-        zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPpSde,
+    /// Stochastic DPM-Solver++ (two evaluations per step, noise after each).
+    DpmPpSde {
         name: "dpmpp_sde",
         a1111_name: "DPM++ SDE",
         a1111_alias: Some("k_dpmpp_sde"),
@@ -291,14 +301,10 @@ pub const CATALOG: [SamplerInfo; 25] = [
             run: KRun::Sigmas(k_dpmpp::sample_dpmpp_sde),
         }),
         evaluates_twice_per_step: true,
-        walks_own_timesteps: false,
-        zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPp2MSde,
+    /// DPM-Solver++ (2M) SDE, midpoint correction.
+    DpmPp2MSde {
         name: "dpmpp_2m_sde",
         a1111_name: "DPM++ 2M SDE",
         a1111_alias: Some("k_dpmpp_2m_sde"),
@@ -319,15 +325,11 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_dpmpp_2m_sde",
             run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2m_sde),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Exponential,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPp2MSdeHeun,
+    /// DPM-Solver++ (2M) SDE, Heun correction.
+    DpmPp2MSdeHeun {
         name: "dpmpp_2m_sde_heun",
         a1111_name: "DPM++ 2M SDE Heun",
         a1111_alias: Some("k_dpmpp_2m_sde_heun"),
@@ -348,111 +350,74 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_dpmpp_2m_sde",
             run: KRun::Sigmas(k_dpmpp::sample_dpmpp_2m_sde_heun),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
         a1111_default_schedule: SigmaSchedule::Exponential,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmPp3MSde,
+    /// DPM-Solver++ (3M) SDE.
+    DpmPp3MSde {
         name: "dpmpp_3m_sde",
         a1111_name: "DPM++ 3M SDE",
         a1111_alias: Some("k_dpmpp_3m_sde"),
         description: "DPM-Solver++ 3M SDE: third-order multistep with SDE noise",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "sample_dpmpp_3m_sde",
             run: KRun::Sigmas(k_dpmpp::sample_dpmpp_3m_sde),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Exponential,
         discards_next_to_last_sigma: true,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmFast,
+    /// DPM-Solver-fast: fixed steps of orders 3, 2 and 1 in log sigma (k-diffusion).
+    DpmFast {
         name: "dpm_fast",
         a1111_name: "DPM fast",
         a1111_alias: Some("k_dpm_fast"),
         description:
             "DPM-Solver-fast: orders 3/2/1 on an even log-sigma grid, ends at sigma_min (--eta)",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "sample_dpm_fast",
             run: KRun::Sigmas(k_dpm_solver::sample_dpm_fast),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DpmAdaptive,
+    /// DPM-Solver-23 with adaptive step size (k-diffusion).
+    DpmAdaptive {
         name: "dpm_adaptive",
         a1111_name: "DPM adaptive",
         a1111_alias: Some("k_dpm_ad"),
         description:
             "DPM-Solver-23 with adaptive step size: ignores the step count, ends at sigma_min",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "sample_dpm_adaptive",
             run: KRun::Sigmas(k_dpm_solver::sample_dpm_adaptive),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Restart,
+    /// A1111's Restart sampler: Heun steps with jumps back up to a higher noise level.
+    Restart {
         name: "restart",
         a1111_name: "Restart",
-        a1111_alias: None,
         description:
             "Restart (A1111): Heun steps, from 20 steps with jumps back from sigma 0.1 to 2",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "restart_sampler (A1111)",
             run: KRun::Sigmas(k_restart::sample_restart),
         }),
         evaluates_twice_per_step: true,
-        walks_own_timesteps: false,
-        zero_snr: None,
         a1111_default_schedule: SigmaSchedule::Karras,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Ipndm,
+    /// Improved PNDM: Adams–Bashforth steps on the sigma ODE.
+    Ipndm {
         name: "ipndm",
         a1111_name: "iPNDM",
         a1111_alias: Some("k_ipndm"),
         description: "Improved PNDM: fourth-order Adams-Bashforth on the sigma ODE",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "sample_ipndm",
             run: KRun::Sigmas(k_lms::sample_ipndm),
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::UniPc,
+    /// UniPC: multistep predictor with a free corrector (bh2, order 2).
+    UniPc {
         name: "unipc",
         a1111_name: "UniPC",
-        a1111_alias: None,
         description: "UniPC: predictor-corrector multistep (bh2 order 2; A1111: bh1 order 3)",
         diffusers: Some(DiffusersImpl {
             class: "UniPCMultistepScheduler",
@@ -466,36 +431,22 @@ pub const CATALOG: [SamplerInfo; 25] = [
                 steps_on_grid: |m| m,
             },
         }),
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
         zero_snr: Some(ZeroSnr::Floored),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Deis,
+    /// DEIS: exponential-integrator multistep (log-rho, order 2).
+    Deis {
         name: "deis",
         a1111_name: "DEIS",
-        a1111_alias: None,
         description: "DEIS: exponential-integrator multistep in log rho (order 2)",
         diffusers: Some(DiffusersImpl {
             class: "DEISMultistepScheduler",
             build: |c, n, _| Ok(Box::new(deis::Deis::new(c, n)?)),
         }),
-        kdiffusion: None,
-        evaluates_twice_per_step: false,
-        walks_own_timesteps: false,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Ddim,
+    /// DDIM (with `eta` for stochastic sampling).
+    Ddim {
         name: "ddim",
         a1111_name: "DDIM",
-        a1111_alias: None,
         description: "DDIM: deterministic implicit steps (eta > 0 adds DDPM-like noise)",
         diffusers: Some(DiffusersImpl {
             class: "DDIMScheduler",
@@ -509,20 +460,14 @@ pub const CATALOG: [SamplerInfo; 25] = [
                 steps_on_grid: |m| m.saturating_sub(1),
             },
         }),
-        evaluates_twice_per_step: false,
         walks_own_timesteps: true,
         zero_snr: Some(ZeroSnr::Exact),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::DdimCfgPp,
+    /// A1111's DDIM CFG++: DDIM stepping along the unconditional prediction, CFG scale / 12.5.
+    DdimCfgPp {
         name: "ddim_cfgpp",
         a1111_name: "DDIM CFG++",
-        a1111_alias: None,
         description: "DDIM with CFG++: steps along the unconditional eps, CFG scale / 12.5 (A1111)",
-        diffusers: None,
         kdiffusion: Some(KDiffusionImpl {
             function: "ddim_cfgpp (A1111)",
             run: KRun::Timesteps {
@@ -531,18 +476,15 @@ pub const CATALOG: [SamplerInfo; 25] = [
                 steps_on_grid: |m| m.saturating_sub(1),
             },
         }),
-        evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
         needs_uncond: true,
     },
-    SamplerInfo {
-        kind: SamplerKind::Pndm,
+    /// PNDM's pseudo linear multistep method (PLMS), as diffusers' `PNDMScheduler` runs it with
+    /// `skip_prk_steps=True`.
+    Pndm {
         name: "pndm",
         a1111_name: "PLMS",
-        a1111_alias: None,
+        other_names: &["plms"],
         description: "PLMS: pseudo linear multistep (Adams-Bashforth on eps), alias plms",
         diffusers: Some(DiffusersImpl {
             class: "PNDMScheduler",
@@ -556,36 +498,24 @@ pub const CATALOG: [SamplerInfo; 25] = [
                 steps_on_grid: |m| m.saturating_sub(1),
             },
         }),
-        evaluates_twice_per_step: false,
         walks_own_timesteps: true,
-        zero_snr: None,
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Ddpm,
+    /// DDPM's ancestral sampling (posterior mean plus noise).
+    Ddpm {
         name: "ddpm",
         a1111_name: "DDPM",
-        a1111_alias: None,
         description: "DDPM: ancestral posterior steps with noise; needs many steps",
         diffusers: Some(DiffusersImpl {
             class: "DDPMScheduler",
             build: |c, n, _| Ok(Box::new(ddpm::Ddpm::new(c, n, c.ddpm_variance)?)),
         }),
-        kdiffusion: None,
-        evaluates_twice_per_step: false,
         walks_own_timesteps: true,
         zero_snr: Some(ZeroSnr::Exact),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Lcm,
+    /// Latent Consistency Model sampling (for LCM-distilled models and LoRAs).
+    Lcm {
         name: "lcm",
         a1111_name: "LCM",
-        a1111_alias: None,
         description: "LCM: consistency steps for LCM models/LoRAs (2-8 steps, CFG ~1-2)",
         diffusers: Some(DiffusersImpl {
             class: "LCMScheduler",
@@ -595,32 +525,22 @@ pub const CATALOG: [SamplerInfo; 25] = [
             function: "sample_lcm (A1111)",
             run: KRun::Sigmas(k_lcm::sample_lcm),
         }),
-        evaluates_twice_per_step: false,
         walks_own_timesteps: true,
         zero_snr: Some(ZeroSnr::Exact),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-    SamplerInfo {
-        kind: SamplerKind::Tcd,
+    /// Trajectory Consistency Distillation sampling (for TCD-distilled models and LoRAs).
+    Tcd {
         name: "tcd",
         a1111_name: "TCD",
-        a1111_alias: None,
         description: "TCD: trajectory consistency steps for TCD models/LoRAs; --eta is gamma (0.3)",
         diffusers: Some(DiffusersImpl {
             class: "TCDScheduler",
             build: |c, n, s| Ok(Box::new(tcd::Tcd::new(c, n, s.eta)?)),
         }),
-        kdiffusion: None,
-        evaluates_twice_per_step: false,
         walks_own_timesteps: true,
         zero_snr: Some(ZeroSnr::Exact),
-        a1111_default_schedule: SigmaSchedule::Discrete,
-        discards_next_to_last_sigma: false,
-        needs_uncond: false,
     },
-];
+}
 
 #[cfg(test)]
 mod tests {
@@ -635,6 +555,12 @@ mod tests {
                 assert_ne!(row.a1111_name, other.a1111_name);
                 assert!(row.a1111_alias.is_none() || row.a1111_alias != other.a1111_alias);
             }
+            assert!(!row.name.is_empty() && !row.a1111_name.is_empty());
+            assert!(
+                !row.description.is_empty(),
+                "{} has no description",
+                row.name
+            );
             assert_eq!(
                 row.kind.info().name,
                 row.name,

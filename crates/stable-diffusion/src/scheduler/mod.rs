@@ -87,67 +87,13 @@ pub mod tcd;
 pub mod unipc;
 mod vp;
 
-pub use catalog::{DiffusersImpl, DiffusersSettings, KDiffusionImpl, KRun, SamplerInfo, CATALOG};
+pub use catalog::{
+    DiffusersImpl, DiffusersSettings, KDiffusionImpl, KRun, SamplerInfo, SamplerKind, CATALOG,
+};
 pub use denoiser::{Blend, Denoiser, GuidedPrediction, Model, StepInfo};
 pub use kdiff::KSettings;
 pub use plan::{build_sampler, build_sampler_with, SamplerPlan};
 pub use schedule::{BetaSchedule, NoiseSchedule, TimestepSpacing};
-
-/// The samplers this library implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SamplerKind {
-    /// DDIM (with `eta` for stochastic sampling).
-    Ddim,
-    /// A1111's DDIM CFG++: DDIM stepping along the unconditional prediction, CFG scale / 12.5.
-    DdimCfgPp,
-    /// PNDM's pseudo linear multistep method (PLMS), as diffusers' `PNDMScheduler` runs it with
-    /// `skip_prk_steps=True`.
-    Pndm,
-    /// Euler's method on the probability-flow ODE (k-diffusion's `sample_euler`).
-    Euler,
-    /// Euler ancestral: Euler steps plus fresh noise each step.
-    EulerA,
-    /// DPM-Solver++ (2M): second-order multistep on the data prediction.
-    DpmPp2M,
-    /// Heun's second-order method (two model evaluations per step).
-    Heun,
-    /// k-diffusion's DPM2 (midpoint second-order steps).
-    Dpm2,
-    /// DPM2 with ancestral noise.
-    Dpm2A,
-    /// Linear multistep (order 4).
-    Lms,
-    /// DPM-Solver++ (2S) single-step with ancestral noise.
-    DpmPp2SA,
-    /// Stochastic DPM-Solver++ (two evaluations per step, noise after each).
-    DpmPpSde,
-    /// DPM-Solver++ (2M) SDE, midpoint correction.
-    DpmPp2MSde,
-    /// DPM-Solver++ (2M) SDE, Heun correction.
-    DpmPp2MSdeHeun,
-    /// DPM-Solver++ (3M) SDE.
-    DpmPp3MSde,
-    /// Improved PNDM: Adams–Bashforth steps on the sigma ODE.
-    Ipndm,
-    /// DDPM's ancestral sampling (posterior mean plus noise).
-    Ddpm,
-    /// Latent Consistency Model sampling (for LCM-distilled models and LoRAs).
-    Lcm,
-    /// Trajectory Consistency Distillation sampling (for TCD-distilled models and LoRAs).
-    Tcd,
-    /// UniPC: multistep predictor with a free corrector (bh2, order 2).
-    UniPc,
-    /// DEIS: exponential-integrator multistep (log-rho, order 2).
-    Deis,
-    /// DPM-Solver++ (2S) single-step, second order in pairs of steps (no noise).
-    DpmPp2S,
-    /// DPM-Solver-fast: fixed steps of orders 3, 2 and 1 in log sigma (k-diffusion).
-    DpmFast,
-    /// DPM-Solver-23 with adaptive step size (k-diffusion).
-    DpmAdaptive,
-    /// A1111's Restart sampler: Heun steps with jumps back up to a higher noise level.
-    Restart,
-}
 
 /// Which reference a sampler reproduces: diffusers' scheduler class or k-diffusion's
 /// `sample_*` function as AUTOMATIC1111 drives it.
@@ -185,24 +131,6 @@ impl std::str::FromStr for SamplerFlavor {
 }
 
 impl SamplerKind {
-    /// Every sampler, in display order (the catalog's).
-    pub const ALL: [SamplerKind; CATALOG.len()] = {
-        let mut all = [SamplerKind::Ddim; CATALOG.len()];
-        let mut i = 0;
-        while i < CATALOG.len() {
-            all[i] = CATALOG[i].kind;
-            i += 1;
-        }
-        all
-    };
-
-    /// This sampler's row of the catalog.
-    pub fn info(&self) -> &'static SamplerInfo {
-        // Every variant has a row: the catalog test checks it.
-        let row = CATALOG.iter().find(|row| row.kind == *self);
-        row.unwrap_or(&CATALOG[0])
-    }
-
     /// Whether A1111 marks this sampler second-order (two model evaluations per step): its
     /// prompt schedules then count twice the steps.
     pub fn evaluates_twice_per_step(&self) -> bool {
@@ -303,9 +231,7 @@ impl SamplerKind {
     fn accepted_names(&self) -> Vec<&'static str> {
         let mut names = vec![self.name(), self.a1111_name()];
         names.extend(self.a1111_alias());
-        if *self == SamplerKind::Pndm {
-            names.push("plms");
-        }
+        names.extend(self.info().other_names);
         names
     }
 }
@@ -321,7 +247,7 @@ impl std::fmt::Display for SamplerKind {
 pub fn parse_sampler_name(s: &str) -> Result<(SamplerKind, Option<SamplerFlavor>)> {
     let s = s.trim();
     for kind in SamplerKind::ALL {
-        if kind.name() == s || (kind == SamplerKind::Pndm && s == "plms") {
+        if kind.name() == s || kind.info().other_names.contains(&s) {
             return Ok((kind, None));
         }
     }
