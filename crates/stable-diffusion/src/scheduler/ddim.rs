@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use super::kdiff::noise_like;
 use super::ops::{add, div, mul, sub};
 use super::schedule::{self, NoiseSchedule};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -174,16 +175,10 @@ impl Sampler for Ddim {
         let direction = mul(&eps, (1.0 - alpha_prev - std_dev * std_dev).sqrt())?;
         let prev = add(&mul(&x0, alpha_prev.sqrt())?, &direction)?;
         if self.eta > 0.0 {
-            let noise = rng
-                .randn(model_output.dims(), model_output.device())?
-                .to_dtype(prev.dtype())?;
+            let noise = noise_like(&prev, rng)?;
             return add(&prev, &mul(&noise, std_dev)?);
         }
         Ok(prev)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())
     }
 
     fn kind(&self) -> SamplerKind {

@@ -6,6 +6,7 @@
 use candle_core::Tensor;
 
 use super::ddim::{alpha_sampler_basics, x0_and_eps, AlphaSteps};
+use super::kdiff::noise_like;
 use super::ops::{add, mul};
 use super::schedule;
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -86,18 +87,12 @@ impl Sampler for Ddpm {
         if t <= 0 {
             return Ok(mean);
         }
-        let noise = rng
-            .randn(model_output.dims(), model_output.device())?
-            .to_dtype(mean.dtype())?;
+        let noise = noise_like(&mean, rng)?;
         let variance = match self.variance {
             DdpmVariance::FixedSmall => (beta_prev / beta_t * current_beta).max(1e-20),
             DdpmVariance::FixedLarge => current_beta,
         };
         add(&mean, &mul(&noise, variance.sqrt())?)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())
     }
 
     fn kind(&self) -> SamplerKind {

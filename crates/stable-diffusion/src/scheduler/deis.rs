@@ -116,11 +116,9 @@ impl Sampler for Deis {
         Ok(next)
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.vp.timesteps.len())?;
+    fn reset(&mut self) {
         self.previous = None;
         self.lower_order_nums = 0;
-        Ok(())
     }
 
     fn kind(&self) -> SamplerKind {

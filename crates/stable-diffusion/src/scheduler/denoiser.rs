@@ -227,6 +227,14 @@ impl<'a> Denoiser<'a> {
         }
     }
 
+    /// The denoised estimate at the start of step `step` (at `sigma`), reported to the hook as
+    /// that step's result, as k-diffusion's samplers call their callback.
+    pub fn denoise_step(&mut self, step: usize, x: &Tensor, sigma: f32) -> Result<Tensor> {
+        let denoised = self.denoise(x, sigma)?;
+        self.step_done(step, x, Some(&denoised))?;
+        Ok(denoised)
+    }
+
     /// Reports the end of a sampler step to the caller's hook.
     pub fn step_done(&mut self, step: usize, x: &Tensor, denoised: Option<&Tensor>) -> Result<()> {
         self.model.step_done(&StepInfo { step, x, denoised })

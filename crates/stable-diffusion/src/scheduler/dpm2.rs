@@ -11,13 +11,15 @@
 
 use candle_core::Tensor;
 
+use super::euler::sigma_init_noise;
 use super::euler::{predict_original, to_d};
 use super::euler_a::ancestral_step;
-use super::heun::{plain_sigma_steps, sigma_init_noise};
+use super::heun::plain_sigma_steps;
 use super::kdiff::log_midpoint;
+use super::kdiff::noise_like;
 use super::ops::{add, div, mul};
 use super::schedule::{self, TimestepSpacing};
-use super::{check_step, img2img_start_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::{Error, Result};
 
@@ -157,9 +159,7 @@ impl Sampler for Dpm2 {
                 if !self.ancestral {
                     return Ok(next);
                 }
-                let noise = rng
-                    .randn(model_output.dims(), model_output.device())?
-                    .to_dtype(next.dtype())?;
+                let noise = noise_like(&next, rng)?;
                 add(&next, &mul(&noise, plan.up)?)
             }
             _ => {
@@ -175,15 +175,12 @@ impl Sampler for Dpm2 {
         add(original, &mul(noise, self.eval_sigma(step))?)
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+    fn reset(&mut self) {
         self.start = None;
-        Ok(())
     }
 
-    fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
-        // diffusers slices `timesteps[t_start * order:]`, order 2.
-        Ok(img2img_start_step(steps, strength)? * 2)
+    fn order(&self) -> usize {
+        2
     }
 
     fn kind(&self) -> SamplerKind {

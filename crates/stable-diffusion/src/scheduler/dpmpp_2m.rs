@@ -8,6 +8,7 @@
 
 use candle_core::Tensor;
 
+use super::kdiff::noise_like;
 use super::ops::{add, mul, sub};
 use super::vp::{lambda, vp_sampler_basics, VpSteps};
 use super::{check_step, ResolvedConfig, Sampler, SamplerKind};
@@ -81,9 +82,7 @@ impl Sampler for DpmPp2M {
 
         if self.sde {
             // diffusers draws the noise on every step, the last (where σ_t = 0) included.
-            let noise = rng
-                .randn(model_output.dims(), model_output.device())?
-                .to_dtype(sample.dtype())?;
+            let noise = noise_like(sample, rng)?;
             let decay = (-2.0 * h).exp(); // e^{−2h}
             let scaled_sample = mul(sample, sigma_t / sigma_s0 * (-h).exp())?;
             let data_weight = alpha_t * (1.0 - decay);
@@ -129,11 +128,9 @@ impl Sampler for DpmPp2M {
         Ok(prev)
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.vp.timesteps.len())?;
+    fn reset(&mut self) {
         self.previous = None;
         self.lower_order_nums = 0;
-        Ok(())
     }
 
     fn kind(&self) -> SamplerKind {

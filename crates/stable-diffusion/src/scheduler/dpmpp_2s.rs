@@ -104,11 +104,9 @@ impl Sampler for DpmPp2S {
         }
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.vp.timesteps.len())?;
+    fn reset(&mut self) {
         self.previous = None;
         self.pair_start = None;
-        Ok(())
     }
 
     fn kind(&self) -> SamplerKind {

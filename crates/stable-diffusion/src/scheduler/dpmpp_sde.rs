@@ -11,11 +11,13 @@
 
 use candle_core::Tensor;
 
+use super::euler::sigma_init_noise;
 use super::euler::{predict_original, to_d};
-use super::heun::{interleave_repeat, plain_sigma_steps, sigma_init_noise};
+use super::heun::{interleave_repeat, plain_sigma_steps};
+use super::kdiff::noise_like;
 use super::ops::{add, div, mul};
 use super::schedule::{self, TimestepSpacing};
-use super::{check_step, img2img_start_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::{Error, Result};
 
@@ -141,9 +143,7 @@ impl Sampler for DpmPpSde {
         let t_down = t_of(sigma_down);
         let next = mul(&start, sigma_of(t_down) / sigma_of(t))?;
         let next = add(&next, &mul(&denoised, -(t - t_down).exp_m1())?)?;
-        let noise = rng
-            .randn(model_output.dims(), model_output.device())?
-            .to_dtype(next.dtype())?;
+        let noise = noise_like(&next, rng)?;
         let next = add(&next, &mul(&mul(&noise, self.s_noise)?, sigma_up)?)?;
         if !second {
             self.first_stage = Some((start, sigma_to));
@@ -156,15 +156,12 @@ impl Sampler for DpmPpSde {
         add(original, &mul(noise, self.sigmas[step])?)
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+    fn reset(&mut self) {
         self.first_stage = None;
-        Ok(())
     }
 
-    fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
-        // diffusers slices `timesteps[t_start * order:]`, order 2.
-        Ok(img2img_start_step(steps, strength)? * 2)
+    fn order(&self) -> usize {
+        2
     }
 
     fn kind(&self) -> SamplerKind {

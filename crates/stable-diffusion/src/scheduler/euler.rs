@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use super::kdiff::noise_like;
 use super::kdiff::Churn;
 use super::ops::{add, div, mul, sub};
 use super::schedule::{self, NoiseSchedule, TimestepSpacing};
@@ -10,7 +11,44 @@ use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::Result;
 
-/// Timesteps and sigmas of the sigma-based samplers (Euler, Euler a).
+/// The initial noise's standard deviation of diffusers' sigma-based classes: σ_max, or
+/// sqrt(σ_max² + 1) for "leading" spacing.
+pub(crate) fn sigma_init_noise(sigmas: &[f32], spacing: TimestepSpacing) -> f64 {
+    let max = sigmas.iter().copied().fold(f32::MIN, f32::max);
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => f64::from(max),
+        TimestepSpacing::Leading => f64::from((max * max + 1.0).sqrt()),
+    }
+}
+
+/// The [`Sampler`] methods that a sigma-based diffusers class answers from its tables: the
+/// type has `steps: SigmaSteps` and `spacing: TimestepSpacing`.
+macro_rules! sigma_sampler_basics {
+    () => {
+        fn timesteps(&self) -> &[f64] {
+            &self.steps.timesteps
+        }
+
+        fn sigmas(&self) -> Option<&[f64]> {
+            Some(&self.steps.sigmas_f64)
+        }
+
+        fn init_noise_sigma(&self) -> f64 {
+            self.steps.init_noise_sigma(self.spacing)
+        }
+
+        fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
+            self.steps.scale_model_input(sample, step)
+        }
+
+        fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+            self.steps.add_noise(original, noise, step)
+        }
+    };
+}
+pub(crate) use sigma_sampler_basics;
+
+/// Timesteps and sigmas of the sigma-based samplers (Euler, Euler a, Heun, LMS).
 #[derive(Debug, Clone)]
 pub(crate) struct SigmaSteps {
     /// Model timesteps (f32 values kept as f64).
@@ -64,6 +102,11 @@ impl SigmaSteps {
             .chain(std::iter::once(last))
             .map(|s| s as f32)
             .collect();
+        Self::new(timesteps, sigmas)
+    }
+
+    /// The tables as given (one sigma per model evaluation plus the final one).
+    pub fn new(timesteps: Vec<f64>, sigmas: Vec<f32>) -> Self {
         let sigmas_f64 = sigmas.iter().map(|&s| f64::from(s)).collect();
         Self {
             timesteps,
@@ -74,11 +117,7 @@ impl SigmaSteps {
 
     /// The initial noise's standard deviation: σ_max, or sqrt(σ_max² + 1) for "leading".
     pub fn init_noise_sigma(&self, spacing: TimestepSpacing) -> f64 {
-        let max = self.sigmas.iter().copied().fold(f32::MIN, f32::max);
-        match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => f64::from(max),
-            TimestepSpacing::Leading => f64::from((max * max + 1.0).sqrt()),
-        }
+        sigma_init_noise(&self.sigmas, spacing)
     }
 
     /// `sample / sqrt(σ² + 1)`: the model sees unit-variance input.
@@ -150,21 +189,7 @@ impl Euler {
 }
 
 impl Sampler for Euler {
-    fn timesteps(&self) -> &[f64] {
-        &self.steps.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.steps.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.steps.init_noise_sigma(self.spacing)
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        self.steps.scale_model_input(sample, step)
-    }
+    sigma_sampler_basics!();
 
     fn step(
         &mut self,
@@ -179,9 +204,7 @@ impl Sampler for Euler {
         let sigma_hat = sigma * (gamma + 1.0);
         let mut sample = sample.clone();
         if gamma > 0.0 {
-            let noise = rng
-                .randn(model_output.dims(), model_output.device())?
-                .to_dtype(sample.dtype())?;
+            let noise = noise_like(&sample, rng)?;
             let eps = mul(&noise, self.churn.s_noise)?;
             sample = add(
                 &sample,
@@ -198,14 +221,6 @@ impl Sampler for Euler {
         let derivative = to_d(&sample, &denoised, sigma_hat)?;
         let dt = self.steps.sigmas[step + 1] - sigma_hat;
         add(&sample, &mul(&derivative, dt)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        self.steps.add_noise(original, noise, step)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.steps.timesteps.len())
     }
 
     fn kind(&self) -> SamplerKind {

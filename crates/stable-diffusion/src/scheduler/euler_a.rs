@@ -7,7 +7,8 @@
 
 use candle_core::Tensor;
 
-use super::euler::{predict_original, to_d, SigmaSteps};
+use super::euler::{predict_original, sigma_sampler_basics, to_d, SigmaSteps};
+use super::kdiff::noise_like;
 use super::ops::{add, mul};
 use super::schedule::TimestepSpacing;
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -58,21 +59,7 @@ impl EulerAncestral {
 }
 
 impl Sampler for EulerAncestral {
-    fn timesteps(&self) -> &[f64] {
-        &self.steps.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.steps.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.steps.init_noise_sigma(self.spacing)
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        self.steps.scale_model_input(sample, step)
-    }
+    sigma_sampler_basics!();
 
     fn step(
         &mut self,
@@ -88,18 +75,8 @@ impl Sampler for EulerAncestral {
         let derivative = to_d(sample, &denoised, sigma)?;
         let prev = add(sample, &mul(&derivative, sigma_down - sigma)?)?;
         // Noise is drawn on every step, the last included (σ_up = 0 there), as diffusers does.
-        let noise = rng
-            .randn(model_output.dims(), model_output.device())?
-            .to_dtype(prev.dtype())?;
+        let noise = noise_like(&prev, rng)?;
         add(&prev, &mul(&noise, sigma_up)?)
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        self.steps.add_noise(original, noise, step)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.steps.timesteps.len())
     }
 
     fn kind(&self) -> SamplerKind {

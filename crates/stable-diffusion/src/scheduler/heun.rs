@@ -9,10 +9,10 @@
 
 use candle_core::Tensor;
 
-use super::euler::{predict_original, to_d, SigmaSteps};
+use super::euler::{predict_original, sigma_sampler_basics, to_d, SigmaSteps};
 use super::ops::{add, mul};
 use super::schedule::TimestepSpacing;
-use super::{check_step, img2img_start_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
+use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
 use crate::Result;
 
@@ -48,24 +48,12 @@ pub(crate) fn interleave_repeat<T: Copy>(values: &[T]) -> Vec<T> {
     out
 }
 
-/// The initial noise's standard deviation of diffusers' sigma-based classes: σ_max, or
-/// sqrt(σ_max² + 1) for "leading" spacing.
-pub(crate) fn sigma_init_noise(sigmas: &[f32], spacing: TimestepSpacing) -> f64 {
-    let max = sigmas.iter().copied().fold(f32::MIN, f32::max);
-    match spacing {
-        TimestepSpacing::Linspace | TimestepSpacing::Trailing => f64::from(max),
-        TimestepSpacing::Leading => f64::from((max * max + 1.0).sqrt()),
-    }
-}
-
 /// Heun sampling.
 #[derive(Debug, Clone)]
 pub struct Heun {
-    /// One timestep per model evaluation: `[t₀, t₁, t₁, t₂, t₂, …]`.
-    timesteps: Vec<f64>,
-    /// One sigma per evaluation plus the final 0: `[σ₀, σ₁, σ₁, …, σ_{n−1}, σ_{n−1}, 0]`.
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
+    /// One timestep per model evaluation, `[t₀, t₁, t₁, t₂, t₂, …]`, and one sigma per
+    /// evaluation plus the final 0, `[σ₀, σ₁, σ₁, …, σ_{n−1}, σ_{n−1}, 0]`.
+    steps: SigmaSteps,
     prediction: PredictionType,
     spacing: TimestepSpacing,
     clip_sample: Option<f32>,
@@ -81,9 +69,7 @@ impl Heun {
         let mut layout = interleave_repeat(&sigmas[..n - 1]);
         layout.push(sigmas[n - 1]);
         Ok(Self {
-            timesteps: interleave_repeat(&timesteps),
-            sigmas_f64: layout.iter().map(|&s| f64::from(s)).collect(),
-            sigmas: layout,
+            steps: SigmaSteps::new(interleave_repeat(&timesteps), layout),
             prediction: cfg.prediction_type,
             spacing: cfg.timestep_spacing,
             clip_sample: cfg.clip_sample.then_some(cfg.clip_sample_range as f32),
@@ -93,23 +79,7 @@ impl Heun {
 }
 
 impl Sampler for Heun {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigma_init_noise(&self.sigmas, self.spacing)
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let sigma = self.sigmas[step];
-        super::ops::div(sample, (sigma * sigma + 1.0).sqrt())
-    }
+    sigma_sampler_basics!();
 
     fn step(
         &mut self,
@@ -118,12 +88,12 @@ impl Sampler for Heun {
         sample: &Tensor,
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
+        check_step(step, self.steps.timesteps.len())?;
         // Predictor at even evaluations (σ = sigmas[step]), corrector at odd ones, which sit at
         // σ_next = sigmas[step].
         let predictor = self.predictor.take();
         let first_order = step.is_multiple_of(2) || predictor.is_none();
-        let sigma_input = self.sigmas[step];
+        let sigma_input = self.steps.sigmas[step];
         let mut denoised = predict_original(self.prediction, model_output, sample, sigma_input)?;
         if let Some(range) = self.clip_sample {
             denoised = denoised.clamp(-range, range)?;
@@ -135,7 +105,7 @@ impl Sampler for Heun {
                 add(&start, &mul(&derivative, dt)?)
             }
             _ => {
-                let sigma_next = self.sigmas[step + 1];
+                let sigma_next = self.steps.sigmas[step + 1];
                 let derivative = to_d(sample, &denoised, sigma_input)?;
                 let dt = sigma_next - sigma_input;
                 let next = add(sample, &mul(&derivative, dt)?)?;
@@ -145,20 +115,12 @@ impl Sampler for Heun {
         }
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        add(original, &mul(noise, self.sigmas[step])?)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+    fn reset(&mut self) {
         self.predictor = None;
-        Ok(())
     }
 
-    fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
-        // diffusers slices `timesteps[t_start * order:]`, order 2.
-        Ok(img2img_start_step(steps, strength)? * 2)
+    fn order(&self) -> usize {
+        2
     }
 
     fn kind(&self) -> SamplerKind {

@@ -33,8 +33,7 @@ pub(crate) fn sample_dpmpp_2m(
 ) -> Result<Tensor> {
     let mut old_denoised: Option<Tensor> = None;
     for i in 0..sigmas.len() - 1 {
-        let denoised = model.denoise(&x, sigmas[i])?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigmas[i])?;
         let (t, t_next) = (t_fn(sigmas[i]), t_fn(sigmas[i + 1]));
         let h = t_next - t;
         x = match &old_denoised {
@@ -63,8 +62,7 @@ pub(crate) fn sample_dpmpp_2s_ancestral(
 ) -> Result<Tensor> {
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigma_next, settings.eta);
         x = if sigma_down == 0.0 {
             let d = to_d(&x, &denoised, sigma)?;
@@ -95,8 +93,7 @@ pub(crate) fn sample_dpmpp_sde(
     let (eta, s_noise, r) = (settings.eta, settings.s_noise(), 0.5f32);
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         if sigma_next == 0.0 {
             let d = to_d(&x, &denoised, sigma)?;
             x = add(&x, &mul(&d, sigma_next - sigma)?)?;
@@ -162,8 +159,7 @@ fn dpmpp_2m_sde(
     let mut old: Option<(Tensor, f32)> = None;
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         if sigma_next == 0.0 {
             x = denoised;
             old = None;
@@ -210,8 +206,7 @@ pub(crate) fn sample_dpmpp_3m_sde(
     let mut history: Vec<(Tensor, f32)> = Vec::new();
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         if sigma_next == 0.0 {
             x = denoised;
             continue;

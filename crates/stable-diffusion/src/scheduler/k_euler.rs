@@ -21,8 +21,7 @@ pub(crate) fn sample_euler(
     for i in 0..sigmas.len() - 1 {
         x = churn.apply(sigmas, i, &x, rng)?;
         let sigma_hat = churn.sigma_hat(sigmas, i);
-        let denoised = model.denoise(&x, sigma_hat)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma_hat)?;
         let d = to_d(&x, &denoised, sigma_hat)?;
         x = add(&x, &mul(&d, sigmas[i + 1] - sigma_hat)?)?;
     }
@@ -39,8 +38,7 @@ pub(crate) fn sample_euler_ancestral(
 ) -> Result<Tensor> {
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigma_next, settings.eta);
         let d = to_d(&x, &denoised, sigma)?;
         x = add(&x, &mul(&d, sigma_down - sigma)?)?;

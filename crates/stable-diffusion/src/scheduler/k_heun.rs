@@ -24,8 +24,7 @@ pub(crate) fn sample_heun(
         x = churn.apply(sigmas, i, &x, rng)?;
         let sigma_hat = churn.sigma_hat(sigmas, i);
         let sigma_next = sigmas[i + 1];
-        let denoised = model.denoise(&x, sigma_hat)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma_hat)?;
         let d = to_d(&x, &denoised, sigma_hat)?;
         let dt = sigma_next - sigma_hat;
         let euler = add(&x, &mul(&d, dt)?)?;
@@ -73,8 +72,7 @@ pub(crate) fn sample_dpm_2(
     for i in 0..sigmas.len() - 1 {
         x = churn.apply(sigmas, i, &x, rng)?;
         let sigma_hat = churn.sigma_hat(sigmas, i);
-        let denoised = model.denoise(&x, sigma_hat)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma_hat)?;
         x = dpm2_step(model, &x, &denoised, sigma_hat, sigmas[i + 1])?;
     }
     Ok(x)
@@ -90,8 +88,7 @@ pub(crate) fn sample_dpm_2_ancestral(
 ) -> Result<Tensor> {
     for i in 0..sigmas.len() - 1 {
         let sigma = sigmas[i];
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         let (sigma_down, sigma_up) = get_ancestral_step(sigma, sigmas[i + 1], settings.eta);
         x = dpm2_step(model, &x, &denoised, sigma, sigma_down)?;
         // σ_down = 0 only on the last step, where σ_up = 0 too: no noise.

@@ -32,8 +32,7 @@ pub(crate) fn sample_lcm(
     _settings: &KSettings,
 ) -> Result<Tensor> {
     for i in 0..sigmas.len() - 1 {
-        let denoised = model.denoise(&x, sigmas[i])?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigmas[i])?;
         let s = model.sigma_to_t(sigmas[i]) * 10.0;
         let c_skip = SIGMA_DATA_SQ / (s * s + SIGMA_DATA_SQ);
         let c_out = s / (s * s + SIGMA_DATA_SQ).sqrt();

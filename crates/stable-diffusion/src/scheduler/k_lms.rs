@@ -60,8 +60,7 @@ pub(crate) fn sample_lms(
     const ORDER: usize = 4;
     let mut directions: VecDeque<Tensor> = VecDeque::new();
     for i in 0..sigmas.len() - 1 {
-        let denoised = model.denoise(&x, sigmas[i])?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigmas[i])?;
         directions.push_back(to_d(&x, &denoised, sigmas[i])?);
         if directions.len() > ORDER {
             directions.pop_front();
@@ -90,8 +89,7 @@ pub(crate) fn sample_ipndm(
     let mut h: Vec<Tensor> = Vec::new();
     for i in 0..sigmas.len() - 1 {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
-        let denoised = model.denoise(&x, sigma)?;
-        model.step_done(i, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(i, &x, sigma)?;
         let d = to_d(&x, &denoised, sigma)?;
         let order = (i + 1).min(MAX_ORDER).min(h.len() + 1);
         let n = h.len();

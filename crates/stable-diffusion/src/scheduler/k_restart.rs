@@ -98,8 +98,7 @@ pub(crate) fn sample_restart(
             }
             _ => {}
         }
-        let denoised = model.denoise(&x, from)?;
-        model.step_done(step, &x, Some(&denoised))?;
+        let denoised = model.denoise_step(step, &x, from)?;
         let d = to_d(&x, &denoised, from)?;
         let dt = to - from;
         let euler = add(&x, &mul(&d, dt)?)?;

@@ -9,6 +9,7 @@
 use candle_core::Tensor;
 
 use super::ddim::{alpha_sampler_basics, x0_and_eps, AlphaSteps};
+use super::kdiff::noise_like;
 use super::ops::{add, mul};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
 use crate::rng::NoiseSource;
@@ -113,17 +114,11 @@ impl Sampler for Lcm {
             return Ok(denoised);
         };
         let alpha_prev = self.alphas.alpha_cumprod(prev_t)?;
-        let noise = rng
-            .randn(model_output.dims(), model_output.device())?
-            .to_dtype(denoised.dtype())?;
+        let noise = noise_like(&denoised, rng)?;
         add(
             &mul(&denoised, alpha_prev.sqrt())?,
             &mul(&noise, (1.0 - alpha_prev).sqrt())?,
         )
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())
     }
 
     fn kind(&self) -> SamplerKind {

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use super::euler::{predict_original, to_d};
-use super::heun::{plain_sigma_steps, sigma_init_noise};
+use super::euler::{predict_original, sigma_sampler_basics, to_d, SigmaSteps};
+use super::heun::plain_sigma_steps;
 use super::k_lms::linear_multistep_coeff;
 use super::ops::{add, mul};
 use super::schedule::TimestepSpacing;
@@ -21,9 +21,7 @@ const ORDER: usize = 4;
 /// LMS sampling.
 #[derive(Debug, Clone)]
 pub struct Lms {
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
-    sigmas_f64: Vec<f64>,
+    steps: SigmaSteps,
     prediction: PredictionType,
     spacing: TimestepSpacing,
     /// The last directions, newest last.
@@ -35,9 +33,7 @@ impl Lms {
     pub fn new(cfg: &ResolvedConfig, steps: usize) -> Result<Self> {
         let (timesteps, sigmas) = plain_sigma_steps(cfg, steps)?;
         Ok(Self {
-            timesteps,
-            sigmas_f64: sigmas.iter().map(|&s| f64::from(s)).collect(),
-            sigmas,
+            steps: SigmaSteps::new(timesteps, sigmas),
             prediction: cfg.prediction_type,
             spacing: cfg.timestep_spacing,
             derivatives: VecDeque::new(),
@@ -46,23 +42,7 @@ impl Lms {
 }
 
 impl Sampler for Lms {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas_f64)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigma_init_noise(&self.sigmas, self.spacing)
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let sigma = self.sigmas[step];
-        super::ops::div(sample, (sigma * sigma + 1.0).sqrt())
-    }
+    sigma_sampler_basics!();
 
     fn step(
         &mut self,
@@ -71,8 +51,8 @@ impl Sampler for Lms {
         sample: &Tensor,
         _rng: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        let sigma = self.sigmas[step];
+        check_step(step, self.steps.timesteps.len())?;
+        let sigma = self.steps.sigmas[step];
         let denoised = predict_original(self.prediction, model_output, sample, sigma)?;
         self.derivatives.push_back(to_d(sample, &denoised, sigma)?);
         if self.derivatives.len() > ORDER {
@@ -84,7 +64,7 @@ impl Sampler for Lms {
         let order = (step + 1).min(ORDER);
         let mut change: Option<Tensor> = None;
         for (j, derivative) in self.derivatives.iter().rev().enumerate().take(order) {
-            let coeff = linear_multistep_coeff(order, &self.sigmas, step, j) as f32;
+            let coeff = linear_multistep_coeff(order, &self.steps.sigmas, step, j) as f32;
             let term = mul(derivative, coeff)?;
             change = Some(match change {
                 Some(sum) => add(&sum, &term)?,
@@ -97,15 +77,8 @@ impl Sampler for Lms {
         }
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(step, self.timesteps.len())?;
-        add(original, &mul(noise, self.sigmas[step])?)
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+    fn reset(&mut self) {
         self.derivatives.clear();
-        Ok(())
     }
 
     fn kind(&self) -> SamplerKind {

@@ -831,14 +831,27 @@ pub trait Sampler: Send {
     /// Noises a clean sample to the level of `timesteps()[step]` (img2img's starting point).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor>;
 
+    /// Forgets the multistep history and counters (none unless the sampler keeps some).
+    fn reset(&mut self) {}
+
     /// Prepares the sampler to start at step `step` instead of 0 (img2img): multistep
     /// histories and counters start fresh there, as in diffusers.
-    fn start_at(&mut self, step: usize) -> Result<()>;
+    fn start_at(&mut self, step: usize) -> Result<()> {
+        check_step(step, self.timesteps().len())?;
+        self.reset();
+        Ok(())
+    }
+
+    /// diffusers' `order`: how many model calls each step lists in [`Sampler::timesteps`].
+    fn order(&self) -> usize {
+        1
+    }
 
     /// The index into [`Sampler::timesteps`] where an img2img run of `steps` steps at
-    /// `strength` starts: diffusers' rule ([`img2img_start_step`]), in model calls.
+    /// `strength` starts: diffusers' rule ([`img2img_start_step`]), in model calls (diffusers
+    /// slices `timesteps[t_start * order:]`).
     fn img2img_start(&self, steps: usize, strength: f64) -> Result<usize> {
-        img2img_start_step(steps, strength)
+        Ok(img2img_start_step(steps, strength)? * self.order())
     }
 
     /// Which sampler this is.

@@ -158,12 +158,10 @@ impl Sampler for Plms {
         Ok(prev)
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())?;
+    fn reset(&mut self) {
         self.ets.clear();
         self.cur_sample = None;
         self.counter = 0;
-        Ok(())
     }
 
     fn kind(&self) -> SamplerKind {

@@ -6,6 +6,7 @@
 use candle_core::Tensor;
 
 use super::ddim::{alpha_sampler_basics, x0_and_eps, AlphaSteps};
+use super::kdiff::noise_like;
 use super::lcm::consistency_timesteps;
 use super::ops::{add, mul};
 use super::{check_step, PredictionType, ResolvedConfig, Sampler, SamplerKind};
@@ -78,18 +79,12 @@ impl Sampler for Tcd {
         if self.gamma <= 0.0 || last {
             return Ok(at_s);
         }
-        let noise = rng
-            .randn(model_output.dims(), model_output.device())?
-            .to_dtype(at_s.dtype())?;
+        let noise = noise_like(&at_s, rng)?;
         let ratio = alpha_prev / alpha_s;
         add(
             &mul(&at_s, ratio.sqrt())?,
             &mul(&noise, (1.0 - ratio).sqrt())?,
         )
-    }
-
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.timesteps.len())
     }
 
     fn kind(&self) -> SamplerKind {

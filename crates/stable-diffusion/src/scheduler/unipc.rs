@@ -189,12 +189,10 @@ impl Sampler for UniPc {
         Ok(next)
     }
 
-    fn start_at(&mut self, step: usize) -> Result<()> {
-        check_step(step, self.vp.timesteps.len())?;
+    fn reset(&mut self) {
         self.outputs.clear();
         self.last_sample = None;
         self.last_order = 1;
-        Ok(())
     }
 
     fn kind(&self) -> SamplerKind {
