@@ -1,7 +1,8 @@
 //! Speed of the packed GEMM and the implicit-GEMM convolution on Stable Diffusion's shapes,
 //! at the process's kernel level (`SD_CPU_KERNELS` picks another). Prints GFLOP/s.
 //!
-//! Run: `cargo bench -p sd-kernels --bench gemm`.
+//! Run: `cargo bench -p sd-kernels --bench gemm` (`-- linear` or `-- conv` for one half,
+//! `-- bf16` for bf16 weights only).
 
 use std::time::Instant;
 
@@ -29,18 +30,32 @@ fn values(len: usize) -> Vec<f32> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |what: &str| {
+        !args.iter().any(|a| a == "linear" || a == "conv") || args.iter().any(|a| a == what)
+    };
+    let storages = if args.iter().any(|a| a == "bf16") {
+        vec![Storage::Bf16]
+    } else {
+        vec![Storage::F32, Storage::Bf16]
+    };
     println!(
         "level: {}, threads: {}",
         sd_kernels::cpu::level(),
         rayon::current_num_threads()
     );
-    for storage in [Storage::F32, Storage::Bf16] {
-        for &(m, k, n) in &[
+    for storage in storages {
+        // SD 1.5 at 512² (batch 2): attention projections, GEGLU, the middle level, the
+        // context's keys; SDXL at 1024²: the 32x32 level's GEGLU and its output projection.
+        let linear: &[(usize, usize, usize)] = &[
             (8192, 320, 320),
             (8192, 320, 2560),
             (2048, 1280, 1280),
             (154, 768, 768),
-        ] {
+            (2048, 1280, 10240),
+            (2048, 5120, 1280),
+        ];
+        for &(m, k, n) in linear.iter().filter(|_| wants("linear")) {
             let a = values(m * k);
             let b = PackedB::from_kxn(&values(k * n), k, n, n, storage);
             let mut out = vec![0f32; m * n];
@@ -51,13 +66,16 @@ fn main() {
                 seconds * 1e3
             );
         }
-        for &(batch, cin, cout, size, kernel) in &[
+        for &(batch, cin, cout, size, kernel) in [
             (2, 320, 320, 64, 3),
             (2, 1280, 1280, 8, 3),
             (2, 640, 320, 64, 1),
             (1, 128, 128, 512, 3),
             (1, 512, 512, 128, 3),
-        ] {
+        ]
+        .iter()
+        .filter(|_| wants("conv"))
+        {
             let geometry = ConvGeometry {
                 in_channels: cin,
                 out_channels: cout,

@@ -257,18 +257,18 @@ pub(crate) mod avx2 {
     use super::*;
 
     /// Above this, `eˣ` overflows (ln(f32::MAX) ≈ 88.7228); clamping here keeps `2ⁿ` finite.
-    const EXP_HI: f32 = 89.0;
+    pub(super) const EXP_HI: f32 = 89.0;
     /// Below this, `eˣ` rounds to 0 (ln(2⁻¹⁵⁰) ≈ -103.972).
-    const EXP_LO: f32 = -104.0;
+    pub(super) const EXP_LO: f32 = -104.0;
     /// `log₂ e`.
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
     /// `ln 2` rounded to f32 ...
-    const LN2_HI: f32 = std::f32::consts::LN_2;
+    pub(super) const LN2_HI: f32 = std::f32::consts::LN_2;
     /// ... and the rest of it (`ln 2 - LN2_HI`).
-    const LN2_LO: f32 = -1.904_654_2e-9;
+    pub(super) const LN2_LO: f32 = -1.904_654_2e-9;
     /// `(eʳ - 1) / r` on `r ∈ [-ln2/2, ln2/2]`, highest power first: the Chebyshev
     /// interpolant of degree 5 rounded to f32, so `eʳ ≈ 1 + r·P(r)` within 1.1e-8 relative.
-    const EXPM1_OVER_R: [f32; 6] = [
+    pub(super) const EXPM1_OVER_R: [f32; 6] = [
         0.001_393_364_2,
         0.008_369_149,
         0.041_666_467,
@@ -453,6 +453,85 @@ pub(crate) mod avx2 {
         /// Quick GELU over a slice.
         quick_gelu_slice => quick_gelu
     );
+}
+
+/// The AVX-512F level: [`avx2`]'s `exp` and `gelu_erf` on sixteen lanes, with the same
+/// operations lane by lane (so the same results to the bit).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::{EXPM1_OVER_R, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E};
+    use super::*;
+
+    /// A polynomial by Horner's rule with FMAs, highest power first.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn horner<const N: usize>(coefficients: &[f32; N], x: __m512) -> __m512 {
+        let mut p = _mm512_set1_ps(coefficients[0]);
+        for &c in &coefficients[1..] {
+            p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c));
+        }
+        p
+    }
+
+    /// [`super::avx2::exp`] on sixteen lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_set1_ps(EXP_HI),
+            _mm512_max_ps(_mm512_set1_ps(EXP_LO), x),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let p = _mm512_fmadd_ps(horner(&EXPM1_OVER_R, r), r, _mm512_set1_ps(1.0));
+        let n = _mm512_cvtps_epi32(n);
+        let n1 = _mm512_srai_epi32::<1>(n);
+        let n2 = _mm512_sub_epi32(n, n1);
+        let bias = _mm512_set1_epi32(127);
+        let s1 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n1, bias)));
+        let s2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n2, bias)));
+        _mm512_mul_ps(_mm512_mul_ps(p, s1), s2)
+    }
+
+    /// [`super::avx2::gelu_erf`] on sixteen lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn gelu_erf(x: __m512) -> __m512 {
+        let half = _mm512_set1_ps(0.5);
+        let abs = _mm512_abs_ps(x);
+        let ax = _mm512_min_ps(_mm512_set1_ps(GELU_ERF_CLAMP), abs);
+        let q = _mm512_mul_ps(ax, ax);
+        let q_lo = _mm512_fmsub_ps(ax, ax, q);
+        let half_erf = horner(&HALF_ERF, q);
+        let small_pos = _mm512_fmadd_ps(ax, half_erf, half);
+        let small_neg = _mm512_fnmadd_ps(ax, half_erf, half);
+        let e = exp(_mm512_mul_ps(_mm512_set1_ps(-0.5), q));
+        let e = _mm512_fnmadd_ps(_mm512_mul_ps(half, q_lo), e, e);
+        let ratio = _mm512_div_ps(horner(&HALF_ERFCX_NUM, ax), horner(&HALF_ERFCX_DEN, ax));
+        let half_erfc = _mm512_mul_ps(e, ratio);
+        let large_pos = _mm512_sub_ps(_mm512_set1_ps(1.0), half_erfc);
+        let positive = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_setzero_ps());
+        let use_small_pos =
+            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(q, _mm512_set1_ps(SMALL_SQUARE_POSITIVE));
+        let use_small_neg =
+            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(q, _mm512_set1_ps(SMALL_SQUARE_NEGATIVE));
+        let factor_pos = _mm512_mask_blend_ps(use_small_pos, large_pos, small_pos);
+        let factor_neg = _mm512_mask_blend_ps(use_small_neg, half_erfc, small_neg);
+        let factor = _mm512_mask_blend_ps(positive, factor_neg, factor_pos);
+        let xm = _mm512_max_ps(_mm512_set1_ps(-GELU_ERF_CLAMP), x);
+        _mm512_mul_ps(xm, factor)
+    }
 }
 
 #[cfg(test)]

@@ -351,7 +351,13 @@ pub(crate) unsafe fn geglu_interleaved(
     assert!(bias.is_none_or(|b| b.len() >= 2 * len));
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 | Level::Amx => {
+        Level::Avx512 | Level::Amx => {
+            // SAFETY: the level implies AVX-512F, AVX2 and FMA; sizes checked above; `out` is
+            // the caller's.
+            unsafe { avx512::geglu_interleaved(src, bias, out, len / 8) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
             // SAFETY: the level implies AVX2 and FMA; sizes checked above; `out` is the
             // caller's.
             unsafe { avx2::geglu_interleaved(src, bias, out, len / 8) }
@@ -632,6 +638,51 @@ mod avx2 {
             let n = len - full;
             let g = vmath::gelu_erf(load_tail(b.add(full), n));
             store_tail(o.add(full), _mm256_mul_ps(load_tail(a.add(full), n), g), n);
+        }
+    }
+}
+
+/// The AVX-512F level (what has a wider version than [`avx2`]).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use crate::math::avx512 as vmath;
+
+    /// [`super::geglu_interleaved`] with AVX-512, two groups a step (`groups` groups; an odd
+    /// last one through [`super::avx2`], the same operations).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA; `src` (and `bias`) hold `16 · groups` values; `o`
+    /// is valid for writes of `8 · groups`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn geglu_interleaved(
+        src: &[f32],
+        bias: Option<&[f32]>,
+        o: *mut f32,
+        groups: usize,
+    ) {
+        let s = src.as_ptr();
+        for p in 0..groups / 2 {
+            // Two groups: [values 0, gates 0] and [values 1, gates 1], eight each.
+            let mut first = _mm512_loadu_ps(s.add(32 * p));
+            let mut second = _mm512_loadu_ps(s.add(32 * p + 16));
+            if let Some(b) = bias {
+                first = _mm512_add_ps(first, _mm512_loadu_ps(b.as_ptr().add(32 * p)));
+                second = _mm512_add_ps(second, _mm512_loadu_ps(b.as_ptr().add(32 * p + 16)));
+            }
+            let value = _mm512_shuffle_f32x4::<0b01_00_01_00>(first, second);
+            let gate = _mm512_shuffle_f32x4::<0b11_10_11_10>(first, second);
+            _mm512_storeu_ps(o.add(16 * p), _mm512_mul_ps(value, vmath::gelu_erf(gate)));
+        }
+        if groups % 2 == 1 {
+            let done = groups - 1;
+            super::avx2::geglu_interleaved(
+                &src[16 * done..],
+                bias.map(|b| &b[16 * done..]),
+                o.add(8 * done),
+                1,
+            );
         }
     }
 }
