@@ -501,6 +501,37 @@ pub(crate) mod avx512 {
         _mm512_mul_ps(_mm512_mul_ps(p, s1), s2)
     }
 
+    /// [`super::avx2::sigmoid`] on sixteen lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn sigmoid(z: __m512) -> __m512 {
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let e = exp(_mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(z),
+            sign,
+        )));
+        let one = _mm512_set1_ps(1.0);
+        // Lanes with the sign bit set (z ≤ -0) take e/(1+e), the others 1/(1+e).
+        let negative = _mm512_test_epi32_mask(_mm512_castps_si512(z), sign);
+        _mm512_div_ps(
+            _mm512_mask_blend_ps(negative, one, e),
+            _mm512_add_ps(one, e),
+        )
+    }
+
+    /// [`super::avx2::silu`] on sixteen lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn silu(x: __m512) -> __m512 {
+        _mm512_mul_ps(_mm512_max_ps(_mm512_set1_ps(-f32::MAX), x), sigmoid(x))
+    }
+
     /// [`super::avx2::gelu_erf`] on sixteen lanes.
     ///
     /// # Safety

@@ -29,8 +29,13 @@ fn size(what: &str, dims: &[usize]) -> usize {
 fn partial_sums(level: Level, xs: &[f32], shift: f32) -> (f64, f64) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 | Level::Amx => {
-            // SAFETY: a thread only runs at a level its CPU has; both levels need AVX2 and FMA.
+        Level::Avx512 | Level::Amx => {
+            // SAFETY: a thread only runs at a level its CPU has; both imply AVX-512F.
+            unsafe { avx512::partial_sums(xs, shift) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
+            // SAFETY: a thread only runs at a level its CPU has; AVX2 implies FMA here.
             unsafe { avx2::partial_sums(xs, shift) }
         }
         _ => generic::partial_sums(xs, shift),
@@ -91,7 +96,14 @@ fn affine(level: Level, src: Option<&[f32]>, dst: &mut [f32], a: Affine, silu: b
     let s = src.map_or(d as *const f32, |s| s.as_ptr());
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Avx512 | Level::Amx => {
+        Level::Avx512 | Level::Amx => {
+            // SAFETY: the level implies AVX-512F, AVX2 and FMA; `s` and `d` hold `dst.len()`
+            // values, and `s` is either disjoint from `d` or equal to it (each value is read
+            // before the same index is written).
+            unsafe { avx512::affine(s, d, dst.len(), a, silu) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
             // SAFETY: the level implies AVX2 and FMA; `s` and `d` hold `dst.len()` values,
             // and `s` is either disjoint from `d` or equal to it (each value is read before
             // the same index is written).
@@ -647,7 +659,77 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::Affine;
     use crate::math::avx512 as vmath;
+
+    /// [`super::avx2::partial_sums`] on 512-bit registers: the same f64 lanes in the same
+    /// order (eight values a register, two registers a step of sixteen), so the same sums.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn partial_sums(xs: &[f32], shift: f32) -> (f64, f64) {
+        let k = _mm512_set1_pd(shift as f64);
+        let mut s1 = [_mm512_setzero_pd(); 2];
+        let mut s2 = [_mm512_setzero_pd(); 2];
+        let mut chunks = xs.chunks_exact(16);
+        for c in &mut chunks {
+            for (j, (a1, a2)) in s1.iter_mut().zip(s2.iter_mut()).enumerate() {
+                let d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(c.as_ptr().add(8 * j))), k);
+                *a1 = _mm512_add_pd(*a1, d);
+                *a2 = _mm512_fmadd_pd(d, d, *a2);
+            }
+        }
+        let (mut t1, mut t2) = (0.0, 0.0);
+        for &x in chunks.remainder() {
+            let d = x as f64 - shift as f64;
+            t1 += d;
+            t2 += d * d;
+        }
+        // (lanes 0-3 + lanes 4-7) of each register: avx2's s[0] + s[1] and s[2] + s[3].
+        let fold =
+            |v: __m512d| _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v));
+        let v1 = _mm256_add_pd(fold(s1[0]), fold(s1[1]));
+        let v2 = _mm256_add_pd(fold(s2[0]), fold(s2[1]));
+        (hsum(v1) + t1, hsum(v2) + t2)
+    }
+
+    /// The sum of a register's four f64 lanes, as [`super::avx2`] adds them.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256d) -> f64 {
+        let pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
+        _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)))
+    }
+
+    /// [`super::avx2::affine`] on sixteen lanes (the tail through masked loads and stores).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `s` and `d` hold `len` values; `s` is disjoint from `d` or
+    /// equal to it.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn affine(s: *const f32, d: *mut f32, len: usize, a: Affine, silu: bool) {
+        let center = _mm512_set1_ps(a.center);
+        let scale = _mm512_set1_ps(a.scale);
+        let shift = _mm512_set1_ps(a.shift);
+        let f = |x: __m512| {
+            let y = _mm512_fmadd_ps(_mm512_sub_ps(x, center), scale, shift);
+            if silu {
+                vmath::silu(y)
+            } else {
+                y
+            }
+        };
+        let full = len - len % 16;
+        for i in (0..full).step_by(16) {
+            _mm512_storeu_ps(d.add(i), f(_mm512_loadu_ps(s.add(i))));
+        }
+        if full < len {
+            let mask = ((1u32 << (len - full)) - 1) as __mmask16;
+            let y = f(_mm512_maskz_loadu_ps(mask, s.add(full)));
+            _mm512_mask_storeu_ps(d.add(full), mask, y);
+        }
+    }
 
     /// [`super::geglu_interleaved`] with AVX-512, two groups a step (`groups` groups; an odd
     /// last one through [`super::avx2`], the same operations).

@@ -429,7 +429,7 @@ fn activations_exhaustive() {
 
 #[test]
 #[cfg(target_arch = "x86_64")]
-fn avx512_exp_and_gelu_erf_equal_avx2_to_the_bit() {
+fn avx512_exp_silu_and_gelu_erf_equal_avx2_to_the_bit() {
     use std::arch::x86_64::*;
     if !Level::Avx512.is_available() {
         eprintln!("skipped: this CPU has no AVX-512F");
@@ -438,21 +438,24 @@ fn avx512_exp_and_gelu_erf_equal_avx2_to_the_bit() {
     let xs = inputs();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for chunk in xs.chunks_exact(16) {
-        let (mut wide, mut narrow) = ([[0f32; 16]; 2], [[0f32; 16]; 2]);
+        let (mut wide, mut narrow) = ([[0f32; 16]; 3], [[0f32; 16]; 3]);
         // SAFETY: AVX-512F (checked above) implies AVX2 and FMA here (the level's check);
         // every load and store is of 16 or 8 values in bounds.
         unsafe {
             let v = _mm512_loadu_ps(chunk.as_ptr());
             _mm512_storeu_ps(wide[0].as_mut_ptr(), super::avx512::exp(v));
             _mm512_storeu_ps(wide[1].as_mut_ptr(), super::avx512::gelu_erf(v));
+            _mm512_storeu_ps(wide[2].as_mut_ptr(), super::avx512::silu(v));
             for half in 0..2 {
                 let v = _mm256_loadu_ps(chunk.as_ptr().add(8 * half));
                 let at = 8 * half;
                 _mm256_storeu_ps(narrow[0][at..].as_mut_ptr(), super::avx2::exp(v));
                 _mm256_storeu_ps(narrow[1][at..].as_mut_ptr(), super::avx2::gelu_erf(v));
+                _mm256_storeu_ps(narrow[2][at..].as_mut_ptr(), super::avx2::silu(v));
             }
         }
         assert_eq!(bits(&wide[0]), bits(&narrow[0]), "exp of {chunk:?}");
         assert_eq!(bits(&wide[1]), bits(&narrow[1]), "gelu_erf of {chunk:?}");
+        assert_eq!(bits(&wide[2]), bits(&narrow[2]), "silu of {chunk:?}");
     }
 }

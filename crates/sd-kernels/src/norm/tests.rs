@@ -359,3 +359,35 @@ fn geglu_levels_agree() {
         assert_close(&format!("{level} geglu"), &out, &want, &scale, 1e-6);
     }
 }
+
+#[test]
+fn group_norm_at_avx512_equals_avx2_to_the_bit() {
+    let levels = Level::available();
+    if !levels.contains(&Level::Avx512) {
+        eprintln!("skipped: this CPU has no AVX-512F");
+        return;
+    }
+    for (n, case) in group_cases().iter().enumerate() {
+        let len = case.batch * case.channels * case.spatial;
+        let x = data(300 + n as u64, len, 0.3, 2.0);
+        let w = data(400 + n as u64, case.channels, 1.0, 0.5);
+        let b = data(500 + n as u64, case.channels, 0.0, 0.5);
+        for silu in [false, true] {
+            let bits = |level| {
+                with_level(level, || run_group_norm(case, &x, &w, &b, silu))
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                bits(Level::Avx512),
+                bits(Level::Avx2),
+                "group_norm {}x{}x{} / {} groups, silu {silu}",
+                case.batch,
+                case.channels,
+                case.spatial,
+                case.groups
+            );
+        }
+    }
+}
