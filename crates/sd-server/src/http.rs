@@ -1,10 +1,10 @@
-//! The HTTP side: the router (A1111's routes, JSON 404/405 answers), HTTP Basic auth, CORS,
+//! The HTTP side: the router (A1111's routes, the native job API, JSON 404/405 answers), HTTP Basic auth, CORS,
 //! the body limit, a log line per request, binding and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -17,6 +17,7 @@ use stable_diffusion::pipeline::{LoadOptions, ModelStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::a1111::options::Options;
+use crate::jobs::JobTable;
 use crate::queue::{Queue, SharedStore, StepHook};
 use crate::ApiError;
 
@@ -47,7 +48,12 @@ pub struct ServerConfig {
     pub on_step: Option<StepHook>,
     /// What `/sdapi/v1/cmd-flags` shows (the command line's settings).
     pub flags: Value,
+    /// How long the native API keeps a finished job's result (then 410).
+    pub result_ttl: Duration,
 }
+
+/// How long finished jobs' results are kept by default: 10 minutes.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(600);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -62,6 +68,7 @@ impl Default for ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             on_step: None,
             flags: Value::Object(Default::default()),
+            result_ttl: DEFAULT_RESULT_TTL,
         }
     }
 }
@@ -76,6 +83,8 @@ pub struct AppState {
     pub options: RwLock<Options>,
     /// What `/sdapi/v1/cmd-flags` shows.
     pub flags: Value,
+    /// The native API's jobs.
+    pub jobs: JobTable,
 }
 
 impl AppState {
@@ -97,6 +106,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let mut app = Router::new()
         .nest("/sdapi/v1", crate::a1111::routes())
+        .nest("/api/v1", crate::jobs::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "HTTPException", "Not Found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -134,7 +144,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers(Any),
     )
 }
@@ -233,6 +243,7 @@ pub async fn bind(config: ServerConfig) -> std::io::Result<BoundServer> {
         store,
         options: RwLock::new(options),
         flags: config.flags.clone(),
+        jobs: JobTable::new(config.result_ttl),
     });
     let app = router(state.clone(), &config);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -255,6 +266,17 @@ impl BoundServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Finished jobs past their time are dropped even when nobody asks about them.
+        let sweeper = {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    state.jobs.sweep();
+                }
+            })
+        };
         let state = self.state.clone();
         let stopping = async move {
             shutdown.await;
@@ -264,6 +286,7 @@ impl BoundServer {
         let result = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(stopping)
             .await;
+        sweeper.abort();
         let state = self.state;
         tokio::task::spawn_blocking(move || state.queue.shutdown())
             .await

@@ -118,18 +118,25 @@ async fn img2img(State(state): Shared, body: Result<Bytes, BytesRejection>) -> R
 /// A generation route: the body read and checked, its iterations queued as one job, the reply
 /// built from what finished.
 async fn generate(state: Arc<AppState>, mode: Mode, bytes: Bytes) -> Reply {
-    let (body, requests) = blocking(&state, move |state| {
+    let (body, job) = blocking(&state, move |state| {
         let body: Body = parse_json(&bytes)?;
-        let requests = request::requests(&body, mode, &state.options(), &state.store())?;
+        let options = state.options();
+        let requests = request::requests(&body, mode, &options, &state.store())?;
+        let mut with_overrides = options.clone();
+        with_overrides.apply(&body.override_settings, "override_settings.")?;
         if !body.override_settings_restore_afterwards {
             let mut options = state.options.write().unwrap_or_else(|e| e.into_inner());
             options.apply(&body.override_settings, "override_settings.")?;
         }
-        Ok((body, requests))
+        let job = Job {
+            requests,
+            preview_every: with_overrides.preview_interval(),
+        };
+        Ok((body, job))
     })
     .await?;
     let timestamp = job_timestamp();
-    let ticket = state.queue.submit(Job { requests }).map_err(|e| match e {
+    let ticket = state.queue.submit(job).map_err(|e| match e {
         SubmitError::QueueFull(_) => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "HTTPException",
@@ -190,6 +197,10 @@ async fn progress(State(state): Shared) -> Json<Value> {
         }));
     };
     let fraction = running.fraction();
+    let current_image = running
+        .preview
+        .as_ref()
+        .map(|p| stable_diffusion::image::ImageData(p.png.to_vec()).to_base64());
     let elapsed = running.started.elapsed().as_secs_f64();
     let eta = if fraction > 0.0 {
         elapsed / fraction - elapsed
@@ -211,7 +222,7 @@ async fn progress(State(state): Shared) -> Json<Value> {
             "sampling_steps": running.steps,
             "queued": waiting,
         },
-        "current_image": null,
+        "current_image": current_image,
         "textinfo": format!(
             "{} (iteration {} of {}, step {} of {})",
             running.stage.text(),
