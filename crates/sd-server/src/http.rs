@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::Value;
 use stable_diffusion::pipeline::{LoadOptions, ModelStore};
@@ -18,8 +19,16 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::a1111::options::Options;
 use crate::jobs::JobTable;
+use crate::openapi::{self, Documented, Op, Routes};
 use crate::queue::{Queue, SharedStore, StepHook};
 use crate::ApiError;
+
+/// The web page at `/`: the form, the progress and live preview, the gallery; it uses the
+/// native job API and the A1111 lists. Everything it needs is in this one file.
+const INDEX_PAGE: &str = include_str!("assets/index.html");
+
+/// The page at `/docs`: renders `/openapi.json` and sends requests from a form.
+const DOCS_PAGE: &str = include_str!("assets/docs.html");
 
 /// The default request body limit: 64 MB (img2img bodies carry base64 images).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -104,9 +113,40 @@ impl AppState {
 
 /// The application: every route with its layers, on `state`.
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
+    let (a1111, mut docs) = crate::a1111::routes().into_parts();
+    let (jobs, job_docs) = crate::jobs::routes().into_parts();
+    docs.extend(job_docs);
+    let (pages, page_docs) = Routes::new("", "pages")
+        .route(
+            "/",
+            get(|| async { Html(INDEX_PAGE) }),
+            [Op::get("The web page: txt2img, img2img, progress, gallery").reply_html("the page")],
+        )
+        .route(
+            "/docs",
+            get(|| async { Html(DOCS_PAGE) }),
+            [Op::get("Interactive API documentation").reply_html("the page")],
+        )
+        .into_parts();
+    docs.extend(page_docs);
+    // Served by the route below, which holds the document.
+    docs.push(Documented::new(
+        "/openapi.json",
+        "pages",
+        Op::get("This OpenAPI document").reply_json(200, "OpenAPI 3.0"),
+    ));
+    let spec = Arc::new(openapi::document(&docs, !config.auth.is_empty()));
+    let pages = pages.route(
+        "/openapi.json",
+        get(move || {
+            let spec = spec.clone();
+            async move { Json(spec.as_ref().clone()) }
+        }),
+    );
     let mut app = Router::new()
-        .nest("/sdapi/v1", crate::a1111::routes())
-        .nest("/api/v1", crate::jobs::routes())
+        .nest("/sdapi/v1", a1111)
+        .nest("/api/v1", jobs)
+        .merge(pages)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "HTTPException", "Not Found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

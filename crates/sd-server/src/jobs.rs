@@ -29,7 +29,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::Stream;
 use serde_json::{json, Value};
 use stable_diffusion::image::{encode_png, ImageData, PARAMETERS_KEY};
@@ -37,6 +37,7 @@ use stable_diffusion::pipeline::{precheck, random_seed, Asset, GenerationRequest
 use tokio::sync::broadcast;
 
 use crate::http::AppState;
+use crate::openapi::{Op, Routes};
 use crate::queue::{Cancelled, Job, JobEvent, JobId, Outcome, Queue, Running, SubmitError};
 use crate::ApiError;
 
@@ -381,15 +382,65 @@ fn status_json(
     (state, reply)
 }
 
-/// The native API's routes.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/jobs", post(submit).get(list))
-        .route("/jobs/{id}", get(status).delete(delete))
-        .route("/jobs/{id}/events", get(events))
-        .route("/jobs/{id}/images/{index}", get(image))
-        .route("/jobs/{id}/cancel", post(cancel))
-        .route("/jobs/{id}/interrupt", post(interrupt))
+/// The native API's routes, with their description.
+pub fn routes() -> Routes<Arc<AppState>> {
+    let status_reply = "the job's status (and result once it has ended)";
+    Routes::new("/api/v1", "jobs")
+        .route(
+            "/jobs",
+            post(submit).get(list),
+            [
+                Op::post("Queue a generation request")
+                    .describe(
+                        "The body is the library's GenerationRequest (every field optional). \
+                         202 with the job's status; a bad field is 422 naming it, a full \
+                         queue 429.",
+                    )
+                    .body::<GenerationRequest>()
+                    .reply_json(202, "the queued job's status"),
+                Op::get("Every job kept").reply_json(200, "`{jobs: [status, ...]}`"),
+            ],
+        )
+        .route(
+            "/jobs/{id}",
+            get(status).delete(delete),
+            [
+                Op::get("A job's status and result")
+                    .query::<bool>("images", "put each result PNG in the reply as base64")
+                    .reply_json(200, status_reply),
+                Op::delete("Cancel an unfinished job and forget it (then 410)")
+                    .reply_json(200, "`{id, deleted, cancelled}`"),
+            ],
+        )
+        .route(
+            "/jobs/{id}/events",
+            get(events),
+            [Op::get("Server-Sent Events of a job")
+                .describe(
+                    "`status` first, `progress` after every stage and step, `preview` \
+                     (base64 PNG) every show_progress_every_n_steps steps, a last `status` \
+                     when the job has ended; then the stream closes.",
+                )
+                .reply_events("the event stream")],
+        )
+        .route(
+            "/jobs/{id}/images/{index}",
+            get(image),
+            [Op::get("An image of a finished job").reply_png("the PNG, with its infotext")],
+        )
+        .route(
+            "/jobs/{id}/cancel",
+            post(cancel),
+            [Op::post("Cancel a queued or running job").reply_json(202, status_reply)],
+        )
+        .route(
+            "/jobs/{id}/interrupt",
+            post(interrupt),
+            [
+                Op::post("Stop a running job's sampling; the estimate is the result")
+                    .reply_json(202, status_reply),
+            ],
+        )
 }
 
 /// The state the routes share.
