@@ -47,6 +47,32 @@ pub struct ServeArgs {
     /// The dtype weights are kept in: f32, f16 or bf16 [default: f32].
     #[arg(long)]
     weight_dtype: Option<String>,
+    /// How long the native API (/api/v1/jobs) keeps a finished job's result, then answers 410: seconds or a duration such as 90s, 10m, 2h.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    result_ttl: String,
+}
+
+/// A duration as seconds (`600`) or with a unit (`90s`, `10m`, `2h`).
+fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    let seconds = number.parse::<f64>().unwrap_or(f64::NAN) * scale;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(UsageError(format!(
+            "invalid --result-ttl: `{text}` is not a duration (seconds, or 90s, 10m, 2h)"
+        ))
+        .into());
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// `user:pass,user2:pass2` as pairs; a pair without `:` or with an empty user is refused.
@@ -107,6 +133,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(text) => parse_auth(text)?,
         None => Vec::new(),
     };
+    let result_ttl = parse_duration(&args.result_ttl)?;
     if args.queue_size == 0 {
         return Err(UsageError("invalid --queue-size: 0 (at least 1 job must wait)".into()).into());
     }
@@ -117,6 +144,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "ckpt": model,
         "api_auth": args.api_auth.is_some(),
         "cors_allow_origins": args.cors_allow_origins.join(","),
+        "result_ttl": result_ttl.as_secs_f64(),
         "api": true,
         "nowebui": true,
     });
@@ -131,6 +159,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         body_limit,
         on_step: None,
         flags,
+        result_ttl,
     };
     init_logging();
     sd_server::run_until_signal(config, |addr| {
@@ -163,7 +192,19 @@ fn init_logging() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_auth;
+    use super::{parse_auth, parse_duration};
+
+    #[test]
+    fn result_ttl_is_seconds_or_a_duration_with_a_unit() {
+        assert_eq!(parse_duration("600").unwrap().as_secs(), 600);
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert_eq!(parse_duration("0.5").unwrap().as_millis(), 500);
+        for bad in ["", "ten", "5d", "-3", "m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn api_auth_is_a_list_of_user_password_pairs() {

@@ -1,24 +1,34 @@
-//! The HTTP side: the router (A1111's routes, JSON 404/405 answers), HTTP Basic auth, CORS,
+//! The HTTP side: the router (A1111's routes, the native job API, JSON 404/405 answers), HTTP Basic auth, CORS,
 //! the body limit, a log line per request, binding and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::Value;
 use stable_diffusion::pipeline::{LoadOptions, ModelStore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::a1111::options::Options;
+use crate::jobs::JobTable;
+use crate::openapi::{self, Documented, Op, Routes};
 use crate::queue::{Queue, SharedStore, StepHook};
 use crate::ApiError;
+
+/// The web page at `/`: the form, the progress and live preview, the gallery; it uses the
+/// native job API and the A1111 lists. Everything it needs is in this one file.
+const INDEX_PAGE: &str = include_str!("assets/index.html");
+
+/// The page at `/docs`: renders `/openapi.json` and sends requests from a form.
+const DOCS_PAGE: &str = include_str!("assets/docs.html");
 
 /// The default request body limit: 64 MB (img2img bodies carry base64 images).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -47,7 +57,12 @@ pub struct ServerConfig {
     pub on_step: Option<StepHook>,
     /// What `/sdapi/v1/cmd-flags` shows (the command line's settings).
     pub flags: Value,
+    /// How long the native API keeps a finished job's result (then 410).
+    pub result_ttl: Duration,
 }
+
+/// How long finished jobs' results are kept by default: 10 minutes.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(600);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -62,6 +77,7 @@ impl Default for ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             on_step: None,
             flags: Value::Object(Default::default()),
+            result_ttl: DEFAULT_RESULT_TTL,
         }
     }
 }
@@ -76,6 +92,8 @@ pub struct AppState {
     pub options: RwLock<Options>,
     /// What `/sdapi/v1/cmd-flags` shows.
     pub flags: Value,
+    /// The native API's jobs.
+    pub jobs: JobTable,
 }
 
 impl AppState {
@@ -95,8 +113,40 @@ impl AppState {
 
 /// The application: every route with its layers, on `state`.
 pub fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
+    let (a1111, mut docs) = crate::a1111::routes().into_parts();
+    let (jobs, job_docs) = crate::jobs::routes().into_parts();
+    docs.extend(job_docs);
+    let (pages, page_docs) = Routes::new("", "pages")
+        .route(
+            "/",
+            get(|| async { Html(INDEX_PAGE) }),
+            [Op::get("The web page: txt2img, img2img, progress, gallery").reply_html("the page")],
+        )
+        .route(
+            "/docs",
+            get(|| async { Html(DOCS_PAGE) }),
+            [Op::get("Interactive API documentation").reply_html("the page")],
+        )
+        .into_parts();
+    docs.extend(page_docs);
+    // Served by the route below, which holds the document.
+    docs.push(Documented::new(
+        "/openapi.json",
+        "pages",
+        Op::get("This OpenAPI document").reply_json(200, "OpenAPI 3.0"),
+    ));
+    let spec = Arc::new(openapi::document(&docs, !config.auth.is_empty()));
+    let pages = pages.route(
+        "/openapi.json",
+        get(move || {
+            let spec = spec.clone();
+            async move { Json(spec.as_ref().clone()) }
+        }),
+    );
     let mut app = Router::new()
-        .nest("/sdapi/v1", crate::a1111::routes())
+        .nest("/sdapi/v1", a1111)
+        .nest("/api/v1", jobs)
+        .merge(pages)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "HTTPException", "Not Found") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -134,7 +184,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers(Any),
     )
 }
@@ -233,6 +283,7 @@ pub async fn bind(config: ServerConfig) -> std::io::Result<BoundServer> {
         store,
         options: RwLock::new(options),
         flags: config.flags.clone(),
+        jobs: JobTable::new(config.result_ttl),
     });
     let app = router(state.clone(), &config);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -255,6 +306,17 @@ impl BoundServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Finished jobs past their time are dropped even when nobody asks about them.
+        let sweeper = {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    state.jobs.sweep();
+                }
+            })
+        };
         let state = self.state.clone();
         let stopping = async move {
             shutdown.await;
@@ -264,6 +326,7 @@ impl BoundServer {
         let result = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(stopping)
             .await;
+        sweeper.abort();
         let state = self.state;
         tokio::task::spawn_blocking(move || state.queue.shutdown())
             .await

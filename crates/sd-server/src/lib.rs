@@ -11,15 +11,26 @@
 //! builds, so the server makes the images the CLI makes. One worker thread owns the compute;
 //! handlers put jobs on a bounded [`queue::Queue`] (full: 429) and await their outcome.
 //!
-//! Files: `queue` (jobs, the worker, progress state), `a1111/` (the `/sdapi/v1` routes, the
+//! Beside it, the native job API (`jobs`, under `/api/v1`): a library request in, a job id
+//! out, its status, result, cancel and a Server-Sent-Events stream of progress and previews.
+//!
+//! Files: `queue` (jobs, the worker, progress state, events), `jobs` (the native API), `openapi`
+//! (the description of every route, `/openapi.json`, `/docs`), `assets/` (the pages at `/`
+//! and `/docs`, embedded),
+//! `a1111/` (the `/sdapi/v1` routes, the
 //! mapping of A1111's fields to a request, the `info` reply), `error` (A1111's error bodies),
 //! `http` (the router, auth, CORS, body limit, request log, binding and shutdown).
 
 pub mod a1111;
 pub mod error;
 pub mod http;
+pub mod jobs;
+pub mod openapi;
 pub mod queue;
 
 pub use error::ApiError;
-pub use http::{bind, router, run_until_signal, BoundServer, ServerConfig, DEFAULT_BODY_LIMIT};
-pub use queue::{JobId, Outcome, Queue, Running, StepHook};
+pub use http::{
+    bind, router, run_until_signal, BoundServer, ServerConfig, DEFAULT_BODY_LIMIT,
+    DEFAULT_RESULT_TTL,
+};
+pub use queue::{JobEvent, JobId, Outcome, Queue, Running, StepHook};

@@ -7,6 +7,11 @@
 //! stage) that progress routes read, and checks after every stage and step whether the job was
 //! cancelled (its ticket dropped, or [`Ticket::cancel`]), interrupted (stop sampling, decode
 //! the estimate so far, keep what is done), skipped (drop the current iteration, go on) or the server is shutting down.
+//!
+//! Every job's progress is also published as [`JobEvent`]s on one broadcast channel
+//! ([`Queue::subscribe`]): the native API's event streams read it. With
+//! [`Job::preview_every`] set, the worker renders the cheap live preview of the estimate every
+//! that many steps; the running job's latest one is in [`Running::preview`].
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -16,9 +21,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use stable_diffusion::pipeline::{
-    self, Control, GenerationRequest, LoadOptions, ModelStore, Progress, RunOutput,
+    self, Control, GenerationRequest, LoadOptions, ModelStore, Progress, RunOutput, StepPreview,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 /// A job's number, unique for the server's lifetime (from 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +40,53 @@ impl std::fmt::Display for JobId {
 pub struct Job {
     /// One request per iteration, each complete (seed and sizes set by the caller or the run).
     pub requests: Vec<GenerationRequest>,
+    /// Render a live preview every this many sampling steps (`None`: no previews).
+    pub preview_every: Option<usize>,
+}
+
+/// A live preview of a running job: the cheap projection of the estimate as a PNG.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The iteration it belongs to, from 0.
+    pub iteration: usize,
+    /// The sampling step it shows (1-based).
+    pub step: usize,
+    /// The PNG file's bytes (the batch side by side, an eighth of the final size).
+    pub png: Arc<Vec<u8>>,
+}
+
+/// What the worker publishes about the jobs it runs.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// The job's state changed (it started, a stage began, a step finished).
+    Progress(Running),
+    /// A new live preview of the job.
+    Preview(JobId, Preview),
+    /// The job ended; its outcome went to its ticket.
+    Ended(JobId),
+    /// The native API recorded the job's outcome (or forgot the job): read it there.
+    Recorded(JobId),
+}
+
+impl JobEvent {
+    /// The job the event is about.
+    pub fn job(&self) -> JobId {
+        match self {
+            JobEvent::Progress(running) => running.id,
+            JobEvent::Preview(id, _) | JobEvent::Ended(id) | JobEvent::Recorded(id) => *id,
+        }
+    }
+}
+
+/// What [`Queue::cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job was waiting: it is out of the queue, its outcome [`Outcome::Cancelled`].
+    Waiting,
+    /// The job is running: it stops at its next step.
+    Running,
+    /// No such job is waiting or running.
+    NotFound,
 }
 
 /// How a job ended.
@@ -120,6 +172,10 @@ pub struct Running {
     pub interrupted: bool,
     /// Whether a skip of the current iteration was asked for.
     pub skipped: bool,
+    /// Whether a cancel was asked for.
+    pub cancelling: bool,
+    /// The latest live preview (with previews on).
+    pub preview: Option<Preview>,
 }
 
 impl Running {
@@ -162,6 +218,15 @@ struct Shared {
     shutdown: AtomicBool,
     next_id: AtomicU64,
     capacity: usize,
+    /// Where job events go.
+    events: broadcast::Sender<JobEvent>,
+}
+
+impl Shared {
+    /// Publishes `event` (nobody listening is fine).
+    fn publish(&self, event: JobEvent) {
+        let _ = self.events.send(event);
+    }
 }
 
 /// The bounded job queue and its worker thread.
@@ -207,6 +272,9 @@ impl Drop for Ticket {
     }
 }
 
+/// Events a slow listener may fall behind by before it misses some (it is told it lagged).
+const EVENT_BUFFER: usize = 1024;
+
 /// The store the worker resolves names in: shared with the routes that list and rescan it.
 pub type SharedStore = Arc<RwLock<ModelStore>>;
 
@@ -228,6 +296,7 @@ impl Queue {
             shutdown: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             capacity,
+            events: broadcast::channel(EVENT_BUFFER).0,
         });
         let worker = {
             let shared = shared.clone();
@@ -270,6 +339,61 @@ impl Queue {
     /// The number of jobs waiting (the running one not counted).
     pub fn waiting(&self) -> usize {
         lock(&self.shared.waiting).len()
+    }
+
+    /// Where job `id` waits: 0 is next; `None` when it is not waiting.
+    pub fn position(&self, id: JobId) -> Option<usize> {
+        lock(&self.shared.waiting).iter().position(|q| q.id == id)
+    }
+
+    /// A receiver of every job's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Publishes `event` to the subscribers (the native API tells them a result is stored).
+    pub fn publish(&self, event: JobEvent) {
+        self.shared.publish(event);
+    }
+
+    /// Cancels job `id`: a waiting job leaves the queue at once (its outcome
+    /// [`Outcome::Cancelled`]), a running one stops at its next step.
+    pub fn cancel(&self, id: JobId) -> Cancelled {
+        let removed = {
+            let mut waiting = lock(&self.shared.waiting);
+            match waiting.iter().position(|q| q.id == id) {
+                Some(at) => waiting.remove(at),
+                None => None,
+            }
+        };
+        if let Some(job) = removed {
+            job.cancel.store(true, Ordering::SeqCst);
+            let _ = job.reply.send(Outcome::Cancelled);
+            return Cancelled::Waiting;
+        }
+        let mut running = lock(&self.shared.running);
+        match running.as_mut() {
+            Some((state, cancel)) if state.id == id => {
+                state.cancelling = true;
+                cancel.store(true, Ordering::SeqCst);
+                Cancelled::Running
+            }
+            _ => Cancelled::NotFound,
+        }
+    }
+
+    /// Interrupts job `id` if it is the one running (see [`Queue::interrupt`]); returns
+    /// whether it was.
+    pub fn interrupt_job(&self, id: JobId) -> bool {
+        let mut running = lock(&self.shared.running);
+        match running.as_mut() {
+            Some((state, _)) if state.id == id => {
+                state.interrupted = true;
+                self.shared.interrupt.store(true, Ordering::SeqCst);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The running job, if any.
@@ -381,11 +505,13 @@ fn work(shared: &Shared, store: &SharedStore, options: &LoadOptions, on_step: Op
         };
         if queued.cancel.load(Ordering::SeqCst) {
             let _ = queued.reply.send(Outcome::Cancelled);
+            shared.publish(JobEvent::Ended(queued.id));
             continue;
         }
         let outcome = run_job(shared, store, options, on_step, &queued);
         *lock(&shared.running) = None;
         let _ = queued.reply.send(outcome);
+        shared.publish(JobEvent::Ended(queued.id));
     }
 }
 
@@ -412,9 +538,14 @@ fn run_job(
             timestamp: job_timestamp(),
             interrupted: false,
             skipped: false,
+            cancelling: false,
+            preview: None,
         },
         queued.cancel.clone(),
     ));
+    if let Some(snapshot) = lock(&shared.running).as_ref().map(|(r, _)| r.clone()) {
+        shared.publish(JobEvent::Progress(snapshot));
+    }
     // Clones share the loaded models; a rescan while the job runs does not change it.
     let store = store.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut outputs = Vec::with_capacity(requests.len());
@@ -429,6 +560,7 @@ fn run_job(
             state.steps = 0;
             state.stage = Stage::Starting;
             state.skipped = false;
+            state.preview = None;
         }
         // Shutdown, a cancel and a skip drop the iteration; an interrupt finishes it early
         // with the estimate so far (A1111's partial image).
@@ -459,18 +591,49 @@ fn run_job(
                             }
                             Progress::Decoding => Stage::Decoding,
                         };
-                        matches!(event, Progress::Step { .. }).then(|| state.clone())
+                        Some(state.clone())
                     }
                     None => None,
                 }
             };
-            if let (Some(hook), Some(snapshot)) = (on_step, snapshot) {
-                hook(&snapshot);
+            if let Some(snapshot) = snapshot {
+                let step = matches!(event, Progress::Step { .. });
+                shared.publish(JobEvent::Progress(snapshot.clone()));
+                if let (Some(hook), true) = (on_step, step) {
+                    hook(&snapshot);
+                }
             }
             control()
         };
+        let on_preview = |preview: &StepPreview<'_>| {
+            let Some(every) = queued.job.preview_every.filter(|n| *n > 0) else {
+                return;
+            };
+            if !preview.step.is_multiple_of(every) && preview.step != preview.total {
+                return;
+            }
+            // A preview that cannot be made is skipped: it must not stop the run.
+            let Some(png) = preview_png(preview) else {
+                return;
+            };
+            let preview = Preview {
+                iteration,
+                step: preview.step,
+                png: Arc::new(png),
+            };
+            if let Some((state, _)) = lock(&shared.running).as_mut() {
+                state.preview = Some(preview.clone());
+            }
+            shared.publish(JobEvent::Preview(queued.id, preview));
+        };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            pipeline::run(&store, options, request, &mut on_progress)
+            pipeline::run_with_previews(
+                &store,
+                options,
+                request,
+                Some(&on_preview),
+                &mut on_progress,
+            )
         }));
         match result {
             Ok(Ok(output)) => outputs.push(output),
@@ -500,6 +663,16 @@ fn run_job(
     }
 }
 
+/// The cheap preview of `preview`'s estimate as a PNG, the batch side by side.
+fn preview_png(preview: &StepPreview<'_>) -> Option<Vec<u8>> {
+    let images = preview.cheap_images().ok()?;
+    let picture = match images.len() {
+        1 => images.into_iter().next()?,
+        n => stable_diffusion::image::grid(&images, n),
+    };
+    stable_diffusion::image::encode_png(&picture, &[]).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +690,8 @@ mod tests {
             timestamp: String::new(),
             interrupted: false,
             skipped: false,
+            cancelling: false,
+            preview: None,
         };
         assert_eq!(running.fraction(), 0.75);
         running.steps = 0;

@@ -11,6 +11,18 @@ use crate::ApiError;
 /// What A1111 reports as its version in `info`.
 pub const VERSION: &str = concat!("sd-rs ", env!("CARGO_PKG_VERSION"));
 
+/// The shape of a txt2img / img2img reply (its schema; [`reply`] builds it).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct GenerationReply {
+    /// The images: raw base64 PNGs (no `data:` prefix) with their infotexts.
+    images: Vec<String>,
+    /// The request's fields with their defaults.
+    parameters: serde_json::Map<String, Value>,
+    /// A JSON string with A1111's keys (all_seeds, infotexts, sd_model_name, ...).
+    info: String,
+}
+
 /// The reply for `body` from the finished iterations `outputs`; `timestamp` is the job's.
 pub fn reply(
     body: &Body,

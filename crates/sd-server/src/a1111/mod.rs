@@ -17,7 +17,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
 use stable_diffusion::image::png::png_text_from_bytes;
 use stable_diffusion::image::{InfoText, PARAMETERS_KEY};
@@ -26,6 +26,7 @@ use stable_diffusion::pipeline::{memory, Asset};
 use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
 
 use crate::http::AppState;
+use crate::openapi::{Op, Routes};
 use crate::queue::{job_timestamp, Job, Outcome, SubmitError};
 use crate::ApiError;
 use request::{field_of, parse_json, Body, Mode};
@@ -36,59 +37,191 @@ type Shared = State<Arc<AppState>>;
 /// A JSON reply or an A1111 error.
 type Reply = Result<Json<Value>, ApiError>;
 
-/// Every `/sdapi/v1` route.
-pub fn routes() -> Router<Arc<AppState>> {
+/// Every `/sdapi/v1` route, with its description.
+pub fn routes() -> Routes<Arc<AppState>> {
     let not_implemented =
         |what: &'static str| move || async move { ApiError::not_implemented(what) };
     let empty_list = || async { Json(json!([])) };
     let done = || async { Json(json!({})) };
-    Router::new()
-        .route("/txt2img", post(txt2img))
-        .route("/img2img", post(img2img))
-        .route("/progress", get(progress))
-        .route("/interrupt", post(interrupt))
-        .route("/skip", post(skip))
-        .route("/options", get(get_options).post(set_options))
-        .route("/sd-models", get(sd_models))
-        .route("/sd-vae", get(sd_vae))
-        .route("/samplers", get(samplers))
-        .route("/schedulers", get(schedulers))
-        .route("/upscalers", get(upscalers))
-        .route("/latent-upscale-modes", get(latent_upscale_modes))
-        .route("/loras", get(loras))
-        .route("/embeddings", get(embeddings))
-        .route("/prompt-styles", get(empty_list))
-        .route("/face-restorers", get(empty_list))
-        .route("/realesrgan-models", get(empty_list))
-        .route("/hypernetworks", get(empty_list))
-        .route("/script-info", get(empty_list))
-        .route("/extensions", get(empty_list))
-        .route("/cmd-flags", get(cmd_flags))
-        .route("/memory", get(memory_info))
+    let list = |summary| Op::get(summary).reply_json(200, "a JSON list");
+    let unsupported = |summary| Op::post(summary).reply_json(501, "not supported here");
+    let action = |summary| Op::post(summary).reply_json(200, "`{}`");
+    let generation = |summary, what| {
+        Op::post(summary)
+            .describe(what)
+            .body::<Body>()
+            .reply::<info::GenerationReply>(200, "the images, the request, the info")
+    };
+    Routes::new("/sdapi/v1", "AUTOMATIC1111")
+        .route(
+            "/txt2img",
+            post(txt2img),
+            [generation(
+                "Generate images from a prompt",
+                "A1111's txt2img fields and defaults; waits for the images. A full queue is 429.",
+            )],
+        )
+        .route(
+            "/img2img",
+            post(img2img),
+            [generation(
+                "Generate images from an init image (and a mask)",
+                "txt2img's fields with init_images (one, base64) and mask; waits for the images.",
+            )],
+        )
+        .route(
+            "/progress",
+            get(progress),
+            [Op::get("The running job's progress and live preview")
+                .query::<bool>("skip_current_image", "ignored (A1111 compatibility)")
+                .reply_json(
+                    200,
+                    "progress, eta_relative, state, current_image, textinfo",
+                )],
+        )
+        .route(
+            "/interrupt",
+            post(interrupt),
+            [action(
+                "Stop sampling after this step; the estimate is the result",
+            )],
+        )
+        .route("/skip", post(skip), [action("Drop the running iteration")])
+        .route(
+            "/options",
+            get(get_options).post(set_options),
+            [
+                Op::get("The settings").reply_json(200, "A1111's option keys"),
+                Op::post("Change settings (sd_model_checkpoint switches the model)")
+                    .body::<Map<String, Value>>()
+                    .reply_json(200, "`{}`"),
+            ],
+        )
+        .route("/sd-models", get(sd_models), [list("The checkpoints")])
+        .route("/sd-vae", get(sd_vae), [list("The VAEs")])
+        .route("/samplers", get(samplers), [list("The samplers")])
+        .route("/schedulers", get(schedulers), [list("The schedules")])
+        .route("/upscalers", get(upscalers), [list("The hires upscalers")])
+        .route(
+            "/latent-upscale-modes",
+            get(latent_upscale_modes),
+            [list("The latent upscalers")],
+        )
+        .route("/loras", get(loras), [list("The LoRAs")])
+        .route(
+            "/embeddings",
+            get(embeddings),
+            [Op::get("The textual-inversion embeddings").reply_json(200, "loaded and skipped")],
+        )
+        .route(
+            "/prompt-styles",
+            get(empty_list),
+            [list("Prompt styles (none)")],
+        )
+        .route(
+            "/face-restorers",
+            get(empty_list),
+            [list("Face restorers (none)")],
+        )
+        .route(
+            "/realesrgan-models",
+            get(empty_list),
+            [list("Real-ESRGAN models (none)")],
+        )
+        .route(
+            "/hypernetworks",
+            get(empty_list),
+            [list("Hypernetworks (none)")],
+        )
+        .route("/script-info", get(empty_list), [list("Scripts (none)")])
+        .route("/extensions", get(empty_list), [list("Extensions (none)")])
+        .route(
+            "/cmd-flags",
+            get(cmd_flags),
+            [Op::get("The command line's settings").reply_json(200, "flags")],
+        )
+        .route(
+            "/memory",
+            get(memory_info),
+            [Op::get("The machine's memory").reply_json(200, "ram, cuda")],
+        )
         .route(
             "/scripts",
             get(|| async { Json(json!({"txt2img": [], "img2img": []})) }),
+            [Op::get("Scripts by tab (none)").reply_json(200, "txt2img, img2img")],
         )
-        .route("/png-info", post(png_info))
-        .route("/refresh-checkpoints", post(refresh))
-        .route("/refresh-vae", post(refresh))
-        .route("/refresh-loras", post(refresh))
-        .route("/refresh-embeddings", post(refresh))
-        .route("/unload-checkpoint", post(done))
-        .route("/reload-checkpoint", post(done))
-        .route("/interrogate", post(not_implemented("interrogate")))
+        .route(
+            "/png-info",
+            post(png_info),
+            [Op::post("The infotext of a PNG")
+                .body::<PngInfoBody>()
+                .reply_json(200, "info, items, parameters")],
+        )
+        .route(
+            "/refresh-checkpoints",
+            post(refresh),
+            [action("Rescan the models folder")],
+        )
+        .route(
+            "/refresh-vae",
+            post(refresh),
+            [action("Rescan the models folder")],
+        )
+        .route(
+            "/refresh-loras",
+            post(refresh),
+            [action("Rescan the models folder")],
+        )
+        .route(
+            "/refresh-embeddings",
+            post(refresh),
+            [action("Rescan the models folder")],
+        )
+        .route(
+            "/unload-checkpoint",
+            post(done),
+            [action("Unload the checkpoint (no-op)")],
+        )
+        .route(
+            "/reload-checkpoint",
+            post(done),
+            [action("Reload the checkpoint (no-op)")],
+        )
+        .route(
+            "/interrogate",
+            post(not_implemented("interrogate")),
+            [unsupported("Interrogate (not supported)")],
+        )
         .route(
             "/extra-single-image",
             post(not_implemented("extras upscaling")),
+            [unsupported("Extras upscaling (not supported)")],
         )
         .route(
             "/extra-batch-images",
             post(not_implemented("extras upscaling")),
+            [unsupported("Extras upscaling (not supported)")],
         )
-        .route("/create/embedding", post(not_implemented("training")))
-        .route("/create/hypernetwork", post(not_implemented("training")))
-        .route("/train/embedding", post(not_implemented("training")))
-        .route("/train/hypernetwork", post(not_implemented("training")))
+        .route(
+            "/create/embedding",
+            post(not_implemented("training")),
+            [unsupported("Training (not supported)")],
+        )
+        .route(
+            "/create/hypernetwork",
+            post(not_implemented("training")),
+            [unsupported("Training (not supported)")],
+        )
+        .route(
+            "/train/embedding",
+            post(not_implemented("training")),
+            [unsupported("Training (not supported)")],
+        )
+        .route(
+            "/train/hypernetwork",
+            post(not_implemented("training")),
+            [unsupported("Training (not supported)")],
+        )
 }
 
 /// The body's bytes, or the error the body extractor gave (too large: 413) as JSON.
@@ -118,18 +251,25 @@ async fn img2img(State(state): Shared, body: Result<Bytes, BytesRejection>) -> R
 /// A generation route: the body read and checked, its iterations queued as one job, the reply
 /// built from what finished.
 async fn generate(state: Arc<AppState>, mode: Mode, bytes: Bytes) -> Reply {
-    let (body, requests) = blocking(&state, move |state| {
+    let (body, job) = blocking(&state, move |state| {
         let body: Body = parse_json(&bytes)?;
-        let requests = request::requests(&body, mode, &state.options(), &state.store())?;
+        let options = state.options();
+        let requests = request::requests(&body, mode, &options, &state.store())?;
+        let mut with_overrides = options.clone();
+        with_overrides.apply(&body.override_settings, "override_settings.")?;
         if !body.override_settings_restore_afterwards {
             let mut options = state.options.write().unwrap_or_else(|e| e.into_inner());
             options.apply(&body.override_settings, "override_settings.")?;
         }
-        Ok((body, requests))
+        let job = Job {
+            requests,
+            preview_every: with_overrides.preview_interval(),
+        };
+        Ok((body, job))
     })
     .await?;
     let timestamp = job_timestamp();
-    let ticket = state.queue.submit(Job { requests }).map_err(|e| match e {
+    let ticket = state.queue.submit(job).map_err(|e| match e {
         SubmitError::QueueFull(_) => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "HTTPException",
@@ -190,6 +330,10 @@ async fn progress(State(state): Shared) -> Json<Value> {
         }));
     };
     let fraction = running.fraction();
+    let current_image = running
+        .preview
+        .as_ref()
+        .map(|p| stable_diffusion::image::ImageData(p.png.to_vec()).to_base64());
     let elapsed = running.started.elapsed().as_secs_f64();
     let eta = if fraction > 0.0 {
         elapsed / fraction - elapsed
@@ -211,7 +355,7 @@ async fn progress(State(state): Shared) -> Json<Value> {
             "sampling_steps": running.steps,
             "queued": waiting,
         },
-        "current_image": null,
+        "current_image": current_image,
         "textinfo": format!(
             "{} (iteration {} of {}, step {} of {})",
             running.stage.text(),
@@ -438,9 +582,10 @@ async fn memory_info() -> Json<Value> {
 }
 
 /// The fields of a PNG-info request.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, schemars::JsonSchema)]
 #[serde(default)]
-struct PngInfoBody {
+pub struct PngInfoBody {
+    /// The PNG file, base64 (raw or a `data:` URI).
     image: String,
 }
 

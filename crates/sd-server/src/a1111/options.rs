@@ -31,6 +31,10 @@ pub struct Options {
     pub s_tmax: f64,
     /// `s_noise`.
     pub s_noise: f64,
+    /// `live_previews_enable`: render previews during sampling.
+    pub live_previews: bool,
+    /// `show_progress_every_n_steps`: steps between previews (-1 or 0: none while sampling).
+    pub preview_every: i64,
 }
 
 impl Default for Options {
@@ -47,6 +51,8 @@ impl Default for Options {
             s_tmin: 0.0,
             s_tmax: 0.0,
             s_noise: 1.0,
+            live_previews: true,
+            preview_every: 10,
         }
     }
 }
@@ -75,6 +81,11 @@ fn text<'a>(field: &str, value: &'a Value) -> Result<&'a str, ApiError> {
 }
 
 impl Options {
+    /// Steps between live previews during sampling, as the job queue takes it (`None`: off).
+    pub fn preview_interval(&self) -> Option<usize> {
+        (self.live_previews && self.preview_every > 0).then_some(self.preview_every as usize)
+    }
+
     /// Applies A1111 `settings` (unknown keys ignored, as A1111 keeps them without effect
     /// here); `prefix` goes before the key in error messages (`override_settings.`).
     pub fn apply(&mut self, settings: &Map<String, Value>, prefix: &str) -> Result<(), ApiError> {
@@ -109,6 +120,25 @@ impl Options {
                 "s_tmin" => self.s_tmin = number(field, value)?,
                 "s_tmax" => self.s_tmax = number(field, value)?,
                 "s_noise" => self.s_noise = number(field, value)?,
+                "live_previews_enable" => {
+                    self.live_previews = value.as_bool().ok_or_else(|| {
+                        ApiError::field(field, format!("{value} is not true or false"))
+                    })?;
+                }
+                "show_progress_every_n_steps" => {
+                    self.preview_every = value.as_i64().filter(|n| *n >= -1).ok_or_else(|| {
+                        ApiError::field(field, format!("{value} is not a whole number >= -1"))
+                    })?;
+                }
+                "show_progress_type" => {
+                    let kind = text(field, value)?;
+                    if kind != "Approx cheap" {
+                        return Err(ApiError::field(
+                            field,
+                            format!("`{kind}` is not supported (Approx cheap is)"),
+                        ));
+                    }
+                }
                 "samples_format" => {
                     let format = text(field, value)?;
                     if !format.eq_ignore_ascii_case("png") {
@@ -145,8 +175,8 @@ impl Options {
             "s_tmax": self.s_tmax,
             "s_noise": self.s_noise,
             "samples_format": "png",
-            "live_previews_enable": false,
-            "show_progress_every_n_steps": -1,
+            "live_previews_enable": self.live_previews,
+            "show_progress_every_n_steps": self.preview_every,
             "show_progress_type": "Approx cheap",
             "sd_checkpoints_limit": 1,
         })

@@ -19,7 +19,7 @@ use crate::ApiError;
 
 /// The fields of A1111's `StableDiffusionProcessingTxt2Img` / `Img2Img` API models that this
 /// server reads, with A1111's defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Body {
     /// The prompt.

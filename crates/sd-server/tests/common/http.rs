@@ -71,7 +71,7 @@ pub fn request(
 }
 
 /// Parses a raw HTTP/1.1 reply.
-fn parse(raw: &[u8]) -> Reply {
+pub fn parse(raw: &[u8]) -> Reply {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

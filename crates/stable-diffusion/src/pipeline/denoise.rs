@@ -8,9 +8,10 @@ use candle_core::{DType, Tensor};
 use super::conditioning::ConditioningSchedule;
 use super::inpaint::{self, InpaintMode};
 use super::model::StableDiffusion;
+use super::preview::{PreviewHook, StepPreview};
 use super::refiner;
 use super::variation::RunNoise;
-use super::{Control, Generation, GenerationRequest, Progress, Timings};
+use super::{Control, Generation, GenerationRequest, ModelFamily, Progress, Timings};
 use crate::prompt::ScheduleSteps;
 use crate::rng::NoiseSource;
 use crate::scheduler::Blend;
@@ -32,6 +33,8 @@ pub struct Inputs<'a> {
     /// Set for a hires fix's second pass: the first pass's steps, which A1111's prompt
     /// schedules (`[from:to:when]`) count from (see [`crate::prompt::ScheduleSteps`]).
     pub hires_first_pass_steps: Option<usize>,
+    /// Called after every sampling step with the step's estimate (live previews).
+    pub previews: Option<PreviewHook<'a>>,
 }
 
 /// The steps a request's prompt schedules count: A1111 counts model evaluations, so its
@@ -151,8 +154,17 @@ impl StableDiffusion {
 
         let total = plan.steps() + refiner_run.as_ref().map_or(0, |(_, p)| p.steps());
         let mut done = 0;
-        let mut step_done = || {
+        let previews = inputs.previews;
+        let mut step_done = |step: &StepInfo<'_>, family: ModelFamily| {
             done += 1;
+            if let Some(hook) = previews {
+                hook(&StepPreview {
+                    step: done,
+                    total,
+                    latents: step.denoised.unwrap_or(step.x),
+                    family,
+                });
+            }
             check(Progress::Step { step: done, total })
         };
         let start = Instant::now();
@@ -462,7 +474,7 @@ struct Guided<'a> {
     calls: usize,
     request: &'a GenerationRequest,
     inpaint: &'a InpaintMode,
-    step_done: &'a mut dyn FnMut() -> Result<()>,
+    step_done: &'a mut dyn FnMut(&StepInfo<'_>, ModelFamily) -> Result<()>,
     /// The step's denoised estimate (else its sample) when the caller stopped the run there.
     last_estimate: Option<Tensor>,
 }
@@ -526,7 +538,7 @@ impl Model for Guided<'_> {
     }
 
     fn step_done(&mut self, step: &StepInfo<'_>) -> Result<()> {
-        let result = (self.step_done)();
+        let result = (self.step_done)(step, self.model.family());
         if result.is_err() {
             // Kept for Control::Finish: what A1111 decodes when interrupted.
             self.last_estimate = Some(step.denoised.unwrap_or(step.x).clone());

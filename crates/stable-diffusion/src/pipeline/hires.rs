@@ -13,6 +13,7 @@ use candle_core::{DType, Tensor};
 
 use ::image::imageops::FilterType;
 
+use super::preview::PreviewHook;
 use super::{Control, Generation, GenerationRequest, Inputs, Progress, StableDiffusion};
 use crate::image::image_to_tensor;
 use crate::{Error, Result};
@@ -193,6 +194,18 @@ impl StableDiffusion {
         hires: &HiresFix,
         progress: &mut dyn FnMut(Progress) -> Control,
     ) -> Result<Generation> {
+        self.generate_hires_with_previews(request, hires, None, progress)
+    }
+
+    /// [`Self::generate_hires`] with a live-preview hook called after every step of both
+    /// passes.
+    pub fn generate_hires_with_previews(
+        &self,
+        request: &GenerationRequest,
+        hires: &HiresFix,
+        previews: Option<PreviewHook<'_>>,
+        progress: &mut dyn FnMut(Progress) -> Control,
+    ) -> Result<Generation> {
         if request.init_image.is_some() || request.mask.is_some() || request.refiner.is_some() {
             return Err(Error::invalid(
                 "hires fix",
@@ -256,7 +269,11 @@ impl StableDiffusion {
                 }
             }
         }
-        let first = self.generate(request, &Inputs::default(), progress)?;
+        let first_inputs = Inputs {
+            previews,
+            ..Inputs::default()
+        };
+        let first = self.generate(request, &first_inputs, progress)?;
         if first.interrupted {
             // As A1111: an interrupted first pass is the result, without the hires pass.
             return Ok(first);
@@ -285,6 +302,7 @@ impl StableDiffusion {
                 init_image: init_image.as_ref(),
                 init_latents: init_latents.as_ref(),
                 hires_first_pass_steps: Some(request.steps),
+                previews,
                 ..Inputs::default()
             },
             progress,

@@ -12,7 +12,7 @@
 //! (half-precision storage), `conditioning` (text → embeddings per family), `inpaint` (mask
 //! inputs), `refiner` (the SDXL handoff split), `denoise` (the generation itself), `request`
 //! and `infotext` (the request and its PNG text), `variation` (A1111's variation seeds and seed
-//! resize in the initial noise).
+//! resize in the initial noise), `preview` (live previews of the estimate during sampling).
 
 mod conditioning;
 mod denoise;
@@ -23,6 +23,7 @@ mod inpaint;
 pub mod memory;
 mod model;
 mod precision;
+pub mod preview;
 pub mod refiner;
 mod request;
 mod run;
@@ -38,11 +39,12 @@ pub use infotext::{format_network_hashes, parse_network_hashes};
 pub use inpaint::mask_to_tensor;
 pub use model::{load_vae, LoadOptions, ModelParts, StableDiffusion, TextEncoderPart};
 pub use precision::{dtype_name, parse_dtype, Precision, DTYPE_NAMES};
+pub use preview::{PreviewHook, StepPreview};
 pub use request::{
     GenerationRequest, NetworkRef, RngKind, DEFAULT_REFINER_SWITCH, MAX_BATCH, MAX_PROMPT_BYTES,
     MAX_SIDE, MAX_STEPS,
 };
-pub use run::{precheck, random_seed, run, RunOutput};
+pub use run::{precheck, random_seed, run, run_with_previews, RunOutput};
 pub use store::{asset_name, disk_bytes, Asset, Entry, ModelStore};
 pub use variation::{initial_noise, ImageStreams, RunNoise};
 

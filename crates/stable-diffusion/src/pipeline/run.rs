@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::memory;
+use super::preview::PreviewHook;
 use super::store::{asset_name, disk_bytes, Asset, ModelStore};
 use super::{
     format_network_hashes, load_vae, mask_to_tensor, Control, GenerationRequest, LoadOptions,
@@ -191,6 +192,18 @@ pub fn run(
     request: &GenerationRequest,
     progress: &mut dyn FnMut(Progress) -> Control,
 ) -> Result<RunOutput> {
+    run_with_previews(store, options, request, None, progress)
+}
+
+/// [`run`] with a live-preview hook, called after every sampling step with the step's
+/// estimate (see [`super::preview`]).
+pub fn run_with_previews(
+    store: &ModelStore,
+    options: &LoadOptions,
+    request: &GenerationRequest,
+    previews: Option<PreviewHook<'_>>,
+    progress: &mut dyn FnMut(Progress) -> Control,
+) -> Result<RunOutput> {
     let mut request = request.clone();
     let mut warnings = Vec::new();
     precheck(&request)?;
@@ -286,10 +299,11 @@ pub fn run(
         init_image: init_tensor.as_ref(),
         mask: mask_tensor.as_ref(),
         refiner: refiner.as_deref(),
+        previews,
         ..super::Inputs::default()
     };
     let generation = match &request.hires {
-        Some(hires) => model.generate_hires(&request, hires, progress)?,
+        Some(hires) => model.generate_hires_with_previews(&request, hires, previews, progress)?,
         None => model.generate(&request, &inputs, progress)?,
     };
 
