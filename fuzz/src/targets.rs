@@ -347,7 +347,10 @@ pub fn prompt(data: &[u8]) -> Outcome {
     // The conditioning encodes each distinct text of the schedule once (an alternation makes
     // every step an entry, most of them equal).
     let mut seen = std::collections::HashSet::new();
-    for entry in schedule.iter().filter(|entry| seen.insert(entry.text.as_str())) {
+    for entry in schedule
+        .iter()
+        .filter(|entry| seen.insert(entry.text.as_str()))
+    {
         let mut pieces = Vec::new();
         for piece in parse_attention(&entry.text) {
             if piece.is_break() {
