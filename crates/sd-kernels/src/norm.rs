@@ -486,7 +486,7 @@ mod avx2 {
     /// The sum of a register's four f64 lanes, in a fixed order.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256d) -> f64 {
+    pub(super) unsafe fn hsum(v: __m256d) -> f64 {
         let pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
         _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)))
     }
@@ -691,15 +691,7 @@ mod avx512 {
             |v: __m512d| _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v));
         let v1 = _mm256_add_pd(fold(s1[0]), fold(s1[1]));
         let v2 = _mm256_add_pd(fold(s2[0]), fold(s2[1]));
-        (hsum(v1) + t1, hsum(v2) + t2)
-    }
-
-    /// The sum of a register's four f64 lanes, as [`super::avx2`] adds them.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256d) -> f64 {
-        let pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
-        _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)))
+        (super::avx2::hsum(v1) + t1, super::avx2::hsum(v2) + t2)
     }
 
     /// [`super::avx2::affine`] on sixteen lanes (the tail through masked loads and stores).
