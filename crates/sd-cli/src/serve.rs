@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use stable_diffusion::candle_core::DType;
 use stable_diffusion::pipeline::memory::parse_memory_size;
 use stable_diffusion::pipeline::{parse_dtype, Asset, LoadOptions, ModelStore};
+use stable_diffusion::vae::AutoencoderTiny;
 
 use crate::UsageError;
 
@@ -50,6 +52,9 @@ pub struct ServeArgs {
     /// How long the native API (/api/v1/jobs) keeps a finished job's result, then answers 410: seconds or a duration such as 90s, 10m, 2h.
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     result_ttl: String,
+    /// A tiny VAE that draws live previews full size (show_progress_type "TAESD", then the default): TAESD's taesd_decoder.safetensors/.pth (taesdxl_decoder for SDXL) or a diffusers AutoencoderTiny folder.
+    #[arg(long, value_name = "FILE")]
+    preview_vae: Option<PathBuf>,
 }
 
 /// A duration as seconds (`600`) or with a unit (`90s`, `10m`, `2h`).
@@ -85,6 +90,21 @@ fn parse_auth(text: &str) -> Result<Vec<(String, String)>> {
             }
         })
         .collect()
+}
+
+/// The tiny VAE of `--preview-vae`, on the models' device in f32; a file that is not one (or
+/// holds only an encoder) is the input's fault.
+fn load_preview_vae(path: &std::path::Path, options: &LoadOptions) -> Result<AutoencoderTiny> {
+    let vae = AutoencoderTiny::load(path, DType::F32, &options.device)
+        .map_err(|e| UsageError(format!("invalid --preview-vae: {e}")))?;
+    if !vae.has_decoder() {
+        return Err(UsageError(format!(
+            "invalid --preview-vae: {} holds only an encoder (pass the decoder file)",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(vae)
 }
 
 /// Runs `sd serve` until Ctrl-C or SIGTERM.
@@ -134,6 +154,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => Vec::new(),
     };
     let result_ttl = parse_duration(&args.result_ttl)?;
+    let preview_vae = match &args.preview_vae {
+        Some(path) => Some(std::sync::Arc::new(load_preview_vae(path, &load_options)?)),
+        None => None,
+    };
     if args.queue_size == 0 {
         return Err(UsageError("invalid --queue-size: 0 (at least 1 job must wait)".into()).into());
     }
@@ -145,6 +169,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "api_auth": args.api_auth.is_some(),
         "cors_allow_origins": args.cors_allow_origins.join(","),
         "result_ttl": result_ttl.as_secs_f64(),
+        "preview_vae": args.preview_vae.as_ref().map(|p| p.display().to_string()),
         "api": true,
         "nowebui": true,
     });
@@ -160,6 +185,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         on_step: None,
         flags,
         result_ttl,
+        preview_vae,
     };
     init_logging();
     sd_server::run_until_signal(config, |addr| {

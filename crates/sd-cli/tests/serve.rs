@@ -217,11 +217,27 @@ fn served_images_are_sd_generates_and_sigterm_ends_the_server_cleanly() {
 
 #[test]
 fn serve_refuses_bad_flags_with_exit_code_2() {
+    let fixture = |rel: &str| common::fixtures().join(rel).display().to_string();
+    let kl_vae = fixture("models/tiny-sd15/vae/diffusion_pytorch_model.safetensors");
+    let taesd_encoder = fixture("taesd/taesd_encoder.safetensors");
     for (args, needle) in [
         (vec!["--api-auth", "nopassword"], "invalid --api-auth"),
         (vec!["--queue-size", "0"], "invalid --queue-size"),
         (vec!["--model", "/no/such/model"], "model not found"),
         (vec!["--max-body-size", "lots"], "invalid memory size"),
+        (
+            vec!["--preview-vae", "/no/such/taesd_decoder.safetensors"],
+            "invalid --preview-vae",
+        ),
+        // The full VAE is not a tiny one; TAESD's encoder file cannot draw previews.
+        (
+            vec!["--preview-vae", kl_vae.as_str()],
+            "not a TAESD / AutoencoderTiny file",
+        ),
+        (
+            vec!["--preview-vae", taesd_encoder.as_str()],
+            "holds only an encoder",
+        ),
     ] {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend(&args);

@@ -15,12 +15,13 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::Value;
 use stable_diffusion::pipeline::{LoadOptions, ModelStore};
+use stable_diffusion::vae::AutoencoderTiny;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::a1111::options::Options;
+use crate::a1111::options::{Options, PreviewType};
 use crate::jobs::JobTable;
 use crate::openapi::{self, Documented, Op, Routes};
-use crate::queue::{Queue, SharedStore, StepHook};
+use crate::queue::{Previews, Queue, SharedStore, StepHook};
 use crate::ApiError;
 
 /// The web page at `/`: the form, the progress and live preview, the gallery; it uses the
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub flags: Value,
     /// How long the native API keeps a finished job's result (then 410).
     pub result_ttl: Duration,
+    /// The tiny VAE that draws `TAESD` live previews (`--preview-vae`; then the default).
+    pub preview_vae: Option<Arc<AutoencoderTiny>>,
 }
 
 /// How long finished jobs' results are kept by default: 10 minutes.
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             on_step: None,
             flags: Value::Object(Default::default()),
             result_ttl: DEFAULT_RESULT_TTL,
+            preview_vae: None,
         }
     }
 }
@@ -94,12 +98,24 @@ pub struct AppState {
     pub flags: Value,
     /// The native API's jobs.
     pub jobs: JobTable,
+    /// The tiny VAE for `TAESD` previews, if the server has one.
+    pub preview_vae: Option<Arc<AutoencoderTiny>>,
 }
 
 impl AppState {
     /// A clone of the store as it is now (clones share the loaded models).
     pub fn store(&self) -> ModelStore {
         self.store.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The live previews a job run with `options` gets.
+    pub fn previews(&self, options: &Options) -> Option<Previews> {
+        let (every, kind) = options.previews()?;
+        let vae = match kind {
+            PreviewType::Taesd => self.preview_vae.clone(),
+            PreviewType::ApproxCheap => None,
+        };
+        Some(Previews { every, vae })
     }
 
     /// A copy of the current settings.
@@ -274,8 +290,15 @@ pub async fn bind(config: ServerConfig) -> std::io::Result<BoundServer> {
         config.load_options.clone(),
         config.on_step.clone(),
     )?;
+    let taesd = config.preview_vae.is_some();
     let options = Options {
         model: config.model.clone(),
+        preview_type: if taesd {
+            PreviewType::Taesd
+        } else {
+            PreviewType::ApproxCheap
+        },
+        taesd_available: taesd,
         ..Options::default()
     };
     let state = Arc::new(AppState {
@@ -284,6 +307,7 @@ pub async fn bind(config: ServerConfig) -> std::io::Result<BoundServer> {
         options: RwLock::new(options),
         flags: config.flags.clone(),
         jobs: JobTable::new(config.result_ttl),
+        preview_vae: config.preview_vae.clone(),
     });
     let app = router(state.clone(), &config);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

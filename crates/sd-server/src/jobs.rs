@@ -640,12 +640,12 @@ async fn submit_job(
     let request = tokio::task::spawn_blocking(move || parse_request(&bytes, &worker_state.store()))
         .await
         .map_err(|e| ApiError::internal(format!("a worker task failed: {e}")))??;
-    let preview_every = state.options().preview_interval();
+    let previews = state.previews(&state.options());
     let ticket = state
         .queue
         .submit(Job {
             requests: vec![request.clone()],
-            preview_every,
+            previews,
         })
         .map_err(submit_error)?;
     // Recorded before anyone knows the id; its outcome waits in the ticket meanwhile.

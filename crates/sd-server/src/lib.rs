@@ -33,4 +33,4 @@ pub use http::{
     bind, router, run_until_signal, BoundServer, ServerConfig, DEFAULT_BODY_LIMIT,
     DEFAULT_RESULT_TTL,
 };
-pub use queue::{JobEvent, JobId, Outcome, Queue, Running, StepHook};
+pub use queue::{JobEvent, JobId, Outcome, Previews, Queue, Running, StepHook};

@@ -10,8 +10,9 @@
 //!
 //! Every job's progress is also published as [`JobEvent`]s on one broadcast channel
 //! ([`Queue::subscribe`]): the native API's event streams read it. With
-//! [`Job::preview_every`] set, the worker renders the cheap live preview of the estimate every
-//! that many steps; the running job's latest one is in [`Running::preview`].
+//! [`Job::previews`] set, the worker renders a live preview of the estimate every that many
+//! steps (the cheap projection, or the tiny VAE's decode); the running job's latest one is in
+//! [`Running::preview`].
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use stable_diffusion::pipeline::{
     self, Control, GenerationRequest, LoadOptions, ModelStore, Progress, RunOutput, StepPreview,
 };
+use stable_diffusion::vae::AutoencoderTiny;
 use tokio::sync::{broadcast, oneshot};
 
 /// A job's number, unique for the server's lifetime (from 1).
@@ -40,18 +42,29 @@ impl std::fmt::Display for JobId {
 pub struct Job {
     /// One request per iteration, each complete (seed and sizes set by the caller or the run).
     pub requests: Vec<GenerationRequest>,
-    /// Render a live preview every this many sampling steps (`None`: no previews).
-    pub preview_every: Option<usize>,
+    /// Live previews during sampling (`None`: none).
+    pub previews: Option<Previews>,
 }
 
-/// A live preview of a running job: the cheap projection of the estimate as a PNG.
+/// How often and how a job's live previews are drawn.
+#[derive(Debug, Clone)]
+pub struct Previews {
+    /// Sampling steps between two previews (the last step always has one).
+    pub every: usize,
+    /// The tiny VAE that decodes them full size (`None`: the cheap projection, an eighth of
+    /// the size).
+    pub vae: Option<Arc<AutoencoderTiny>>,
+}
+
+/// A live preview of a running job: its estimate drawn as a PNG.
 #[derive(Debug, Clone)]
 pub struct Preview {
     /// The iteration it belongs to, from 0.
     pub iteration: usize,
     /// The sampling step it shows (1-based).
     pub step: usize,
-    /// The PNG file's bytes (the batch side by side, an eighth of the final size).
+    /// The PNG file's bytes (the batch side by side; an eighth of the final size from the
+    /// cheap projection, full size from a tiny VAE).
     pub png: Arc<Vec<u8>>,
 }
 
@@ -606,14 +619,14 @@ fn run_job(
             control()
         };
         let on_preview = |preview: &StepPreview<'_>| {
-            let Some(every) = queued.job.preview_every.filter(|n| *n > 0) else {
+            let Some(previews) = queued.job.previews.as_ref().filter(|p| p.every > 0) else {
                 return;
             };
-            if !preview.step.is_multiple_of(every) && preview.step != preview.total {
+            if !preview.step.is_multiple_of(previews.every) && preview.step != preview.total {
                 return;
             }
             // A preview that cannot be made is skipped: it must not stop the run.
-            let Some(png) = preview_png(preview) else {
+            let Some(png) = preview_png(preview, previews.vae.as_deref()) else {
                 return;
             };
             let preview = Preview {
@@ -663,9 +676,14 @@ fn run_job(
     }
 }
 
-/// The cheap preview of `preview`'s estimate as a PNG, the batch side by side.
-fn preview_png(preview: &StepPreview<'_>) -> Option<Vec<u8>> {
-    let images = preview.cheap_images().ok()?;
+/// `preview`'s estimate as a PNG, the batch side by side: decoded by `vae` when there is one,
+/// else the cheap projection.
+fn preview_png(preview: &StepPreview<'_>, vae: Option<&AutoencoderTiny>) -> Option<Vec<u8>> {
+    let images = match vae {
+        Some(vae) => preview.tiny_images(vae),
+        None => preview.cheap_images(),
+    }
+    .ok()?;
     let picture = match images.len() {
         1 => images.into_iter().next()?,
         n => stable_diffusion::image::grid(&images, n),

@@ -7,13 +7,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::http::{get, post, post_raw, request, Reply};
 use common::{tiny_config, tiny_store, Gate, TestServer};
 use serde_json::{json, Value};
+use stable_diffusion::candle_core::{DType, Device};
 use stable_diffusion::image::ImageData;
 use stable_diffusion::pipeline::{run, Control, GenerationRequest, LoadOptions};
+use stable_diffusion::vae::AutoencoderTiny;
 
 /// A small request: 64x64, 4 steps.
 fn small(seed: u64) -> GenerationRequest {
@@ -213,6 +216,85 @@ fn the_event_stream_tells_progress_previews_and_the_end() {
     let late = parse_events(&late.body);
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].1["status"], "succeeded");
+}
+
+/// The width of the live preview that a server with the tiny TAESD and `options` set shows
+/// for a running job, held at step 1 (the gate holds once, so one server per case).
+fn held_preview_width(options: Value) -> u32 {
+    let (gate, hook) = Gate::new(|r| r.step == 1);
+    let mut config = tiny_config();
+    config.on_step = Some(hook);
+    let taesd = AutoencoderTiny::load(
+        &common::fixtures().join("models/tiny-taesd"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    config.preview_vae = Some(Arc::new(taesd));
+    let server = TestServer::start(config);
+    let addr = server.addr;
+    assert_eq!(
+        get(addr, "/sdapi/v1/options").json()["show_progress_type"],
+        "TAESD"
+    );
+    let set = post(addr, "/sdapi/v1/options", &options);
+    assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
+    let id = id_of(&submit(addr, &small(1)));
+    gate.wait();
+    let progress = get(addr, "/sdapi/v1/progress").json();
+    let current = progress["current_image"].as_str().expect("a live preview");
+    let png = ImageData::from_base64(current).unwrap();
+    let width = image::load_from_memory(&png.0).unwrap().width();
+    gate.release();
+    assert_eq!(wait_end(addr, id)["status"], "succeeded");
+    width
+}
+
+#[test]
+fn a_preview_vae_draws_full_size_previews_by_default_and_cheap_ones_on_request() {
+    let every_step = json!({"show_progress_every_n_steps": 1});
+    assert_eq!(
+        held_preview_width(every_step),
+        64,
+        "the tiny VAE decodes at full size"
+    );
+    let cheap = json!({"show_progress_every_n_steps": 1, "show_progress_type": "Approx cheap"});
+    assert_eq!(
+        held_preview_width(cheap),
+        8,
+        "the cheap projection is an eighth"
+    );
+}
+
+#[test]
+fn taesd_previews_without_a_preview_vae_are_refused_naming_the_flag() {
+    let server = TestServer::start(tiny_config());
+    let reply = post(
+        server.addr,
+        "/sdapi/v1/options",
+        &json!({"show_progress_type": "TAESD"}),
+    );
+    assert_eq!(
+        reply.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let text = String::from_utf8_lossy(&reply.body);
+    assert!(
+        text.contains("show_progress_type") && text.contains("--preview-vae"),
+        "{text}"
+    );
+    let other = post(
+        server.addr,
+        "/sdapi/v1/options",
+        &json!({"show_progress_type": "Full"}),
+    );
+    assert!(String::from_utf8_lossy(&other.body).contains("Approx cheap and TAESD"));
+    assert_eq!(
+        get(server.addr, "/sdapi/v1/options").json()["show_progress_type"],
+        "Approx cheap"
+    );
 }
 
 #[test]

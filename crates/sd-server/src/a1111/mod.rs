@@ -263,7 +263,7 @@ async fn generate(state: Arc<AppState>, mode: Mode, bytes: Bytes) -> Reply {
         }
         let job = Job {
             requests,
-            preview_every: with_overrides.preview_interval(),
+            previews: state.previews(&with_overrides),
         };
         Ok((body, job))
     })

@@ -35,6 +35,30 @@ pub struct Options {
     pub live_previews: bool,
     /// `show_progress_every_n_steps`: steps between previews (-1 or 0: none while sampling).
     pub preview_every: i64,
+    /// `show_progress_type`: how previews are drawn.
+    pub preview_type: PreviewType,
+    /// Whether the server has a tiny VAE (`--preview-vae`), which `TAESD` previews need; set
+    /// at startup, not a setting.
+    pub taesd_available: bool,
+}
+
+/// How live previews are drawn (A1111's `show_progress_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewType {
+    /// "Approx cheap": a linear map of the latents, an eighth of the final size.
+    ApproxCheap,
+    /// "TAESD": the tiny autoencoder's decode, full size.
+    Taesd,
+}
+
+impl PreviewType {
+    /// A1111's name for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            PreviewType::ApproxCheap => "Approx cheap",
+            PreviewType::Taesd => "TAESD",
+        }
+    }
 }
 
 impl Default for Options {
@@ -53,6 +77,8 @@ impl Default for Options {
             s_noise: 1.0,
             live_previews: true,
             preview_every: 10,
+            preview_type: PreviewType::ApproxCheap,
+            taesd_available: false,
         }
     }
 }
@@ -81,9 +107,10 @@ fn text<'a>(field: &str, value: &'a Value) -> Result<&'a str, ApiError> {
 }
 
 impl Options {
-    /// Steps between live previews during sampling, as the job queue takes it (`None`: off).
-    pub fn preview_interval(&self) -> Option<usize> {
-        (self.live_previews && self.preview_every > 0).then_some(self.preview_every as usize)
+    /// Steps between live previews during sampling and how they are drawn (`None`: off).
+    pub fn previews(&self) -> Option<(usize, PreviewType)> {
+        (self.live_previews && self.preview_every > 0)
+            .then_some((self.preview_every as usize, self.preview_type))
     }
 
     /// Applies A1111 `settings` (unknown keys ignored, as A1111 keeps them without effect
@@ -131,13 +158,22 @@ impl Options {
                     })?;
                 }
                 "show_progress_type" => {
-                    let kind = text(field, value)?;
-                    if kind != "Approx cheap" {
-                        return Err(ApiError::field(
-                            field,
-                            format!("`{kind}` is not supported (Approx cheap is)"),
-                        ));
-                    }
+                    self.preview_type = match text(field, value)? {
+                        "Approx cheap" => PreviewType::ApproxCheap,
+                        "TAESD" if self.taesd_available => PreviewType::Taesd,
+                        "TAESD" => {
+                            return Err(ApiError::field(
+                                field,
+                                "TAESD previews need the server started with --preview-vae FILE",
+                            ))
+                        }
+                        kind => {
+                            return Err(ApiError::field(
+                                field,
+                                format!("`{kind}` is not supported (Approx cheap and TAESD are)"),
+                            ))
+                        }
+                    };
                 }
                 "samples_format" => {
                     let format = text(field, value)?;
@@ -177,7 +213,7 @@ impl Options {
             "samples_format": "png",
             "live_previews_enable": self.live_previews,
             "show_progress_every_n_steps": self.preview_every,
-            "show_progress_type": "Approx cheap",
+            "show_progress_type": self.preview_type.label(),
             "sd_checkpoints_limit": 1,
         })
     }

@@ -17,6 +17,8 @@ pub enum Activation {
     QuickGelu,
     /// `x σ(x)`, also called swish.
     Silu,
+    /// `max(x, 0)` (TAESD's activation).
+    Relu,
 }
 
 impl Activation {
@@ -28,6 +30,7 @@ impl Activation {
         "quick_gelu",
         "silu",
         "swish",
+        "relu",
     ];
 
     /// Applies the activation elementwise.
@@ -38,6 +41,12 @@ impl Activation {
                 Activation::GeluTanh => sd_kernels::math::gelu_tanh(values),
                 Activation::QuickGelu => sd_kernels::math::quick_gelu(values),
                 Activation::Silu => sd_kernels::math::silu(values),
+                // NaN stays NaN, as torch's relu leaves it.
+                Activation::Relu => values.iter_mut().for_each(|v| {
+                    if *v < 0.0 {
+                        *v = 0.0
+                    }
+                }),
             });
         }
         Ok(match self {
@@ -45,6 +54,7 @@ impl Activation {
             Activation::GeluTanh => x.gelu()?,
             Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
             Activation::Silu => candle_nn::ops::silu(x)?,
+            Activation::Relu => x.relu()?,
         })
     }
 }
@@ -58,6 +68,7 @@ impl FromStr for Activation {
             "gelu_pytorch_tanh" | "gelu_new" => Ok(Activation::GeluTanh),
             "quick_gelu" => Ok(Activation::QuickGelu),
             "silu" | "swish" => Ok(Activation::Silu),
+            "relu" => Ok(Activation::Relu),
             other => Err(Error::Unsupported {
                 what: "activation function",
                 value: other.to_string(),

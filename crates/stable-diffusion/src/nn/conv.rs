@@ -51,8 +51,35 @@ impl Conv2d {
         kernel: usize,
         options: Conv2dOptions,
     ) -> Result<Self> {
+        Self::load(vb, in_channels, out_channels, kernel, options, true)
+    }
+
+    /// Loads `weight` under `vb` for a convolution without a bias (`bias=False` in torch).
+    pub fn new_without_bias(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        options: Conv2dOptions,
+    ) -> Result<Self> {
+        Self::load(vb, in_channels, out_channels, kernel, options, false)
+    }
+
+    fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        options: Conv2dOptions,
+        with_bias: bool,
+    ) -> Result<Self> {
         let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
-        let bias = vb.get(out_channels, "bias")?;
+        let bias = if with_bias {
+            vb.get(out_channels, "bias")?
+        } else {
+            // Adding zero changes no value, so one code path serves both kinds.
+            Tensor::zeros(out_channels, weight.dtype(), weight.device())?
+        };
         let geometry = ConvGeometry {
             in_channels,
             out_channels,

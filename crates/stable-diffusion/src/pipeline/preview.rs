@@ -5,12 +5,17 @@
 //! ```text
 //! sampler step ─► StepInfo (denoised estimate, else the sample) ─► PreviewHook(StepPreview)
 //!                                                   StepPreview::cheap_images ─► small RGB
+//!                                                   StepPreview::tiny_images  ─► TAESD RGB
 //! ```
+//!
+//! The tiny autoencoder ([`AutoencoderTiny`], TAESD) gives a full-size picture at a few percent
+//! of a VAE decode.
 
 use candle_core::{DType, Tensor};
 
 use super::ModelFamily;
 use crate::image::RgbImage;
+use crate::vae::AutoencoderTiny;
 use crate::{Error, Result};
 
 /// Called after every sampling step with the step's estimate (see [`StepPreview`]); it may
@@ -36,6 +41,19 @@ impl StepPreview<'_> {
     pub fn cheap_images(&self) -> Result<Vec<RgbImage>> {
         cheap_images(self.latents, self.family)
     }
+
+    /// One full-size picture per image of the batch, decoded by the tiny autoencoder `vae`
+    /// (TAESD for SD 1.x / 2.x, TAESDXL for SDXL: the file must suit the model's latent space).
+    pub fn tiny_images(&self, vae: &AutoencoderTiny) -> Result<Vec<RgbImage>> {
+        tiny_images(self.latents, vae)
+    }
+}
+
+/// The estimate `latents` (the UNet's scale) decoded by the tiny autoencoder in f32 whatever
+/// the model computes in; `vae` must live on the latents' device.
+pub fn tiny_images(latents: &Tensor, vae: &AutoencoderTiny) -> Result<Vec<RgbImage>> {
+    let latents = latents.to_dtype(DType::F32)?;
+    crate::image::tensor_to_images(&vae.decode(&latents)?)
 }
 
 /// The latent-to-RGB weights of "Approx cheap": row `l` is what latent channel `l` adds to

@@ -1,4 +1,5 @@
-//! AutoencoderKL: the VAE encoder (image → latents) and decoder (latents → image).
+//! AutoencoderKL: the VAE encoder (image → latents) and decoder (latents → image); and the
+//! tiny autoencoder (TAESD) that live previews decode with ([`AutoencoderTiny`]).
 //!
 //! The network follows diffusers' `AutoencoderKL` and uses its tensor names: `encoder.*`,
 //! `quant_conv`, `post_quant_conv`, `decoder.*`. Images are `(B, 3, H, W)` in `[-1, 1]`; latents
@@ -8,6 +9,7 @@
 mod blocks;
 mod config;
 mod gaussian;
+mod tiny;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -18,6 +20,7 @@ pub use blocks::{
 };
 pub use config::{SampleSize, VaeConfig, DOWN_ENCODER_BLOCK, UP_DECODER_BLOCK};
 pub use gaussian::DiagonalGaussian;
+pub use tiny::{AutoencoderTiny, TinyVaeConfig};
 
 use crate::nn::{Conv2d, Conv2dOptions, GroupNorm};
 use crate::Result;
