@@ -1,6 +1,7 @@
 //! Speed of the two heavy models on full-size SD 1.5 configs with random weights: one UNet
 //! forward (batch 2, as classifier-free guidance runs it) and one VAE decode, at 256x256 and
-//! 512x512. Prints seconds and GFLOP/s, and the ratio to a plain f32 GEMM measured in the same
+//! 512x512; and the published TAESD's decode (what a full-size live preview costs) as a share
+//! of both. Prints seconds and GFLOP/s, and the ratio to a plain f32 GEMM measured in the same
 //! run (the practical peak of this machine), so numbers from different machines compare.
 //!
 //! Run: `cargo bench -p stable-diffusion --bench models [-- 256|512] [bf16] [unet]` (`bf16`:
@@ -14,7 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use stable_diffusion::nn::flops;
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
-use stable_diffusion::vae::{AutoencoderKL, VaeConfig};
+use stable_diffusion::vae::{AutoencoderKL, AutoencoderTiny, TinyVaeConfig, VaeConfig};
 
 /// The allocator `sd` runs with, so that steps reuse their large blocks here too.
 #[global_allocator]
@@ -102,6 +103,9 @@ fn main() {
     let vae_config = VaeConfig::sd15();
     let vb = random_vb(&device, dtype);
     let vae = AutoencoderKL::new(vb, &vae_config).expect("build SD 1.5 VAE");
+    let vb = random_vb(&device, DType::F32);
+    let taesd = AutoencoderTiny::new(vb, &TinyVaeConfig::default(), false, true)
+        .expect("build the TAESD decoder");
 
     for size in sizes {
         let latent = size / 8;
@@ -114,6 +118,7 @@ fn main() {
         let seconds = time(runs, || {
             unet.forward(&sample, 500.0, &context, None).unwrap()
         });
+        let unet_seconds = seconds;
         let gflops = unet_flops / seconds / 1e9;
         println!(
             "unet  sd15 {size}x{size} batch 2: {seconds:.3} s, {:.1} GFLOP, {gflops:.1} GFLOP/s ({:.0}% of GEMM)",
@@ -134,6 +139,20 @@ fn main() {
             "vae   sd15 {size}x{size} decode:  {seconds:.3} s, {:.1} GFLOP, {gflops:.1} GFLOP/s ({:.0}% of GEMM)",
             vae_flops / 1e9,
             100.0 * gflops / peak
+        );
+
+        // Previews decode in f32 whatever the model's dtype (pipeline::preview::tiny_images).
+        flops::reset();
+        taesd.decode(&latents).unwrap();
+        let taesd_flops = flops::total() as f64;
+        let taesd_seconds = time(3, || taesd.decode(&latents).unwrap());
+        println!(
+            "taesd sd15 {size}x{size} decode:  {taesd_seconds:.3} s, {:.1} GFLOP, {:.1} GFLOP/s \
+             ({:.1}% of the VAE decode, {:.1}% of a UNet step)",
+            taesd_flops / 1e9,
+            taesd_flops / taesd_seconds / 1e9,
+            100.0 * taesd_seconds / seconds,
+            100.0 * taesd_seconds / unet_seconds
         );
     }
 }
