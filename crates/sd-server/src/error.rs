@@ -18,6 +18,74 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// Which API a request came through: its field names differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/sdapi/v1`: A1111's names.
+    A1111,
+    /// `/api/v1/jobs`: the library's request JSON.
+    Native,
+}
+
+/// A library parameter name (as its errors say it) → the A1111 field, the native field (""
+/// where that API has none).
+const FIELDS: &[(&str, &str, &str)] = &[
+    ("prompt", "prompt", "prompt"),
+    ("negative prompt", "negative_prompt", "negative_prompt"),
+    ("width", "width", "width"),
+    ("height", "height", "height"),
+    ("steps", "steps", "steps"),
+    ("batch size", "batch_size", "batch_size"),
+    ("cfg scale", "cfg_scale", "cfg_scale"),
+    ("eta", "eta", "eta"),
+    ("strength", "denoising_strength", "strength"),
+    ("mask", "mask", "mask"),
+    ("init image", "init_images", "init_image"),
+    ("image", "init_images", "init_image"),
+    ("refiner switch", "refiner_switch_at", "refiner_switch"),
+    ("refiner", "refiner_checkpoint", "refiner"),
+    (
+        "clip skip",
+        "override_settings.CLIP_stop_at_last_layers",
+        "clip_skip",
+    ),
+    (
+        "variation strength",
+        "subseed_strength",
+        "variation_strength",
+    ),
+    ("seed resize from", "seed_resize_from_w", "seed_resize_from"),
+    ("hires scale", "hr_scale", "hires.scale"),
+    ("hires resize", "hr_scale", "hires.scale"),
+    ("hires upscaler", "hr_upscaler", "hires.upscaler"),
+    ("hires strength", "denoising_strength", "hires.strength"),
+    ("hires steps", "hr_second_pass_steps", "hires.steps"),
+    ("hires fix", "", "hires"),
+    ("model", "sd_model_checkpoint", "model"),
+    ("VAE", "sd_vae", "vae"),
+    ("sampler", "sampler_name", "sampler"),
+    ("sigma schedule", "scheduler", "schedule"),
+    (
+        "eta noise seed delta",
+        "override_settings.eta_noise_seed_delta",
+        "",
+    ),
+    ("LoRA tag", "prompt", ""),
+    ("lora", "prompt", "loras"),
+];
+
+impl Api {
+    /// The field of this API's requests that the library's parameter `what` stands for.
+    pub fn field_of(self, what: &str) -> Option<&'static str> {
+        let &(_, a1111, native) = FIELDS.iter().find(|(name, _, _)| *name == what)?;
+        let field = match self {
+            Api::A1111 => a1111,
+            Api::Native => native,
+        };
+        (!field.is_empty()).then_some(field)
+    }
+}
+
 impl ApiError {
     /// An error with `status` and `message`.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
@@ -60,13 +128,13 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "RuntimeError", message)
     }
 
-    /// A library error from running a request, with the A1111 field that `field_of` gives for
-    /// the library's parameter names ("batch size" → `batch_size`).
-    pub fn from_library(err: &LibError, field_of: impl Fn(&str) -> Option<&'static str>) -> Self {
+    /// A library error from running a request, naming the field of `api`'s requests that the
+    /// library's parameter name stands for ("batch size" → `batch_size`).
+    pub fn from_library(err: &LibError, api: Api) -> Self {
         let message = err.to_string();
         match err {
             LibError::InvalidArgument { what, .. } | LibError::Unsupported { what, .. } => {
-                match field_of(what) {
+                match api.field_of(what) {
                     Some(field) => Self::field(field, message),
                     None => Self::invalid(message),
                 }
@@ -110,8 +178,7 @@ mod tests {
     #[test]
     fn library_errors_name_the_a1111_field() {
         let err = LibError::invalid("batch size", "0 is not in 1..=64");
-        let api =
-            ApiError::from_library(&err, |what| (what == "batch size").then_some("batch_size"));
+        let api = ApiError::from_library(&err, Api::A1111);
         assert_eq!(api.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             api.message,
@@ -120,13 +187,25 @@ mod tests {
         let body = api.body();
         assert_eq!(body["error"], "RequestValidationError");
         assert_eq!(body["detail"], body["errors"]);
+        // The same parameter under each API's own name; a name one API lacks names no field.
+        let strength = LibError::invalid("strength", "2 is not in 0..=1");
+        let native = ApiError::from_library(&strength, Api::Native).message;
+        assert!(native.starts_with("field `strength`:"), "{native}");
+        let a1111 = ApiError::from_library(&strength, Api::A1111).message;
+        assert!(a1111.starts_with("field `denoising_strength`:"), "{a1111}");
+        assert_eq!(Api::Native.field_of("hires scale"), Some("hires.scale"));
+        assert_eq!(Api::A1111.field_of("hires fix"), None);
+        assert_eq!(Api::Native.field_of("LoRA tag"), None);
+        assert_eq!(Api::A1111.field_of("no such parameter"), None);
+        let unnamed = ApiError::from_library(&LibError::invalid("hires fix", "x"), Api::A1111);
+        assert_eq!(unnamed.message, "invalid hires fix: x");
     }
 
     #[test]
     fn cancelled_and_file_errors_are_not_client_errors() {
-        let api = ApiError::from_library(&LibError::Cancelled, |_| None);
+        let api = ApiError::from_library(&LibError::Cancelled, Api::A1111);
         assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
-        let api = ApiError::from_library(&LibError::config("x.json", "bad"), |_| None);
+        let api = ApiError::from_library(&LibError::config("x.json", "bad"), Api::Native);
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -36,6 +36,7 @@ use stable_diffusion::image::{encode_png, ImageData, PARAMETERS_KEY};
 use stable_diffusion::pipeline::{precheck, random_seed, Asset, GenerationRequest, ModelStore};
 use tokio::sync::broadcast;
 
+use crate::error::Api;
 use crate::http::AppState;
 use crate::openapi::{Op, Routes};
 use crate::queue::{Cancelled, Job, JobEvent, JobId, Outcome, Queue, Running, SubmitError};
@@ -464,39 +465,6 @@ fn job_id(text: &str) -> Result<JobId, ApiError> {
     })
 }
 
-/// The request field a library parameter name stands for, for error messages.
-pub fn field_of(what: &str) -> Option<&'static str> {
-    Some(match what {
-        "prompt" => "prompt",
-        "negative prompt" => "negative_prompt",
-        "width" => "width",
-        "height" => "height",
-        "steps" => "steps",
-        "batch size" => "batch_size",
-        "cfg scale" => "cfg_scale",
-        "eta" => "eta",
-        "strength" => "strength",
-        "mask" => "mask",
-        "init image" | "image" => "init_image",
-        "refiner switch" => "refiner_switch",
-        "refiner" => "refiner",
-        "clip skip" => "clip_skip",
-        "variation strength" => "variation_strength",
-        "seed resize from" => "seed_resize_from",
-        "hires scale" | "hires resize" => "hires.scale",
-        "hires upscaler" => "hires.upscaler",
-        "hires strength" => "hires.strength",
-        "hires steps" => "hires.steps",
-        "hires fix" => "hires",
-        "model" => "model",
-        "VAE" => "vae",
-        "sampler" => "sampler",
-        "sigma schedule" => "schedule",
-        "lora" => "loras",
-        _ => return None,
-    })
-}
-
 /// The body as a request, checked, its names resolved in `store` and its seed chosen.
 fn parse_request(bytes: &[u8], store: &ModelStore) -> Result<GenerationRequest, ApiError> {
     let text = std::str::from_utf8(bytes)
@@ -505,9 +473,9 @@ fn parse_request(bytes: &[u8], store: &ModelStore) -> Result<GenerationRequest, 
         stable_diffusion::Error::InvalidArgument {
             what: "request", ..
         } => ApiError::invalid(e.to_string()),
-        _ => ApiError::from_library(&e, field_of),
+        _ => ApiError::from_library(&e, Api::Native),
     })?;
-    precheck(&request).map_err(|e| ApiError::from_library(&e, field_of))?;
+    precheck(&request).map_err(|e| ApiError::from_library(&e, Api::Native))?;
     store
         .checkpoint(request.model.as_deref())
         .map_err(|e| ApiError::field("model", e))?;
@@ -590,7 +558,7 @@ fn end_of(outcome: Outcome) -> End {
         }
         Outcome::Failed(e) => {
             end.state = JobState::Failed;
-            end.error = Some(ApiError::from_library(&e, field_of));
+            end.error = Some(ApiError::from_library(&e, Api::Native));
         }
         Outcome::Cancelled => {
             end.state = JobState::Cancelled;

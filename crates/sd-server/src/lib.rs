@@ -28,7 +28,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod queue;
 
-pub use error::ApiError;
+pub use error::{Api, ApiError};
 pub use http::{
     bind, router, run_until_signal, BoundServer, ServerConfig, DEFAULT_BODY_LIMIT,
     DEFAULT_RESULT_TTL,

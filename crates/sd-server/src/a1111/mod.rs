@@ -25,11 +25,12 @@ use stable_diffusion::loading::embeddings::TextualInversion;
 use stable_diffusion::pipeline::{memory, Asset};
 use stable_diffusion::scheduler::{SamplerKind, SigmaSchedule};
 
+use crate::error::Api;
 use crate::http::AppState;
 use crate::openapi::{Op, Routes};
 use crate::queue::{job_timestamp, Job, Outcome, SubmitError};
 use crate::ApiError;
-use request::{field_of, parse_json, Body, Mode};
+use request::{parse_json, Body, Mode};
 
 /// The state the routes share.
 type Shared = State<Arc<AppState>>;
@@ -289,7 +290,7 @@ async fn generate(state: Arc<AppState>, mode: Mode, bytes: Bytes) -> Reply {
                     .map_err(|e| ApiError::internal(format!("a worker task failed: {e}")))??;
             Ok(Json(reply))
         }
-        Outcome::Failed(e) => Err(ApiError::from_library(&e, field_of)),
+        Outcome::Failed(e) => Err(ApiError::from_library(&e, Api::A1111)),
         Outcome::Cancelled => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "HTTPException",

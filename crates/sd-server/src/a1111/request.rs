@@ -15,6 +15,7 @@ use stable_diffusion::prompt::PromptSyntax;
 use stable_diffusion::scheduler::{parse_sampler_and_schedule, SigmaSchedule};
 
 use super::options::Options;
+use crate::error::Api;
 use crate::ApiError;
 
 /// The fields of A1111's `StableDiffusionProcessingTxt2Img` / `Img2Img` API models that this
@@ -248,39 +249,6 @@ pub fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiEr
     })
 }
 
-/// The A1111 field of a library parameter name, for error messages.
-pub fn field_of(what: &str) -> Option<&'static str> {
-    Some(match what {
-        "prompt" => "prompt",
-        "negative prompt" => "negative_prompt",
-        "width" => "width",
-        "height" => "height",
-        "steps" => "steps",
-        "batch size" => "batch_size",
-        "cfg scale" => "cfg_scale",
-        "eta" => "eta",
-        "strength" => "denoising_strength",
-        "mask" => "mask",
-        "init image" | "image" => "init_images",
-        "refiner switch" => "refiner_switch_at",
-        "refiner" => "refiner_checkpoint",
-        "clip skip" => "override_settings.CLIP_stop_at_last_layers",
-        "variation strength" => "subseed_strength",
-        "seed resize from" => "seed_resize_from_w",
-        "hires scale" | "hires resize" => "hr_scale",
-        "hires upscaler" => "hr_upscaler",
-        "hires strength" => "denoising_strength",
-        "hires steps" => "hr_second_pass_steps",
-        "model" => "sd_model_checkpoint",
-        "VAE" => "sd_vae",
-        "sampler" => "sampler_name",
-        "sigma schedule" => "scheduler",
-        "eta noise seed delta" => "override_settings.eta_noise_seed_delta",
-        "LoRA tag" | "lora" => "prompt",
-        _ => return None,
-    })
-}
-
 /// A base64 image field (raw or a `data:` URI), `field` named in errors.
 pub fn image_field(field: &str, text: &str) -> Result<ImageData, ApiError> {
     ImageData::from_base64(text).map_err(|e| ApiError::field(field, e))
@@ -423,7 +391,7 @@ pub fn requests(
         request.batch_size = 1;
     }
     stable_diffusion::pipeline::precheck(&request)
-        .map_err(|e| ApiError::from_library(&e, field_of))?;
+        .map_err(|e| ApiError::from_library(&e, Api::A1111))?;
 
     // A1111's iterations: image i of the whole job has seed + i (the variation seed + i
     // under a variation), so run k starts at k · its batch size.
