@@ -27,7 +27,7 @@ use stable_diffusion::scheduler::{SamplerKind, SchedulerConfig};
 use stable_diffusion::text_encoder::{ClipTextConfig, ClipTextModel};
 use stable_diffusion::tokenizer::{ClipTokenizer, PadStyle};
 use stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
-use stable_diffusion::vae::{AutoencoderKL, VaeConfig};
+use stable_diffusion::vae::{AutoencoderKL, AutoencoderTiny, TinyVaeConfig, VaeConfig};
 
 /// What a target returns: `Ok` or the error's message.
 pub type Outcome = Result<(), String>;
@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("embedding", embedding),
     ("unet_config", unet_config),
     ("vae_config", vae_config),
+    ("tiny_vae", tiny_vae),
     ("text_encoder_config", text_encoder_config),
     ("scheduler_config", scheduler_config),
     ("model_index", model_index),
@@ -235,6 +236,33 @@ pub fn vae_config(data: &[u8]) -> Outcome {
     record_shapes(|vb| AutoencoderKL::new(vb, &config))
         .map(drop)
         .map_err(msg)
+}
+
+/// A tiny VAE (TAESD): an even first byte makes the rest an `AutoencoderTiny` config.json
+/// (both parts built on shape-only weights), an odd one a weights file loaded as
+/// `sd serve --preview-vae` loads it (layout read from its tensors), then a 2x2 decode.
+pub fn tiny_vae(data: &[u8]) -> Outcome {
+    let (&kind, rest) = data.split_first().ok_or("empty")?;
+    if kind % 2 == 0 {
+        let config: TinyVaeConfig =
+            serde_json::from_str(text(rest).ok_or("not UTF-8")?).map_err(msg)?;
+        config.validate(Path::new("")).map_err(msg)?;
+        return record_shapes(|vb| AutoencoderTiny::new(vb, &config, true, true))
+            .map(drop)
+            .map_err(msg);
+    }
+    let file = Scratch::new("taesd_decoder.safetensors", rest);
+    let vae = AutoencoderTiny::load(file.path(), DType::F32, &Device::Cpu).map_err(msg)?;
+    if vae.has_decoder() {
+        let latents = Tensor::zeros(
+            (1, vae.config().latent_channels, 2, 2),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .map_err(msg)?;
+        vae.decode(&latents).map(drop).map_err(msg)?;
+    }
+    Ok(())
 }
 
 /// A CLIP text encoder `config.json` (read as `ClipTextConfig::from_file` reads it), then the

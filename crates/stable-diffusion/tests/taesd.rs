@@ -160,10 +160,18 @@ fn what_is_not_a_tiny_vae_is_refused_naming_the_file() {
             "one width",
         ),
         (r#"{"num_decoder_blocks": [3, 3]}"#, "same length"),
-        (r#"{"num_encoder_blocks": [1, 3, 3, 100000]}"#, "more than"),
+        (
+            r#"{"num_encoder_blocks": [1, 3, 3, 100000]}"#,
+            "more than the 64",
+        ),
         (r#"{"upsample_fn": "bilinear"}"#, "bilinear"),
         (r#"{"latent_channels": 0}"#, "latent_channels"),
         (r#"{"act_fn": "tanh"}"#, "tanh"),
+        (r#"{"upsampling_scaling_factor": 8}"#, "scales by 512"),
+        (
+            r#"{"num_decoder_blocks": [1, 1, 1, 1, 1, 1], "decoder_block_out_channels": [8, 8, 8, 8, 8, 8]}"#,
+            "scales by 32",
+        ),
     ] {
         std::fs::write(folder.join("config.json"), config).unwrap();
         let err = load_err(&folder).to_string();

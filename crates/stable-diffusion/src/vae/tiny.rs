@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::limits::{at_most, MAX_BLOCKS, MAX_LAYERS, MAX_WIDTH};
 use crate::loading::{read_json, CkptFile, KeyMap, TensorStore, Weights};
 use crate::nn::{Activation, Conv2d, Conv2dOptions};
 use crate::{Error, Result};
@@ -34,11 +35,10 @@ const HALVE_3X3: Conv2dOptions = Conv2dOptions {
     stride: 2,
 };
 
-/// The largest values a config may hold (the published TAESDs use 64 channels, 4 stages and 3
-/// blocks a stage); beyond them a file is refused before anything is allocated.
-const MAX_CHANNELS: usize = 1024;
-const MAX_STAGES: usize = 8;
-const MAX_BLOCKS: usize = 64;
+/// The most stages a part may have (the published TAESDs have 4).
+const MAX_STAGES: usize = MAX_BLOCKS;
+/// The most a part may scale an image's side by (the published TAESDs: 8, as SD's VAE).
+const MAX_SCALE: u64 = 16;
 
 /// diffusers' `AutoencoderTiny` config: the fields that shape the network (the rest of a
 /// config.json is ignored). Missing fields take the published TAESD's values.
@@ -107,11 +107,10 @@ impl TinyVaeConfig {
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
         ] {
-            if !(1..=MAX_CHANNELS).contains(&value) {
-                return bad(format!(
-                    "{name} {value} is not between 1 and {MAX_CHANNELS}"
-                ));
+            if value == 0 {
+                return bad(format!("`{name}` is 0"));
             }
+            at_most(path, name, value, MAX_WIDTH)?;
         }
         for (part, widths, blocks) in [
             (
@@ -135,17 +134,32 @@ impl TinyVaeConfig {
             }
             // Every block maps its stage's width to itself and the stride/upsample convolutions
             // keep it, so diffusers' network only runs with one width throughout.
-            if widths.iter().any(|&w| w != widths[0]) || !(1..=MAX_CHANNELS).contains(&widths[0]) {
+            if widths.iter().any(|&w| w != widths[0]) || widths[0] == 0 {
                 return bad(format!(
-                    "{part}_block_out_channels {widths:?} must be one width between 1 and \
-                     {MAX_CHANNELS} repeated"
+                    "{part}_block_out_channels {widths:?} must be one width above 0 repeated"
                 ));
             }
-            if let Some(n) = blocks.iter().find(|&&n| n > MAX_BLOCKS) {
-                return bad(format!(
-                    "num_{part}_blocks holds {n}, more than {MAX_BLOCKS}"
-                ));
+            at_most(
+                path,
+                &format!("{part}_block_out_channels"),
+                widths[0],
+                MAX_WIDTH,
+            )?;
+            for &n in blocks {
+                at_most(path, &format!("num_{part}_blocks"), n, MAX_LAYERS)?;
             }
+        }
+        // SD's latents are an eighth of the image; a part that scales by far more (a hostile
+        // file) would make a small latent decode into an image that cannot fit in memory.
+        let up = (self.upsampling_scaling_factor as u64)
+            .checked_pow(self.num_decoder_blocks.len() as u32 - 1)
+            .unwrap_or(u64::MAX);
+        let down = 1u64 << (self.num_encoder_blocks.len() - 1);
+        if up > MAX_SCALE || down > MAX_SCALE {
+            return bad(format!(
+                "the decoder scales by {up} and the encoder by {down}; at most {MAX_SCALE} is \
+                 accepted (TAESD's are 8)"
+            ));
         }
         Ok(())
     }
